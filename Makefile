@@ -1,0 +1,32 @@
+# Two entry points (see README): `make demo` runs the codec on a sample clip, `make test` runs the tests.
+# Each creates .venv and installs what it needs on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test venv venv-dev clean
+
+$(BIN)/.runtime: requirements.txt setup.cfg
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+# torch goes first, on its own, so nothing pulls a CUDA build.
+$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(BIN)/.runtime
+venv-dev: $(BIN)/.dev
+
+demo: $(BIN)/.runtime
+	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(BIN)/python -m gvc_jax.demo
+
+test: $(BIN)/.dev
+	JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info
