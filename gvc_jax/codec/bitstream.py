@@ -1,0 +1,502 @@
+"""The .gvc container: a versioned, self-describing header and one checksummed record per GOP.
+
+Layout (all multi-byte fixed-width fields big-endian; "varint" = unsigned LEB128, at most 10
+bytes; see docs/bitstream.md for the field table):
+
+    MAGIC "GVC" | version u8 | header fields | CRC32(magic .. last header field) u32
+    num_gops x [ varint body_len | CRC32(body) u32 | body ]
+    body = latent_hash (8 B) | picks (bit-packed, byte-padded) | varint n_side | n_side x [tag u8 | varint len | bytes]
+
+Picks: for each stochastic step s, for each latent frame f: the subset rank of the M_f indices in
+``subset_rank_bits(K, M_f)`` bits, then M_f sign bits (1 = negative), all MSB first; zero padding
+to a byte after the last frame of the last step. Nothing here depends on model outputs.
+
+``read`` validates every field and every length against the bytes actually present before it
+allocates or does work proportional to a claimed size, and raises ``BitstreamError`` with a
+one-line message on anything malformed (truncation, bit flips, garbage, trailing bytes).
+"""
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from gvc_jax.codec.ranks import BitReader, BitstreamError, BitWriter, rank_subset, subset_rank_bits, unrank_subset
+
+__all__ = [
+    "BitstreamError", "MAGIC", "FORMAT_VERSION", "VARIANTS", "CODEBOOK_KINDS", "Header", "GopRecord",
+    "write", "read", "payload_bits", "encode_varint", "header_bytes", "validate_header",
+]
+
+MAGIC = b"GVC"
+FORMAT_VERSION = 1
+VARIANTS = ("t2v", "i2v", "flf2v")
+CODEBOOK_KINDS = ("hadamard", "gaussian", "rademacher")
+
+# Format limits (a reader rejects anything beyond them before allocating).
+MAX_PRESET_BYTES = 64
+MAX_SIZE = 16384          # coded width / height
+MAX_FRAMES = 1 << 24      # num_frames
+MAX_GOPS = 1_000_000
+MAX_GOP_FRAMES = 4097     # 4k+1, i.e. at most 1025 latent frames per GOP
+MAX_STEPS = 1000
+MAX_K = 1 << 24
+MAX_SIDE_PAYLOADS = 255
+_VARINT_MAX_BYTES = 10    # values < 2**70; anything longer is malformed
+HASH_BYTES = 8
+FINGERPRINT_BYTES = 8
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything the decoder needs besides the model weights (see docs/bitstream.md)."""
+
+    model_fingerprint: bytes           # 8 bytes (truncated sha256 of the model parameters)
+    preset: str                        # model preset / name, <= 64 bytes utf-8
+    variant: str                       # in VARIANTS
+    width: int                         # coded (padded to multiples of 16) size
+    height: int
+    orig_width: int                    # crop-back size (<= coded size)
+    orig_height: int
+    num_frames: int                    # frames of the original video (after --max-frames), >= 1
+    fps_num: int
+    fps_den: int
+    gop_frames: int                    # frames per GOP, 4k+1
+    num_gops: int
+    steps: int                         # T
+    tail: int                          # deterministic tail steps (tail <= steps)
+    shift: float                       # stored as float32
+    g_scale: float                     # stored as float32
+    K: int                             # codebook size
+    atoms_per_frame: tuple[int, ...]   # M per latent frame of a GOP, 0 < M <= K
+    seed: int                          # codebook / initial-noise seed, 0 <= seed < 2**32
+    codebook: str                      # in CODEBOOK_KINDS
+    flags: int = 0                     # bit field for future options
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.atoms_per_frame, tuple):
+            try:
+                object.__setattr__(self, "atoms_per_frame", tuple(self.atoms_per_frame))
+            except TypeError:
+                pass  # left as is; validate_header reports it
+
+    @property
+    def latent_frames(self) -> int:
+        """Latent frames per GOP (= len(atoms_per_frame) = (gop_frames - 1) // 4 + 1)."""
+        return len(self.atoms_per_frame)
+
+    @property
+    def stochastic_steps(self) -> int:
+        """Steps that carry bits: steps - tail."""
+        return self.steps - self.tail
+
+
+@dataclass(frozen=True)
+class GopRecord:
+    """One GOP's payload.
+
+    picks[s][f] = (indices int32 [M_f] strictly increasing, signs int8 [M_f] in {-1, +1}) for each
+    stochastic step s and latent frame f; latent_hash: 8 bytes; side: ((tag 0..255, bytes), ...).
+    """
+
+    picks: tuple
+    latent_hash: bytes
+    side: tuple = ()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GopRecord):
+            return NotImplemented
+        if bytes(self.latent_hash) != bytes(other.latent_hash):
+            return False
+        if [(int(t), bytes(d)) for t, d in self.side] != [(int(t), bytes(d)) for t, d in other.side]:
+            return False
+        if len(self.picks) != len(other.picks):
+            return False
+        for a_step, b_step in zip(self.picks, other.picks):
+            if len(a_step) != len(b_step):
+                return False
+            for (ai, as_), (bi, bs) in zip(a_step, b_step):
+                if not (np.array_equal(np.asarray(ai), np.asarray(bi))
+                        and np.array_equal(np.asarray(as_), np.asarray(bs))):
+                    return False
+        return True
+
+
+# ----------------------------------------------------------------------------------- varints
+
+def encode_varint(n: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, least significant group first, high bit = more."""
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"varint must be >= 0, got {n}")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+class _Cursor:
+    """Bounds-checked byte reader over a bytes object; every read names what it was reading."""
+
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    @property
+    def left(self) -> int:
+        return self.end - self.pos
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or n > self.left:
+            raise BitstreamError(f"truncated stream: {what} needs {n} bytes, {self.left} left")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def varint(self, what: str) -> int:
+        value, shift = 0, 0
+        for i in range(_VARINT_MAX_BYTES):
+            if self.pos >= self.end:
+                raise BitstreamError(f"truncated stream: varint {what} runs past the end")
+            b = self.data[self.pos]
+            self.pos += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                if b == 0 and i > 0:
+                    raise BitstreamError(f"non-canonical varint for {what}")
+                return value
+        raise BitstreamError(f"varint {what} longer than {_VARINT_MAX_BYTES} bytes")
+
+
+# ----------------------------------------------------------------------------------- validation
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _f32(x: float) -> float:
+    return struct.unpack(">f", struct.pack(">f", x))[0]
+
+
+def validate_header(h: Header) -> None:
+    """Raise BitstreamError naming the first invalid header field (no heavy work)."""
+
+    def bad(msg: str) -> BitstreamError:
+        return BitstreamError(f"invalid header: {msg}")
+
+    if not isinstance(h, Header):
+        raise bad(f"expected Header, got {type(h).__name__}")
+    if not isinstance(h.model_fingerprint, (bytes, bytearray)) or len(h.model_fingerprint) != FINGERPRINT_BYTES:
+        raise bad(f"model_fingerprint must be {FINGERPRINT_BYTES} bytes")
+    if not isinstance(h.preset, str):
+        raise bad("preset must be a str")
+    try:
+        preset_len = len(h.preset.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise bad("preset is not encodable as utf-8") from None
+    if preset_len > MAX_PRESET_BYTES:
+        raise bad(f"preset longer than {MAX_PRESET_BYTES} bytes utf-8")
+    if h.variant not in VARIANTS:
+        raise bad(f"variant {h.variant!r} not in {VARIANTS}")
+    if h.codebook not in CODEBOOK_KINDS:
+        raise bad(f"codebook {h.codebook!r} not in {CODEBOOK_KINDS}")
+    ints = ("width", "height", "orig_width", "orig_height", "num_frames", "fps_num", "fps_den", "gop_frames",
+            "num_gops", "steps", "tail", "K", "seed", "flags")
+    for name in ints:
+        if not _is_int(getattr(h, name)):
+            raise bad(f"{name} must be an int, got {getattr(h, name)!r}")
+    for name in ("width", "height"):
+        v = getattr(h, name)
+        if not (16 <= v <= MAX_SIZE and v % 16 == 0):
+            raise bad(f"{name}={v} must be a multiple of 16 in [16, {MAX_SIZE}]")
+    if not 1 <= h.orig_width <= h.width or not 1 <= h.orig_height <= h.height:
+        raise bad(f"original size {h.orig_width}x{h.orig_height} must be within coded size {h.width}x{h.height}")
+    if not 1 <= h.num_frames <= MAX_FRAMES:
+        raise bad(f"num_frames={h.num_frames} not in [1, {MAX_FRAMES}]")
+    if h.fps_num <= 0 or h.fps_den <= 0 or h.fps_num >= 1 << 32 or h.fps_den >= 1 << 32:
+        raise bad(f"fps {h.fps_num}/{h.fps_den} must have both terms in [1, 2**32)")
+    if not (1 <= h.gop_frames <= MAX_GOP_FRAMES and h.gop_frames % 4 == 1):
+        raise bad(f"gop_frames={h.gop_frames} must be 4k+1 in [1, {MAX_GOP_FRAMES}]")
+    if not 1 <= h.num_gops <= min(h.num_frames, MAX_GOPS):
+        raise bad(f"num_gops={h.num_gops} must be in [1, min(num_frames={h.num_frames}, {MAX_GOPS})]")
+    if not 1 <= h.steps <= MAX_STEPS:
+        raise bad(f"steps={h.steps} not in [1, {MAX_STEPS}]")
+    if not 0 <= h.tail <= h.steps:
+        raise bad(f"tail={h.tail} not in [0, steps={h.steps}]")
+    for name in ("shift", "g_scale"):
+        v = getattr(h, name)
+        if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool):
+            raise bad(f"{name} must be a float, got {v!r}")
+        try:
+            v32 = _f32(float(v))
+        except OverflowError:
+            raise bad(f"{name}={v} does not fit in float32") from None
+        if not math.isfinite(v32):
+            raise bad(f"{name}={v} must be finite")
+    if not h.shift > 0:
+        raise bad(f"shift={h.shift} must be > 0")
+    if not h.g_scale >= 0:
+        raise bad(f"g_scale={h.g_scale} must be >= 0")
+    if not 1 <= h.K <= MAX_K:
+        raise bad(f"K={h.K} not in [1, {MAX_K}]")
+    apf = h.atoms_per_frame
+    if not isinstance(apf, tuple):
+        raise bad("atoms_per_frame must be a sequence of ints")
+    want = (h.gop_frames - 1) // 4 + 1
+    if len(apf) != want:
+        raise bad(f"atoms_per_frame has {len(apf)} entries, gop_frames={h.gop_frames} has {want} latent frames")
+    for f, m in enumerate(apf):
+        if not _is_int(m) or not 1 <= m <= h.K:
+            raise bad(f"atoms_per_frame[{f}]={m!r} not in [1, K={h.K}]")
+    if not 0 <= h.seed < 1 << 32:
+        raise bad(f"seed={h.seed} not in [0, 2**32)")
+    if not 0 <= h.flags < 1 << 32:
+        raise bad(f"flags={h.flags} not in [0, 2**32)")
+
+
+def payload_bits(header: Header) -> int:
+    """Bits of one GOP's picks: stochastic_steps * sum_f (subset_rank_bits(K, M_f) + M_f)."""
+    bits = {m: subset_rank_bits(header.K, m) for m in set(int(m) for m in header.atoms_per_frame)}
+    per_step = sum(bits[int(m)] + int(m) for m in header.atoms_per_frame)
+    return header.stochastic_steps * per_step
+
+
+# ----------------------------------------------------------------------------------- header
+
+def _encode_header_fields(h: Header) -> bytes:
+    """Header bytes without validation (MAGIC .. CRC). Used by write(); tests use it to forge headers."""
+    out = bytearray(MAGIC)
+    out.append(FORMAT_VERSION)
+    out += bytes(h.model_fingerprint)
+    preset = h.preset.encode("utf-8")
+    out += encode_varint(len(preset)) + preset
+    out.append(VARIANTS.index(h.variant) if h.variant in VARIANTS else 255)
+    out.append(CODEBOOK_KINDS.index(h.codebook) if h.codebook in CODEBOOK_KINDS else 255)
+    for v in (h.width, h.height, h.orig_width, h.orig_height, h.num_frames, h.fps_num, h.fps_den,
+              h.gop_frames, h.num_gops, h.steps, h.tail):
+        out += encode_varint(v)
+    out += struct.pack(">ff", h.shift, h.g_scale)
+    out += encode_varint(h.K)
+    out += encode_varint(len(h.atoms_per_frame))
+    for m in h.atoms_per_frame:
+        out += encode_varint(m)
+    out += encode_varint(h.seed)
+    out += encode_varint(h.flags)
+    out += struct.pack(">I", zlib.crc32(out))
+    return bytes(out)
+
+
+def header_bytes(header: Header) -> int:
+    """Size in bytes of the encoded header (magic through header CRC)."""
+    return len(_encode_header_fields(header))
+
+
+def _parse_header(cur: _Cursor) -> Header:
+    start = cur.pos
+    if cur.left < len(MAGIC) or cur.data[cur.pos:cur.pos + len(MAGIC)] != MAGIC:
+        raise BitstreamError("not a .gvc stream (bad magic)")
+    cur.pos += len(MAGIC)
+    version = cur.u8("format version")
+    if version != FORMAT_VERSION:
+        raise BitstreamError(f"unsupported .gvc format version {version} (this reader supports {FORMAT_VERSION})")
+    fingerprint = cur.take(FINGERPRINT_BYTES, "model fingerprint")
+    n = cur.varint("preset length")
+    if n > MAX_PRESET_BYTES:
+        raise BitstreamError(f"invalid header: preset length {n} > {MAX_PRESET_BYTES}")
+    preset_raw = cur.take(n, "preset")
+    variant_i = cur.u8("variant")
+    codebook_i = cur.u8("codebook kind")
+    names = ("width", "height", "orig_width", "orig_height", "num_frames", "fps_num", "fps_den",
+             "gop_frames", "num_gops", "steps", "tail")
+    vals = {name: cur.varint(name) for name in names}
+    shift, g_scale = struct.unpack(">ff", cur.take(8, "shift and g_scale"))
+    K = cur.varint("K")
+    n_lat = cur.varint("latent frame count")
+    if n_lat > (MAX_GOP_FRAMES - 1) // 4 + 1:
+        raise BitstreamError(f"invalid header: {n_lat} latent frames per GOP exceeds the format limit")
+    apf = tuple(cur.varint(f"atoms_per_frame[{f}]") for f in range(n_lat))
+    seed = cur.varint("seed")
+    flags = cur.varint("flags")
+    crc_pos = cur.pos
+    (crc,) = struct.unpack(">I", cur.take(4, "header CRC"))
+    if zlib.crc32(cur.data[start:crc_pos]) != crc:
+        raise BitstreamError("header CRC mismatch (corrupted header)")
+    if variant_i >= len(VARIANTS):
+        raise BitstreamError(f"invalid header: variant index {variant_i} out of range")
+    if codebook_i >= len(CODEBOOK_KINDS):
+        raise BitstreamError(f"invalid header: codebook kind index {codebook_i} out of range")
+    try:
+        preset = preset_raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BitstreamError("invalid header: preset is not valid utf-8") from None
+    h = Header(model_fingerprint=fingerprint, preset=preset, variant=VARIANTS[variant_i], shift=shift,
+               g_scale=g_scale, K=K, atoms_per_frame=apf, seed=seed, codebook=CODEBOOK_KINDS[codebook_i],
+               flags=flags, **vals)
+    validate_header(h)
+    return h
+
+
+# ----------------------------------------------------------------------------------- records
+
+def _validate_record(h: Header, g: int, rec: GopRecord) -> None:
+    def bad(msg: str) -> BitstreamError:
+        return BitstreamError(f"invalid GOP {g} record: {msg}")
+
+    if not isinstance(rec, GopRecord):
+        raise bad(f"expected GopRecord, got {type(rec).__name__}")
+    if not isinstance(rec.latent_hash, (bytes, bytearray)) or len(rec.latent_hash) != HASH_BYTES:
+        raise bad(f"latent_hash must be {HASH_BYTES} bytes")
+    if len(rec.picks) != h.stochastic_steps:
+        raise bad(f"{len(rec.picks)} steps of picks, header has {h.stochastic_steps} stochastic steps")
+    for s, step in enumerate(rec.picks):
+        if len(step) != h.latent_frames:
+            raise bad(f"step {s} has {len(step)} frames of picks, header has {h.latent_frames} latent frames")
+        for f, pick in enumerate(step):
+            if len(pick) != 2:
+                raise bad(f"picks[{s}][{f}] must be (indices, signs)")
+            idx, sg = np.asarray(pick[0]), np.asarray(pick[1])
+            m = h.atoms_per_frame[f]
+            if idx.shape != (m,) or sg.shape != (m,):
+                raise bad(f"picks[{s}][{f}] shapes {idx.shape}, {sg.shape}, expected ({m},)")
+            if not np.issubdtype(idx.dtype, np.integer) or not np.issubdtype(sg.dtype, np.integer):
+                raise bad(f"picks[{s}][{f}] indices and signs must be integer arrays")
+            if idx[0] < 0 or idx[-1] >= h.K or (m > 1 and not np.all(np.diff(idx) > 0)):
+                raise bad(f"picks[{s}][{f}] indices must be strictly increasing in [0, K={h.K})")
+            if not np.all((sg == 1) | (sg == -1)):
+                raise bad(f"picks[{s}][{f}] signs must be -1 or +1")
+    if len(rec.side) > MAX_SIDE_PAYLOADS:
+        raise bad(f"{len(rec.side)} side payloads, at most {MAX_SIDE_PAYLOADS}")
+    for i, item in enumerate(rec.side):
+        if len(item) != 2:
+            raise bad(f"side[{i}] must be (tag, bytes)")
+        tag, data = item
+        if not _is_int(tag) or not 0 <= tag <= 255:
+            raise bad(f"side[{i}] tag {tag!r} not in [0, 255]")
+        if not isinstance(data, (bytes, bytearray)):
+            raise bad(f"side[{i}] data must be bytes")
+
+
+def _encode_picks(h: Header, picks) -> bytes:
+    bw = BitWriter()
+    rank_bits = [subset_rank_bits(h.K, m) for m in h.atoms_per_frame]
+    for step in picks:
+        for f, (idx, sg) in enumerate(step):
+            bw.write(rank_subset(np.asarray(idx).tolist(), h.K), rank_bits[f])
+            neg = (np.asarray(sg) < 0).astype(np.uint8)
+            m = neg.shape[0]
+            bw.write(int.from_bytes(np.packbits(neg).tobytes(), "big") >> ((-m) % 8), m)
+    return bw.getvalue()
+
+
+def _encode_body(h: Header, rec: GopRecord) -> bytes:
+    out = bytearray(rec.latent_hash)
+    out += _encode_picks(h, rec.picks)
+    out += encode_varint(len(rec.side))
+    for tag, data in rec.side:
+        out.append(int(tag))
+        out += encode_varint(len(data)) + bytes(data)
+    return bytes(out)
+
+
+def _decode_picks(h: Header, data: bytes, g: int) -> tuple:
+    br = BitReader(data)
+    combs = {m: math.comb(h.K, m) for m in set(h.atoms_per_frame)}
+    rank_bits = [(combs[m] - 1).bit_length() for m in h.atoms_per_frame]
+    totals = [combs[m] for m in h.atoms_per_frame]
+    steps = []
+    for s in range(h.stochastic_steps):
+        frames = []
+        for f, m in enumerate(h.atoms_per_frame):
+            rank = br.read(rank_bits[f])
+            if rank >= totals[f]:
+                raise BitstreamError(f"GOP {g} step {s} frame {f}: subset rank out of range (corrupted picks)")
+            idx = np.asarray(unrank_subset(rank, h.K, m), dtype=np.int32)
+            bits = br.read(m)
+            neg = np.unpackbits(np.frombuffer((bits << ((-m) % 8)).to_bytes((m + 7) // 8, "big"), np.uint8))[:m]
+            frames.append((idx, (1 - 2 * neg.astype(np.int8)).astype(np.int8)))
+        steps.append(tuple(frames))
+    if br.bits_left >= 8 or br.read(br.bits_left) != 0:
+        raise BitstreamError(f"GOP {g}: non-zero padding after the picks")
+    return tuple(steps)
+
+
+def _parse_record(h: Header, cur: _Cursor, g: int, pick_bytes: int) -> GopRecord:
+    body_len = cur.varint(f"GOP {g} record length")
+    if body_len + 4 > cur.left:
+        raise BitstreamError(f"truncated stream: GOP {g} record claims {body_len} bytes, {max(cur.left - 4, 0)} left")
+    (crc,) = struct.unpack(">I", cur.take(4, f"GOP {g} CRC"))
+    body_start = cur.pos
+    body = cur.take(body_len, f"GOP {g} record")
+    if zlib.crc32(body) != crc:
+        raise BitstreamError(f"GOP {g}: CRC mismatch (corrupted record)")
+    if body_len < HASH_BYTES + pick_bytes + 1:
+        raise BitstreamError(f"GOP {g}: record of {body_len} bytes is shorter than its "
+                             f"{HASH_BYTES + pick_bytes + 1}-byte minimum")
+    bc = _Cursor(cur.data, body_start, body_start + body_len)
+    latent_hash = bc.take(HASH_BYTES, f"GOP {g} latent hash")
+    picks = _decode_picks(h, bc.take(pick_bytes, f"GOP {g} picks"), g)
+    n_side = bc.varint(f"GOP {g} side payload count")
+    if n_side > MAX_SIDE_PAYLOADS or 2 * n_side > bc.left:
+        raise BitstreamError(f"GOP {g}: side payload count {n_side} does not fit the record")
+    side = []
+    for i in range(n_side):
+        tag = bc.u8(f"GOP {g} side[{i}] tag")
+        n = bc.varint(f"GOP {g} side[{i}] length")
+        side.append((tag, bc.take(n, f"GOP {g} side[{i}] data")))
+    if bc.left:
+        raise BitstreamError(f"GOP {g}: {bc.left} unexpected trailing bytes in the record")
+    return GopRecord(picks=picks, latent_hash=latent_hash, side=tuple(side))
+
+
+# ----------------------------------------------------------------------------------- API
+
+def write(header: Header, records: Sequence[GopRecord]) -> bytes:
+    """Serialise a header and its num_gops GOP records; validates everything first."""
+    validate_header(header)
+    records = list(records)
+    if len(records) != header.num_gops:
+        raise BitstreamError(f"header says num_gops={header.num_gops}, got {len(records)} records")
+    for g, rec in enumerate(records):
+        _validate_record(header, g, rec)
+    out = bytearray(_encode_header_fields(header))
+    for rec in records:
+        body = _encode_body(header, rec)
+        out += encode_varint(len(body)) + struct.pack(">I", zlib.crc32(body)) + body
+    return bytes(out)
+
+
+def read(data: bytes) -> tuple[Header, list[GopRecord]]:
+    """Parse a whole .gvc stream; raises BitstreamError on anything malformed."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BitstreamError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    cur = _Cursor(data)
+    h = _parse_header(cur)
+    # Cheap lower bound before any big-int work: every record holds at least 4 (CRC) + 1 (length)
+    # + 8 (hash) + 1 (side count) bytes plus the sign bits of its picks.
+    sign_bytes = h.stochastic_steps * sum(h.atoms_per_frame) // 8
+    if h.num_gops * (14 + sign_bytes) > cur.left:
+        raise BitstreamError(f"truncated stream: {h.num_gops} GOPs need at least {h.num_gops * (14 + sign_bytes)} "
+                             f"bytes, {cur.left} left")
+    pick_bytes = (payload_bits(h) + 7) // 8
+    if h.num_gops * (14 + pick_bytes) > cur.left:
+        raise BitstreamError(f"truncated stream: {h.num_gops} GOPs of {pick_bytes}-byte picks need at least "
+                             f"{h.num_gops * (14 + pick_bytes)} bytes, {cur.left} left")
+    records = [_parse_record(h, cur, g, pick_bytes) for g in range(h.num_gops)]
+    if cur.left:
+        raise BitstreamError(f"{cur.left} unexpected trailing bytes after the last GOP")
+    return h, records

@@ -1,0 +1,477 @@
+"""Tests for gvc_jax.codec.bitstream: round trips, exact sizes, overhead bounds, golden bytes, errors, fuzzing."""
+import dataclasses
+import hashlib
+import math
+import struct
+import time
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+
+from gvc_jax.codec import bitstream as bs
+from gvc_jax.codec.bitstream import BitstreamError, GopRecord, Header
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+def make_header(**kw):
+    base = dict(model_fingerprint=b"\x01\x23\x45\x67\x89\xab\xcd\xef", preset="tiny", variant="t2v",
+                width=64, height=48, orig_width=60, orig_height=40, num_frames=9, fps_num=16, fps_den=1,
+                gop_frames=5, num_gops=2, steps=4, tail=1, shift=3.0, g_scale=3.0, K=64,
+                atoms_per_frame=(4, 6), seed=7, codebook="hadamard", flags=0)
+    base.update(kw)
+    return Header(**base)
+
+
+def random_picks(rng, h):
+    return tuple(
+        tuple((np.sort(rng.choice(h.K, m, replace=False)).astype(np.int32),
+               rng.choice(np.array([-1, 1], np.int8), m)) for m in h.atoms_per_frame)
+        for _ in range(h.stochastic_steps))
+
+
+def random_record(rng, h, side=()):
+    return GopRecord(picks=random_picks(rng, h), latent_hash=rng.bytes(8), side=side)
+
+
+def random_header(rng):
+    variant = bs.VARIANTS[rng.integers(3)]
+    gop_frames = int(4 * rng.integers(0, 21) + 1)
+    n_lat = (gop_frames - 1) // 4 + 1
+    K = int(rng.choice([1, 2, 7, 64, 1000, 16384, 1 << 20]))
+    apf = tuple(int(rng.integers(1, min(K, 160) + 1)) for _ in range(n_lat))
+    steps = int(rng.integers(1, 6))
+    num_frames = int(rng.integers(1, 500))
+    w, h = 16 * int(rng.integers(1, 121)), 16 * int(rng.integers(1, 68))
+    preset = "".join(chr(c) for c in rng.integers(0x20, 0x7F, int(rng.integers(0, 30))))
+    return Header(model_fingerprint=rng.bytes(8), preset=preset + "é", variant=variant, width=w, height=h,
+                  orig_width=int(rng.integers(1, w + 1)), orig_height=int(rng.integers(1, h + 1)),
+                  num_frames=num_frames, fps_num=int(rng.integers(1, 60001)), fps_den=int(rng.integers(1, 1002)),
+                  gop_frames=gop_frames, num_gops=int(rng.integers(1, min(num_frames, 3) + 1)), steps=steps,
+                  tail=int(rng.integers(0, steps + 1)), shift=float(np.float32(rng.uniform(0.1, 10))),
+                  g_scale=float(np.float32(rng.uniform(0, 5))), K=K, atoms_per_frame=apf,
+                  seed=int(rng.integers(0, 1 << 32)), codebook=bs.CODEBOOK_KINDS[rng.integers(3)],
+                  flags=int(rng.integers(0, 1 << 32)))
+
+
+def varint_len(n):
+    return max(1, -(-n.bit_length() // 7))
+
+
+def ref_payload_bits(h):
+    per = 0
+    for m in h.atoms_per_frame:
+        n, b = math.comb(h.K, m), 0
+        while (1 << b) < n:
+            b += 1
+        per += b + m
+    return (h.steps - h.tail) * per
+
+
+def ref_header_len(h):
+    """Independent count of header bytes from the documented layout."""
+    n = 3 + 1 + 8  # magic, version, fingerprint
+    p = len(h.preset.encode())
+    n += varint_len(p) + p + 1 + 1  # preset, variant, codebook
+    for v in (h.width, h.height, h.orig_width, h.orig_height, h.num_frames, h.fps_num, h.fps_den,
+              h.gop_frames, h.num_gops, h.steps, h.tail):
+        n += varint_len(v)
+    n += 8 + varint_len(h.K) + varint_len(len(h.atoms_per_frame)) + sum(varint_len(m) for m in h.atoms_per_frame)
+    n += varint_len(h.seed) + varint_len(h.flags) + 4
+    return n
+
+
+def ref_record_len(h, side=()):
+    body = 8 + -(-ref_payload_bits(h) // 8) + varint_len(len(side))
+    body += sum(1 + varint_len(len(d)) + len(d) for _, d in side)
+    return varint_len(body) + 4 + body
+
+
+# ----------------------------------------------------------------------------------- round trips
+
+def test_round_trip_random():
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        h = random_header(rng)
+        side_opts = [(), ((1, rng.bytes(int(rng.integers(0, 300)))),), ((0, b""), (255, b"x" * 200))]
+        recs = [random_record(rng, h, side_opts[rng.integers(3)]) for _ in range(h.num_gops)]
+        data = bs.write(h, recs)
+        h2, recs2 = bs.read(data)
+        assert h2 == h
+        assert recs2 == recs
+        for r in recs2:
+            for step in r.picks:
+                for idx, sg in step:
+                    assert idx.dtype == np.int32 and sg.dtype == np.int8
+        # Exact size, computed independently.
+        assert len(data) == ref_header_len(h) + sum(ref_record_len(h, r.side) for r in recs)
+        assert bs.header_bytes(h) == ref_header_len(h)
+        assert bs.payload_bits(h) == ref_payload_bits(h)
+
+
+def test_float32_fields():
+    h = make_header(shift=0.1, g_scale=2.5)  # 0.1 is not float32-representable: rounded to nearest float32
+    rng = np.random.default_rng(1)
+    h2, _ = bs.read(bs.write(h, [random_record(rng, h) for _ in range(2)]))
+    assert h2.shift == float(np.float32(0.1)) and h2.g_scale == 2.5
+    assert h2 == dataclasses.replace(h, shift=float(np.float32(0.1)))
+
+
+def test_stochastic_steps_zero_and_properties():
+    h = make_header(steps=3, tail=3)
+    assert h.stochastic_steps == 0 and h.latent_frames == 2 and bs.payload_bits(h) == 0
+    recs = [GopRecord(picks=(), latent_hash=b"a" * 8), GopRecord(picks=(), latent_hash=b"b" * 8, side=((9, b"zz"),))]
+    h2, r2 = bs.read(bs.write(h, recs))
+    assert h2 == h and r2 == recs
+
+
+def test_overhead_bounds_realistic():
+    rng = np.random.default_rng(2)
+    # 720p T2V default, and a worst-ish case: 64-byte preset, 81-frame GOPs with adaptive M, big values.
+    cases = [
+        make_header(preset="wan2.1-t2v-1.3b", width=1280, height=720, orig_width=1280, orig_height=720,
+                    num_frames=99, fps_num=30000, fps_den=1001, gop_frames=33, num_gops=3, steps=20, tail=3,
+                    shift=5.0, K=16384, atoms_per_frame=(64,) * 9, seed=2**32 - 1),
+        make_header(preset="x" * 64, variant="i2v", width=16384, height=16384, orig_width=16383, orig_height=16383,
+                    num_frames=(1 << 24), fps_num=2**32 - 1, fps_den=2**32 - 1, gop_frames=81, num_gops=2,
+                    steps=1000, tail=999, K=16384, atoms_per_frame=(80,) * 19 + (128, 128), seed=2**32 - 1,
+                    codebook="rademacher", flags=2**32 - 1),
+    ]
+    for h in cases:
+        assert bs.header_bytes(h) < 200
+        recs = [random_record(rng, h) for _ in range(h.num_gops)]
+        data = bs.write(h, recs)
+        per_gop = (len(data) - bs.header_bytes(h)) / h.num_gops - math.ceil(bs.payload_bits(h) / 8)
+        assert per_gop <= 16
+        assert len(data) == bs.header_bytes(h) + h.num_gops * per_gop + h.num_gops * math.ceil(bs.payload_bits(h) / 8)
+    # SPEC §6: K=16384, M=64 at 17 stochastic steps x 9 latent frames -> 664 bits per (step, frame).
+    assert bs.payload_bits(cases[0]) == 17 * 9 * 664
+
+
+def golden_stream():
+    h = make_header()
+    picks = tuple(
+        tuple((np.arange(m, dtype=np.int32) * 5 + s + f, np.array([1, -1] * (m // 2), np.int8))
+              for f, m in enumerate(h.atoms_per_frame))
+        for s in range(h.stochastic_steps))
+    recs = [GopRecord(picks=picks, latent_hash=b"hash0000"),
+            GopRecord(picks=picks, latent_hash=b"hash0001", side=((3, b"anchor"),))]
+    return h, recs
+
+
+def test_golden_bytes():
+    # A change of this hash is a FORMAT BREAK: bump FORMAT_VERSION and update docs/bitstream.md.
+    h, recs = golden_stream()
+    data = bs.write(h, recs)
+    assert hashlib.sha256(data).hexdigest() == GOLDEN_SHA256, hashlib.sha256(data).hexdigest()
+    # Hand-checked layout of the header (docs/bitstream.md) and of the first record's start.
+    assert data[:44] == bytes.fromhex(
+        "47564301" "0123456789abcdef" "0474696e79" "00" "00"  # magic, version, fingerprint, preset, t2v, hadamard
+        "40303c28" "09" "1001" "05" "02" "0401"               # 64x48, 60x40, 9 frames, 16/1 fps, gop 5, 2 GOPs,
+                                                              # 4 steps, tail 1
+        "40400000" "40400000" "40" "02" "0406" "07" "00")     # shift 3.0, g_scale 3.0, K 64, M = (4, 6), seed, flags
+    assert data[44:48] == struct.pack(">I", zlib.crc32(data[:44]))
+    # Body 8 + ceil(171 / 8) + 1 = 31 bytes; picks[0][0] = indices (0, 5, 10, 15) -> rank 1495 in 20 bits, signs +-+-.
+    assert data[48] == 31 and data[53:61] == b"hash0000" and data[61:64] == bytes.fromhex("005d75")
+    assert bs.read(data) == (h, recs)
+
+
+GOLDEN_SHA256 = "7884304f78859ffdedab468008c450b14efc73a63c259c88511e90c93496a2cf"
+
+
+# ----------------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("field,value", [
+    ("model_fingerprint", b"short"), ("preset", "p" * 65), ("variant", "v2v"), ("codebook", "sparse"),
+    ("width", 70), ("height", 0), ("width", 16400), ("orig_width", 65), ("orig_height", 0), ("num_frames", 0),
+    ("fps_num", 0), ("fps_den", 0), ("gop_frames", 6), ("num_gops", 0), ("num_gops", 10), ("steps", 0),
+    ("steps", 1001), ("tail", 5), ("shift", 0.0), ("shift", float("nan")), ("g_scale", -1.0),
+    ("g_scale", float("inf")), ("shift", 1e40), ("K", 0), ("K", (1 << 24) + 1), ("atoms_per_frame", (4,)),
+    ("atoms_per_frame", (4, 65)), ("atoms_per_frame", (0, 4)), ("seed", -1), ("seed", 1 << 32), ("flags", -1),
+    ("width", 64.0), ("preset", "\ud800"),
+])
+def test_write_rejects_bad_header(field, value):
+    h = dataclasses.replace(make_header(), **{field: value})
+    rng = np.random.default_rng(3)
+    recs = [random_record(rng, make_header()) for _ in range(2)]
+    with pytest.raises(BitstreamError, match="invalid header"):
+        bs.write(h, recs)
+
+
+def test_write_rejects_bad_records():
+    h = make_header()
+    rng = np.random.default_rng(4)
+    good = random_record(rng, h)
+    idx, sg = good.picks[0][0]
+    def with_pick(i, s):
+        picks = list(map(list, good.picks))
+        picks[0][0] = (i, s)
+        return dataclasses.replace(good, picks=tuple(map(tuple, picks)))
+    bad = [
+        dataclasses.replace(good, latent_hash=b"1234567"),
+        dataclasses.replace(good, picks=good.picks[:-1]),
+        dataclasses.replace(good, picks=tuple(step[:1] for step in good.picks)),
+        with_pick(idx[::-1].copy(), sg),
+        with_pick(np.array([0, 1, 2, 64], np.int32), sg),
+        with_pick(np.array([-1, 1, 2, 3], np.int32), sg),
+        with_pick(idx[:3], sg[:3]),
+        with_pick(idx, np.array([1, 0, 1, -1], np.int8)),
+        with_pick(idx.astype(np.float32), sg),
+        dataclasses.replace(good, side=((256, b""),)),
+        dataclasses.replace(good, side=((1, "text"),)),
+    ]
+    for rec in bad:
+        with pytest.raises(BitstreamError, match="invalid GOP 1 record"):
+            bs.write(h, [good, rec])
+    with pytest.raises(BitstreamError, match="num_gops"):
+        bs.write(h, [good])
+
+
+def _valid():
+    rng = np.random.default_rng(5)
+    h = make_header()
+    return h, bs.write(h, [random_record(rng, h), random_record(rng, h, ((2, b"side"),))])
+
+
+def _fix_record_crc(data, rec_start):
+    """Recompute the CRC of the record starting at rec_start (its varint length is intact)."""
+    cur = bs._Cursor(data, rec_start)
+    n = cur.varint("len")
+    body = data[cur.pos + 4:cur.pos + 4 + n]
+    return data[:cur.pos] + struct.pack(">I", zlib.crc32(body)) + data[cur.pos + 4:]
+
+
+def test_read_errors_specific():
+    h, data = _valid()
+    hl = bs.header_bytes(h)
+    cases = {
+        "bad magic": b"GVD" + data[3:],
+        "format version 2": data[:3] + b"\x02" + data[4:],
+        "trailing bytes": data + b"\x00",
+        "header CRC": data[:20] + bytes([data[20] ^ 1]) + data[21:],
+        "GOP 0: CRC mismatch": data[:hl + 10] + bytes([data[hl + 10] ^ 0x40]) + data[hl + 11:],
+        "truncated": data[:-1],
+    }
+    for msg, d in cases.items():
+        with pytest.raises(BitstreamError, match=msg):
+            bs.read(d)
+    # CRC of GOP 1 broken: error names GOP 1.
+    cur = bs._Cursor(data, hl)
+    n0 = cur.varint("len")
+    rec1 = cur.pos + 4 + n0
+    d = bytearray(data)
+    d[rec1 + 8] ^= 1
+    with pytest.raises(BitstreamError, match="GOP 1: CRC mismatch"):
+        bs.read(bytes(d))
+    with pytest.raises(BitstreamError):
+        bs.read("not bytes")
+
+
+def test_rank_out_of_range_detected():
+    # K=5, M=2: C(5,2) = 10 fits in 4 bits, so ranks 10..15 are representable and invalid.
+    h = make_header(K=5, atoms_per_frame=(2, 2), steps=1, tail=0, num_gops=1)
+    rec = GopRecord(picks=(((np.array([0, 1], np.int32), np.array([1, 1], np.int8)),) * 2,), latent_hash=bytes(8))
+    data = bytearray(bs.write(h, [rec]))
+    hl = bs.header_bytes(h)
+    pick0 = hl + 1 + 4 + 8  # varint len (1 byte) + CRC + hash
+    assert data[pick0] >> 4 == 0  # rank 0 in the top 4 bits
+    data[pick0] |= 0xF0  # rank 15 >= C(5, 2)
+    with pytest.raises(BitstreamError, match="rank out of range"):
+        bs.read(_fix_record_crc(bytes(data), hl))
+    # Non-zero padding after the picks is rejected too (2 x (4 + 2) = 12 bits -> 4 padding bits).
+    data = bytearray(bs.write(h, [rec]))
+    data[pick0 + 1] |= 0x01
+    with pytest.raises(BitstreamError, match="padding"):
+        bs.read(_fix_record_crc(bytes(data), hl))
+
+
+# ----------------------------------------------------------------------------------- fuzzing
+
+def _raw_header(fields, crc=True):
+    """Header bytes from raw field values via the low-level varint writer (no validation)."""
+    out = bytearray(bs.MAGIC + bytes([bs.FORMAT_VERSION]))
+    out += fields["fp"]
+    out += bs.encode_varint(fields["preset_len"]) + fields["preset"]
+    out += bytes([fields["variant"], fields["codebook"]])
+    for v in fields["ints"]:
+        out += bs.encode_varint(v)
+    out += fields["floats"]
+    out += bs.encode_varint(fields["K"]) + bs.encode_varint(fields["n_lat"])
+    for m in fields["apf"]:
+        out += bs.encode_varint(m)
+    out += bs.encode_varint(fields["seed"]) + bs.encode_varint(fields["flags"])
+    if crc:
+        out += struct.pack(">I", zlib.crc32(out))
+    return bytes(out)
+
+
+def _wild(rng):
+    """A field value from a mix of small, boundary and huge integers."""
+    choice = rng.integers(6)
+    if choice == 0:
+        return int(rng.integers(0, 4))
+    if choice == 1:
+        return int(rng.integers(0, 200))
+    if choice == 2:
+        return 16 * int(rng.integers(0, 1100))
+    if choice == 3:
+        return int(rng.choice([1 << 24, (1 << 24) + 1, 10**6, 10**6 + 1, 1000, 1001, 16384, 2**32 - 1, 2**32]))
+    if choice == 4:
+        return int(rng.integers(0, 1 << 62)) << int(rng.integers(0, 8))
+    return 4 * int(rng.integers(0, 30)) + 1
+
+
+def _random_raw_header(rng):
+    """Fields of a valid random header, each replaced by a wild value with some probability."""
+    hv = random_header(rng)
+    p = 0.12
+    wild = lambda v: _wild(rng) if rng.random() < p else v  # noqa: E731
+    preset = hv.preset.encode()
+    if rng.random() < p:
+        preset = rng.bytes(int(rng.integers(0, 80)))
+    n_lat = wild(len(hv.atoms_per_frame))
+    extra = max(0, min(n_lat, 40) - len(hv.atoms_per_frame))
+    apf = [wild(m) for m in hv.atoms_per_frame] + [_wild(rng) for _ in range(extra)]
+    floats = struct.pack(">ff", hv.shift, hv.g_scale)
+    if rng.random() < p:
+        floats = struct.pack(">ff", *rng.choice([0.0, -1.0, 3.0, np.inf, np.nan, 1e-40], 2))
+    ints = [hv.width, hv.height, hv.orig_width, hv.orig_height, hv.num_frames, hv.fps_num, hv.fps_den,
+            hv.gop_frames, hv.num_gops, hv.steps, hv.tail]
+    return {
+        "fp": rng.bytes(8), "preset_len": wild(len(preset)), "preset": preset,
+        "variant": int(rng.integers(0, 5)) if rng.random() < p else bs.VARIANTS.index(hv.variant),
+        "codebook": int(rng.integers(0, 5)) if rng.random() < p else bs.CODEBOOK_KINDS.index(hv.codebook),
+        "ints": [wild(v) for v in ints], "floats": floats, "K": wild(hv.K), "n_lat": n_lat, "apf": apf[:n_lat],
+        "seed": wild(hv.seed), "flags": wild(hv.flags),
+    }
+
+
+def _check(data, stats):
+    """One fuzz case: BitstreamError or a valid decode that re-encodes to the same bytes."""
+    t0 = time.perf_counter()
+    try:
+        h, recs = bs.read(data)
+    except BitstreamError:
+        stats["errors"] += 1
+    else:
+        stats["valid"] += 1
+        assert bs.write(h, recs) == data
+    dt = time.perf_counter() - t0
+    stats["max_s"] = max(stats["max_s"], dt)
+    assert dt < 2.0, f"fuzz case took {dt:.2f} s"
+    stats["n"] += 1
+
+
+def _semi_valid(rng):
+    """A random parsable header (tiny K and frame count) and records, for deep fuzzing."""
+    h = make_header(K=int(rng.integers(2, 40)), atoms_per_frame=(1, 2), gop_frames=5, steps=3, tail=1,
+                    num_gops=int(rng.integers(1, 4)))
+    recs = [random_record(rng, h, () if rng.random() < 0.5 else ((1, rng.bytes(3)),)) for _ in range(h.num_gops)]
+    return h, bs.write(h, recs)
+
+
+def _fix_crcs(data, hl):
+    """Recompute header and record CRCs where the framing is still parsable (to fuzz deeper checks)."""
+    d = bytearray(data)
+    if len(d) >= hl:
+        d[hl - 4:hl] = struct.pack(">I", zlib.crc32(bytes(d[:hl - 4])))
+    pos = hl
+    while pos < len(d):
+        cur = bs._Cursor(bytes(d), pos)
+        try:
+            n = cur.varint("len")
+        except BitstreamError:
+            break
+        if cur.pos + 4 + n > len(d):
+            break
+        d[cur.pos:cur.pos + 4] = struct.pack(">I", zlib.crc32(bytes(d[cur.pos + 4:cur.pos + 4 + n])))
+        pos = cur.pos + 4 + n
+    return bytes(d)
+
+
+def test_fuzz():
+    rng = np.random.default_rng(1234)
+    stats = {"n": 0, "errors": 0, "valid": 0, "max_s": 0.0}
+    t_start = time.perf_counter()
+    h, data = _valid()
+    hl = bs.header_bytes(h)
+    # 1. Every truncation of a valid stream.
+    for n in range(len(data)):
+        _check(data[:n], stats)
+    # 2. Single and multiple bit flips, with CRCs as they are (must be caught) ...
+    for _ in range(500):
+        d = bytearray(data)
+        for _ in range(1 if rng.random() < 0.6 else int(rng.integers(2, 9))):
+            i = int(rng.integers(len(d) * 8))
+            d[i // 8] ^= 1 << (i % 8)
+        _check(bytes(d), stats)
+    # ... and with CRCs recomputed, so the field and payload validation behind them is exercised.
+    for _ in range(700):
+        hs, ds = _semi_valid(rng)
+        d = bytearray(ds)
+        for _ in range(int(rng.integers(1, 4))):
+            i = int(rng.integers(len(d) * 8))
+            d[i // 8] ^= 1 << (i % 8)
+        _check(_fix_crcs(bytes(d), bs.header_bytes(hs)), stats)
+    # 3. Garbage after a valid magic (+ version).
+    for _ in range(300):
+        prefix = bs.MAGIC + (bytes([bs.FORMAT_VERSION]) if rng.random() < 0.8 else b"")
+        _check(prefix + rng.bytes(int(rng.integers(0, 400))), stats)
+    # 4. Random header fields through the varint writer, followed by records / garbage / nothing.
+    for k in range(700):
+        fields = _random_raw_header(rng)
+        tail_kind = k % 3
+        tail = b"" if tail_kind == 0 else rng.bytes(int(rng.integers(1, 300)))
+        if tail_kind == 2:  # a well-framed record with a correct CRC but random content
+            body = rng.bytes(int(rng.integers(10, 200)))
+            tail = bs.encode_varint(len(body)) + struct.pack(">I", zlib.crc32(body)) + body
+        _check(_raw_header(fields, crc=rng.random() < 0.95) + tail, stats)
+    # 5. Valid random headers with random (CRC-correct) record bodies.
+    for _ in range(200):
+        hv = random_header(rng)
+        tail = b""
+        for _ in range(hv.num_gops):
+            body = rng.bytes(int(rng.integers(9, 64)))
+            tail += bs.encode_varint(len(body)) + struct.pack(">I", zlib.crc32(body)) + body
+        _check(bs._encode_header_fields(hv) + tail, stats)
+    elapsed = time.perf_counter() - t_start
+    assert stats["n"] >= 2000
+    assert stats["errors"] > 0.5 * stats["n"]
+    print(f"fuzz: {stats['n']} cases, {stats['errors']} errors, {stats['valid']} valid decodes, "
+          f"max {stats['max_s'] * 1e3:.1f} ms/case, {elapsed:.1f} s total")
+    assert elapsed < 60
+
+
+def test_huge_claims_rejected_fast_and_small():
+    """Headers claiming enormous K, M, num_gops, latent frames, preset or varints fail fast without allocating."""
+    def fields(**kw):
+        ints = dict(width=64, height=48, orig_width=64, orig_height=48, num_frames=10**6, fps_num=16, fps_den=1,
+                    gop_frames=5, num_gops=1, steps=1000, tail=0)
+        ints.update({k: kw.pop(k) for k in list(kw) if k in ints})
+        f = {"fp": bytes(8), "preset_len": 4, "preset": b"tiny", "variant": 0, "codebook": 0,
+             "ints": list(ints.values()), "floats": struct.pack(">ff", 3.0, 3.0), "K": 1 << 24, "n_lat": 2,
+             "apf": [1 << 23, 1 << 23], "seed": 0, "flags": 0}
+        f.update(kw)
+        return _raw_header(f)
+    cases = [
+        fields(),                                               # K = 2**24, M = 2**23, 1000 steps
+        fields(num_gops=10**6, apf=[1, 1], K=2),                 # a million GOPs in a few bytes
+        fields(num_gops=10**6, apf=[1 << 24, 1 << 24]),          # both
+        fields(n_lat=1 << 60, apf=[]),                           # absurd latent frame count
+        fields(gop_frames=4097, n_lat=1025, apf=[1 << 24] * 1025),  # the largest allowed GOP, all M = K
+        fields(preset_len=1 << 62, preset=b""),                  # absurd preset length
+        bs.MAGIC + b"\x01" + bytes(8) + b"\xff" * 10000,         # endless varint
+    ]
+    for d in cases:
+        d = d + bytes(200)
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        with pytest.raises(BitstreamError):
+            bs.read(d)
+        dt = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert dt < 0.5, dt
+        assert peak < 4 << 20, peak
