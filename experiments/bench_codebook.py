@@ -1,0 +1,210 @@
+"""Benchmark: one (step, frame) codebook search per kind, vs a public-release style per-atom search.
+
+    python experiments/bench_codebook.py [--json OUT] [--quick] [--dims 4096 230400] [--K 16384] [--M 64]
+
+For each latent-frame size D (default 4096 = 16*16*16, a stand-in for a small model's latent frame,
+and 230400 = 16*90*160, a 720p Wan latent frame) and each kind, it times ``Codebook.search`` (jit,
+compiled ahead of time, median of a few runs; the slowest points run once) and reports atoms x dims
+per second. A Hadamard codebook holds at most P = next_pow2(D) atoms, so at D = 4096 it runs with
+K = 4096 (reported as K_used).
+
+"Public-release style" baseline: one Gaussian atom at a time (a jitted normal(fold_in(key, k)) + dot
+called from a Python loop), timed on a subset of atoms and extrapolated linearly to K.
+
+Peak memory: each (kind, K) point at the largest D runs in a fresh subprocess (so earlier points
+cannot raise the high-water mark). It reports (a) XLA's own buffer plan for the compiled search
+(``memory_analysis()``: temp + argument + output bytes), the search's working set, and (b) the
+resident set size sampled every millisecond by a thread while the compiled search runs, minus the
+RSS just before the run (ru_maxrss alone is useless here: the JAX import and the compiler already
+set a high-water mark of ~300 MB that a search below that size never moves; it is reported too). ``--quick`` skips the Gaussian 720p K = 16384 points (about 45 s each on a
+2-core CPU).
+"""
+import gvc_jax  # noqa: F401  (XLA flags before jax)
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+
+from gvc_jax.codec.codebooks import KINDS, frame_key, get_codebook
+
+DEFAULT_DIMS = (16 * 16 * 16, 16 * 90 * 160)
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _RssSampler(threading.Thread):
+    """Polls the current RSS every millisecond; .peak is the largest value seen."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = _rss_now_mb()
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            self.peak = max(self.peak, _rss_now_mb())
+            time.sleep(0.001)
+
+    def stop(self):
+        self._halt.set()
+        self.join()
+        self.peak = max(self.peak, _rss_now_mb())
+
+
+def _inputs(d: int):
+    key = frame_key(1234, 0, 1, 2)
+    r = jax.random.normal(jax.random.key(0, impl="threefry2x32"), (d,), jnp.float32)
+    return key, r
+
+
+def _compiled_search(cb, m, key, r):
+    t0 = time.perf_counter()
+    comp = jax.jit(lambda k, x: cb.search(k, x, m)).lower(key, r).compile()
+    return comp, time.perf_counter() - t0
+
+
+def time_search(kind: str, d: int, k: int, m: int, reps: int) -> dict:
+    """Median seconds of one compiled search (no separate warm-up run for the slow points)."""
+    cb = get_codebook(kind, k, d)
+    key, r = _inputs(d)
+    comp, t_compile = _compiled_search(cb, m, key, r)
+    if reps > 1:  # warm-up run where affordable (the slowest points run once, right after compiling)
+        jax.block_until_ready(comp(key, r))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(comp(key, r))
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    return {"kind": kind, "D": d, "K_used": k, "M": m, "seconds": t, "reps": reps, "compile_s": t_compile,
+            "atom_dims_per_s": k * d / t}
+
+
+def time_per_atom_gaussian(d: int, k: int, n_sub: int) -> dict:
+    """Public-release style: one jitted normal() + dot per atom from Python; extrapolated to k atoms."""
+    key, r = _inputs(d)
+
+    @jax.jit
+    def one(key, i, r):
+        return jnp.dot(jax.random.normal(jax.random.fold_in(key, i), (d,), jnp.float32), r,
+                       precision=jax.lax.Precision.HIGHEST)
+
+    jax.block_until_ready(one(key, 0, r))
+    t0 = time.perf_counter()
+    ips = [one(key, i, r) for i in range(n_sub)]
+    jax.block_until_ready(ips)
+    t_sub = time.perf_counter() - t0
+    t = t_sub / n_sub * k
+    return {"kind": "gaussian_per_atom", "D": d, "K_used": k, "timed_atoms": n_sub, "timed_s": t_sub,
+            "seconds": t, "extrapolated": True, "atom_dims_per_s": k * d / t}
+
+
+def mem_point(kind: str, d: int, k: int, m: int) -> dict:
+    """Run in a fresh process: XLA buffer plan and sampled RSS of one compiled search."""
+    cb = get_codebook(kind, k, d)
+    key, r = _inputs(d)
+    jax.block_until_ready(r)
+    comp, _ = _compiled_search(cb, m, key, r)
+    ma = comp.memory_analysis()
+    plan = None
+    if ma is not None:
+        plan = (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes) / 2**20
+    rss_before = _rss_now_mb()
+    sampler = _RssSampler()
+    sampler.start()
+    jax.block_until_ready(comp(key, r))
+    sampler.stop()
+    return {"kind": kind, "D": d, "K": k, "xla_plan_mb": plan, "rss_before_run_mb": rss_before,
+            "rss_peak_run_mb": sampler.peak, "rss_run_delta_mb": sampler.peak - rss_before,
+            "maxrss_process_mb": _maxrss_mb()}
+
+
+def _mem_subprocess(kind, d, k, m) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--_mem", kind, str(d), str(k), str(m)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory subprocess failed for {kind} D={d} K={k}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--quick", action="store_true", help="skip the slowest (Gaussian 720p K=16384) points")
+    ap.add_argument("--dims", type=int, nargs="+", default=list(DEFAULT_DIMS))
+    ap.add_argument("--K", type=int, default=16384)
+    ap.add_argument("--M", type=int, default=64)
+    ap.add_argument("--mem-K", type=int, nargs="+", default=[1024, 4096, 16384])
+    ap.add_argument("--_mem", nargs=4, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args._mem:
+        kind, d, k, m = args._mem
+        print(json.dumps(mem_point(kind, int(d), int(k), int(m))))
+        return
+
+    slow = lambda kind, d, k: kind == "gaussian" and d * k > 4096 * 16384 * 4  # noqa: E731
+    res = {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "K": args.K, "M": args.M,
+           "search": [], "baseline": [], "ratios": [], "memory": []}
+    for d in args.dims:
+        per = {}
+        for kind in KINDS:
+            k = min(args.K, get_codebook("hadamard", 1, d).P) if kind == "hadamard" else args.K
+            if args.quick and slow(kind, d, k):
+                print(f"D={d:>7} {kind:<11} skipped (--quick)", flush=True)
+                continue
+            reps = 1 if slow(kind, d, k) else (3 if kind != "hadamard" else 7)
+            row = time_search(kind, d, k, args.M, reps)
+            per[kind] = row
+            res["search"].append(row)
+            print(f"D={d:>7} {kind:<11} K={k:>6}: {row['seconds'] * 1e3:10.2f} ms  "
+                  f"{row['atom_dims_per_s']:.3g} atom*dim/s  (compile {row['compile_s']:.1f} s)", flush=True)
+        n_sub = max(16, min(256, (1 << 22) // d))
+        base = time_per_atom_gaussian(d, args.K, n_sub)
+        res["baseline"].append(base)
+        print(f"D={d:>7} per-atom gaussian K={args.K}: {base['seconds']:.2f} s (extrapolated from "
+              f"{n_sub} atoms in {base['timed_s']:.3f} s)", flush=True)
+        for kind, row in per.items():
+            # per-atom cost scales with K, so compare at the same K
+            base_s = base["seconds"] * row["K_used"] / args.K
+            ratio = base_s / row["seconds"]
+            res["ratios"].append({"D": d, "kind": kind, "K_used": row["K_used"], "speedup_vs_per_atom_gaussian": ratio})
+            print(f"D={d:>7} {kind:<11} speed-up vs per-atom gaussian (same K={row['K_used']}): {ratio:,.0f}x" if ratio >= 10 else f"D={d:>7} {kind:<11} speed-up vs per-atom gaussian "
+                  f"(same K={row['K_used']}): {ratio:.2f}x")
+    d_mem = max(args.dims)
+    for kind in KINDS:
+        for k in args.mem_K:
+            if kind == "hadamard" and k > get_codebook("hadamard", 1, d_mem).P:
+                continue
+            if args.quick and slow(kind, d_mem, k):
+                continue
+            row = _mem_subprocess(kind, d_mem, k, args.M)
+            res["memory"].append(row)
+            plan = "n/a" if row["xla_plan_mb"] is None else f"{row['xla_plan_mb']:.1f} MB"
+            print(f"mem D={d_mem} {kind:<11} K={k:>6}: XLA plan {plan}, RSS before run "
+                  f"{row['rss_before_run_mb']:.0f} MB, sampled peak during run {row['rss_peak_run_mb']:.0f} MB "
+                  f"(+{row['rss_run_delta_mb']:.1f} MB), process ru_maxrss {row['maxrss_process_mb']:.0f} MB",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
