@@ -28,8 +28,10 @@ def test_step_tables_tail_is_deterministic():
     assert tab.stochastic.sum() == 17 and not tab.stochastic[17:].any()
     np.testing.assert_allclose(tab.g[:17], 3.0 * tab.t[:17].astype(np.float64) ** 2, rtol=1e-6)
     assert np.all(tab.g[17:] == 0)
-    # a step that ends at t = 0 never carries bits, even with tail = 0
-    assert SamplerConfig(steps=4, tail=0).stochastic_steps == 3
+    # a step that ends at t = 0 never carries bits: tail >= 1
+    assert SamplerConfig(steps=4, tail=1).stochastic_steps == 3
+    with pytest.raises(ValueError):
+        SamplerConfig(steps=4, tail=0)
 
 
 @pytest.mark.parametrize("kw", [dict(steps=0), dict(tail=30), dict(g_scale=-1), dict(K=0),
@@ -65,7 +67,7 @@ def test_sde_preserves_gaussian_marginals():
     """With the exact velocity of a N(0, s^2) data distribution, the SDE's samples keep the
     ODE's marginals: the final samples have std ~ s (a check of the drift/score signs)."""
     s = 0.5
-    cfg = SamplerConfig(steps=200, tail=0, g_scale=1.0, shift=1.0)
+    cfg = SamplerConfig(steps=200, tail=1, g_scale=1.0, shift=1.0)
     tab = StepTables.build(cfg)
     rng = np.random.default_rng(2)
     x = rng.normal(size=20000)

@@ -47,8 +47,9 @@ class SamplerConfig:
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not 0 <= self.tail <= self.steps:
-            raise ValueError(f"tail must be in [0, steps={self.steps}], got {self.tail}")
+        if not 1 <= self.tail <= self.steps:
+            raise ValueError(f"tail must be in [1, steps={self.steps}] (the step that ends at t = 0 is "
+                             f"always deterministic), got {self.tail}")
         if self.g_scale < 0:
             raise ValueError(f"g_scale must be >= 0, got {self.g_scale}")
         if self.shift <= 0:
@@ -65,8 +66,8 @@ class SamplerConfig:
 
     @property
     def stochastic_steps(self) -> int:
-        """Steps that carry bits: the first ``steps - tail``, never one that ends at t = 0."""
-        return min(self.steps - self.tail, self.steps - 1)
+        """Steps that carry bits: the first ``steps - tail`` (tail >= 1: never the one ending at t = 0)."""
+        return self.steps - self.tail
 
     @property
     def max_atoms(self) -> int:

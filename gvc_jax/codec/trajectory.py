@@ -55,6 +55,20 @@ def initial_noise(seed, gop, shape):
     return jax.random.normal(key, shape, jnp.float32)
 
 
+_STEP_HOOK = [None]
+
+
+def set_step_hook(fn: Callable[[int], None] | None) -> None:
+    """Call ``fn(step)`` (host side) as each trajectory step finishes: for progress displays."""
+    _STEP_HOOK[0] = fn
+
+
+def _on_step(step) -> None:
+    hook = _STEP_HOOK[0]
+    if hook is not None:
+        hook(int(step))
+
+
 # velocity(params, x_t [F,h,w,C], t scalar, t_features [..], cond pytree) -> u [F,h,w,C]
 Velocity = Callable[..., jax.Array]
 
@@ -87,7 +101,9 @@ def _trajectory(velocity: Velocity, codebook: Codebook, atoms_per_frame: Tuple[i
         u = velocity(params, x, t, t_feat, cond)
         x0_hat = x0_estimate(x, u, t)
         z, idx, coef = jax.lax.cond(stochastic, coded_noise, no_noise, x0_hat, step, given_idx, given_coef)
-        return sde_step(x, u, t, t_next, g, z), (idx, coef)
+        x_next = sde_step(x, u, t, t_next, g, z)
+        jax.debug.callback(_on_step, step)  # progress only; identical in both directions
+        return x_next, (idx, coef)
 
     x_start = initial_noise(seed, gop, target.shape)
     steps = tables["t"].shape[0]

@@ -1,0 +1,524 @@
+"""Converted-model checkpoints: table-driven torch -> Flax conversion, fingerprint, save and load.
+
+A converted model is a directory::
+
+    OUT/gvc_model.json   manifest: format, name, DiT and VAE config dicts, dtype, fingerprint, source
+    OUT/dit/             orbax checkpoint of the DiT parameters (flat dict, '/'-joined paths)
+    OUT/vae/             orbax checkpoint of the VAE parameters
+
+Parameters are stored in the unrolled layout (``scan_layers=False``); ``load_model`` can restack
+them. The fingerprint is a sha256 over the canonical parameter bytes (sorted paths, dtype, shape,
+little-endian data) and is recomputed on every load.
+
+The conversion target is an abstract model, ``nnx.eval_shape(lambda: Model(cfg, rngs=...))``:
+its parameter tree is both the destination and the coverage oracle (PORTING.md §5). Source
+tensors are read lazily one at a time, transformed (torch layout -> Flax layout), cast to the
+leaf's dtype and placed; any missing, unused or misshapen key raises ``CheckpointError``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+from flax import nnx
+
+from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig
+
+FORMAT = "gvc-jax-model"
+FORMAT_VERSION = 1
+MANIFEST = "gvc_model.json"
+# Source keys that are ignored on purpose (diffusers ignores stray ``norm_added_q`` on load too).
+STRAY_KEY = re.compile(r"(^|\.)norm_added_q\.(weight|bias)$")
+_EXEC_OPTIONS = ("scan_layers", "remat", "dtype")  # DiT options that are not part of the weights
+_MAX_LINES = 40
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or converted model does not match what was expected (user-fixable)."""
+
+
+def raise_problems(problems: Sequence[str], what: str) -> None:
+    """Raise one CheckpointError: one line when there is a single problem, else a header + lines."""
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise CheckpointError(f"{what}: {problems[0]}")
+    shown = list(problems[:_MAX_LINES])
+    if len(problems) > _MAX_LINES:
+        shown.append(f"... and {len(problems) - _MAX_LINES} more")
+    raise CheckpointError(f"{what}: {len(problems)} problems\n  " + "\n  ".join(shown))
+
+
+# ----------------------------------------------------------------------------- sources
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor not read yet: ``shape`` and numpy ``dtype`` name known, ``load()`` reads it."""
+
+    shape: Tuple[int, ...]
+    dtype: str
+    read: Callable[[], np.ndarray]
+    origin: str = ""
+
+    def load(self) -> np.ndarray:
+        a = self.read()
+        if tuple(a.shape) != tuple(self.shape):
+            raise CheckpointError(f"{self.origin}: tensor has shape {tuple(a.shape)}, header says {self.shape}")
+        return a
+
+
+def path_str(path: Sequence) -> str:
+    """('blocks', 0, 'attn1', 'to_q', 'kernel') -> 'blocks/0/attn1/to_q/kernel'."""
+    return "/".join(str(p) for p in path)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+def torch_to_flax(key: str, a: np.ndarray, target_shape: Sequence[int]) -> np.ndarray:
+    """One torch tensor -> the layout of its Flax leaf (PORTING.md §1.6). Views only, no copy.
+
+    Linear ``weight`` [O, I] -> [I, O]; Conv3d [O, I, t, h, w] -> [t, h, w, I, O]; Conv2d
+    [O, I, h, w] -> [h, w, I, O]; a 1x1 conv kept as Linear (target 2-D) -> [I, O]; anything else
+    (biases, norm weights, VAE ``gamma`` [C, 1, 1(, 1)], tables) is reshaped only when it differs
+    from the target by unit dims. The caller checks the resulting shape.
+    """
+    target_shape = tuple(int(s) for s in target_shape)
+    if key.endswith(".weight") and a.ndim >= 2 and len(target_shape) == a.ndim:
+        if a.ndim == 2:
+            return a.T
+        return a.transpose(*range(2, a.ndim), 1, 0)
+    if key.endswith(".weight") and a.ndim > 2 and len(target_shape) == 2 and all(s == 1 for s in a.shape[2:]):
+        return a.reshape(a.shape[0], a.shape[1]).T
+    if a.shape != target_shape and [s for s in a.shape if s != 1] == [s for s in target_shape if s != 1]:
+        return a.reshape(target_shape)
+    return a
+
+
+def _stub(shape: Sequence[int], dtype) -> np.ndarray:
+    """A zero-stride array of ``shape``: lets a transform be checked for shape without memory."""
+    return np.broadcast_to(np.zeros((), dtype), tuple(shape))
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def _flat_vars(state) -> dict:
+    return {tuple(p): v for p, v in state.flat_state()}
+
+
+def _resolve(path: tuple, flat: dict) -> Optional[Tuple[tuple, Optional[int]]]:
+    """Target leaf of ``path``: (path, None) for a plain leaf, (stacked_path, i) when the abstract
+    tree stacks the layer index (scan_layers: ('blocks', i, *rest) -> ('blocks', *rest)[i])."""
+    if path in flat:
+        return path, None
+    if len(path) > 2 and path[0] == "blocks" and isinstance(path[1], int):
+        stacked = path[:1] + path[2:]
+        var = flat.get(stacked)
+        if var is not None and len(var.shape) > 0 and path[1] < var.shape[0]:
+            return stacked, path[1]
+    return None
+
+
+def _as_dtype(name) -> np.dtype:
+    import jax.numpy as jnp
+
+    return np.dtype(jnp.dtype(name))
+
+
+def convert_state(
+    source: Mapping[str, LazyTensor],
+    abstract_state,
+    key_to_path: Callable[[str], tuple],
+    transform: Callable[[str, np.ndarray, Sequence[int]], np.ndarray] = torch_to_flax,
+    *,
+    what: str = "checkpoint",
+    ignore: re.Pattern = STRAY_KEY,
+    device=None,
+    progress: Optional[Callable[[Iterable], Iterable]] = None,
+):
+    """Fill an abstract ``nnx.State`` (parameters) from ``source`` tensors, one tensor at a time.
+
+    ``key_to_path(key)`` gives the Flax path of a source key (a KeyError/ValueError marks the key
+    as unused); ``transform(key, array, target_shape)`` reorders axes. Every target leaf must be
+    covered exactly once and every source key used (except ``ignore`` matches); all problems are
+    checked before any tensor is read and raised together as one CheckpointError, one line each.
+    Arrays are cast to the leaf dtype on the host and placed on ``device`` (default device if None).
+    """
+    flat = _flat_vars(abstract_state)
+    plan, problems, seen = [], [], {}
+    for key in sorted(source):
+        if ignore is not None and ignore.search(key):
+            continue
+        try:
+            path = tuple(key_to_path(key))
+        except (KeyError, ValueError):
+            problems.append(f"unused source key {key!r} (no parameter of this model)")
+            continue
+        target = _resolve(path, flat)
+        if target is None:
+            problems.append(f"unused source key {key!r} (no parameter {path_str(path)} in this model)")
+            continue
+        if target in seen:
+            problems.append(f"source keys {seen[target]!r} and {key!r} both map to {path_str(path)}")
+            continue
+        seen[target] = key
+        leaf, idx = target
+        want = tuple(flat[leaf].shape[1:] if idx is not None else flat[leaf].shape)
+        t = source[key]
+        try:
+            got = tuple(transform(key, _stub(t.shape, np.float32), want).shape)
+        except ValueError:
+            got = None
+        if got != want:
+            problems.append(f"shape mismatch for {key!r}: source {tuple(t.shape)}, "
+                            f"parameter {path_str(path)} needs {want}")
+            continue
+        plan.append((key, leaf, idx, want))
+    covered = {}
+    for leaf, idx in seen:
+        covered.setdefault(leaf, set()).add(idx)
+    for leaf, var in flat.items():
+        got = covered.get(leaf, set())
+        if None in got:
+            continue
+        n = var.shape[0] if _is_stacked_leaf(leaf) else None
+        if n is None:
+            problems.append(f"missing parameter {path_str(leaf)} (no source key for it)")
+        else:
+            for i in range(n):
+                if i not in got:
+                    problems.append(f"missing parameter {path_str(leaf[:1] + (i,) + leaf[1:])} (no source key for it)")
+    raise_problems(problems, what)
+
+    values, stacks = {}, {}
+    for key, leaf, idx, want in (progress(plan) if progress else plan):
+        dtype = _as_dtype(flat[leaf].dtype)
+        a = np.asarray(transform(key, source[key].load(), want)).astype(dtype, copy=False)
+        if idx is None:
+            values[leaf] = jax.device_put(np.ascontiguousarray(a), device)
+        else:
+            buf = stacks.get(leaf)
+            if buf is None:
+                buf = stacks[leaf] = [np.empty(flat[leaf].shape, dtype), 0]
+            buf[0][idx] = a
+            buf[1] += 1
+            if buf[1] == flat[leaf].shape[0]:
+                values[leaf] = jax.device_put(buf[0], device)
+                del stacks[leaf]
+        del a
+    return nnx.State.from_flat_path({p: v.replace(values[p]) for p, v in flat.items()})
+
+
+def _is_stacked_leaf(leaf: tuple) -> bool:
+    """True for scan-stacked block leaves (path ('blocks', ...) without an int after it)."""
+    return len(leaf) > 1 and leaf[0] == "blocks" and not isinstance(leaf[1], int)
+
+
+# ----------------------------------------------------------------------------- layer stacking
+
+def stack_layers(state, num_layers: int):
+    """Unrolled ('blocks', i, *rest) leaves -> stacked ('blocks', *rest) of shape [N, ...]."""
+    import jax.numpy as jnp
+
+    flat = _flat_vars(state)
+    out, groups = {}, {}
+    for p, v in flat.items():
+        if len(p) > 2 and p[0] == "blocks" and isinstance(p[1], int):
+            groups.setdefault(("blocks",) + p[2:], {})[p[1]] = v
+        else:
+            out[p] = v
+    for p, byidx in groups.items():
+        if sorted(byidx) != list(range(num_layers)):
+            raise CheckpointError(f"cannot stack {path_str(p)}: layers {sorted(byidx)} != 0..{num_layers - 1}")
+        out[p] = byidx[0].replace(jnp.stack([byidx[i][...] for i in range(num_layers)]))
+    return nnx.State.from_flat_path(out)
+
+
+def unstack_layers(state):
+    """Stacked ('blocks', *rest) [N, ...] leaves -> unrolled ('blocks', i, *rest)."""
+    out = {}
+    for p, v in _flat_vars(state).items():
+        if len(p) > 1 and p[0] == "blocks" and not isinstance(p[1], int):
+            arr = v[...]
+            for i in range(arr.shape[0]):
+                out[("blocks", i) + p[1:]] = v.replace(arr[i])
+        else:
+            out[p] = v
+    return nnx.State.from_flat_path(out)
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+def _leaves(state) -> list:
+    """Sorted ('/'-joined path, array) pairs of an nnx.State or a (nested or flat) mapping."""
+    if hasattr(state, "flat_state"):
+        items = [(path_str(p), v[...]) for p, v in state.flat_state()]
+    else:
+        items = []
+
+        def walk(prefix, node):
+            if isinstance(node, Mapping):
+                for k, v in node.items():
+                    walk(prefix + (k,) if not isinstance(k, tuple) else prefix + k, v)
+            else:
+                items.append((path_str(prefix), node[...] if isinstance(node, nnx.Variable) else node))
+
+        walk((), state)
+    return sorted(items, key=lambda kv: kv[0])
+
+
+def fingerprint(*states) -> str:
+    """sha256 hex over canonical parameter bytes of each state in order: for every leaf (sorted by
+    '/'-joined path) its path, dtype name, shape, then its raw little-endian bytes."""
+    h = hashlib.sha256(f"{FORMAT} fingerprint v1; {len(states)} states\n".encode())
+    for i, state in enumerate(states):
+        h.update(f"state {i}\n".encode())
+        for name, value in _leaves(state):
+            a = np.ascontiguousarray(np.asarray(value))
+            h.update(f"{name}\t{a.dtype.name}\t{list(a.shape)}\n".encode())
+            raw = a.reshape(-1).view(np.uint8)
+            if sys.byteorder == "big" and a.dtype.itemsize > 1:
+                raw = a.reshape(-1).view(f">u{a.dtype.itemsize}").astype(f"<u{a.dtype.itemsize}").view(np.uint8)
+            h.update(raw)
+    return h.hexdigest()
+
+
+def param_count(*states) -> int:
+    return sum(int(np.prod(v.shape)) for s in states for _, v in s.flat_state())
+
+
+# ----------------------------------------------------------------------------- abstract models
+
+def abstract_model(factory: Callable[[], nnx.Module]):
+    """(graphdef, abstract params State, other-variables State) of ``factory()`` without FLOPs.
+
+    Non-parameter variables (if a module keeps any) are computed for real with a jitted
+    constructor whose parameter initialisers are dead code.
+    """
+    graphdef, params, rest = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
+    if len(rest.flat_state()):
+        rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
+    return graphdef, params, rest
+
+
+def dit_factory(cfg: DiTConfig):
+    from gvc_jax.models.dit import WanDiT
+
+    return lambda: WanDiT(cfg, rngs=nnx.Rngs(0))
+
+
+def vae_factory(cfg: VAEConfig):
+    from gvc_jax.models.vae import WanVAE
+
+    return lambda: WanVAE(cfg, rngs=nnx.Rngs(0))
+
+
+# ----------------------------------------------------------------------------- save
+
+def _config_dict(cfg) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _flat_arrays(state) -> dict:
+    return {path_str(p): v[...] for p, v in state.flat_state()}
+
+
+def _is_empty_dir(path: str) -> bool:
+    return os.path.isdir(path) and not os.listdir(path)
+
+
+def check_output_dir(out_dir: str, overwrite: bool = False) -> None:
+    """Raise CheckpointError if ``out_dir`` exists and may not be replaced."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CheckpointError(f"output path {out_dir} exists and is not a directory")
+    if os.path.isdir(out_dir) and not _is_empty_dir(out_dir) and not overwrite:
+        raise CheckpointError(f"output directory {out_dir} exists and is not empty (use overwrite)")
+
+
+def save_model(out_dir: str, model_config: ModelConfig, dit_state, vae_state, *,
+               source: Optional[dict] = None, overwrite: bool = False) -> str:
+    """Write a converted model directory atomically; returns its fingerprint.
+
+    ``dit_state`` / ``vae_state`` are parameter States for ``model_config`` (a stacked DiT state
+    when ``model_config.dit.scan_layers``; it is stored unrolled). Everything is written to a
+    temporary sibling directory which is then renamed to ``out_dir``.
+    """
+    import orbax.checkpoint as ocp
+
+    out_dir = os.path.abspath(out_dir)
+    check_output_dir(out_dir, overwrite)
+    dit_cfg = model_config.dit
+    if dit_cfg.scan_layers:
+        dit_state = unstack_layers(dit_state)
+    dit_cfg = dit_cfg.replace(scan_layers=False, remat=False)
+    fp = fingerprint(dit_state, vae_state)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": model_config.name,
+        "variant": dit_cfg.variant,
+        "default_shift": model_config.default_shift,
+        "dit": _config_dict(dit_cfg),
+        "vae": _config_dict(model_config.vae),
+        "dtype": {"dit": dit_cfg.param_dtype, "vae": model_config.vae.param_dtype},
+        "params": {"dit": param_count(dit_state), "vae": param_count(vae_state)},
+        "fingerprint": fp,
+        "source": source or {},
+    }
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, "dit"), _flat_arrays(dit_state))
+            ckptr.save(os.path.join(tmp, "vae"), _flat_arrays(vae_state))
+            ckptr.wait_until_finished()
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return fp
+
+
+def _replace_dir(tmp: str, out_dir: str) -> None:
+    """Rename ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside first, then removed."""
+    if os.path.isdir(out_dir) and not _is_empty_dir(out_dir):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
+        os.rename(out_dir, os.path.join(old, "x"))
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)
+        os.rename(tmp, out_dir)
+
+
+# ----------------------------------------------------------------------------- load
+
+@dataclass
+class LoadedModel:
+    """A converted model restored from disk."""
+
+    config: ModelConfig
+    dit: nnx.Module
+    vae: nnx.Module
+    fingerprint: str
+    path: str
+
+
+def _read_manifest(path: str) -> dict:
+    mpath = os.path.join(path, MANIFEST)
+    if not os.path.isfile(mpath):
+        raise CheckpointError(f"{path} is not a converted model: {MANIFEST} is missing")
+    try:
+        with open(mpath) as f:
+            manifest = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{mpath} is corrupt: {str(e).splitlines()[0]}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{mpath} is not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{mpath}: unsupported format_version {manifest.get('format_version')!r} "
+                              f"(this gvc-jax reads {FORMAT_VERSION})")
+    for k in ("name", "dit", "vae", "fingerprint"):
+        if k not in manifest:
+            raise CheckpointError(f"{mpath} is corrupt: field {k!r} is missing")
+    return manifest
+
+
+def _build_config(cls, d, mpath: str, what: str):
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{mpath}: {what} config is not an object")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise CheckpointError(f"{mpath}: unknown {what} config fields {unknown}")
+    try:
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{mpath}: bad {what} config: {e}") from None
+
+
+def model_config_from_manifest(manifest: dict, mpath: str = MANIFEST) -> ModelConfig:
+    dit = _build_config(DiTConfig, manifest["dit"], mpath, "dit")
+    vae = _build_config(VAEConfig, manifest["vae"], mpath, "vae")
+    try:
+        return ModelConfig(str(manifest["name"]), dit, vae, manifest.get("default_shift"))
+    except ValueError as e:
+        raise CheckpointError(f"{mpath}: {e}") from None
+
+
+def _restore(ckpt_dir: str, abstract_params, device, what: str):
+    """Restore one orbax checkpoint into the layout of ``abstract_params`` after checking that
+    its stored paths, shapes and dtypes match exactly."""
+    import orbax.checkpoint as ocp
+
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"{what}: checkpoint directory {ckpt_dir} is missing")
+    flat = {path_str(p): v for p, v in abstract_params.flat_state()}
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            meta = ckptr.metadata(ckpt_dir).item_metadata.tree
+        except Exception as e:  # orbax raises many types for unreadable directories
+            raise CheckpointError(f"{what}: cannot read checkpoint {ckpt_dir}: {str(e).splitlines()[0][:200]}") from None
+        problems = [f"missing parameter {k}" for k in sorted(set(flat) - set(meta))]
+        problems += [f"unexpected parameter {k}" for k in sorted(set(meta) - set(flat))]
+        for k in sorted(set(flat) & set(meta)):
+            want = (tuple(flat[k].shape), np.dtype(flat[k].dtype))
+            got = (tuple(meta[k].shape), np.dtype(meta[k].dtype))
+            if want != got:
+                problems.append(f"parameter {k}: stored {got[0]} {got[1].name}, config needs {want[0]} {want[1].name}")
+        raise_problems(problems, f"{what} ({ckpt_dir}) does not match its config")
+        sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+        target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in flat.items()}
+        try:
+            arrays = ckptr.restore(ckpt_dir, target)
+        except Exception as e:
+            raise CheckpointError(f"{what}: cannot restore {ckpt_dir}: {str(e).splitlines()[0][:200]}") from None
+    return nnx.State.from_flat_path({p: v.replace(arrays[path_str(p)]) for p, v in abstract_params.flat_state()})
+
+
+def load_model(path: str, *, scan_layers: Optional[bool] = None, remat: Optional[bool] = None,
+               dtype: Optional[str] = None, device=None) -> LoadedModel:
+    """Restore a converted model directory written by ``save_model``.
+
+    Raises CheckpointError (one line) for a missing directory, a missing/corrupt manifest, missing
+    orbax directories, parameters that do not match the stored config, or a fingerprint mismatch.
+    ``scan_layers`` / ``remat`` / ``dtype`` override the DiT execution options (weights unchanged).
+    """
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"model directory {path} does not exist")
+    manifest = _read_manifest(path)
+    config = model_config_from_manifest(manifest, os.path.join(path, MANIFEST))
+    stored_dit = config.dit.replace(scan_layers=False, remat=False)
+    g_dit, a_dit, r_dit = abstract_model(dit_factory(stored_dit))
+    g_vae, a_vae, r_vae = abstract_model(vae_factory(config.vae))
+    dit_params = _restore(os.path.join(path, "dit"), a_dit, device, "DiT")
+    vae_params = _restore(os.path.join(path, "vae"), a_vae, device, "VAE")
+    fp = fingerprint(dit_params, vae_params)
+    if fp != manifest["fingerprint"]:
+        raise CheckpointError(f"fingerprint mismatch in {path}: weights give {fp[:16]}..., manifest says "
+                              f"{str(manifest['fingerprint'])[:16]}... (modified or corrupted files)")
+    overrides = {k: v for k, v in (("scan_layers", scan_layers), ("remat", remat), ("dtype", dtype)) if v is not None}
+    dit_cfg = config.dit.replace(**overrides)
+    config = dataclasses.replace(config, dit=dit_cfg)
+    if dit_cfg.scan_layers or dit_cfg.remat:
+        g_dit, _, r_dit = abstract_model(dit_factory(dit_cfg))
+        if dit_cfg.scan_layers:
+            dit_params = stack_layers(dit_params, dit_cfg.num_layers)
+    dit = nnx.merge(g_dit, dit_params, r_dit)
+    vae = nnx.merge(g_vae, vae_params, r_vae)
+    return LoadedModel(config, dit, vae, fp, path)

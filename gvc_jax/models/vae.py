@@ -1,0 +1,475 @@
+"""Wan2.1 causal 3D VAE in Flax NNX (channels-last), with a static-shape time scan.
+
+Video is ``[B, F, H, W, 3]`` in [-1, 1]; latents are ``[B, F_lat, h, w, z_dim]``.
+Encoding runs chunk 0 (1 frame) and then chunks of ``cfg.temporal_stride`` frames; decoding
+runs one latent frame per step. Chunk 0 runs outside a ``jax.lax.scan`` over the remaining
+chunks and produces the cache pytree, whose shapes are then fixed, so peak memory does not grow
+with the number of frames (PORTING.md §2.3, §2.4).
+
+Caches (all zero-initialised, fixed size):
+- a causal conv with temporal kernel 3 keeps its *input*: the last 2 frames of
+  ``concat(cache, x)`` (exactly what the reference ``feat_cache`` computes);
+- Down3d keeps the last spatially downsampled frame ``[B, 1, h, w, C]``; on chunk 0 its
+  ``time_conv`` is skipped;
+- Up3d keeps the last 2 inputs of its causal ``time_conv``; on chunk 0 the conv is skipped and
+  the buffer stays zero (the reference "Rep" quirk).
+
+Attribute names mirror the diffusers ``AutoencoderKLWan`` state-dict keys (PORTING.md §2.2):
+the Flax path is the key split on ``.`` with digits as ints, leaf ``weight`` -> ``kernel``,
+``gamma`` -> ``scale``, and the single exception ``...resample.1`` -> ``...resample``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gvc_jax.models.configs import VAEConfig
+
+CACHE_T = 2  # frames kept by every temporal-kernel-3 causal conv
+
+
+# ----------------------------------------------------------------------------- layers
+
+class Init:
+    """Parameter initialiser for the whole VAE, seeded by one draw from ``rngs``.
+
+    With a concrete key the kernels come from a numpy generator (no per-shape XLA compile, so a
+    full-size model builds in seconds); under tracing (``nnx.eval_shape``, ``nnx.jit``) they come
+    from ``jax.random``. Checkpoint weights replace them anyway.
+    """
+
+    def __init__(self, rngs: nnx.Rngs, dtype):
+        self.dtype, self.key, self.gen = jnp.dtype(dtype), rngs.params(), None
+        try:
+            self.gen = np.random.default_rng(int(jax.random.bits(self.key, (), jnp.uint32)))
+        except jax.errors.ConcretizationTypeError:
+            pass
+
+    def normal(self, shape, fan_in: int) -> jax.Array:
+        scale = 1.0 / math.sqrt(max(fan_in, 1))
+        if self.gen is not None:
+            return jnp.asarray(self.gen.standard_normal(shape, np.float32) * scale, self.dtype)
+        self.key, sub = jax.random.split(self.key)
+        return jax.random.normal(sub, shape, self.dtype) * scale
+
+    def const(self, shape, value: float) -> jax.Array:
+        return jnp.asarray(np.full(shape, value, np.float32), self.dtype)
+
+
+class Conv3d(nnx.Module):
+    """Plain 3D conv, channels-last. kernel [t, h, w, I, O], bias [O]; x [B, T, H, W, I]."""
+
+    def __init__(self, cin: int, cout: int, kernel: Tuple[int, int, int], stride=(1, 1, 1), *,
+                 init: Init):
+        self.kernel = nnx.Param(init.normal((*kernel, cin, cout), cin * int(np.prod(kernel))))
+        self.bias = nnx.Param(init.const((cout,), 0.0))
+        self.stride = tuple(stride)
+        self.spatial_pad = kernel[1] // 2
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.spatial_pad
+        y = jax.lax.conv_general_dilated(
+            x, self.kernel[...], window_strides=self.stride, padding=((0, 0), (p, p), (p, p)),
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+        return y + self.bias[...]
+
+
+def causal_conv(conv: Conv3d, x: jax.Array, cache: Optional[jax.Array]):
+    """Causal temporal-kernel-3 conv with a 2-frame input cache.
+
+    x [B, T, H, W, I], cache [B, 2, H, W, I] or None (zeros) -> (y [B, T, H', W', O], new cache).
+    """
+    if cache is None:
+        cache = jnp.zeros((x.shape[0], CACHE_T, *x.shape[2:]), x.dtype)
+    xin = jnp.concatenate([cache, x], axis=1)
+    return conv(xin), xin[:, -CACHE_T:]
+
+
+class Conv2d(nnx.Module):
+    """Per-frame 2D conv. kernel [h, w, I, O]; x [B, T, H, W, I]; ``padding`` is explicit."""
+
+    def __init__(self, cin: int, cout: int, stride: int, padding, *, init: Init):
+        self.kernel = nnx.Param(init.normal((3, 3, cin, cout), 9 * cin))
+        self.bias = nnx.Param(init.const((cout,), 0.0))
+        self.stride = (stride, stride)
+        self.padding = tuple(tuple(p) for p in padding)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t = x.shape[:2]
+        y = jax.lax.conv_general_dilated(
+            x.reshape(b * t, *x.shape[2:]), self.kernel[...], window_strides=self.stride,
+            padding=self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = y + self.bias[...]
+        return y.reshape(b, t, *y.shape[1:])
+
+
+class Linear(nnx.Module):
+    """1x1 conv kept as a matmul over the last axis. kernel [I, O], bias [O]."""
+
+    def __init__(self, cin: int, cout: int, *, init: Init):
+        self.kernel = nnx.Param(init.normal((cin, cout), cin))
+        self.bias = nnx.Param(init.const((cout,), 0.0))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ self.kernel[...] + self.bias[...]
+
+
+class RMSNorm(nnx.Module):
+    """Wan ``RMS_norm``: x / max(||x||_2 over C, 1e-12) * sqrt(C) * scale (no bias)."""
+
+    def __init__(self, dim: int, *, init: Init):
+        self.scale = nnx.Param(init.const((dim,), 1.0))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+        return x / jnp.maximum(norm, 1e-12) * math.sqrt(x.shape[-1]) * self.scale[...]
+
+
+# ----------------------------------------------------------------------------- blocks
+
+class ResidualBlock(nnx.Module):
+    """shortcut(x) + conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); cache = (conv1 input, conv2 input)."""
+
+    def __init__(self, cin: int, cout: int, *, init: Init):
+        self.norm1 = RMSNorm(cin, init=init)
+        self.conv1 = Conv3d(cin, cout, (3, 3, 3), init=init)
+        self.norm2 = RMSNorm(cout, init=init)
+        self.conv2 = Conv3d(cout, cout, (3, 3, 3), init=init)
+        self.conv_shortcut = Conv3d(cin, cout, (1, 1, 1), init=init) if cin != cout else None
+
+    def __call__(self, x, cache=None):
+        c1, c2 = cache if cache is not None else (None, None)
+        h = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        y, c1 = causal_conv(self.conv1, jax.nn.silu(self.norm1(x)), c1)
+        y, c2 = causal_conv(self.conv2, jax.nn.silu(self.norm2(y)), c2)
+        return y + h, (c1, c2)
+
+
+class AttentionBlock(nnx.Module):
+    """Single-head self-attention within each frame over its H*W positions (no cache)."""
+
+    def __init__(self, dim: int, *, init: Init):
+        self.norm = RMSNorm(dim, init=init)
+        self.to_qkv = Linear(dim, 3 * dim, init=init)
+        self.proj = Linear(dim, dim, init=init)
+
+    def __call__(self, x, cache=None):
+        b, t, h, w, c = x.shape
+        qkv = self.to_qkv(self.norm(x)).reshape(b * t, h * w, 3, c)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        logits = jnp.einsum("nqc,nkc->nqk", q, k) / math.sqrt(c)
+        y = jnp.einsum("nqk,nkc->nqc", jax.nn.softmax(logits, axis=-1), v)
+        return x + self.proj(y).reshape(b, t, h, w, c), None
+
+
+class Resample(nnx.Module):
+    """Down2d / Down3d / Up2d / Up3d. ``resample`` is the per-frame spatial conv (key ``resample.1``)."""
+
+    MODES = ("downsample2d", "downsample3d", "upsample2d", "upsample3d")
+
+    def __init__(self, dim: int, mode: str, *, init: Init):
+        if mode not in self.MODES:
+            raise ValueError(f"unknown resample mode {mode!r}")
+        self.mode = mode
+        if mode.startswith("down"):
+            self.resample = Conv2d(dim, dim, 2, ((0, 1), (0, 1)), init=init)
+        else:
+            self.resample = Conv2d(dim, dim // 2, 1, ((1, 1), (1, 1)), init=init)
+        if mode == "downsample3d":
+            self.time_conv = Conv3d(dim, dim, (3, 1, 1), (2, 1, 1), init=init)
+        elif mode == "upsample3d":
+            self.time_conv = Conv3d(dim, 2 * dim, (3, 1, 1), init=init)
+        else:
+            self.time_conv = None
+
+    def __call__(self, x, cache=None):
+        if self.mode == "upsample3d":
+            if cache is None:  # chunk 0: skip time_conv, buffer stays zero ("Rep")
+                cache = jnp.zeros((x.shape[0], CACHE_T, *x.shape[2:]), x.dtype)
+            else:
+                x, cache = causal_conv(self.time_conv, x, cache)
+                b, t, h, w, c2 = x.shape  # channels -> time: first C -> frame 2k, second C -> 2k+1
+                x = x.reshape(b, t, h, w, 2, c2 // 2).transpose(0, 1, 4, 2, 3, 5)
+                x = x.reshape(b, 2 * t, h, w, c2 // 2)
+        if self.mode.startswith("up"):
+            x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)  # nearest x2 per frame
+        x = self.resample(x)
+        if self.mode == "downsample3d":
+            if cache is not None:  # chunk 0 only stores the frame
+                x, cache = self.time_conv(jnp.concatenate([cache, x], axis=1)), x[:, -1:]
+            else:
+                cache = x[:, -1:]
+        return x, cache
+
+
+class MidBlock(nnx.Module):
+    """resnets.0 -> attentions.0 -> resnets.1 at constant width."""
+
+    def __init__(self, dim: int, *, init: Init):
+        self.resnets = nnx.List([ResidualBlock(dim, dim, init=init) for _ in range(2)])
+        self.attentions = nnx.List([AttentionBlock(dim, init=init)])
+
+    def __call__(self, x, cache=None):
+        c0, c1 = cache if cache is not None else (None, None)
+        x, c0 = self.resnets[0](x, c0)
+        x, _ = self.attentions[0](x)
+        x, c1 = self.resnets[1](x, c1)
+        return x, (c0, c1)
+
+
+def _run_list(blocks, x, caches):
+    caches = caches if caches is not None else (None,) * len(blocks)
+    out = []
+    for blk, c in zip(blocks, caches):
+        x, c = blk(x, c)
+        out.append(c)
+    return x, tuple(out)
+
+
+class Encoder(nnx.Module):
+    """conv_in -> flat down_blocks (resnets, resamplers) -> mid_block -> head (2*z_dim)."""
+
+    def __init__(self, cfg: VAEConfig, *, init: Init):
+        dims = [cfg.base_dim * u for u in (1, *cfg.dim_mult)]
+        self.conv_in = Conv3d(3, dims[0], (3, 3, 3), init=init)
+        blocks = []
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResidualBlock(cin, cout, init=init))
+                cin = cout
+            if i != len(cfg.dim_mult) - 1:
+                mode = "downsample3d" if cfg.temperal_downsample[i] else "downsample2d"
+                blocks.append(Resample(cout, mode, init=init))
+        self.down_blocks = nnx.List(blocks)
+        self.mid_block = MidBlock(dims[-1], init=init)
+        self.norm_out = RMSNorm(dims[-1], init=init)
+        self.conv_out = Conv3d(dims[-1], 2 * cfg.z_dim, (3, 3, 3), init=init)
+
+    def __call__(self, x, cache=None):
+        c_in, c_blocks, c_mid, c_out = cache if cache is not None else (None,) * 4
+        x, c_in = causal_conv(self.conv_in, x, c_in)
+        x, c_blocks = _run_list(self.down_blocks, x, c_blocks)
+        x, c_mid = self.mid_block(x, c_mid)
+        x, c_out = causal_conv(self.conv_out, jax.nn.silu(self.norm_out(x)), c_out)
+        return x, (c_in, c_blocks, c_mid, c_out)
+
+
+class UpBlock(nnx.Module):
+    """num_res_blocks + 1 resnets, then an optional upsampler (``upsamplers.0``)."""
+
+    def __init__(self, cin: int, cout: int, num_res: int, mode: Optional[str], *, init: Init):
+        self.resnets = nnx.List([ResidualBlock(cin if i == 0 else cout, cout, init=init)
+                                 for i in range(num_res + 1)])
+        self.upsamplers = nnx.List([Resample(cout, mode, init=init)] if mode else [])
+
+    def __call__(self, x, cache=None):
+        c_res, c_up = cache if cache is not None else (None, None)
+        x, c_res = _run_list(self.resnets, x, c_res)
+        x, c_up = _run_list(self.upsamplers, x, c_up)
+        return x, (c_res, c_up)
+
+
+class Decoder(nnx.Module):
+    """conv_in -> mid_block -> up_blocks -> head (3 channels)."""
+
+    def __init__(self, cfg: VAEConfig, *, init: Init):
+        dims = [cfg.base_dim * u for u in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
+        t_up = tuple(cfg.temperal_downsample[::-1])
+        self.conv_in = Conv3d(cfg.z_dim, dims[0], (3, 3, 3), init=init)
+        self.mid_block = MidBlock(dims[0], init=init)
+        blocks = []
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+            if i > 0:
+                cin //= 2  # the previous upsampler's spatial conv halved the channels
+            mode = None
+            if i != len(cfg.dim_mult) - 1:
+                mode = "upsample3d" if t_up[i] else "upsample2d"
+            blocks.append(UpBlock(cin, cout, cfg.num_res_blocks, mode, init=init))
+        self.up_blocks = nnx.List(blocks)
+        self.norm_out = RMSNorm(dims[-1], init=init)
+        self.conv_out = Conv3d(dims[-1], 3, (3, 3, 3), init=init)
+
+    def __call__(self, x, cache=None):
+        c_in, c_mid, c_blocks, c_out = cache if cache is not None else (None,) * 4
+        x, c_in = causal_conv(self.conv_in, x, c_in)
+        x, c_mid = self.mid_block(x, c_mid)
+        x, c_blocks = _run_list(self.up_blocks, x, c_blocks)
+        x, c_out = causal_conv(self.conv_out, jax.nn.silu(self.norm_out(x)), c_out)
+        return x, (c_in, c_mid, c_blocks, c_out)
+
+
+# ----------------------------------------------------------------------------- model
+
+def latent_frames(num_frames: int, temporal_stride: int = 4) -> int:
+    """Latent frame count for ``num_frames = 1 + temporal_stride * k`` pixel frames."""
+    if num_frames < 1 or (num_frames - 1) % temporal_stride:
+        raise ValueError(f"the VAE needs {temporal_stride}k+1 frames (1, {1 + temporal_stride}, "
+                         f"{1 + 2 * temporal_stride}, ...), got {num_frames}")
+    return (num_frames - 1) // temporal_stride + 1
+
+
+class WanVAE(nnx.Module):
+    """Wan2.1 causal video VAE. ``encode`` -> posterior mode (not normalised); ``decode`` -> [-1, 1]."""
+
+    def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
+        if len(cfg.temperal_downsample) != len(cfg.dim_mult) - 1:
+            raise ValueError(f"temperal_downsample needs {len(cfg.dim_mult) - 1} entries, "
+                             f"got {len(cfg.temperal_downsample)}")
+        if cfg.attn_scales:
+            raise ValueError(f"attn_scales={cfg.attn_scales} is not supported (Wan2.1 uses none; "
+                             "diffusers and the reference disagree on stage attention)")
+        init = Init(rngs, cfg.param_dtype)
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, init=init)
+        self.quant_conv = Conv3d(2 * cfg.z_dim, 2 * cfg.z_dim, (1, 1, 1), init=init)
+        self.post_quant_conv = Conv3d(cfg.z_dim, cfg.z_dim, (1, 1, 1), init=init)
+        self.decoder = Decoder(cfg, init=init)
+
+    def encode(self, frames: jax.Array) -> jax.Array:
+        """frames [B, F, H, W, 3] in [-1, 1], F = 1 + s*k -> mu [B, F_lat, H/8, W/8, z_dim]."""
+        cfg = self.cfg
+        if frames.ndim != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"encode expects frames [B, F, H, W, 3], got shape {tuple(frames.shape)}")
+        latent_frames(frames.shape[1], cfg.temporal_stride)
+        s = cfg.spatial_stride
+        if frames.shape[2] % s or frames.shape[3] % s:
+            raise ValueError(f"frame size {frames.shape[2]}x{frames.shape[3]} is not a multiple of {s}")
+        graphdef, state = nnx.split(self)
+        return _encode(graphdef, state, frames)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """z [B, F_lat, h, w, z_dim] (not normalised) -> frames [B, 1 + s*(F_lat-1), 8h, 8w, 3]."""
+        if z.ndim != 5 or z.shape[-1] != self.cfg.z_dim or z.shape[1] < 1:
+            raise ValueError(f"decode expects latents [B, F_lat, h, w, {self.cfg.z_dim}], got {tuple(z.shape)}")
+        graphdef, state = nnx.split(self)
+        return _decode(graphdef, state, z)
+
+
+def _stream(step, x: jax.Array, in_size: int, out_size: int) -> jax.Array:
+    """Causal streaming over time with static shapes.
+
+    ``step(cache, chunk) -> (cache, y)``. Chunk 0 is ``x[:, :1]`` (run outside the loop, it creates
+    the cache pytree); then a ``lax.scan`` over ``(F - 1) // in_size`` chunks, each read from ``x``
+    with a dynamic slice and producing ``out_size`` frames written in place into one preallocated
+    output, so no O(F) temporaries besides the input and the output.
+    x [B, F, ...] -> y [B, F0 + n * out_size, ...] where F0 = frames of chunk 0's output.
+    """
+    cache, y0 = step(None, x[:, :1])
+    n = (x.shape[1] - 1) // in_size
+    if n == 0:
+        return y0
+    f0 = y0.shape[1]
+    out = jnp.zeros((y0.shape[0], f0 + n * out_size, *y0.shape[2:]), y0.dtype)
+    out = jax.lax.dynamic_update_slice_in_dim(out, y0, 0, axis=1)
+
+    def body(carry, i):
+        cache, out = carry
+        chunk = jax.lax.dynamic_slice_in_dim(x, 1 + i * in_size, in_size, axis=1)
+        cache, y = step(cache, chunk)
+        return (cache, jax.lax.dynamic_update_slice_in_dim(out, y, f0 + i * out_size, axis=1)), None
+
+    (_, out), _ = jax.lax.scan(body, (cache, out), jnp.arange(n))
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef, state, frames):
+    cfg = nnx.merge(graphdef, state).cfg
+
+    def step(cache, chunk):
+        m = nnx.merge(graphdef, state)
+        h, cache = m.encoder(chunk, cache)
+        return cache, m.quant_conv(h)[..., : cfg.z_dim]
+
+    return _stream(step, frames.astype(jnp.dtype(cfg.param_dtype)), cfg.temporal_stride, 1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode(graphdef, state, z):
+    model = nnx.merge(graphdef, state)
+    z = model.post_quant_conv(z.astype(jnp.dtype(model.cfg.param_dtype)))
+
+    def step(cache, chunk):
+        m = nnx.merge(graphdef, state)
+        y, cache = m.decoder(chunk, cache)
+        return cache, jnp.clip(y, -1.0, 1.0)
+
+    return _stream(step, z, 1, model.cfg.temporal_stride)
+
+
+def normalize_latent(mu: jax.Array, cfg: VAEConfig) -> jax.Array:
+    """(mu - mean) / std per channel (last axis)."""
+    mean = jnp.asarray(cfg.latents_mean, mu.dtype)
+    inv_std = 1.0 / jnp.asarray(cfg.latents_std, mu.dtype)
+    return (mu - mean) * inv_std
+
+
+def denormalize_latent(z: jax.Array, cfg: VAEConfig) -> jax.Array:
+    """Inverse of ``normalize_latent``: z / (1/std) + mean."""
+    mean = jnp.asarray(cfg.latents_mean, z.dtype)
+    inv_std = 1.0 / jnp.asarray(cfg.latents_std, z.dtype)
+    return z / inv_std + mean
+
+
+# ----------------------------------------------------------------------------- key mapping
+
+_RESAMPLE_CONV = re.compile(r"\.resample\.1\.")
+
+
+def diffusers_key_to_path(key: str) -> tuple:
+    """diffusers AutoencoderKLWan key -> NNX param path, e.g.
+    ``encoder.down_blocks.2.resample.1.weight`` -> ``('encoder', 'down_blocks', 2, 'resample', 'kernel')``."""
+    parts = _RESAMPLE_CONV.sub(".resample.", key).split(".")
+    leaf = {"weight": "kernel", "gamma": "scale", "bias": "bias"}.get(parts[-1])
+    if leaf is None:
+        raise KeyError(f"unexpected VAE parameter key {key!r}")
+    return tuple(int(p) if p.isdigit() else p for p in parts[:-1]) + (leaf,)
+
+
+def torch_to_flax(key: str, tensor_np: np.ndarray, target_shape) -> np.ndarray:
+    """Transform one torch tensor to the layout of its Flax leaf; raises ValueError on a shape mismatch."""
+    a = np.asarray(tensor_np)
+    target_shape = tuple(target_shape)
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "weight" and a.ndim == 5:
+        a = a.transpose(2, 3, 4, 1, 0)           # [O,I,t,h,w] -> [t,h,w,I,O]
+    elif leaf == "weight" and a.ndim == 4 and len(target_shape) == 2:
+        a = a.reshape(a.shape[0], a.shape[1]).T  # 1x1 conv [O,I,1,1] -> Linear [I,O]
+    elif leaf == "weight" and a.ndim == 4:
+        a = a.transpose(2, 3, 1, 0)              # [O,I,h,w] -> [h,w,I,O]
+    elif leaf == "gamma":
+        a = a.reshape(-1)                        # [C,1,1(,1)] -> [C]
+    if a.shape != target_shape:
+        raise ValueError(f"{key}: torch shape {tuple(tensor_np.shape)} -> {a.shape}, expected {target_shape}")
+    return np.ascontiguousarray(a)
+
+
+def load_diffusers_state_dict(model: WanVAE, state_dict: Mapping[str, np.ndarray]) -> WanVAE:
+    """Copy a diffusers AutoencoderKLWan state dict (numpy values) into ``model`` in place.
+
+    Raises KeyError listing unused keys and params left uncovered; ValueError on a shape mismatch.
+    """
+    shapes = {path: v.shape for path, v in nnx.state(model, nnx.Param).flat_state()}
+    seen, unused = set(), []
+    for key, value in state_dict.items():
+        path = diffusers_key_to_path(key)
+        if path not in shapes:
+            unused.append(key)
+            continue
+        obj = model
+        for p in path[:-1]:
+            obj = obj[p] if isinstance(p, int) else getattr(obj, p)
+        var = getattr(obj, path[-1])
+        var[...] = jnp.asarray(torch_to_flax(key, value, shapes[path]), var[...].dtype)
+        seen.add(path)
+    missing = sorted(".".join(map(str, p)) for p in shapes if p not in seen)
+    if unused or missing:
+        raise KeyError(f"VAE state dict mismatch: unused keys {unused}, missing params {missing}")
+    return model
