@@ -5,6 +5,7 @@ latent, the decoder the picks read from the stream; everything else is the same 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,18 @@ def latent_hash(latent) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(np.asarray(latent, np.float32)).tobytes()).digest()[:8]
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _vae_encode(graph, cfg, params, frames):
+    """[B, F, H, W, 3] in [-1, 1] -> normalised latent [B, F_lat, h, w, C]."""
+    return normalize_latent(nnx.merge(graph, params).encode(frames), cfg)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _vae_decode(graph, cfg, params, latent):
+    """Normalised latent -> frames in [-1, 1]."""
+    return nnx.merge(graph, params).decode(denormalize_latent(latent, cfg))
+
+
 class GopEngine:
     """Everything needed to code GOPs of one geometry with one model and sampler."""
 
@@ -48,8 +61,8 @@ class GopEngine:
         self.latent_shape = (latent_frames(gop_frames), height // s, width // s, vae_cfg.z_dim)
         vae_graph, self.vae_params = nnx.split(model.vae)
         dit_graph, self.dit_params = nnx.split(model.dit)
-        self._encode = jax.jit(lambda p, x: normalize_latent(nnx.merge(vae_graph, p).encode(x), vae_cfg))
-        self._decode = jax.jit(lambda p, z: nnx.merge(vae_graph, p).decode(denormalize_latent(z, vae_cfg)))
+        self._encode = functools.partial(_vae_encode, vae_graph, vae_cfg)
+        self._decode = functools.partial(_vae_decode, vae_graph, vae_cfg)
         velocity = WanVelocity(dit_graph, dit_cfg)
         self.trajectory = Trajectory(velocity, sampler, self.latent_shape, velocity.time_features)
         self.cond = {"context": jnp.asarray(model.text_context, jnp.float32)}

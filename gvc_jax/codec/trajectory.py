@@ -113,6 +113,10 @@ def _trajectory(velocity: Velocity, codebook: Codebook, atoms_per_frame: Tuple[i
     return x_final, Picks(idx, coef)
 
 
+# Compiled once per (velocity, codebook, atoms per frame) and input shapes, shared by all callers.
+_trajectory_jit = jax.jit(_trajectory, static_argnums=(0, 1, 2))
+
+
 class Trajectory:
     """A compiled GOP trajectory for one (velocity model, sampler config, latent shape).
 
@@ -134,7 +138,7 @@ class Trajectory:
         feats = time_features(tables.t) if time_features is not None else tables.t[:, None]
         self.tables = {"t": tables.t, "t_next": tables.t_next, "g": tables.g,
                        "stochastic": tables.stochastic, "t_feat": np.asarray(feats, np.float32)}
-        self._fn = jax.jit(functools.partial(_trajectory, velocity, self.codebook, tuple(sampler.atoms_per_frame)))
+        self._fn = functools.partial(_trajectory_jit, velocity, self.codebook, tuple(sampler.atoms_per_frame))
 
     def run(self, params, cond, gop: int, *, target=None, picks: Picks | None = None):
         """-> (final latent [F,h,w,C] float32, Picks [T, F, M] canonical)."""

@@ -26,6 +26,13 @@ class WanVelocity:
         self.graphdef = graphdef
         self.cfg = cfg
 
+    # Equal structure -> equal velocity: lets jit reuse compiled trajectories across instances.
+    def __hash__(self):
+        return hash((self.graphdef, self.cfg))
+
+    def __eq__(self, other):
+        return isinstance(other, WanVelocity) and (self.graphdef, self.cfg) == (other.graphdef, other.cfg)
+
     def time_features(self, t: np.ndarray) -> np.ndarray:
         """[T] times -> [T, freq_dim] float32 sinusoid of 1000 t, computed in float64."""
         return timestep_features(1000.0 * np.asarray(t, np.float64), self.cfg.freq_dim)

@@ -1,0 +1,80 @@
+"""Command-line encode / decode as a user runs them: outputs, JSON, one-line errors, no partial files."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gvc_jax import cli
+from gvc_jax import decode as decode_cli
+from gvc_jax import encode as encode_cli
+from gvc_jax.io import read_video, write_video
+
+FAST = ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clip")
+    rng = np.random.default_rng(3)
+    frames = np.clip(rng.integers(0, 200, (1, 36, 52, 3)) + 3 * np.arange(11)[:, None, None, None], 0, 255)
+    path = str(d / "in.npy")
+    write_video(path, frames.astype(np.uint8), 20.0)
+    return path
+
+
+def run(main, argv):
+    return cli.run_main(main, argv)
+
+
+def test_encode_decode_roundtrip(clip, tmp_path, capsys):
+    gvc, rec, js = str(tmp_path / "a.gvc"), str(tmp_path / "rec.npy"), str(tmp_path / "enc.json")
+    assert run(encode_cli.main, [clip, "-o", gvc, *FAST, "--eval", "--decoded", rec, "--json", js]) == 0
+    report = json.load(open(js))
+    assert report["bytes"] == os.path.getsize(gvc) > 0
+    assert report["bpp"] == pytest.approx(8 * report["bytes"] / (11 * 52 * 36))
+    assert report["gops"] == 2 and {"psnr", "ms_ssim", "lpips"} <= set(report)
+    out = str(tmp_path / "out.npy")
+    assert run(decode_cli.main, [gvc, "-o", out, "--model", "preset:tiny", "--quiet", "--strict",
+                                 "--reference", clip, "--json", "-"]) == 0
+    decoded, _ = read_video(out)  # .npy keeps exact pixels (no fps)
+    assert decoded.shape == (11, 36, 52, 3)
+    np.testing.assert_array_equal(decoded, read_video(rec)[0])  # decoder == encoder's reconstruction
+    printed = capsys.readouterr().out
+    dec_report = json.loads(printed[printed.index("{"):])
+    assert dec_report["drifted_gops"] == [] and dec_report["fps"] == report["fps"]
+
+
+def test_errors_are_one_line_and_leave_no_file(clip, tmp_path, capsys):
+    gvc = str(tmp_path / "x.gvc")
+    cases = [
+        (encode_cli.main, [str(tmp_path / "missing.mp4"), "-o", gvc, *FAST]),
+        (encode_cli.main, [clip, "-o", gvc, *FAST[:-3], "--gop-frames", "8", "--quiet"]),
+        (encode_cli.main, [clip, "-o", gvc, "--model", str(tmp_path / "nomodel"), "--quiet"]),
+        (encode_cli.main, [clip, "-o", gvc, *FAST, "--max-frames", "0"]),
+    ]
+    bad_stream = tmp_path / "bad.gvc"
+    bad_stream.write_bytes(b"GVC\x01garbage")
+    cases.append((decode_cli.main, [str(bad_stream), "-o", str(tmp_path / "o.npy"), "--model", "preset:tiny"]))
+    for main, argv in cases:
+        assert run(main, argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+        assert not os.path.exists(gvc) and not os.path.exists(tmp_path / "o.npy")
+    assert sorted(os.listdir(tmp_path)) == ["bad.gvc"]  # no temporary files left behind
+
+
+def test_decode_with_another_model_is_refused(clip, tmp_path, capsys):
+    gvc = str(tmp_path / "a.gvc")
+    assert run(encode_cli.main, [clip, "-o", gvc, *FAST, "--max-frames", "5"]) == 0
+    assert run(decode_cli.main, [gvc, "-o", str(tmp_path / "o.npy"), "--model", "preset:tiny-i2v"]) == 2
+    assert "fingerprint" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o.npy")
+
+
+def test_help_runs_as_module():
+    for mod in ("gvc_jax.encode", "gvc_jax.decode"):
+        out = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True, check=True)
+        assert "--model" in out.stdout
