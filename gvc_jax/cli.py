@@ -81,6 +81,13 @@ def print_table(rows: Dict[str, object]) -> None:
         print(f"{k:<{width}}  {v}")
 
 
+def emit_report(report: Dict[str, object], json_dest: str | None) -> None:
+    """Print the scalar entries as a table; write the whole report as JSON if asked."""
+    print_table({k: v for k, v in report.items() if not isinstance(v, list)})
+    if json_dest:
+        write_json(json_dest, report)
+
+
 def write_json(dest: str, payload: dict) -> None:
     text = json.dumps(payload, indent=2, default=float)
     if dest == "-":

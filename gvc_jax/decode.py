@@ -57,9 +57,7 @@ def main(argv) -> int:
         if ref.shape != result.video.shape:
             raise ValueError(f"reference has shape {ref.shape}, decoded video {result.video.shape}")
         report.update(evaluate(ref, result.video))
-    cli.print_table({k: v for k, v in report.items() if not isinstance(v, list)})
-    if args.json:
-        cli.write_json(args.json, report)
+    cli.emit_report(report, args.json)
     return 0
 
 

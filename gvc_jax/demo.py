@@ -61,12 +61,10 @@ def main(argv) -> int:
     report = {"clip": args.clip, "model": model.name, "frames": frames, "size": f"{width}x{height}",
               "bytes": size, "bpp": bpp(size, frames, width, height),
               "kbps": 8 * size / 1000 / (frames / fps), "encode_s": t_enc, "decode_s": t_dec,
-              "bit_exact": not any(g.drift for g in dec.gops) and (dec.video == enc.video).all()}
+              "bit_exact": bool(not any(g.drift for g in dec.gops) and (dec.video == enc.video).all())}
     report.update(evaluate(video, dec.video, metrics=("psnr", "lpips")))
-    cli.print_table(report)
+    cli.emit_report(report, args.json)
     print(f"wrote {stream_path}, {args.clip}_decoded.mp4 and {args.clip}_compare.png in {args.out}")
-    if args.json:
-        cli.write_json(args.json, report)
     return 0 if report["bit_exact"] else 1
 
 

@@ -84,9 +84,7 @@ def main(argv) -> int:
         write_video(args.decoded, result.video, fps)
     if args.compare:
         save_side_by_side(args.compare, video, result.video)
-    cli.print_table({k: v for k, v in report.items() if not isinstance(v, list)})
-    if args.json:
-        cli.write_json(args.json, report)
+    cli.emit_report(report, args.json)
     return 0
 
 
