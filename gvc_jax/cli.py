@@ -73,17 +73,23 @@ def progress_printer(quiet: bool) -> Callable[[str, int, int], None]:
     return update
 
 
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v) if v else "-"
+    return str(v)
+
+
 def print_table(rows: Dict[str, object]) -> None:
     width = max(len(k) for k in rows)
     for k, v in rows.items():
-        if isinstance(v, float):
-            v = f"{v:.6g}"
-        print(f"{k:<{width}}  {v}")
+        print(f"{k:<{width}}  {_fmt(v)}")
 
 
 def emit_report(report: Dict[str, object], json_dest: str | None) -> None:
-    """Print the scalar entries as a table; write the whole report as JSON if asked."""
-    print_table({k: v for k, v in report.items() if not isinstance(v, list)})
+    """Print the report as a table (lists: one value per GOP); write it as JSON if asked."""
+    print_table(report)
     if json_dest:
         write_json(json_dest, report)
 
