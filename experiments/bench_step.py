@@ -1,0 +1,90 @@
+"""Benchmark: one sampling step's codebook search (all latent frames) vs that step's DiT forward.
+
+    python experiments/bench_step.py [--model DIR|preset:NAME] [--size 256x144] [--gop-frames 33]
+                                     [-K 16384] [-M 64] [--codebook hadamard] [--runs 5] [--json OUT]
+
+Both are jit-compiled and timed after warm-up (median of ``--runs``), at the model's latent shape
+for the given frame size: the DiT forward as the codec calls it (``WanVelocity``), and the search
+``vmap``-ed over the GOP's latent frames exactly as the trajectory does it.
+"""
+from __future__ import annotations
+
+import gvc_jax  # noqa: F401
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gvc_jax.cli import parse_size
+from gvc_jax.codec.codebooks import frame_key, get_codebook
+from gvc_jax.codec.velocity import WanVelocity
+from gvc_jax.models.registry import resolve_model
+from gvc_jax.models.vae import latent_frames
+
+
+def _median_time(fn, runs: int) -> float:
+    jax.block_until_ready(fn())  # compile + warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model dir or preset:NAME (default: the embedded default model)")
+    p.add_argument("--size", type=parse_size, default=(256, 144), metavar="WxH")
+    p.add_argument("--gop-frames", type=int, default=33)
+    p.add_argument("-K", type=int, default=16384)
+    p.add_argument("-M", type=int, default=64)
+    p.add_argument("--codebook", default="hadamard")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    model = resolve_model(args.model)
+    vae, dit = model.config.vae, model.config.dit
+    s = vae.spatial_stride
+    shape = (latent_frames(args.gop_frames), args.size[1] // s, args.size[0] // s, vae.z_dim)
+    graph, params = nnx.split(model.dit)
+    velocity = WanVelocity(graph, dit)
+    cond = {"context": jnp.asarray(model.text_context)}
+    if dit.in_channels > vae.z_dim:
+        cond["y"] = jnp.zeros(shape[:3] + (dit.in_channels - vae.z_dim,), jnp.float32)
+    x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
+    t = jnp.float32(0.5)
+    feat = jnp.asarray(velocity.time_features(np.array([0.5]))[0])
+    fwd = jax.jit(velocity)
+    t_dit = _median_time(lambda: fwd(params, x, t, feat, cond), args.runs)
+
+    cb = get_codebook(args.codebook, args.K, int(np.prod(shape[1:])))
+    frames = jnp.arange(shape[0])
+
+    @jax.jit
+    def search_step(residual):
+        keys = jax.vmap(lambda f: frame_key(0, 0, 3, f))(frames)
+        return jax.vmap(lambda k, r: cb.search(k, r, args.M))(keys, residual.reshape(shape[0], -1))
+
+    t_search = _median_time(lambda: search_step(x), args.runs)
+    result = {"model": model.name, "device": str(jax.devices()[0]), "latent_shape": shape,
+              "tokens": int(shape[0] * shape[1] * shape[2] // 4), "D": cb.D, "K": args.K, "M": args.M,
+              "codebook": args.codebook, "dit_forward_s": t_dit, "search_step_s": t_search,
+              "search_over_dit": t_search / t_dit}
+    for k, v in result.items():
+        print(f"{k:<16} {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
