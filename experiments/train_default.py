@@ -260,21 +260,29 @@ def vae_loss_fn(graphdef, rest, params, x, key, noise_max: float):
     return l1 + l2 + reg, {"l1": l1, "mse": l2, "mu_rms": rms}
 
 
+def start_training(wd, name, label, params, lr, steps, warmup, resume):
+    """Optimizer, optimizer state, checkpoint path, first step and loss log of a stage,
+    resumed from ``WD/NAME_ckpt.npz`` when asked and present."""
+    tx = make_optimizer(lr, steps, warmup)
+    opt_state = tx.init(params)
+    ckpt = os.path.join(wd, f"{name}_ckpt.npz")
+    start = 0
+    if resume and os.path.isfile(ckpt):
+        (params, opt_state), meta = load_npz(ckpt, (params, opt_state))
+        start = int(meta["step"])
+        print(f"resumed {label} at step {start}", flush=True)
+    log = JsonLog(os.path.join(wd, f"{name}_log.jsonl"), resume and start > 0)
+    return tx, params, opt_state, ckpt, start, log
+
+
 def train_vae(args) -> None:
     wd = args.workdir
     clips = get_clips(wd, args.clips)
     model = WanVAE(VAE_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
     steps = args.steps or DEFAULTS["vae_steps"]
-    tx = make_optimizer(args.lr or DEFAULTS["vae_lr"], steps, min(100, steps // 10 + 1))
-    opt_state = tx.init(params)
-    ckpt = os.path.join(wd, "vae_ckpt.npz")
-    start = 0
-    if args.resume and os.path.isfile(ckpt):
-        (params, opt_state), meta = load_npz(ckpt, (params, opt_state))
-        start = int(meta["step"])
-        print(f"resumed VAE at step {start}", flush=True)
-    log = JsonLog(os.path.join(wd, "vae_log.jsonl"), args.resume and start > 0)
+    tx, params, opt_state, ckpt, start, log = start_training(
+        wd, "vae", "VAE", params, args.lr or DEFAULTS["vae_lr"], steps, min(100, steps // 10 + 1), args.resume)
 
     @jax.jit
     def step_fn(params, opt_state, x, key):
@@ -409,15 +417,8 @@ def train_dit(args) -> None:
     model = WanDiT(DIT_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
     steps = args.steps or DEFAULTS["dit_steps"]
-    tx = make_optimizer(args.lr or DEFAULTS["dit_lr"], steps, min(200, steps // 10 + 1))
-    opt_state = tx.init(params)
-    ckpt = os.path.join(wd, "dit_ckpt.npz")
-    start = 0
-    if args.resume and os.path.isfile(ckpt):
-        (params, opt_state), meta = load_npz(ckpt, (params, opt_state))
-        start = int(meta["step"])
-        print(f"resumed DiT at step {start}", flush=True)
-    log = JsonLog(os.path.join(wd, "dit_log.jsonl"), args.resume and start > 0)
+    tx, params, opt_state, ckpt, start, log = start_training(
+        wd, "dit", "DiT", params, args.lr or DEFAULTS["dit_lr"], steps, min(200, steps // 10 + 1), args.resume)
     batch = DEFAULTS["dit_batch"]
     ctx = jnp.zeros((batch, DIT_CFG.text_len, DIT_CFG.text_dim), jnp.float32)
 
