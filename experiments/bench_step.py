@@ -22,7 +22,9 @@ import numpy as np
 from flax import nnx
 
 from gvc_jax.cli import parse_size
-from gvc_jax.codec.codebooks import frame_key, get_codebook
+from gvc_jax.codec.codebooks import frame_key
+from gvc_jax.codec.pipeline import GopEngine
+from gvc_jax.codec.schedule import SamplerConfig
 from gvc_jax.codec.velocity import WanVelocity
 from gvc_jax.models.registry import resolve_model
 from gvc_jax.models.vae import latent_frames
@@ -51,27 +53,23 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     model = resolve_model(args.model)
-    vae, dit = model.config.vae, model.config.dit
-    s = vae.spatial_stride
-    shape = (latent_frames(args.gop_frames), args.size[1] // s, args.size[0] // s, vae.z_dim)
-    graph, params = nnx.split(model.dit)
-    velocity = WanVelocity(graph, dit)
-    cond = {"context": jnp.asarray(model.text_context)}
-    if dit.in_channels > vae.z_dim:
-        cond["y"] = jnp.zeros(shape[:3] + (dit.in_channels - vae.z_dim,), jnp.float32)
+    frames = latent_frames(args.gop_frames)
+    sampler = SamplerConfig(K=args.K, atoms_per_frame=(args.M,) * frames, codebook=args.codebook)
+    engine = GopEngine(model, sampler, args.size[1], args.size[0], args.gop_frames)  # as the codec builds it
+    shape = engine.latent_shape
+    velocity = WanVelocity(nnx.graphdef(model.dit), model.config.dit)
     x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
-    t = jnp.float32(0.5)
     feat = jnp.asarray(velocity.time_features(np.array([0.5]))[0])
     fwd = jax.jit(velocity)
-    t_dit = _median_time(lambda: fwd(params, x, t, feat, cond), args.runs)
+    t_dit = _median_time(lambda: fwd(engine.dit_params, x, jnp.float32(0.5), feat, engine.cond), args.runs)
 
-    cb = get_codebook(args.codebook, args.K, int(np.prod(shape[1:])))
-    frames = jnp.arange(shape[0])
+    cb = engine.trajectory.codebook
+    frame_ids = jnp.arange(frames)
 
     @jax.jit
     def search_step(residual):
-        keys = jax.vmap(lambda f: frame_key(0, 0, 3, f))(frames)
-        return jax.vmap(lambda k, r: cb.search(k, r, args.M))(keys, residual.reshape(shape[0], -1))
+        keys = jax.vmap(lambda f: frame_key(0, 0, 3, f))(frame_ids)
+        return jax.vmap(lambda k, r: cb.search(k, r, args.M))(keys, residual.reshape(frames, -1))
 
     t_search = _median_time(lambda: search_step(x), args.runs)
     result = {"model": model.name, "device": str(jax.devices()[0]), "latent_shape": shape,

@@ -434,20 +434,14 @@ def diffusers_key_to_path(key: str) -> tuple:
 
 
 def torch_to_flax(key: str, tensor_np: np.ndarray, target_shape) -> np.ndarray:
-    """Transform one torch tensor to the layout of its Flax leaf; raises ValueError on a shape mismatch."""
-    a = np.asarray(tensor_np)
+    """Transform one torch tensor to the layout of its Flax leaf (the converter's rule,
+    ``checkpoint.torch_to_flax``); raises ValueError on a shape mismatch."""
+    from gvc_jax.models.checkpoint import torch_to_flax as convert
+
     target_shape = tuple(target_shape)
-    leaf = key.rsplit(".", 1)[-1]
-    if leaf == "weight" and a.ndim == 5:
-        a = a.transpose(2, 3, 4, 1, 0)           # [O,I,t,h,w] -> [t,h,w,I,O]
-    elif leaf == "weight" and a.ndim == 4 and len(target_shape) == 2:
-        a = a.reshape(a.shape[0], a.shape[1]).T  # 1x1 conv [O,I,1,1] -> Linear [I,O]
-    elif leaf == "weight" and a.ndim == 4:
-        a = a.transpose(2, 3, 1, 0)              # [O,I,h,w] -> [h,w,I,O]
-    elif leaf == "gamma":
-        a = a.reshape(-1)                        # [C,1,1(,1)] -> [C]
+    a = convert(key, np.asarray(tensor_np), target_shape)
     if a.shape != target_shape:
-        raise ValueError(f"{key}: torch shape {tuple(tensor_np.shape)} -> {a.shape}, expected {target_shape}")
+        raise ValueError(f"{key}: torch shape {tuple(np.shape(tensor_np))} -> {a.shape}, expected {target_shape}")
     return np.ascontiguousarray(a)
 
 
