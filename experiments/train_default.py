@@ -64,6 +64,9 @@ DEFAULTS = {
     # (batch, frames, crop) alternated step by step: short clips for content, full 33-frame GOPs so
     # that the causal caches see as many chunks as in use (9 latent frames).
     "vae_shapes": ((4, 9, (48, 48)), (1, 33, (48, 80))), "vae_long_from": 900,
+    # refinement of the stage-1 VAE: larger crops, hue rotations, MSE-weighted loss
+    "refine_steps": 1900, "refine_lr": 3e-4,
+    "refine_shapes": ((4, 9, (64, 64)), (1, 33, (48, 96))),
     "dit_steps": 900, "dit_batch": 8, "dit_crop": (16, 24), "dit_lr": 8e-4,
 }
 
@@ -196,10 +199,23 @@ def get_clips(workdir: str, n: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- stage 1: VAE
 
+def hue_rotate(x: np.ndarray, angle: float, saturation: float) -> np.ndarray:
+    """Rotate the colours of uint8 frames about the grey axis by ``angle`` (radians) and scale
+    their saturation; returns float32 in [0, 255]. Turns the data's browns and blues into greens,
+    purples, ... so the VAE learns colour-neutral features."""
+    u = np.full(3, 1.0 / math.sqrt(3.0))
+    k = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]])
+    rot = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)
+    grey = np.outer(u, u)
+    m = (grey + saturation * (rot - grey)).astype(np.float32)  # rotate the chroma, scale it
+    return np.clip(x.astype(np.float32) @ m.T, 0.0, 255.0)
+
+
 def vae_batch(clips: np.ndarray, rng: np.random.Generator, batch: int, frames: int, crop,
-              permute: bool = True) -> np.ndarray:
+              permute: bool = True, hue: bool = False) -> np.ndarray:
     """Random [B, frames, ch, cw, 3] crops in [-1, 1] (random time window, position, time flip and,
-    with ``permute``, a random RGB channel permutation)."""
+    with ``permute``, a random RGB channel permutation; with ``hue``, a random hue rotation and
+    saturation gain on 70 % of the crops)."""
     n, F, H, W = clips.shape[:4]
     ch, cw = crop
     out = np.empty((batch, frames, ch, cw, 3), np.float32)
@@ -213,6 +229,8 @@ def vae_batch(clips: np.ndarray, rng: np.random.Generator, batch: int, frames: i
             x = x[::-1]
         if permute and rng.random() < 0.5:  # colour diversity: random RGB channel permutation
             x = x[..., rng.permutation(3)]
+        if hue and rng.random() < 0.7:
+            x = hue_rotate(x, rng.uniform(0, 2 * math.pi), rng.uniform(0.7, 1.4))
         out[b] = x.astype(np.float32) / 127.5 - 1.0
     return out
 
@@ -246,7 +264,7 @@ def decode_unrolled(model, z: jax.Array, clip: bool = True) -> jax.Array:
     return jnp.clip(y, -1.0, 1.0) if clip else y
 
 
-def vae_loss_fn(graphdef, rest, params, x, key, noise_max: float):
+def vae_loss_fn(graphdef, rest, params, x, key, noise_max: float, l1_weight: float = 1.0):
     model = nnx.merge(graphdef, params, rest)
     mu = encode_unrolled(model, x)
     rms = jax.lax.stop_gradient(jnp.sqrt(jnp.mean(jnp.square(mu)) + 1e-6))
@@ -257,7 +275,7 @@ def vae_loss_fn(graphdef, rest, params, x, key, noise_max: float):
     l1 = jnp.mean(jnp.abs(err))
     l2 = jnp.mean(jnp.square(err))
     reg = 1e-4 * jnp.mean(jnp.square(mu))
-    return l1 + l2 + reg, {"l1": l1, "mse": l2, "mu_rms": rms}
+    return l1_weight * l1 + l2 + reg, {"l1": l1, "mse": l2, "mu_rms": rms}
 
 
 def start_training(wd, name, label, params, lr, steps, warmup, resume):
@@ -275,19 +293,45 @@ def start_training(wd, name, label, params, lr, steps, warmup, resume):
     return tx, params, opt_state, ckpt, start, log
 
 
-def train_vae(args) -> None:
+def bbb_dev_psnr(graphdef, rest, frames: int = 33):
+    """A jitted ``params -> PSNR`` of the VAE round trip of bigbuckbunny frames [0, frames) at
+    256 x 144: the dev clip, monitored (never trained on) during refinement."""
+    from gvc_jax.io import read_video, sample_clip_path, to_model_range
+
+    video, _ = read_video(sample_clip_path("bigbuckbunny"), max_frames=frames, resize=(256, 144))
+    x = jnp.asarray(to_model_range(video))[None]
+
+    @jax.jit
+    def fn(params):
+        m = nnx.merge(graphdef, params, rest)
+        y = decode_unrolled(m, encode_unrolled(m, x))
+        return 10.0 * jnp.log10(4.0 / jnp.mean(jnp.square(jnp.round((y + 1) * 127.5) / 127.5 - 1 - x)))
+    return fn
+
+
+def train_vae(args, refine: bool = False) -> None:
+    """Stage ``vae`` (from the seed) or ``vae_refine`` (from the stage-1 weights, kept as
+    ``vae_stage1.npz``): larger crops, hue rotations and an MSE-weighted loss)."""
     wd = args.workdir
     clips = get_clips(wd, args.clips)
     model = WanVAE(VAE_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
-    steps = args.steps or DEFAULTS["vae_steps"]
+    name = "vae_refine" if refine else "vae"
+    if refine:
+        stage1 = os.path.join(wd, "vae_stage1.npz")
+        if not os.path.isfile(stage1):
+            os.replace(os.path.join(wd, "vae_final.npz"), stage1)
+        params, _ = load_npz(stage1, params)
+    steps = args.steps or DEFAULTS[f"{'refine' if refine else 'vae'}_steps"]
+    lr = args.lr or DEFAULTS[f"{'refine' if refine else 'vae'}_lr"]
     tx, params, opt_state, ckpt, start, log = start_training(
-        wd, "vae", "VAE", params, args.lr or DEFAULTS["vae_lr"], steps, min(100, steps // 10 + 1), args.resume)
+        wd, name, "VAE", params, lr, steps, 50 if refine else min(100, steps // 10 + 1), args.resume)
+    noise_max, l1_weight = (0.05, 0.25) if refine else (0.1, 1.0)
 
     @jax.jit
     def step_fn(params, opt_state, x, key):
         (loss, aux), grads = jax.value_and_grad(
-            lambda p: vae_loss_fn(graphdef, rest, p, x, key, 0.1), has_aux=True)(params)
+            lambda p: vae_loss_fn(graphdef, rest, p, x, key, noise_max, l1_weight), has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux
 
@@ -299,15 +343,20 @@ def train_vae(args) -> None:
         y = decode_unrolled(m, encode_unrolled(m, probe))
         return 10.0 * jnp.log10(4.0 / jnp.mean(jnp.square(y - probe)))
 
-    base_key = jax.random.key(SEED)
+    dev_psnr = bbb_dev_psnr(graphdef, rest) if refine else None
+    base_key = jax.random.key(SEED + (7 if refine else 0))
     t_start = time.time()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="vae", mininterval=5)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=name, mininterval=5)
     for step in bar:
-        rng = np.random.default_rng([SEED, 1, step])
-        late = step >= DEFAULTS["vae_long_from"]  # phase 2: long clips and channel permutation
-        shapes = DEFAULTS["vae_shapes"] if late else DEFAULTS["vae_shapes"][:1]
+        rng = np.random.default_rng([SEED, 2 if refine else 1, step])
+        if refine:
+            shapes, permute, hue = DEFAULTS["refine_shapes"], True, True
+        else:  # phase 2 of stage 1: long clips and channel permutation
+            late = step >= DEFAULTS["vae_long_from"]
+            shapes = DEFAULTS["vae_shapes"] if late else DEFAULTS["vae_shapes"][:1]
+            permute, hue = late, False
         bsz, nf, crop = shapes[step % len(shapes)]
-        x = jnp.asarray(vae_batch(clips, rng, bsz, nf, crop, permute=late))
+        x = jnp.asarray(vae_batch(clips, rng, bsz, nf, crop, permute=permute, hue=hue))
         params, opt_state, loss, aux = step_fn(params, opt_state, x, jax.random.fold_in(base_key, step))
         if step % 10 == 0 or step == steps - 1:
             mse = float(aux["mse"])
@@ -316,12 +365,14 @@ def train_vae(args) -> None:
                    "time_s": time.time() - t_start}
             if step % 50 == 0 or step == steps - 1:
                 rec[f"probe{probe.shape[1]}_psnr"] = float(probe_psnr(params))
+            if dev_psnr is not None and (step % 250 == 0 or step == steps - 1):
+                rec["dev_bbb33_psnr"] = float(dev_psnr(params))
             log.write(**rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}")
         if (step + 1) % args.ckpt_every == 0 or step == steps - 1:
             save_npz(ckpt, (params, opt_state), step=step + 1)
     save_npz(os.path.join(wd, "vae_final.npz"), params)
-    print(f"VAE done: {steps} steps, {time.time() - t_start:.0f} s this run", flush=True)
+    print(f"{name} done: {steps} steps, {time.time() - t_start:.0f} s this run", flush=True)
 
 
 def load_vae(wd: str, cfg: VAEConfig = VAE_CFG):
@@ -416,6 +467,9 @@ def train_dit(args) -> None:
     print(f"DiT data: x0 {lat['x0'].shape}, cond {lat['cond'].shape}", flush=True)
     model = WanDiT(DIT_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
+    if args.init:  # warm start, e.g. from the DiT trained on an earlier VAE's latents
+        params, _ = load_npz(args.init, params)
+        print(f"DiT initialised from {args.init}", flush=True)
     steps = args.steps or DEFAULTS["dit_steps"]
     tx, params, opt_state, ckpt, start, log = start_training(
         wd, "dit", "DiT", params, args.lr or DEFAULTS["dit_lr"], steps, min(200, steps // 10 + 1), args.resume)
@@ -608,22 +662,24 @@ def plot_losses(args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", required=True, choices=("vae", "latents", "dit", "export", "eval", "plot", "all"))
+    p.add_argument("--stage", required=True, choices=("vae", "vae_refine", "latents", "dit", "export", "eval", "plot", "all"))
     p.add_argument("--workdir", required=True, help="work directory for data, checkpoints and logs (not in git)")
     p.add_argument("--steps", type=int, default=None, help="training steps of the vae / dit stage")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of the vae / dit stage")
     p.add_argument("--clips", type=int, default=DEFAULTS["clips"], help="number of training clips")
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
+    p.add_argument("--init", default=None, help="dit: start from these weights (a dit_final.npz)")
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--out", default=None, help="export / eval directory (default gvc_jax/assets/default_model)")
     p.add_argument("--codec", action="store_true", help="eval: also run the codec once at the demo settings")
     args = p.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
-    stages = ("vae", "latents", "dit", "export", "plot", "eval") if args.stage == "all" else (args.stage,)
+    stages = (("vae", "vae_refine", "latents", "dit", "export", "plot", "eval") if args.stage == "all"
+              else (args.stage,))
     for st in stages:
         t0 = time.time()
-        use_fast_convs(st in ("vae", "latents"))  # eval/export time the shipped code path
-        {"vae": train_vae, "latents": compute_latents, "dit": train_dit, "export": export,
+        use_fast_convs(st in ("vae", "vae_refine", "latents"))  # eval/export time the shipped path
+        {"vae": train_vae, "vae_refine": lambda a: train_vae(a, refine=True), "latents": compute_latents, "dit": train_dit, "export": export,
          "eval": evaluate_model, "plot": plot_losses}[st](args)
         print(f"stage {st}: {time.time() - t0:.0f} s", flush=True)
     return 0

@@ -218,6 +218,21 @@ def convert_state(
     return nnx.State.from_flat_path({p: v.replace(values[p]) for p, v in flat.items()})
 
 
+def in_memory_source(tensors: Mapping[str, np.ndarray]) -> dict:
+    """A state dict already in memory (numpy arrays, torch layout) as a ``convert_state`` source."""
+    return {k: LazyTensor(tuple(np.shape(v)), str(np.asarray(v).dtype), lambda v=v: np.asarray(v), origin=k)
+            for k, v in tensors.items()}
+
+
+def load_state_dict(model: nnx.Module, tensors: Mapping[str, np.ndarray],
+                    key_to_path: Callable[[str], tuple], *, what: str) -> nnx.Module:
+    """Copy an in-memory torch-layout state dict into ``model`` in place (the converter's rules and
+    checks: ``convert_state``); raises ``CheckpointError`` listing every problem. Returns ``model``."""
+    state = convert_state(in_memory_source(tensors), nnx.state(model, nnx.Param), key_to_path, what=what)
+    nnx.update(model, state)
+    return model
+
+
 def _is_stacked_leaf(leaf: tuple) -> bool:
     """True for scan-stacked block leaves (path ('blocks', ...) without an int after it)."""
     return len(leaf) > 1 and leaf[0] == "blocks" and not isinstance(leaf[1], int)

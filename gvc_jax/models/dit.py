@@ -32,13 +32,6 @@ class DiTInputError(ValueError):
     """Inputs whose shapes or presence do not match the DiT configuration."""
 
 
-class WeightMappingError(KeyError):
-    """A diffusers state dict does not match the NNX parameter tree (missing/unused/misshapen)."""
-
-    def __str__(self):  # KeyError quotes its message; keep it readable.
-        return str(self.args[0]) if self.args else ""
-
-
 def _dtype(name: str):
     try:
         return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[str(name)]
@@ -438,57 +431,11 @@ def diffusers_key_to_path(key: str, *, scan_layers: bool = False) -> tuple:
     return path
 
 
-def diffusers_tensor_to_leaf(key: str, array: np.ndarray) -> np.ndarray:
-    """Torch layout -> Flax layout: Linear [out,in] -> [in,out]; Conv3d [O,I,t,h,w] -> [t,h,w,I,O]."""
-    array = np.asarray(array)
-    if diffusers_key_to_path(key)[-1] != "kernel":
-        return array
-    if array.ndim == 2:
-        return array.T
-    if array.ndim == 5:
-        return array.transpose(2, 3, 4, 1, 0)
-    raise WeightMappingError(f"{key}: unexpected kernel rank {array.ndim} (shape {array.shape})")
+def assign_from_diffusers(model: WanDiT, tensors: Mapping[str, np.ndarray]) -> WanDiT:
+    """Load an in-memory diffusers state dict (numpy arrays, torch layout) into ``model`` in place,
+    with the converter's rules (``checkpoint.load_state_dict``; stray ``norm_added_q`` keys are
+    ignored, layers are stacked in scan mode). Raises ``CheckpointError`` listing every missing,
+    unused and misshapen key."""
+    from gvc_jax.models.checkpoint import load_state_dict
 
-
-def assign_from_diffusers(model: WanDiT, tensors: Mapping[str, np.ndarray],
-                          ignore: tuple[str, ...] = ("norm_added_q",)) -> None:
-    """Load an in-memory diffusers state dict (numpy arrays, torch layout) into ``model`` in place.
-
-    Keys containing a component in ``ignore`` are skipped. Raises WeightMappingError listing the
-    missing, unused and misshapen keys; leaves are cast to the model's parameter dtypes and stacked
-    on a leading axis for scan mode.
-    """
-    scan = model.cfg.scan_layers
-    targets = {path: var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    values: dict = {}
-    unused, misshapen = [], []
-    for key, arr in tensors.items():
-        if any(part in ignore for part in key.split(".")):
-            continue
-        path = diffusers_key_to_path(key, scan_layers=scan)
-        if path not in targets:
-            unused.append(key)
-            continue
-        leaf = diffusers_tensor_to_leaf(key, arr)
-        if scan and path[0] == "blocks":
-            values.setdefault(path, {})[int(key.split(".")[1])] = leaf
-        else:
-            values[path] = leaf
-    for path, leaf in list(values.items()):
-        if isinstance(leaf, dict):
-            n = model.cfg.num_layers
-            if sorted(leaf) != list(range(n)):
-                misshapen.append(f"{'.'.join(map(str, path))}: blocks {sorted(leaf)} != 0..{n - 1}")
-                continue
-            values[path] = leaf = np.stack([leaf[i] for i in range(n)])
-        if tuple(leaf.shape) != tuple(targets[path].shape):
-            misshapen.append(f"{'.'.join(map(str, path))}: {tuple(leaf.shape)} != {tuple(targets[path].shape)}")
-    missing = [".".join(map(str, p)) for p in targets if p not in values]
-    if missing or unused or misshapen:
-        raise WeightMappingError(
-            f"diffusers weights do not match the WanDiT tree: missing={missing} unused={unused} "
-            f"misshapen={misshapen}")
-    new_state = nnx.from_flat_state(
-        [(path, var.replace(jnp.asarray(values[path], dtype=var.dtype))) for path, var in targets.items()]
-    )
-    nnx.update(model, new_state)
+    return load_state_dict(model, tensors, diffusers_key_to_path, what="diffusers DiT state dict")

@@ -446,24 +446,9 @@ def torch_to_flax(key: str, tensor_np: np.ndarray, target_shape) -> np.ndarray:
 
 
 def load_diffusers_state_dict(model: WanVAE, state_dict: Mapping[str, np.ndarray]) -> WanVAE:
-    """Copy a diffusers AutoencoderKLWan state dict (numpy values) into ``model`` in place.
+    """Copy a diffusers AutoencoderKLWan state dict (numpy values) into ``model`` in place, with
+    the converter's rules (``checkpoint.load_state_dict``). Raises ``CheckpointError`` listing
+    every unused key, uncovered parameter and shape mismatch."""
+    from gvc_jax.models.checkpoint import load_state_dict
 
-    Raises KeyError listing unused keys and params left uncovered; ValueError on a shape mismatch.
-    """
-    shapes = {path: v.shape for path, v in nnx.state(model, nnx.Param).flat_state()}
-    seen, unused = set(), []
-    for key, value in state_dict.items():
-        path = diffusers_key_to_path(key)
-        if path not in shapes:
-            unused.append(key)
-            continue
-        obj = model
-        for p in path[:-1]:
-            obj = obj[p] if isinstance(p, int) else getattr(obj, p)
-        var = getattr(obj, path[-1])
-        var[...] = jnp.asarray(torch_to_flax(key, value, shapes[path]), var[...].dtype)
-        seen.add(path)
-    missing = sorted(".".join(map(str, p)) for p in shapes if p not in seen)
-    if unused or missing:
-        raise KeyError(f"VAE state dict mismatch: unused keys {unused}, missing params {missing}")
-    return model
+    return load_state_dict(model, state_dict, diffusers_key_to_path, what="diffusers VAE state dict")
