@@ -25,8 +25,8 @@ the raw frames; bpp = 8 * file bytes / (frames * W * H). Outputs in ``--out``:
   its lowest rate against each baseline's LPIPS interpolated (pchip in log bpp) at the same bpp.
 - ``plots/CLIP_{psnr,lpips,ms_ssim[,vmaf]}.png``: bpp (log) against each metric.
 
-Note: the gvc point key records the ``--gvc-model`` spec, not the model's weights; when the
-model behind a spec changes (e.g. a new default model), use a fresh ``--out``.
+A gvc point also records the model's fingerprint; when the model behind ``--gvc-model`` changes
+(e.g. a new default model) its gvc points are recomputed and the baseline points are kept.
 """
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ def baseline_spec(codec: str, q: int, preset: Optional[str]) -> PointSpec:
 
 
 class GvcRunner:
-    """Loads the gvc model on first use (so a fully resumed run never loads it) and codes points."""
+    """Loads the gvc model on first use (a run with no gvc points never loads it) and codes points."""
 
     def __init__(self, model_spec: Optional[str], verify_decode: bool = False):
         self.model_spec = model_spec
@@ -302,7 +302,8 @@ def run_points(clip: Clip, specs: Sequence[PointSpec], store: ResultStore, out_d
 
     store.register_clip(clip)
     stream_dir = os.path.join(out_dir, "streams", clip.name)
-    todo = [s for s in specs if not _done(store.find(s.key(clip.name)), metrics)]
+    todo = [s for s in specs if not _done(store.find(s.key(clip.name)), metrics)
+            or (s.codec == "gvc" and store.find(s.key(clip.name)).get("model_fingerprint") != gvc.model.fingerprint)]
     f, h, w = clip.frames.shape[:3]
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"{desc} {clip.name}", unit="pt",
                dynamic_ncols=True)

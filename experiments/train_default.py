@@ -65,7 +65,7 @@ DEFAULTS = {
     # that the causal caches see as many chunks as in use (9 latent frames).
     "vae_shapes": ((4, 9, (48, 48)), (1, 33, (48, 80))), "vae_long_from": 900,
     # refinement of the stage-1 VAE: larger crops, hue rotations, MSE-weighted loss
-    "refine_steps": 1900, "refine_lr": 3e-4,
+    "refine_steps": 1400, "refine_lr": 2e-4,
     "refine_shapes": ((4, 9, (64, 64)), (1, 33, (48, 96))),
     "dit_steps": 900, "dit_batch": 8, "dit_crop": (16, 24), "dit_lr": 8e-4,
 }
@@ -264,9 +264,12 @@ def decode_unrolled(model, z: jax.Array, clip: bool = True) -> jax.Array:
     return jnp.clip(y, -1.0, 1.0) if clip else y
 
 
-def vae_loss_fn(graphdef, rest, params, x, key, noise_max: float, l1_weight: float = 1.0):
+def vae_loss_fn(graphdef, rest, params, x, key, noise_max: float, l1_weight: float = 1.0,
+                freeze_encoder: bool = False):
     model = nnx.merge(graphdef, params, rest)
     mu = encode_unrolled(model, x)
+    if freeze_encoder:  # no encoder backward pass; the latents (and the DiT trained on them) stay valid
+        mu = jax.lax.stop_gradient(mu)
     rms = jax.lax.stop_gradient(jnp.sqrt(jnp.mean(jnp.square(mu)) + 1e-6))
     k1, k2 = jax.random.split(key)
     sigma = jax.random.uniform(k1, (mu.shape[0], 1, 1, 1, 1), maxval=noise_max) * rms
@@ -278,10 +281,23 @@ def vae_loss_fn(graphdef, rest, params, x, key, noise_max: float, l1_weight: flo
     return l1_weight * l1 + l2 + reg, {"l1": l1, "mse": l2, "mu_rms": rms}
 
 
-def start_training(wd, name, label, params, lr, steps, warmup, resume):
+ENCODER_PARTS = ("encoder", "quant_conv")
+
+
+def freeze_encoder(tx, params):
+    """``tx`` for the decoder leaves, no update (nor weight decay) for the encoder's."""
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if getattr(path[0], "key", None) in ENCODER_PARTS else "train", params)
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def start_training(wd, name, label, params, lr, steps, warmup, resume, wrap=None):
     """Optimizer, optimizer state, checkpoint path, first step and loss log of a stage,
-    resumed from ``WD/NAME_ckpt.npz`` when asked and present."""
+    resumed from ``WD/NAME_ckpt.npz`` when asked and present; ``wrap(tx, params)`` adapts the
+    optimizer (e.g. ``freeze_encoder``)."""
     tx = make_optimizer(lr, steps, warmup)
+    if wrap is not None:
+        tx = wrap(tx, params)
     opt_state = tx.init(params)
     ckpt = os.path.join(wd, f"{name}_ckpt.npz")
     start = 0
@@ -310,8 +326,9 @@ def bbb_dev_psnr(graphdef, rest, frames: int = 33):
 
 
 def train_vae(args, refine: bool = False) -> None:
-    """Stage ``vae`` (from the seed) or ``vae_refine`` (from the stage-1 weights, kept as
-    ``vae_stage1.npz``): larger crops, hue rotations and an MSE-weighted loss)."""
+    """Stage ``vae`` (from the seed) or ``vae_refine``: the decoder alone fine-tuned from the
+    stage-1 weights (kept as ``vae_stage1.npz``) on larger crops with hue rotations and an
+    MSE-weighted loss. The encoder is frozen, so latents and a DiT trained on them stay valid."""
     wd = args.workdir
     clips = get_clips(wd, args.clips)
     model = WanVAE(VAE_CFG, rngs=nnx.Rngs(SEED))
@@ -325,13 +342,15 @@ def train_vae(args, refine: bool = False) -> None:
     steps = args.steps or DEFAULTS[f"{'refine' if refine else 'vae'}_steps"]
     lr = args.lr or DEFAULTS[f"{'refine' if refine else 'vae'}_lr"]
     tx, params, opt_state, ckpt, start, log = start_training(
-        wd, name, "VAE", params, lr, steps, 50 if refine else min(100, steps // 10 + 1), args.resume)
+        wd, name, "VAE", params, lr, steps, 50 if refine else min(100, steps // 10 + 1), args.resume,
+        wrap=freeze_encoder if refine else None)
     noise_max, l1_weight = (0.05, 0.25) if refine else (0.1, 1.0)
 
     @jax.jit
     def step_fn(params, opt_state, x, key):
         (loss, aux), grads = jax.value_and_grad(
-            lambda p: vae_loss_fn(graphdef, rest, p, x, key, noise_max, l1_weight), has_aux=True)(params)
+            lambda p: vae_loss_fn(graphdef, rest, p, x, key, noise_max, l1_weight, freeze_encoder=refine),
+            has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux
 

@@ -177,15 +177,29 @@ def test_rd_end_to_end_and_resume(tmp_path, monkeypatch):
         with open(os.path.join(out, "plots", f"bigbuckbunny_{m}.png"), "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
-    # resumable: nothing is coded again (and the model is never loaded)
+    # resumable: nothing is coded again
     def boom(*a, **k):
         raise AssertionError("a finished point was run again")
 
+    real_run = rd.GvcRunner.run
     monkeypatch.setattr(rd.GvcRunner, "run", boom)
     monkeypatch.setattr(bl, "encode_baseline", boom)
     assert rd.main(argv) == 0
     with open(os.path.join(out, "results.json")) as fh:
         assert json.load(fh)["points"] == points
+
+    # gvc points made with other weights (another fingerprint) are recomputed; baselines are kept
+    stale = {**data, "points": [{**p, "model_fingerprint": "0" * 64} if p["codec"] == "gvc" else p for p in points]}
+    with open(os.path.join(out, "results.json"), "w") as fh:
+        json.dump(stale, fh)
+    rerun = []
+    monkeypatch.setattr(rd.GvcRunner, "run", lambda self, *a: rerun.append(1) or real_run(self, *a))
+    assert rd.main(argv) == 0
+    assert len(rerun) == 2
+    with open(os.path.join(out, "results.json")) as fh:
+        again = {p["key"]: p for p in json.load(fh)["points"]}
+    assert all(again[p["key"]]["model_fingerprint"] == p["model_fingerprint"] for p in gvc)
+    assert all(again[p["key"]] == p for p in x264)
 
     # ablate over M on the same output reuses those very points (same keys) and plots the sweep
     assert ablate.main(["bigbuckbunny", "--frames", "9", "--resize", "64x64", "--gvc-model", "preset:tiny",
