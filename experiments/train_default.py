@@ -153,23 +153,50 @@ def split_model(model):
     return graphdef, params, rest
 
 
-def save_npz(path: str, tree, **meta) -> None:
-    leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, *leaves, **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
+def save_tree(path: str, tree, **meta) -> None:
+    """Orbax checkpoint of a pytree (params, or params + optimizer state) plus scalar ``meta``
+    (e.g. the step) in directory ``path``; written to ``path.tmp`` and renamed, so an interrupted
+    save never leaves a half-written checkpoint."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp, {"tree": tree, "meta": {k: np.asarray(v) for k, v in meta.items()}})
+    ckptr.wait_until_finished()
+    shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
 
-def load_npz(path: str, like):
-    with np.load(path) as f:
-        n = len(jax.tree.leaves(like))
-        leaves = [jnp.asarray(f[f"arr_{i}"]) for i in range(n)]
-        meta = {k[5:]: f[k] for k in f.files if k.startswith("meta_")}
-    ref = jax.tree.leaves(like)
-    for a, b in zip(leaves, ref):
-        if a.shape != b.shape:
-            raise ValueError(f"{path}: leaf shape {a.shape} != expected {b.shape}")
-    return jax.tree.unflatten(jax.tree.structure(like), leaves), meta
+def stored(wd: str, stem: str) -> str:
+    """``WD/STEM`` (orbax directory) if present, else a legacy ``WD/STEM.npz``, else ``WD/STEM``."""
+    path = os.path.join(wd, stem)
+    return path + ".npz" if not os.path.isdir(path) and os.path.isfile(path + ".npz") else path
+
+
+def load_tree(path: str, like):
+    """(tree, meta) from ``save_tree``'s directory (or a legacy ``.npz`` of the same leaves),
+    restored into the structure, shapes and dtypes of ``like``."""
+    if path.endswith(".npz"):
+        with np.load(path) as f:
+            leaves = [jnp.asarray(f[f"arr_{i}"]) for i in range(len(jax.tree.leaves(like)))]
+            meta = {k[5:]: f[k] for k in f.files if k.startswith("meta_")}
+        for a, b in zip(leaves, jax.tree.leaves(like)):
+            if a.shape != b.shape:
+                raise ValueError(f"{path}: leaf shape {a.shape} != expected {b.shape}")
+        return jax.tree.unflatten(jax.tree.structure(like), leaves), meta
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    ckptr = ocp.StandardCheckpointer()
+    meta_keys = ckptr.metadata(path).item_metadata.tree["meta"].keys()
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                          {"tree": like, "meta": {k: np.asarray(0) for k in meta_keys}})
+    out = ckptr.restore(path, target)
+    return out["tree"], {k: np.asarray(v) for k, v in out["meta"].items()}
 
 
 def make_optimizer(lr: float, steps: int, warmup: int):
@@ -293,16 +320,16 @@ def freeze_encoder(tx, params):
 
 def start_training(wd, name, label, params, lr, steps, warmup, resume, wrap=None):
     """Optimizer, optimizer state, checkpoint path, first step and loss log of a stage,
-    resumed from ``WD/NAME_ckpt.npz`` when asked and present; ``wrap(tx, params)`` adapts the
+    resumed from ``WD/NAME_ckpt`` (orbax) when asked and present; ``wrap(tx, params)`` adapts the
     optimizer (e.g. ``freeze_encoder``)."""
     tx = make_optimizer(lr, steps, warmup)
     if wrap is not None:
         tx = wrap(tx, params)
     opt_state = tx.init(params)
-    ckpt = os.path.join(wd, f"{name}_ckpt.npz")
+    ckpt = os.path.join(wd, f"{name}_ckpt")  # saves go here; a legacy .npz still resumes
     start = 0
-    if resume and os.path.isfile(ckpt):
-        (params, opt_state), meta = load_npz(ckpt, (params, opt_state))
+    if resume and os.path.exists(stored(wd, f"{name}_ckpt")):
+        (params, opt_state), meta = load_tree(stored(wd, f"{name}_ckpt"), (params, opt_state))
         start = int(meta["step"])
         print(f"resumed {label} at step {start}", flush=True)
     log = JsonLog(os.path.join(wd, f"{name}_log.jsonl"), resume and start > 0)
@@ -327,7 +354,7 @@ def bbb_dev_psnr(graphdef, rest, frames: int = 33):
 
 def train_vae(args, refine: bool = False) -> None:
     """Stage ``vae`` (from the seed) or ``vae_refine``: fine-tuning from the stage-1 weights (kept
-    as ``vae_stage1.npz``; ``--init FILE`` starts from other weights) on larger crops with hue
+    as ``vae_stage1``; ``--init FILE`` starts from other weights) on larger crops with hue
     rotations and an MSE-weighted loss. The encoder is frozen unless ``--refine-encoder``
     (checkpoint and log ``vae_refine_enc*``), so by default latents and a DiT trained on them stay
     valid."""
@@ -338,10 +365,12 @@ def train_vae(args, refine: bool = False) -> None:
     frozen = refine and not args.refine_encoder
     name = "vae" if not refine else "vae_refine" if frozen else "vae_refine_enc"
     if refine:
-        init = args.init or os.path.join(wd, "vae_stage1.npz")
-        if args.init is None and not os.path.isfile(init):
-            os.replace(os.path.join(wd, "vae_final.npz"), init)
-        params, _ = load_npz(init, params)
+        init = args.init or stored(wd, "vae_stage1")
+        if args.init is None and not os.path.exists(init):
+            final = stored(wd, "vae_final")
+            init += ".npz" if final.endswith(".npz") else ""
+            os.replace(final, init)
+        params, _ = load_tree(init, params)
         print(f"VAE initialised from {init}; encoder {'frozen' if frozen else 'trained'}", flush=True)
     steps = args.steps or DEFAULTS[f"{'refine' if refine else 'vae'}_steps"]
     lr = args.lr or DEFAULTS[f"{'refine' if refine else 'vae'}_lr"]
@@ -366,7 +395,7 @@ def train_vae(args, refine: bool = False) -> None:
         y = decode_unrolled(m, encode_unrolled(m, probe))
         return 10.0 * jnp.log10(4.0 / jnp.mean(jnp.square(y - probe)))
 
-    dev_psnr = bbb_dev_psnr(graphdef, rest) if refine else None
+    dev_psnr = bbb_dev_psnr(graphdef, rest) if refine and args.dev_every > 0 else None
     base_key = jax.random.key(SEED + (7 if refine else 0))
     t_start = time.time()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=name, mininterval=5)
@@ -388,20 +417,20 @@ def train_vae(args, refine: bool = False) -> None:
                    "time_s": time.time() - t_start}
             if step % 50 == 0 or step == steps - 1:
                 rec[f"probe{probe.shape[1]}_psnr"] = float(probe_psnr(params))
-            if dev_psnr is not None and (step % 250 == 0 or step == steps - 1):
+            if dev_psnr is not None and (step % args.dev_every == 0 or step == steps - 1):
                 rec["dev_bbb33_psnr"] = float(dev_psnr(params))
             log.write(**rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}")
         if (step + 1) % args.ckpt_every == 0 or step == steps - 1:
-            save_npz(ckpt, (params, opt_state), step=step + 1)
-    save_npz(os.path.join(wd, "vae_final.npz"), params)
+            save_tree(ckpt, (params, opt_state), step=step + 1)
+    save_tree(os.path.join(wd, "vae_final"), params)
     print(f"{name} done: {steps} steps, {time.time() - t_start:.0f} s this run", flush=True)
 
 
-def load_vae(wd: str, cfg: VAEConfig = VAE_CFG):
-    model = WanVAE(cfg, rngs=nnx.Rngs(SEED))
+def load_vae(wd: str, cfg: VAEConfig | None = None):
+    model = WanVAE(cfg or VAE_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
-    params, _ = load_npz(os.path.join(wd, "vae_final.npz"), params)
+    params, _ = load_tree(stored(wd, "vae_final"), params)
     return nnx.merge(graphdef, params, rest)
 
 
@@ -491,7 +520,7 @@ def train_dit(args) -> None:
     model = WanDiT(DIT_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
     if args.init:  # warm start, e.g. from the DiT trained on an earlier VAE's latents
-        params, _ = load_npz(args.init, params)
+        params, _ = load_tree(args.init, params)
         print(f"DiT initialised from {args.init}", flush=True)
     steps = args.steps or DEFAULTS["dit_steps"]
     tx, params, opt_state, ckpt, start, log = start_training(
@@ -519,15 +548,15 @@ def train_dit(args) -> None:
             log.write(step=step, loss=loss, loss_ema=ema, time_s=time.time() - t_start)
             bar.set_postfix(loss=f"{ema:.4f}")
         if (step + 1) % args.ckpt_every == 0 or step == steps - 1:
-            save_npz(ckpt, (params, opt_state), step=step + 1)
-    save_npz(os.path.join(wd, "dit_final.npz"), params)
+            save_tree(ckpt, (params, opt_state), step=step + 1)
+    save_tree(os.path.join(wd, "dit_final"), params)
     print(f"DiT done: {steps} steps, {time.time() - t_start:.0f} s this run", flush=True)
 
 
 def load_dit(wd: str):
     model = WanDiT(DIT_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
-    params, _ = load_npz(os.path.join(wd, "dit_final.npz"), params)
+    params, _ = load_tree(stored(wd, "dit_final"), params)
     return nnx.merge(graphdef, params, rest)
 
 
@@ -724,10 +753,12 @@ def main(argv=None) -> int:
     p.add_argument("--clips", type=int, default=DEFAULTS["clips"], help="number of training clips")
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
     p.add_argument("--init", default=None,
-                   help="dit / vae_refine: start from these weights (a dit_final.npz / vae_final.npz)")
+                   help="dit / vae_refine: start from these weights (a dit_final / vae_final checkpoint)")
     p.add_argument("--refine-encoder", action="store_true",
                    help="vae_refine: train the encoder too (the latents and the DiT must then be redone)")
     p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--dev-every", type=int, default=250,
+                   help="vae_refine: log the dev clip's PSNR every N steps (0: never)")
     p.add_argument("--out", default=None, help="export / eval directory (default gvc_jax/assets/default_model)")
     p.add_argument("--codec", action="store_true", help="eval: also run the codec once at the demo settings")
     args = p.parse_args(argv)
