@@ -177,6 +177,13 @@ def stored(wd: str, stem: str) -> str:
     return path + ".npz" if not os.path.isdir(path) and os.path.isfile(path + ".npz") else path
 
 
+def existing(path: str, what: str = "checkpoint", hint: str = "") -> str:
+    """``path`` if it exists, else exit with a one-line message."""
+    if not os.path.exists(path):
+        raise SystemExit(f"no such {what}: {path}{hint}")
+    return path
+
+
 def load_tree(path: str, like):
     """(tree, meta) from ``save_tree``'s directory (or a legacy ``.npz`` of the same leaves),
     restored into the structure, shapes and dtypes of ``like``."""
@@ -359,7 +366,6 @@ def train_vae(args, refine: bool = False) -> None:
     (checkpoint and log ``vae_refine_enc*``), so by default latents and a DiT trained on them stay
     valid."""
     wd = args.workdir
-    clips = get_clips(wd, args.clips)
     model = WanVAE(VAE_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
     frozen = refine and not args.refine_encoder
@@ -368,10 +374,13 @@ def train_vae(args, refine: bool = False) -> None:
         init = args.init or stored(wd, "vae_stage1")
         if args.init is None and not os.path.exists(init):
             final = stored(wd, "vae_final")
+            if not os.path.exists(final):
+                raise SystemExit(f"vae_refine starts from the stage-1 VAE: run --stage vae first ({final} is missing)")
             init += ".npz" if final.endswith(".npz") else ""
             os.replace(final, init)
-        params, _ = load_tree(init, params)
+        params, _ = load_tree(existing(init), params)
         print(f"VAE initialised from {init}; encoder {'frozen' if frozen else 'trained'}", flush=True)
+    clips = get_clips(wd, args.clips)
     steps = args.steps or DEFAULTS[f"{'refine' if refine else 'vae'}_steps"]
     lr = args.lr or DEFAULTS[f"{'refine' if refine else 'vae'}_lr"]
     tx, params, opt_state, ckpt, start, log = start_training(
@@ -430,7 +439,7 @@ def train_vae(args, refine: bool = False) -> None:
 def load_vae(wd: str, cfg: VAEConfig | None = None):
     model = WanVAE(cfg or VAE_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
-    params, _ = load_tree(stored(wd, "vae_final"), params)
+    params, _ = load_tree(existing(stored(wd, "vae_final"), "VAE weights", " (run --stage vae first)"), params)
     return nnx.merge(graphdef, params, rest)
 
 
@@ -439,8 +448,8 @@ def load_vae(wd: str, cfg: VAEConfig | None = None):
 def compute_latents(args) -> None:
     """Encode each clip, its I2V and its FLF2V conditioning video; fit mean/std; store normalised."""
     wd = args.workdir
-    clips = get_clips(wd, args.clips)
     vae = load_vae(wd)
+    clips = get_clips(wd, args.clips)
     graphdef, params = nnx.split(vae)
     enc = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x))
     mus, conds = [], []
@@ -463,7 +472,7 @@ def compute_latents(args) -> None:
 
 
 def stats_config(wd: str) -> VAEConfig:
-    st = json.load(open(os.path.join(wd, "latent_stats.json")))
+    st = json.load(open(existing(os.path.join(wd, "latent_stats.json"), "latent statistics", " (run --stage latents first)")))
     return VAE_CFG.replace(latents_mean=tuple(float(np.float32(v)) for v in st["mean"]),
                            latents_std=tuple(float(np.float32(v)) for v in st["std"]))
 
@@ -514,13 +523,13 @@ def dit_loss_fn(graphdef, rest, params, x0, y, eps, t, ctx):
 
 def train_dit(args) -> None:
     wd = args.workdir
-    with np.load(os.path.join(wd, "latents.npz")) as f:
+    with np.load(existing(os.path.join(wd, "latents.npz"), "latents file", " (run --stage latents first)")) as f:
         lat = {"x0": f["x0"], "cond": f["cond"]}
     print(f"DiT data: x0 {lat['x0'].shape}, cond {lat['cond'].shape}", flush=True)
     model = WanDiT(DIT_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
     if args.init:  # warm start, e.g. from the DiT trained on an earlier VAE's latents
-        params, _ = load_tree(args.init, params)
+        params, _ = load_tree(existing(args.init), params)
         print(f"DiT initialised from {args.init}", flush=True)
     steps = args.steps or DEFAULTS["dit_steps"]
     tx, params, opt_state, ckpt, start, log = start_training(
@@ -556,7 +565,7 @@ def train_dit(args) -> None:
 def load_dit(wd: str):
     model = WanDiT(DIT_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
-    params, _ = load_tree(stored(wd, "dit_final"), params)
+    params, _ = load_tree(existing(stored(wd, "dit_final"), "DiT weights", " (run --stage dit first)"), params)
     return nnx.merge(graphdef, params, rest)
 
 
