@@ -64,6 +64,7 @@ DEFAULTS = {
     # (batch, frames, crop) alternated step by step: short clips for content, full 33-frame GOPs so
     # that the causal caches see as many chunks as in use (9 latent frames).
     "vae_shapes": ((4, 9, (48, 48)), (1, 33, (48, 80))), "vae_long_from": 900,
+    "vae_probe": (2, 33, (64, 64)),  # fixed probe of training crops, PSNR logged every 50 steps
     # refinement of the stage-1 VAE: larger crops, hue rotations, MSE-weighted loss
     "refine_steps": 1400, "refine_lr": 2e-4,
     "refine_shapes": ((4, 9, (64, 64)), (1, 33, (48, 96))),
@@ -396,7 +397,7 @@ def train_vae(args, refine: bool = False) -> None:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux
 
-    probe = jnp.asarray(vae_batch(clips, np.random.default_rng([SEED, 99]), 2, 33, (64, 64)))
+    probe = jnp.asarray(vae_batch(clips, np.random.default_rng([SEED, 99]), *DEFAULTS["vae_probe"]))
 
     @jax.jit
     def probe_psnr(params):

@@ -24,7 +24,8 @@ SMALL_VAE = VAEConfig(base_dim=4, z_dim=td.Z, dim_mult=(1, 2, 2), num_res_blocks
 def small(monkeypatch):
     """Small VAE, tiny crops, and 2 smooth synthetic clips of 33 x 64 x 64 instead of the 350 MB cache."""
     monkeypatch.setattr(td, "VAE_CFG", SMALL_VAE)
-    monkeypatch.setitem(td.DEFAULTS, "vae_shapes", ((1, 5, (16, 16)), (1, 9, (16, 16))))
+    monkeypatch.setitem(td.DEFAULTS, "vae_shapes", ((1, 5, (16, 16)), (1, 5, (16, 16))))  # one compile
+    monkeypatch.setitem(td.DEFAULTS, "vae_probe", (1, 5, (16, 16)))
     monkeypatch.setitem(td.DEFAULTS, "vae_long_from", 2)
     monkeypatch.setitem(td.DEFAULTS, "refine_shapes", ((1, 5, (16, 16)),))
     monkeypatch.setitem(td.DEFAULTS, "dit_batch", 2)
