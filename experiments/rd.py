@@ -302,8 +302,7 @@ def run_points(clip: Clip, specs: Sequence[PointSpec], store: ResultStore, out_d
 
     store.register_clip(clip)
     stream_dir = os.path.join(out_dir, "streams", clip.name)
-    todo = [s for s in specs if not _done(store.find(s.key(clip.name)), metrics)
-            or (s.codec == "gvc" and store.find(s.key(clip.name)).get("model_fingerprint") != gvc.model.fingerprint)]
+    todo = [s for s in specs if _needs_run(s, store.find(s.key(clip.name)), metrics, gvc)]
     f, h, w = clip.frames.shape[:3]
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"{desc} {clip.name}", unit="pt",
                dynamic_ncols=True)
@@ -338,6 +337,13 @@ def run_points(clip: Clip, specs: Sequence[PointSpec], store: ResultStore, out_d
 
 def _done(record: Optional[dict], metrics: Sequence[str]) -> bool:
     return record is not None and all(m in record for m in metrics)
+
+
+def _needs_run(spec: "PointSpec", record: Optional[dict], metrics: Sequence[str], gvc: "GvcRunner") -> bool:
+    """A point is (re)run when it lacks a metric or, for gvc, was coded with other model weights."""
+    if not _done(record, metrics):
+        return True
+    return spec.codec == "gvc" and record.get("model_fingerprint") != gvc.model.fingerprint
 
 
 # ----------------------------------------------------------------------------- analysis

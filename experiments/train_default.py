@@ -172,12 +172,6 @@ def save_tree(path: str, tree, **meta) -> None:
     os.replace(tmp, path)
 
 
-def stored(wd: str, stem: str) -> str:
-    """``WD/STEM`` (orbax directory) if present, else a legacy ``WD/STEM.npz``, else ``WD/STEM``."""
-    path = os.path.join(wd, stem)
-    return path + ".npz" if not os.path.isdir(path) and os.path.isfile(path + ".npz") else path
-
-
 def existing(path: str, what: str = "checkpoint", hint: str = "") -> str:
     """``path`` if it exists, else exit with a one-line message."""
     if not os.path.exists(path):
@@ -186,16 +180,8 @@ def existing(path: str, what: str = "checkpoint", hint: str = "") -> str:
 
 
 def load_tree(path: str, like):
-    """(tree, meta) from ``save_tree``'s directory (or a legacy ``.npz`` of the same leaves),
-    restored into the structure, shapes and dtypes of ``like``."""
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            leaves = [jnp.asarray(f[f"arr_{i}"]) for i in range(len(jax.tree.leaves(like)))]
-            meta = {k[5:]: f[k] for k in f.files if k.startswith("meta_")}
-        for a, b in zip(leaves, jax.tree.leaves(like)):
-            if a.shape != b.shape:
-                raise ValueError(f"{path}: leaf shape {a.shape} != expected {b.shape}")
-        return jax.tree.unflatten(jax.tree.structure(like), leaves), meta
+    """(tree, meta) from ``save_tree``'s directory, restored into the structure, shapes and
+    dtypes of ``like``."""
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(path)
@@ -334,10 +320,10 @@ def start_training(wd, name, label, params, lr, steps, warmup, resume, wrap=None
     if wrap is not None:
         tx = wrap(tx, params)
     opt_state = tx.init(params)
-    ckpt = os.path.join(wd, f"{name}_ckpt")  # saves go here; a legacy .npz still resumes
+    ckpt = os.path.join(wd, f"{name}_ckpt")
     start = 0
-    if resume and os.path.exists(stored(wd, f"{name}_ckpt")):
-        (params, opt_state), meta = load_tree(stored(wd, f"{name}_ckpt"), (params, opt_state))
+    if resume and os.path.exists(ckpt):
+        (params, opt_state), meta = load_tree(ckpt, (params, opt_state))
         start = int(meta["step"])
         print(f"resumed {label} at step {start}", flush=True)
     log = JsonLog(os.path.join(wd, f"{name}_log.jsonl"), resume and start > 0)
@@ -372,12 +358,9 @@ def train_vae(args, refine: bool = False) -> None:
     frozen = refine and not args.refine_encoder
     name = "vae" if not refine else "vae_refine" if frozen else "vae_refine_enc"
     if refine:
-        init = args.init or stored(wd, "vae_stage1")
+        init = args.init or os.path.join(wd, "vae_stage1")
         if args.init is None and not os.path.exists(init):
-            final = stored(wd, "vae_final")
-            if not os.path.exists(final):
-                raise SystemExit(f"vae_refine starts from the stage-1 VAE: run --stage vae first ({final} is missing)")
-            init += ".npz" if final.endswith(".npz") else ""
+            final = existing(os.path.join(wd, "vae_final"), "stage-1 VAE", " (run --stage vae first)")
             os.replace(final, init)
         params, _ = load_tree(existing(init), params)
         print(f"VAE initialised from {init}; encoder {'frozen' if frozen else 'trained'}", flush=True)
@@ -440,7 +423,7 @@ def train_vae(args, refine: bool = False) -> None:
 def load_vae(wd: str, cfg: VAEConfig | None = None):
     model = WanVAE(cfg or VAE_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
-    params, _ = load_tree(existing(stored(wd, "vae_final"), "VAE weights", " (run --stage vae first)"), params)
+    params, _ = load_tree(existing(os.path.join(wd, "vae_final"), "VAE weights", " (run --stage vae first)"), params)
     return nnx.merge(graphdef, params, rest)
 
 
@@ -566,7 +549,7 @@ def train_dit(args) -> None:
 def load_dit(wd: str):
     model = WanDiT(DIT_CFG, rngs=nnx.Rngs(SEED))
     graphdef, params, rest = split_model(model)
-    params, _ = load_tree(existing(stored(wd, "dit_final"), "DiT weights", " (run --stage dit first)"), params)
+    params, _ = load_tree(existing(os.path.join(wd, "dit_final"), "DiT weights", " (run --stage dit first)"), params)
     return nnx.merge(graphdef, params, rest)
 
 
