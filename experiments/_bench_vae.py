@@ -3,7 +3,7 @@
     python experiments/_bench_vae.py [--runs 3] [--json OUT]
 
 Speed: a mid-size Wan VAE (base_dim 32, dim_mult [1,2,4,4], 2 res blocks, z 16, temporal
-[F,T,T]) with the same weights (torch state dict -> ``load_diffusers_state_dict``) encodes
+[F,T,T]) with the same weights (torch state dict -> ``checkpoint.load_diffusers_vae``) encodes
 17 frames at 64x64 and decodes the resulting 5 latent frames. JAX runs ``jit`` of
 ``(state, x)`` after a warm-up call; torch runs fp32 under ``inference_mode``; both report the
 median of ``--runs`` calls, the ratio torch/jax and the max abs difference.
@@ -36,7 +36,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from gvc_jax.models.configs import VAEConfig  # noqa: E402
-from gvc_jax.models.vae import WanVAE, load_diffusers_state_dict  # noqa: E402
+from gvc_jax.models.checkpoint import load_diffusers_vae  # noqa: E402
+from gvc_jax.models.vae import WanVAE  # noqa: E402
 
 BENCH_VAE = VAEConfig(base_dim=32, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2,
                       temperal_downsample=(False, True, True))
@@ -81,7 +82,7 @@ def bench_speed(runs: int, frames: int, size: int) -> dict:
                           num_res_blocks=cfg.num_res_blocks, attn_scales=[],
                           temperal_downsample=list(cfg.temperal_downsample)).eval()
     sd = {k: v.detach().numpy() for k, v in tv.state_dict().items()}
-    state, enc, dec = _jitted(load_diffusers_state_dict(WanVAE(cfg, rngs=nnx.Rngs(0)), sd))
+    state, enc, dec = _jitted(load_diffusers_vae(WanVAE(cfg, rngs=nnx.Rngs(0)), sd))
 
     x_t = torch.rand(1, 3, frames, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
     x_j = jnp.asarray(x_t.numpy().transpose(0, 2, 3, 4, 1))

@@ -41,12 +41,12 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Optional, Tuple
 
 import numpy as np
 
-from gvc_jax.io import SWS_FLAGS, crop, ffmpeg_exe, pad_to_multiple, quiet_fork
+from gvc_jax.io import SWS_FLAGS, ffmpeg_exe, fps_arg, quiet_fork
+from gvc_jax.pixels import crop, pad_to_multiple
 
 
 class BaselineError(RuntimeError):
@@ -118,13 +118,6 @@ def encoder_args(codec: BaselineCodec, q: int, num_frames: int, preset: Optional
     return args + ["-bsf:v", f"filter_units=remove_types={codec.drop_units}", "-f", codec.muxer]
 
 
-def _fps_arg(fps: float) -> str:
-    if not (fps and fps > 0 and math.isfinite(fps)):
-        raise BaselineError(f"fps must be a positive number, got {fps}")
-    frac = Fraction(float(fps)).limit_denominator(1001)
-    return f"{frac.numerator}/{frac.denominator}"
-
-
 def _error_line(stderr: bytes) -> str:
     """The first ffmpeg log line that names an error (else the last line), without [tags]."""
     lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", ln.strip()) for ln in stderr.decode("utf-8", "replace").splitlines()]
@@ -189,7 +182,7 @@ def encode_baseline(codec: str, frames_uint8: np.ndarray, fps: float, q: int, wo
     path = os.path.join(os.fspath(workdir), (name or f"{codec}_q{int(q)}") + spec.suffix)
     out_args = encoder_args(spec, q, num, preset)
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{pw}x{ph}", "-r", _fps_arg(fps), "-i", "pipe:0",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{pw}x{ph}", "-r", fps_arg(fps), "-i", "pipe:0",
            "-sws_flags", SWS_FLAGS, *out_args, path]  # fmt: skip
     with tempfile.TemporaryFile() as raw:
         raw.write(padded.tobytes())

@@ -26,7 +26,8 @@ import numpy as np
 from flax import nnx
 
 from gvc_jax.models.configs import DiTConfig
-from gvc_jax.models.dit import WanDiT, assign_from_diffusers
+from gvc_jax.models.checkpoint import load_diffusers_dit
+from gvc_jax.models.dit import WanDiT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -65,7 +66,7 @@ def bench_dit(args) -> dict:
     cfg = DiTConfig.from_diffusers(BENCH_DIT, dtype=args.dtype, param_dtype=args.dtype,
                                    scan_layers=args.scan)
     model = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
-    assign_from_diffusers(model, state)
+    load_diffusers_dit(model, state)
     graphdef, params = nnx.split(model)
 
     @jax.jit
@@ -100,10 +101,6 @@ def bench_dit(args) -> dict:
 
 
 def bench_vae_part(args) -> dict:
-    if not os.path.exists(os.path.join(HERE, "_bench_vae.py")):
-        msg = "VAE benchmark not available yet: experiments/_bench_vae.py is missing"
-        print(msg)
-        return dict(part="vae", skipped=msg)
     sys.path.insert(0, HERE)
     from _bench_vae import bench_vae
 

@@ -23,11 +23,10 @@ from flax import nnx
 
 from gvc_jax.cli import parse_size
 from gvc_jax.codec.codebooks import frame_key
-from gvc_jax.codec.pipeline import GopEngine
+from gvc_jax.codec.engine import GopEngine
 from gvc_jax.codec.schedule import SamplerConfig
 from gvc_jax.codec.velocity import WanVelocity
 from gvc_jax.models.registry import resolve_model
-from gvc_jax.models.vae import latent_frames
 
 
 def _median_time(fn, runs: int) -> float:
@@ -53,15 +52,15 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     model = resolve_model(args.model)
-    frames = latent_frames(args.gop_frames)
-    sampler = SamplerConfig(K=args.K, atoms_per_frame=(args.M,) * frames, codebook=args.codebook)
+    sampler = SamplerConfig.for_gop(args.gop_frames, args.M, K=args.K, codebook=args.codebook)
     engine = GopEngine(model, sampler, args.size[1], args.size[0], args.gop_frames)  # as the codec builds it
     shape = engine.latent_shape
+    frames = shape[0]
     velocity = WanVelocity(nnx.graphdef(model.dit), model.config.dit)
     x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
     feat = jnp.asarray(velocity.time_features(np.array([0.5]))[0])
     fwd = jax.jit(velocity)
-    t_dit = _median_time(lambda: fwd(engine.dit_params, x, jnp.float32(0.5), feat, engine.cond), args.runs)
+    t_dit = _median_time(lambda: fwd(engine.dit_params, x, jnp.float32(0.5), feat, engine.unconditioned()), args.runs)
 
     cb = engine.trajectory.codebook
     frame_ids = jnp.arange(frames)

@@ -52,7 +52,9 @@ import numpy as np  # noqa: E402
 from experiments import baselines as bl  # noqa: E402
 from experiments import bjontegaard as bd  # noqa: E402
 from experiments.rd_plot import plot_rd  # noqa: E402
+from gvc_jax import cli  # noqa: E402
 from gvc_jax.io import SAMPLE_CLIPS, VideoError, atomic_write_bytes, read_video, sample_clip_path  # noqa: E402
+from gvc_jax.pixels import resize_frames  # noqa: E402
 
 FORMAT = "gvc-rd/1"
 BASE_METRICS = ("psnr", "ms_ssim", "lpips")
@@ -80,27 +82,13 @@ class Clip:
 
 
 def parse_size(text: Optional[str]):
-    """"256x144" -> (256, 144) (width, height); None -> None."""
+    """"256x144" -> (256, 144) (width, height); None -> None (``gvc_jax.cli.parse_size``, RDError)."""
     if text is None:
         return None
     try:
-        w, h = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        raise RDError(f"--resize must look like WIDTHxHEIGHT (e.g. 256x144), got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise RDError(f"--resize must be positive, got {text!r}")
-    return (w, h)
-
-
-def _resize(frames: np.ndarray, size) -> np.ndarray:
-    """uint8 [F, H, W, 3] -> [F, h, w, 3] with ``size = (w, h)`` (Pillow bicubic, as gvc_jax.io)."""
-    from PIL import Image
-
-    w, h = size
-    if frames.shape[1:3] == (h, w):
-        return frames
-    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC, reducing_gap=None))
-                     for f in frames])
+        return cli.parse_size(str(text))
+    except argparse.ArgumentTypeError as err:
+        raise RDError(f"--resize: {err}") from None
 
 
 def load_clip(source: str, *, frames: Optional[int], start: int = 0, resize=None) -> Clip:
@@ -137,9 +125,9 @@ def load_dataset(name: str, data_dir: Optional[str], *, frames: Optional[int], s
         video = np.asarray(video)[skip:]
         if frames:
             video = video[:frames]
-        if resize is not None:
-            video = _resize(video, resize)
         video = np.ascontiguousarray(video.astype(np.uint8, copy=False))
+        if resize is not None:
+            video = resize_frames(video, resize)
         info = {"source": f"{name}:{clip_name}@{os.path.abspath(data_dir)}", "start": int(start),
                 "frames": int(video.shape[0]), "width": int(video.shape[2]), "height": int(video.shape[1]),
                 "fps": float(fps)}
@@ -256,16 +244,15 @@ class GvcRunner:
 
     def sampler(self, params: dict, height: int, width: int):
         from gvc_jax.codec.schedule import DEFAULT_K, SamplerConfig, default_shift
-        from gvc_jax.models.vae import latent_frames
 
         k = params.get("K")
         k = DEFAULT_K if k is None else k  # Hadamard codebooks take any K (a union of bases when K > P)
         shift = params.get("shift")
         shift = default_shift(height, width) if shift is None else float(shift)
         m = int(params["M"])
-        return SamplerConfig(steps=int(params["steps"]), tail=int(params["tail"]), g_scale=float(params["g_scale"]),
-                             shift=shift, K=int(k), atoms_per_frame=(m,) * latent_frames(int(params["gop_frames"])),
-                             codebook=params["codebook"], seed=int(params["seed"]))
+        return SamplerConfig.for_gop(int(params["gop_frames"]), m, steps=int(params["steps"]),
+                                     tail=int(params["tail"]), g_scale=float(params["g_scale"]), shift=shift,
+                                     K=int(k), codebook=params["codebook"], seed=int(params["seed"]))
 
     def run(self, clip: Clip, params: dict, stream_path: str) -> dict:
         from gvc_jax.codec.pipeline import decode_video, encode_video

@@ -15,7 +15,7 @@ Stages (each resumable, all state under ``--workdir``, nothing downloaded):
 
 Models are the same Flax classes as the full Wan2.1 port at reduced sizes (``VAE_CFG``,
 ``DIT_CFG``). The DiT input is [noisy latent z | 4-channel mask | conditioning latent z]
-(PORTING.md §3); T2V use feeds mask = 0 and conditioning = 0 (``t2v_condition``).
+(``gvc_jax.codec.conditioning``, the codec's own code); T2V use feeds mask = 0 and conditioning = 0.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import time
-from typing import Tuple
+
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_data  # noqa: E402
 
+from gvc_jax.codec.conditioning import latent_condition, visible_frames  # noqa: E402
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig  # noqa: E402
 from gvc_jax.models.dit import WanDiT  # noqa: E402
 from gvc_jax.models.vae import WanVAE  # noqa: E402
@@ -56,7 +57,7 @@ DIT_CFG = DiTConfig(
 ASSET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "gvc_jax", "assets", "default_model")
 SEED = 0
-SHIFT = 3.0  # the codec's time-grid shift at <= 480p (SPEC §3)
+SHIFT = 3.0  # the codec's time-grid shift at <= 480p (docs/method_notes.md §Time grid)
 
 DEFAULTS = {
     "clips": 96,            # training clips of 33 x 144 x 256
@@ -74,22 +75,6 @@ DEFAULTS = {
 
 # ----------------------------------------------------------------------------- conditioning
 
-def cond_mask(num_frames: int, latent_hw: Tuple[int, int], mode: str) -> np.ndarray:
-    """PORTING §3 mask, [F_lat, h, w, 4] float32: mode 't2v' (zeros), 'i2v' (frame 0) or 'flf2v'
-    (frames 0 and F-1). The pixel-frame mask is prefixed with 3 copies of frame 0 and folded 4->channels."""
-    h, w = latent_hw
-    m = np.zeros(num_frames, np.float32)
-    if mode in ("i2v", "flf2v"):
-        m[0] = 1.0
-    if mode == "flf2v":
-        m[-1] = 1.0
-    if mode not in ("t2v", "i2v", "flf2v"):
-        raise ValueError(f"unknown conditioning mode {mode!r}")
-    m = np.concatenate([np.repeat(m[:1], 3), m])        # [F + 3] = [4 * F_lat]
-    m = m.reshape(-1, 4)                                 # [F_lat, 4]
-    return np.broadcast_to(m[:, None, None, :], (m.shape[0], h, w, 4)).copy()
-
-
 def cond_video(frames: np.ndarray, mode: str) -> np.ndarray:
     """Pixel conditioning video in [-1, 1]: [first, 0...] (i2v) or [first, 0..., last] (flf2v)."""
     out = np.zeros_like(frames)
@@ -97,54 +82,6 @@ def cond_video(frames: np.ndarray, mode: str) -> np.ndarray:
     if mode == "flf2v":
         out[-1] = frames[-1]
     return out
-
-
-def t2v_condition(latent_shape) -> np.ndarray:
-    """The extra DiT input for unconditioned (T2V) use: zeros [F_lat, h, w, 4 + z] (mask 0, cond 0).
-
-    ``latent_shape`` = (F_lat, h, w, z); concatenate after the noisy latent (codec ``cond["y"]``).
-    """
-    f, h, w, z = latent_shape
-    return np.zeros((f, h, w, 4 + z), np.float32)
-
-
-# ----------------------------------------------------------------------------- fast 3D convs
-
-def _conv3d_as_2d(self, x: jax.Array) -> jax.Array:
-    """Same result as ``vae.Conv3d.__call__`` (up to fp32 summation order), ~5x faster on CPU.
-
-    A [kt, kh, kw] conv with temporal stride 1 becomes one 2D conv over the kt time-shifted copies
-    stacked on channels; a [kt, 1, 1] conv becomes kt matmuls over strided time slices. XLA:CPU's
-    2D conv (and its gradient) is much faster than its generic 3D path.
-    x [B, T, H, W, I] -> [B, T', H', W', O].
-    """
-    k = self.kernel[...]
-    kt, kh, kw, cin, cout = k.shape
-    st, sh, sw = self.stride
-    b, t, h, w, _ = x.shape
-    to = (t - kt) // st + 1
-    if (kh, kw, sh, sw) == (1, 1, 1, 1):
-        y = sum(jnp.einsum("bthwi,io->bthwo", x[:, d: d + st * (to - 1) + 1: st], k[d, 0, 0])
-                for d in range(kt))
-        return y + self.bias[...]
-    if (st, sh, sw) == (1, 1, 1):
-        p = self.spatial_pad
-        xs = jnp.concatenate([x[:, d: d + to] for d in range(kt)], axis=-1).reshape(b * to, h, w, kt * cin)
-        kk = k.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kt * cin, cout)
-        y = jax.lax.conv_general_dilated(xs, kk, (1, 1), ((p, p), (p, p)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y.reshape(b, to, *y.shape[1:]) + self.bias[...]
-    return _ORIG_CONV3D(self, x)
-
-
-import gvc_jax.models.vae as _vae_mod  # noqa: E402
-
-_ORIG_CONV3D = _vae_mod.Conv3d.__call__
-
-
-def use_fast_convs(enable: bool = True) -> None:
-    """Route ``vae.Conv3d`` through ``_conv3d_as_2d`` (training and latent precompute only)."""
-    _vae_mod.Conv3d.__call__ = _conv3d_as_2d if enable else _ORIG_CONV3D
 
 
 # ----------------------------------------------------------------------------- utils
@@ -333,7 +270,8 @@ def start_training(wd, name, label, params, lr, steps, warmup, resume, wrap=None
 def bbb_dev_psnr(graphdef, rest, frames: int = 33):
     """A jitted ``params -> PSNR`` of the VAE round trip of bigbuckbunny frames [0, frames) at
     256 x 144: the dev clip, monitored (never trained on) during refinement."""
-    from gvc_jax.io import read_video, sample_clip_path, to_model_range
+    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.pixels import to_model_range
 
     video, _ = read_video(sample_clip_path("bigbuckbunny"), max_frames=frames, resize=(256, 144))
     x = jnp.asarray(to_model_range(video))[None]
@@ -353,7 +291,7 @@ def train_vae(args, refine: bool = False) -> None:
     (checkpoint and log ``vae_refine_enc*``), so by default latents and a DiT trained on them stay
     valid."""
     wd = args.workdir
-    model = WanVAE(VAE_CFG, rngs=nnx.Rngs(SEED))
+    model = WanVAE(VAE_CFG, rngs=nnx.Rngs(SEED), fast_convs=True)
     graphdef, params, rest = split_model(model)
     frozen = refine and not args.refine_encoder
     name = "vae" if not refine else "vae_refine" if frozen else "vae_refine_enc"
@@ -420,8 +358,8 @@ def train_vae(args, refine: bool = False) -> None:
     print(f"{name} done: {steps} steps, {time.time() - t_start:.0f} s this run", flush=True)
 
 
-def load_vae(wd: str, cfg: VAEConfig | None = None):
-    model = WanVAE(cfg or VAE_CFG, rngs=nnx.Rngs(SEED))
+def load_vae(wd: str, cfg: VAEConfig | None = None, fast_convs: bool = False):
+    model = WanVAE(cfg or VAE_CFG, rngs=nnx.Rngs(SEED), fast_convs=fast_convs)
     graphdef, params, rest = split_model(model)
     params, _ = load_tree(existing(os.path.join(wd, "vae_final"), "VAE weights", " (run --stage vae first)"), params)
     return nnx.merge(graphdef, params, rest)
@@ -432,7 +370,7 @@ def load_vae(wd: str, cfg: VAEConfig | None = None):
 def compute_latents(args) -> None:
     """Encode each clip, its I2V and its FLF2V conditioning video; fit mean/std; store normalised."""
     wd = args.workdir
-    vae = load_vae(wd)
+    vae = load_vae(wd, fast_convs=True)
     clips = get_clips(wd, args.clips)
     graphdef, params = nnx.split(vae)
     enc = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x))
@@ -488,11 +426,9 @@ def dit_batch(lat: dict, rng: np.random.Generator, batch: int, crop, num_frames:
         x0_ = int(rng.integers(w - cw + 1))
         mode = MODES[int(rng.choice(3, p=MODE_P))]
         x0[b] = x0s[i, :, y0:y0 + ch, x0_:x0_ + cw]
-        y[b, ..., :4] = cond_mask(num_frames, (ch, cw), mode)
-        if mode == "t2v":
-            y[b, ..., 4:] = 0.0
-        else:
-            y[b, ..., 4:] = cond[i, MODES.index(mode) - 1, :, y0:y0 + ch, x0_:x0_ + cw]
+        lat_c = None if mode == "t2v" else cond[i, MODES.index(mode) - 1, :, y0:y0 + ch, x0_:x0_ + cw]
+        y[b] = latent_condition((F, ch, cw, z), lat_c, visible=visible_frames(mode, num_frames),
+                                pixel_frames=num_frames)
     eps = rng.standard_normal(x0.shape).astype(np.float32)
     return x0, y, eps, sample_t(rng, batch)
 
@@ -585,30 +521,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_DIR = os.path.join(REPO, "experiments", "logs")
 
 
-def wire_t2v_condition() -> None:
-    """Make the codec feed ``y = t2v_condition(...)`` when the DiT has z + 4 + z input channels.
-
-    Used only by this script's codec check, for a codec that does not yet do it itself.
-    """
-    from gvc_jax.codec import pipeline
-
-    orig = pipeline.GopEngine.__init__
-    if getattr(orig, "_t2v_wired", False):
-        return
-
-    def init(self, model, *a, **kw):
-        orig(self, model, *a, **kw)
-        cfg = model.config.dit
-        if "y" not in self.cond and cfg.in_channels == 2 * model.config.vae.z_dim + 4:
-            self.cond["y"] = jnp.asarray(t2v_condition(self.latent_shape))
-
-    init._t2v_wired = True
-    pipeline.GopEngine.__init__ = init
-
-
 def vae_psnr_bbb(model_dir: str, frames: int = 66, size=(256, 144)) -> dict:
     """VAE round trip of bigbuckbunny frames [0, frames) at ``size`` in GOPs of 33 frames."""
-    from gvc_jax.io import from_model_range, read_video, sample_clip_path, to_model_range
+    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.pixels import from_model_range, to_model_range
     from gvc_jax.metrics import psnr
     from gvc_jax.models.checkpoint import load_model
 
@@ -638,10 +554,9 @@ def evaluate_model(args) -> None:
         from gvc_jax.metrics import evaluate
         from gvc_jax.models.registry import load_checkpoint
 
-        wire_t2v_condition()
         model = load_checkpoint(out)
         video, fps = read_video(sample_clip_path("bigbuckbunny"), max_frames=33, resize=(256, 144))
-        sampler = schedule.SamplerConfig(steps=20, shift=3.0, atoms_per_frame=(64,) * 9)
+        sampler = schedule.SamplerConfig.for_gop(33, 64, steps=20, shift=3.0)
         t0 = time.time()
         enc = encode_video(video, fps, model, sampler, gop_frames=33)
         t_enc = time.time() - t0
@@ -760,7 +675,6 @@ def main(argv=None) -> int:
               else (args.stage,))
     for st in stages:
         t0 = time.time()
-        use_fast_convs(st in ("vae", "vae_refine", "latents"))  # eval/export time the shipped path
         {"vae": train_vae, "vae_refine": lambda a: train_vae(a, refine=True), "latents": compute_latents, "dit": train_dit, "export": export,
          "eval": evaluate_model, "plot": plot_losses}[st](args)
         print(f"stage {st}: {time.time() - t0:.0f} s", flush=True)

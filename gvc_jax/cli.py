@@ -4,10 +4,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import types
 from typing import Callable, Dict, List
 
-USER_ERRORS: tuple = ()  # filled lazily: exception classes a user can cause
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C (outputs in progress are removed), exit 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def user_error_types() -> tuple:
@@ -27,6 +35,9 @@ def run_main(main: Callable[[List[str]], int], argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is a user error
         if "--debug" in argv or not isinstance(exc, user_error_types()):
             raise
@@ -44,33 +55,61 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
-def progress_printer(quiet: bool) -> Callable[[str, int, int], None]:
-    """A GOP-level progress bar (tqdm on stderr) that also shows the current sampling step."""
+def entry_point(main: Callable[[List[str]], int]) -> None:
+    """``python -m ...``: run ``main`` with SIGTERM handled like Ctrl-C; exit with its status.
+
+    After an interruption the process leaves with ``os._exit`` once cleanup has run, so that
+    XLA's worker threads cannot crash the interpreter's shutdown.
+    """
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    code = run_main(main)
+    if code in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return self.__api__(*args, **kwargs)
+
+
+def callable_module(name: str, fn: Callable) -> None:
+    """Make module ``name`` callable as ``fn``: ``from gvc_jax import encode; encode(video)``
+    works whether ``gvc_jax.encode`` names the command-line module or the function."""
+    mod = sys.modules[name]
+    mod.__class__ = _CallableModule
+    mod.__api__ = fn
+
+
+def progress_printer(quiet: bool):
+    """A ``coder.Progress`` drawing a GOP-level bar (tqdm on stderr) with the current step."""
+    from gvc_jax.codec.coder import Progress
+
     if quiet:
-        return lambda *a: None
+        return Progress()
     from tqdm import tqdm
 
-    from gvc_jax.codec.trajectory import set_step_hook
+    class Bars(Progress):
+        def __init__(self):
+            self.bars: Dict[str, "tqdm"] = {}
+            self.current = None
 
-    bars: Dict[str, "tqdm"] = {}
-    current: List["tqdm"] = []
+        def gop(self, stage: str, done: int, total: int) -> None:
+            bar = self.bars.get(stage)
+            if bar is None:
+                bar = self.bars[stage] = tqdm(total=total, desc=f"{stage} GOPs", unit="gop", file=sys.stderr)
+                self.current = bar
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
 
-    def on_step(step: int) -> None:
-        if current:
-            current[0].set_postfix_str(f"step {step + 1}", refresh=True)
+        def step(self, gop: int, step: int) -> None:
+            if self.current is not None:
+                self.current.set_postfix_str(f"GOP {gop} step {step + 1}", refresh=True)
 
-    set_step_hook(on_step)
-
-    def update(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=f"{stage} GOPs", unit="gop", file=sys.stderr)
-            current[:] = [bar]
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return update
+    return Bars()
 
 
 def _fmt(v: object) -> str:
@@ -115,7 +154,28 @@ def parse_size(text: str):
     return w, h
 
 
-def check_output_path(path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise OSError(f"output directory {d} does not exist")
+def check_outputs(files=(), videos=()) -> None:
+    """Validate output paths before any work starts: ``files`` (a stream, JSON, PNG) need an
+    existing writable parent and must not be a directory; ``videos`` must be writable by
+    ``io.VideoWriter`` (known format; an existing directory is never replaced). No two outputs
+    may be the same path. ``None`` and ``-`` (stdout) are skipped."""
+    from gvc_jax.io import check_output
+
+    seen = set()
+    for p, is_video in [(p, False) for p in files] + [(p, True) for p in videos]:
+        if not p or p == "-":
+            continue
+        key = os.path.realpath(p)
+        if key in seen:
+            raise ValueError(f"{p} is named as two different outputs")
+        seen.add(key)
+        if is_video:
+            check_output(p)
+            continue
+        if os.path.isdir(p):
+            raise ValueError(f"{p} is a directory, expected a file path")
+        parent = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(parent):
+            raise OSError(f"output directory {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise OSError(f"output directory {parent} is not writable")

@@ -2,24 +2,28 @@
 
 The decoder replays the encoder's trajectory with the atoms named in the stream; it checks
 the model fingerprint and each GOP's final-latent hash (a mismatch is reported as drift).
+Decoded frames are written as each GOP finishes; the output appears (atomically) at the end.
+
+As a Python function: ``from gvc_jax import decode; frames = decode("clip.gvc")``
+(see ``gvc_jax.api.decode``).
 """
 from __future__ import annotations
 
 import gvc_jax  # noqa: F401  (environment before jax)
 
 import argparse
-import os
 import sys
 import time
 
-from gvc_jax import cli
+from gvc_jax import api, cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gvc_jax.decode", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="a .gvc stream")
-    p.add_argument("-o", "--output", required=True, help="output video (.mp4, .y4m, .npy, or a directory for PNG frames)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output video (.mp4, .mkv, .y4m, .npy, or a new or empty directory for PNG frames)")
     cli.add_model_args(p)
     p.add_argument("--reference", default=None, metavar="VIDEO", help="report PSNR, MS-SSIM and LPIPS against this video")
     p.add_argument("--strict", action="store_true", help="fail (exit 2) if a GOP's decoded latent differs from the encoder's")
@@ -29,21 +33,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
-    from gvc_jax.codec.pipeline import decode_video
-    from gvc_jax.io import read_video, write_video
-    from gvc_jax.metrics import bpp, evaluate
-    from gvc_jax.models.registry import resolve_model
+    from gvc_jax.codec import bitstream
+    from gvc_jax.codec.pipeline import decode_stream
+    from gvc_jax.evaluation import RunningEval
+    from gvc_jax.io import VideoReader, VideoWriter
+    from gvc_jax.metrics import bpp
 
-    cli.check_output_path(args.output)
+    cli.check_outputs(files=(args.json,), videos=(args.output,))
     with open(args.input, "rb") as f:
         stream = f.read()
-    model = resolve_model(args.model, quiet=args.quiet)
-    t0 = time.perf_counter()
-    result = decode_video(stream, model, check_fingerprint=not args.ignore_fingerprint, strict=args.strict,
-                          progress=cli.progress_printer(args.quiet))
-    seconds = time.perf_counter() - t0
-    write_video(args.output, result.video, result.fps)
-    frames, height, width = result.video.shape[:3]
+    header, _ = bitstream.read_header(stream)
+    model = api.get_model(args.model)
+    writer = VideoWriter(args.output, header.fps_num / header.fps_den)
+    sinks = [writer.write]
+    reference = evaluator = None
+    try:
+        if args.reference:
+            reference = VideoReader(args.reference, max_frames=header.num_frames,
+                                    resize=(header.orig_width, header.orig_height))
+            if reference.num_frames != header.num_frames:
+                raise ValueError(f"reference {args.reference} has {reference.num_frames} frames, "
+                                 f"the stream {header.num_frames}")
+            evaluator = RunningEval()
+
+            def evaluate(chunk):
+                evaluator.reference(reference.read(len(chunk)))
+                evaluator.decoded(chunk)
+            sinks.append(evaluate)
+        t0 = time.perf_counter()
+        result = decode_stream(stream, model, check_fingerprint=not args.ignore_fingerprint, strict=args.strict,
+                               sink=lambda chunk: [s(chunk) for s in sinks], progress=cli.progress_printer(args.quiet))
+        seconds = time.perf_counter() - t0
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if reference is not None:
+            reference.close()
+    h = result.header
+    frames, height, width = h.num_frames, h.orig_height, h.orig_width
     drifted = [g.index for g in result.gops if g.drift]
     if drifted:
         print(f"warning: GOPs {drifted} decoded to a latent that differs from the encoder's "
@@ -52,14 +81,13 @@ def main(argv) -> int:
     report = {"input": args.input, "output": args.output, "model": model.name, "frames": frames,
               "width": width, "height": height, "fps": result.fps, "bytes": len(stream),
               "bpp": bpp(len(stream), frames, width, height), "seconds": seconds, "drifted_gops": drifted}
-    if args.reference:
-        ref, _ = read_video(args.reference, max_frames=frames, resize=(width, height))
-        if ref.shape != result.video.shape:
-            raise ValueError(f"reference has shape {ref.shape}, decoded video {result.video.shape}")
-        report.update(evaluate(ref, result.video))
+    if evaluator:
+        report.update(evaluator.result())
     cli.emit_report(report, args.json)
     return 0
 
 
+cli.callable_module(__name__, api.decode)
+
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    cli.entry_point(main)

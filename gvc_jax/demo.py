@@ -10,9 +10,7 @@ from __future__ import annotations
 import gvc_jax  # noqa: F401
 
 import argparse
-import math
 import os
-import sys
 import time
 
 from gvc_jax import cli
@@ -34,16 +32,16 @@ def main(argv) -> int:
     from gvc_jax.codec.pipeline import decode_video, encode_video
     from gvc_jax.io import atomic_write_bytes, read_video, sample_clip_path, save_side_by_side, write_video
     from gvc_jax.metrics import bpp, evaluate
+    from gvc_jax.api import CodecOptions
     from gvc_jax.models.registry import resolve_model
-    from gvc_jax.models.vae import latent_frames
 
     os.makedirs(args.out, exist_ok=True)
     video, fps = read_video(sample_clip_path(args.clip), max_frames=args.frames, resize=args.resize)
     model = resolve_model(args.model, quiet=args.quiet)
     frames, height, width = video.shape[:3]
-    gop = min(33, 4 * math.ceil((frames - 1) / 4) + 1)  # short clips: the smallest 4k+1 GOP that holds them
-    sampler = schedule.SamplerConfig(steps=args.steps, shift=schedule.default_shift(height, width),
-                                     atoms_per_frame=(args.atoms,) * latent_frames(gop))
+    options = CodecOptions(atoms=args.atoms, steps=args.steps)
+    gop = options.gop_frames_for(frames)  # short clips: the smallest 4k+1 GOP that holds them
+    sampler = options.sampler(height, width, gop)
     progress = cli.progress_printer(args.quiet)
     t0 = time.perf_counter()
     enc = encode_video(video, fps, model, sampler, gop_frames=gop, progress=progress)
@@ -69,4 +67,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    cli.entry_point(main)

@@ -1,7 +1,12 @@
 """``python -m gvc_jax.encode INPUT -o OUT.gvc``: compress a video into a .gvc stream.
 
-The stream is written atomically. With ``--eval`` the reconstruction the decoder will produce
-(the encoder knows it exactly) is compared with the input: PSNR, MS-SSIM, LPIPS.
+Frames are read GOP by GOP; the stream is written atomically when the last GOP is done, and
+the reconstruction (``--decoded``) is written as GOPs finish. With ``--eval`` the reconstruction
+the decoder will produce (the encoder knows it exactly) is compared with the input: PSNR,
+MS-SSIM, LPIPS. Every option and output path is checked before any frame is read.
+
+As a Python function: ``from gvc_jax import encode; stream = encode("clip.mp4", atoms=16)``
+(see ``gvc_jax.api.encode``).
 """
 from __future__ import annotations
 
@@ -9,10 +14,9 @@ import gvc_jax  # noqa: F401  (environment before jax)
 
 import argparse
 import os
-import sys
 import time
 
-from gvc_jax import cli
+from gvc_jax import api, cli
 from gvc_jax.codec import schedule
 
 
@@ -23,53 +27,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .gvc file")
     cli.add_model_args(p)
     g = p.add_argument_group("rate and sampler")
-    g.add_argument("-M", "--atoms", type=int, default=schedule.DEFAULT_M, help="atoms per latent frame and step (the rate knob; default %(default)s)")
-    g.add_argument("-K", "--codebook-size", type=int, default=schedule.DEFAULT_K, help="codebook size (default %(default)s)")
-    g.add_argument("--codebook", default=schedule.DEFAULT_CODEBOOK, choices=("hadamard", "gaussian", "rademacher"), help="atom kind (default %(default)s)")
-    g.add_argument("--steps", type=int, default=schedule.DEFAULT_STEPS, help="sampling steps T (default %(default)s)")
-    g.add_argument("--tail", type=int, default=schedule.DEFAULT_TAIL, help="deterministic final steps (default %(default)s)")
-    g.add_argument("--g-scale", type=float, default=schedule.DEFAULT_G_SCALE, help="SDE diffusion scale (default %(default)s)")
+    g.add_argument("--preset", default="default", choices=tuple(api.PRESETS), help="option preset the flags below override (default %(default)s)")
+    g.add_argument("-M", "--atoms", type=int, default=None, help=f"atoms per latent frame and step (the rate knob; default {schedule.DEFAULT_M})")
+    g.add_argument("-K", "--codebook-size", type=int, default=None, help=f"codebook size (default {schedule.DEFAULT_K})")
+    g.add_argument("--codebook", default=None, choices=schedule.CODEBOOK_KINDS, help=f"atom kind (default {schedule.DEFAULT_CODEBOOK})")
+    g.add_argument("--steps", type=int, default=None, help=f"sampling steps T (default {schedule.DEFAULT_STEPS})")
+    g.add_argument("--tail", type=int, default=None, help=f"deterministic final steps (default {schedule.DEFAULT_TAIL})")
+    g.add_argument("--g-scale", type=float, default=None, help=f"SDE diffusion scale (default {schedule.DEFAULT_G_SCALE})")
     g.add_argument("--shift", type=float, default=None, help="time-grid shift (default: 5.0 above 480p, else 3.0)")
-    g.add_argument("--seed", type=int, default=0, help="codebook / initial-noise seed (default %(default)s)")
+    g.add_argument("--seed", type=int, default=None, help="codebook / initial-noise seed (default 0)")
     v = p.add_argument_group("input")
-    v.add_argument("--gop-frames", type=int, default=33, help="frames per GOP, 4k+1 (default %(default)s)")
+    v.add_argument("--variant", default=None, help="conditioning variant (default t2v)")
+    v.add_argument("--gop-frames", type=int, default=None, help="frames per GOP, 4k+1 (default 33, or fewer for a shorter clip)")
     v.add_argument("--max-frames", type=int, default=None, help="encode at most this many frames")
     v.add_argument("--start", type=int, default=0, help="first frame to encode (default 0)")
     v.add_argument("--resize", type=cli.parse_size, default=None, metavar="WxH", help="resize frames before coding")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval", action="store_true", help="report PSNR, MS-SSIM and LPIPS of the reconstruction")
     e.add_argument("--decoded", default=None, metavar="VIDEO", help="also write the reconstruction (e.g. out.mp4)")
-    e.add_argument("--compare", default=None, metavar="PNG", help="also write a side-by-side image of original and decoded frames")
+    e.add_argument("--compare", default=None, metavar="PNG", help="also write a side-by-side image of the first GOP's original and decoded frames")
     return p
+
+
+OPTION_FLAGS = {"atoms": "atoms", "codebook_size": "codebook_size", "codebook": "codebook", "steps": "steps",
+                "tail": "tail", "g_scale": "g_scale", "shift": "shift", "seed": "seed", "variant": "variant",
+                "gop_frames": "gop_frames"}
 
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
-    from gvc_jax.codec.pipeline import encode_video
-    from gvc_jax.io import atomic_write_bytes, read_video, save_side_by_side, write_video
-    from gvc_jax.metrics import bpp, evaluate
-    from gvc_jax.models.registry import resolve_model
+    from gvc_jax.codec.pipeline import encode_stream
+    from gvc_jax.evaluation import RunningEval, TeeReader
+    from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes, save_side_by_side
+    from gvc_jax.metrics import bpp
 
-    for path in (args.output, args.decoded, args.compare):
-        if path:
-            cli.check_output_path(path)
+    overrides = {name: getattr(args, flag) for flag, name in OPTION_FLAGS.items() if getattr(args, flag) is not None}
+    options = api.CodecOptions.preset(args.preset, **overrides)  # validates every codec option
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be >= 1")
-    video, fps = read_video(args.input, max_frames=args.max_frames, start=args.start, resize=args.resize)
-    model = resolve_model(args.model, quiet=args.quiet)
-    frames, height, width = video.shape[:3]
-    from gvc_jax.models.vae import latent_frames
-
-    sampler = schedule.SamplerConfig(
-        steps=args.steps, tail=args.tail, g_scale=args.g_scale,
-        shift=args.shift if args.shift is not None else schedule.default_shift(height, width),
-        K=args.codebook_size, atoms_per_frame=(args.atoms,) * latent_frames(args.gop_frames),
-        codebook=args.codebook, seed=args.seed)
-    t0 = time.perf_counter()
-    result = encode_video(video, fps, model, sampler, gop_frames=args.gop_frames,
-                          progress=cli.progress_printer(args.quiet))
-    seconds = time.perf_counter() - t0
-    atomic_write_bytes(args.output, result.stream)
+    if args.start < 0:
+        raise ValueError("--start must be >= 0")
+    if args.compare and not args.compare.lower().endswith(".png"):
+        raise ValueError(f"--compare must name a .png file, got {args.compare}")
+    cli.check_outputs(files=(args.output, args.compare, args.json), videos=(args.decoded,))
+    model = api.get_model(args.model)
+    with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as reader:
+        gop = options.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
+        sampler = options.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
+        frames, height, width, fps = reader.num_frames, reader.height, reader.width, reader.fps
+        sinks, source = [], reader
+        evaluator = RunningEval() if args.eval else None
+        compare = {"orig": None, "dec": None}
+        if evaluator or args.compare:
+            def on_source(chunk):
+                if evaluator:
+                    evaluator.reference(chunk)
+                if args.compare and compare["orig"] is None:
+                    compare["orig"] = chunk.copy()
+            source = TeeReader(reader, on_source)
+            if evaluator:
+                sinks.append(evaluator.decoded)
+            if args.compare:
+                sinks.append(lambda chunk: compare.__setitem__("dec", chunk.copy()) if compare["dec"] is None else None)
+        writer = VideoWriter(args.decoded, fps) if args.decoded else None
+        if writer:
+            sinks.append(writer.write)
+        try:
+            t0 = time.perf_counter()
+            result = encode_stream(source, model, sampler, variant=options.variant, gop_frames=gop,
+                                   sink=lambda chunk: [s(chunk) for s in sinks],
+                                   progress=cli.progress_printer(args.quiet))
+            seconds = time.perf_counter() - t0
+            atomic_write_bytes(args.output, result.stream)
+            if writer:
+                writer.commit()
+        except BaseException:
+            if writer:
+                writer.abort()
+            raise
     size = os.path.getsize(args.output)
     report = {
         "input": args.input, "output": args.output, "model": model.name, "frames": frames,
@@ -78,15 +113,16 @@ def main(argv) -> int:
         "seconds": seconds, "seconds_per_gop": [round(g.seconds, 3) for g in result.gops],
         "latent_mse": [g.latent_mse for g in result.gops],
     }
-    if args.eval:
-        report.update(evaluate(video, result.video))
-    if args.decoded:
-        write_video(args.decoded, result.video, fps)
+    if evaluator:
+        report.update(evaluator.result())
     if args.compare:
-        save_side_by_side(args.compare, video, result.video)
+        n = min(len(compare["orig"]), len(compare["dec"]))
+        save_side_by_side(args.compare, compare["orig"][:n], compare["dec"][:n])
     cli.emit_report(report, args.json)
     return 0
 
 
+cli.callable_module(__name__, api.encode)
+
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    cli.entry_point(main)

@@ -2,7 +2,7 @@
 
 Videos are ``[F, H, W, 3]`` RGB (a single ``[H, W, 3]`` image counts as one frame), either
 ``uint8`` in [0, 255] or floating point in [0, 1]. Reference and distorted clips must have the
-same shape (crop padded decodes with ``gvc_jax.io.crop`` first). Every metric is computed per
+same shape (crop padded decodes with ``gvc_jax.pixels.crop`` first). Every metric is computed per
 frame and averaged over frames; frames are processed one (or one batch) at a time so memory
 stays bounded for long 1080p clips.
 
@@ -23,7 +23,8 @@ Conventions (fixed, so numbers are comparable across runs):
 - VMAF: libvmaf model ``vmaf_v0.6.1`` (built into libvmaf) through the ffmpeg bundled with
   imageio-ffmpeg; RGB is converted to limited-range BT.601 YUV 4:4:4 (VMAF reads luma only);
   mean over frames.
-- bpp: ``8 * bytes / (frames * W * H)`` -- per pixel, not per colour channel (SPEC.md §6).
+- bpp: ``8 * bytes / (frames * W * H)`` -- per pixel, not per colour channel
+  (docs/method_notes.md §Rate accounting).
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ import tempfile
 
 import numpy as np
 
+from gvc_jax.pixels import as_video
+
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 LPIPS_NETS = {"alex": "alexnet", "alexnet": "alexnet", "vgg": "vgg16", "vgg16": "vgg16"}
@@ -48,21 +51,8 @@ METRICS = ("psnr", "ms_ssim", "lpips", "lpips_vgg", "vmaf")
 # ----------------------------------------------------------------------------- inputs
 
 
-def _as_video(x, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"{name} must have shape [F, H, W, 3], got {tuple(arr.shape)}")
-    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"{name} must be uint8 or float in [0, 1], got {arr.dtype}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(arr.shape)}")
-    return arr
-
-
 def _pair(ref, dist) -> tuple[np.ndarray, np.ndarray]:
-    ref, dist = _as_video(ref, "ref"), _as_video(dist, "dist")
+    ref, dist = as_video(ref, "ref", allow_float=True), as_video(dist, "dist", allow_float=True)
     if ref.shape != dist.shape:
         raise ValueError(
             f"ref and dist shapes differ: {tuple(ref.shape)} vs {tuple(dist.shape)} (crop the decode first)"

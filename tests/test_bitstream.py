@@ -12,6 +12,9 @@ import pytest
 
 from gvc_jax.codec import bitstream as bs
 from gvc_jax.codec.bitstream import BitstreamError, GopRecord, Header
+from gvc_jax.codec.schedule import SamplerConfig, SamplerError
+
+SAMPLER_FIELDS = ("steps", "tail", "shift", "g_scale", "K", "atoms_per_frame", "seed", "codebook")
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -22,18 +25,27 @@ def make_header(**kw):
                 gop_frames=5, num_gops=2, steps=4, tail=1, shift=3.0, g_scale=3.0, K=64,
                 atoms_per_frame=(4, 6), seed=7, codebook="hadamard", flags=0)
     base.update(kw)
-    return Header(**base)
+    sampler = SamplerConfig(**{k: base.pop(k) for k in SAMPLER_FIELDS})
+    return Header(sampler=sampler, **base)
 
 
-def random_picks(rng, h):
+def random_picks(rng, h, apf=None):
     return tuple(
         tuple((np.sort(rng.choice(h.K, m, replace=False)).astype(np.int32),
-               rng.choice(np.array([-1, 1], np.int8), m)) for m in h.atoms_per_frame)
+               rng.choice(np.array([-1, 1], np.int8), m)) for m in (apf or h.atoms_per_frame))
         for _ in range(h.stochastic_steps))
 
 
 def random_record(rng, h, side=()):
-    return GopRecord(picks=random_picks(rng, h), latent_hash=rng.bytes(8), side=side)
+    apf = None
+    if h.per_gop_atoms:  # this GOP's own M per latent frame, each at most the header's
+        apf = tuple(int(rng.integers(1, m + 1)) for m in h.atoms_per_frame)
+    return GopRecord(picks=random_picks(rng, h, apf), latent_hash=rng.bytes(8), side=side, atoms_per_frame=apf)
+
+
+def crc_at(g, body):
+    """The v2 record CRC of GOP g."""
+    return zlib.crc32(body, zlib.crc32(b"GOP" + bs.encode_varint(g)))
 
 
 def random_header(rng):
@@ -46,23 +58,23 @@ def random_header(rng):
     num_frames = int(rng.integers(1, 500))
     w, h = 16 * int(rng.integers(1, 121)), 16 * int(rng.integers(1, 68))
     preset = "".join(chr(c) for c in rng.integers(0x20, 0x7F, int(rng.integers(0, 30))))
-    return Header(model_fingerprint=rng.bytes(8), preset=preset + "é", variant=variant, width=w, height=h,
-                  orig_width=int(rng.integers(1, w + 1)), orig_height=int(rng.integers(1, h + 1)),
-                  num_frames=num_frames, fps_num=int(rng.integers(1, 60001)), fps_den=int(rng.integers(1, 1002)),
-                  gop_frames=gop_frames, num_gops=int(rng.integers(1, min(num_frames, 3) + 1)), steps=steps,
-                  tail=int(rng.integers(0, steps + 1)), shift=float(np.float32(rng.uniform(0.1, 10))),
-                  g_scale=float(np.float32(rng.uniform(0, 5))), K=K, atoms_per_frame=apf,
-                  seed=int(rng.integers(0, 1 << 32)), codebook=bs.CODEBOOK_KINDS[rng.integers(3)],
-                  flags=int(rng.integers(0, 1 << 32)))
+    return make_header(model_fingerprint=rng.bytes(8), preset=preset + "é", variant=variant, width=w, height=h,
+                       orig_width=int(rng.integers(1, w + 1)), orig_height=int(rng.integers(1, h + 1)),
+                       num_frames=num_frames, fps_num=int(rng.integers(1, 60001)), fps_den=int(rng.integers(1, 1002)),
+                       gop_frames=gop_frames, num_gops=int(rng.integers(1, min(num_frames, 3) + 1)), steps=steps,
+                       tail=int(rng.integers(1, steps + 1)), shift=float(np.float32(rng.uniform(0.1, 10))),
+                       g_scale=float(np.float32(rng.uniform(0, 5))), K=K, atoms_per_frame=apf,
+                       seed=int(rng.integers(0, 1 << 32)), codebook=bs.CODEBOOK_KINDS[rng.integers(3)],
+                       flags=int(rng.integers(0, 2)))
 
 
 def varint_len(n):
     return max(1, -(-n.bit_length() // 7))
 
 
-def ref_payload_bits(h):
+def ref_payload_bits(h, apf=None):
     per = 0
-    for m in h.atoms_per_frame:
+    for m in apf or h.atoms_per_frame:
         n, b = math.comb(h.K, m), 0
         while (1 << b) < n:
             b += 1
@@ -83,8 +95,10 @@ def ref_header_len(h):
     return n
 
 
-def ref_record_len(h, side=()):
-    body = 8 + -(-ref_payload_bits(h) // 8) + varint_len(len(side))
+def ref_record_len(h, side=(), apf=None):
+    body = 8 + -(-ref_payload_bits(h, apf) // 8) + varint_len(len(side))
+    if h.per_gop_atoms:
+        body += sum(varint_len(m) for m in apf)
     body += sum(1 + varint_len(len(d)) + len(d) for _, d in side)
     return varint_len(body) + 4 + body
 
@@ -106,7 +120,7 @@ def test_round_trip_random():
                 for idx, sg in step:
                     assert idx.dtype == np.int32 and sg.dtype == np.int8
         # Exact size, computed independently.
-        assert len(data) == ref_header_len(h) + sum(ref_record_len(h, r.side) for r in recs)
+        assert len(data) == ref_header_len(h) + sum(ref_record_len(h, r.side, r.atoms_per_frame) for r in recs)
         assert bs.header_bytes(h) == ref_header_len(h)
         assert bs.payload_bits(h) == ref_payload_bits(h)
 
@@ -116,7 +130,7 @@ def test_float32_fields():
     rng = np.random.default_rng(1)
     h2, _ = bs.read(bs.write(h, [random_record(rng, h) for _ in range(2)]))
     assert h2.shift == float(np.float32(0.1)) and h2.g_scale == 2.5
-    assert h2 == dataclasses.replace(h, shift=float(np.float32(0.1)))
+    assert h.shift == float(np.float32(0.1)) and h2 == h  # the sampler stores float32 values
 
 
 def test_stochastic_steps_zero_and_properties():
@@ -137,7 +151,7 @@ def test_overhead_bounds_realistic():
         make_header(preset="x" * 64, variant="i2v", width=16384, height=16384, orig_width=16383, orig_height=16383,
                     num_frames=(1 << 24), fps_num=2**32 - 1, fps_den=2**32 - 1, gop_frames=81, num_gops=2,
                     steps=1000, tail=999, K=16384, atoms_per_frame=(80,) * 19 + (128, 128), seed=2**32 - 1,
-                    codebook="rademacher", flags=2**32 - 1),
+                    codebook="rademacher"),
     ]
     for h in cases:
         assert bs.header_bytes(h) < 200
@@ -146,7 +160,7 @@ def test_overhead_bounds_realistic():
         per_gop = (len(data) - bs.header_bytes(h)) / h.num_gops - math.ceil(bs.payload_bits(h) / 8)
         assert per_gop <= 16
         assert len(data) == bs.header_bytes(h) + h.num_gops * per_gop + h.num_gops * math.ceil(bs.payload_bits(h) / 8)
-    # SPEC §6: K=16384, M=64 at 17 stochastic steps x 9 latent frames -> 664 bits per (step, frame).
+    # docs/method_notes.md §Rate accounting: K=16384, M=64 at 17 stochastic steps x 9 latent frames -> 664 bits per (step, frame).
     assert bs.payload_bits(cases[0]) == 17 * 9 * 664
 
 
@@ -168,7 +182,7 @@ def test_golden_bytes():
     assert hashlib.sha256(data).hexdigest() == GOLDEN_SHA256, hashlib.sha256(data).hexdigest()
     # Hand-checked layout of the header (docs/bitstream.md) and of the first record's start.
     assert data[:44] == bytes.fromhex(
-        "47564301" "0123456789abcdef" "0474696e79" "00" "00"  # magic, version, fingerprint, preset, t2v, hadamard
+        "47564302" "0123456789abcdef" "0474696e79" "00" "00"  # magic, version, fingerprint, preset, t2v, hadamard
         "40303c28" "09" "1001" "05" "02" "0401"               # 64x48, 60x40, 9 frames, 16/1 fps, gop 5, 2 GOPs,
                                                               # 4 steps, tail 1
         "40400000" "40400000" "40" "02" "0406" "07" "00")     # shift 3.0, g_scale 3.0, K 64, M = (4, 6), seed, flags
@@ -178,19 +192,56 @@ def test_golden_bytes():
     assert bs.read(data) == (h, recs)
 
 
-GOLDEN_SHA256 = "7884304f78859ffdedab468008c450b14efc73a63c259c88511e90c93496a2cf"
+GOLDEN_SHA256 = "fd23c721a7838252a243faa16afb70d6d235570e9dc1ea058cffeb642178c5cb"
+# Format v1 (before the per-GOP position-bound CRC): these bytes must still parse, unchanged.
+GOLDEN_V1_SHA256 = "7884304f78859ffdedab468008c450b14efc73a63c259c88511e90c93496a2cf"
+
+
+def test_golden_v1_bytes_still_read():
+    h, recs = golden_stream()
+    h1 = h.replace(version=1)
+    data = bs._encode_header_fields(h1)
+    for rec in recs:
+        body = bs._encode_body(h1, rec)
+        data += bs.encode_varint(len(body)) + struct.pack(">I", zlib.crc32(body)) + body
+    assert hashlib.sha256(data).hexdigest() == GOLDEN_V1_SHA256  # the v1 layout, byte for byte
+    h2, recs2 = bs.read(data)
+    assert h2 == h1 and recs2 == recs
+    with pytest.raises(BitstreamError, match="writes format version 2"):
+        bs.write(h1, recs)
+    with pytest.raises(BitstreamError, match="flags"):  # v1 has no flags
+        bs.validate_header(h1.replace(flags=bs.FLAG_GOP_ATOMS))
 
 
 # ----------------------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("field,value", [
-    ("model_fingerprint", b"short"), ("preset", "p" * 65), ("variant", "v2v"), ("codebook", "sparse"),
+    ("codebook", "sparse"), ("steps", 0), ("steps", 1001), ("tail", 5), ("tail", 0), ("shift", 0.0),
+    ("shift", float("nan")), ("shift", 1e-40), ("shift", 1e40), ("g_scale", -1.0), ("g_scale", float("inf")),
+    ("g_scale", 3e38), ("K", 0), ("K", (1 << 24) + 1), ("atoms_per_frame", (4, 65)), ("atoms_per_frame", (0, 4)),
+    ("seed", -1), ("seed", 1 << 32), ("steps", 4.0),
+])
+def test_sampler_fields_are_validated_by_the_sampler(field, value):
+    with pytest.raises(SamplerError):
+        make_header(**{field: value})
+
+
+def test_a_header_with_tail_0_is_a_bitstream_error_not_a_value_error():
+    h = make_header()
+    raw = bytearray(bs._encode_header_fields(h))
+    # 4 steps, tail 1 are the bytes "04 01" after gop 5 and 2 GOPs ("05 02")
+    i = bytes(raw).index(bytes.fromhex("05020401")) + 3
+    raw[i] = 0
+    raw[-4:] = struct.pack(">I", zlib.crc32(bytes(raw[:-4])))
+    with pytest.raises(BitstreamError, match="invalid header: tail"):
+        bs.read(bytes(raw) + bytes(100))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model_fingerprint", b"short"), ("preset", "p" * 65), ("variant", "v2v"),
     ("width", 70), ("height", 0), ("width", 16400), ("orig_width", 65), ("orig_height", 0), ("num_frames", 0),
-    ("fps_num", 0), ("fps_den", 0), ("gop_frames", 6), ("num_gops", 0), ("num_gops", 10), ("steps", 0),
-    ("steps", 1001), ("tail", 5), ("shift", 0.0), ("shift", float("nan")), ("g_scale", -1.0),
-    ("g_scale", float("inf")), ("shift", 1e40), ("K", 0), ("K", (1 << 24) + 1), ("atoms_per_frame", (4,)),
-    ("atoms_per_frame", (4, 65)), ("atoms_per_frame", (0, 4)), ("seed", -1), ("seed", 1 << 32), ("flags", -1),
-    ("width", 64.0), ("preset", "\ud800"),
+    ("fps_num", 0), ("fps_den", 0), ("gop_frames", 6), ("gop_frames", 9), ("num_gops", 0), ("num_gops", 10),
+    ("flags", -1), ("flags", 2), ("version", 3), ("width", 64.0), ("preset", "\ud800"), ("sampler", None),
 ])
 def test_write_rejects_bad_header(field, value):
     h = dataclasses.replace(make_header(), **{field: value})
@@ -235,12 +286,12 @@ def _valid():
     return h, bs.write(h, [random_record(rng, h), random_record(rng, h, ((2, b"side"),))])
 
 
-def _fix_record_crc(data, rec_start):
-    """Recompute the CRC of the record starting at rec_start (its varint length is intact)."""
+def _fix_record_crc(data, rec_start, g=0):
+    """Recompute the CRC of GOP g's record starting at rec_start (its varint length is intact)."""
     cur = bs._Cursor(data, rec_start)
     n = cur.varint("len")
     body = data[cur.pos + 4:cur.pos + 4 + n]
-    return data[:cur.pos] + struct.pack(">I", zlib.crc32(body)) + data[cur.pos + 4:]
+    return data[:cur.pos] + struct.pack(">I", crc_at(g, body)) + data[cur.pos + 4:]
 
 
 def test_read_errors_specific():
@@ -248,7 +299,8 @@ def test_read_errors_specific():
     hl = bs.header_bytes(h)
     cases = {
         "bad magic": b"GVD" + data[3:],
-        "format version 2": data[:3] + b"\x02" + data[4:],
+        "format version 3": data[:3] + b"\x03" + data[4:],
+        "header CRC mismatch": data[:3] + b"\x01" + data[4:],  # v1 is read, but the CRC covers the version
         "trailing bytes": data + b"\x00",
         "header CRC": data[:20] + bytes([data[20] ^ 1]) + data[21:],
         "GOP 0: CRC mismatch": data[:hl + 10] + bytes([data[hl + 10] ^ 0x40]) + data[hl + 11:],
@@ -271,7 +323,7 @@ def test_read_errors_specific():
 
 def test_rank_out_of_range_detected():
     # K=5, M=2: C(5,2) = 10 fits in 4 bits, so ranks 10..15 are representable and invalid.
-    h = make_header(K=5, atoms_per_frame=(2, 2), steps=1, tail=0, num_gops=1)
+    h = make_header(K=5, atoms_per_frame=(2, 2), steps=2, tail=1, num_gops=1)
     rec = GopRecord(picks=(((np.array([0, 1], np.int32), np.array([1, 1], np.int8)),) * 2,), latent_hash=bytes(8))
     data = bytearray(bs.write(h, [rec]))
     hl = bs.header_bytes(h)
@@ -367,7 +419,7 @@ def _check(data, stats):
 def _semi_valid(rng):
     """A random parsable header (tiny K and frame count) and records, for deep fuzzing."""
     h = make_header(K=int(rng.integers(2, 40)), atoms_per_frame=(1, 2), gop_frames=5, steps=3, tail=1,
-                    num_gops=int(rng.integers(1, 4)))
+                    num_gops=int(rng.integers(1, 4)), flags=int(rng.integers(0, 2)))
     recs = [random_record(rng, h, () if rng.random() < 0.5 else ((1, rng.bytes(3)),)) for _ in range(h.num_gops)]
     return h, bs.write(h, recs)
 
@@ -377,7 +429,7 @@ def _fix_crcs(data, hl):
     d = bytearray(data)
     if len(d) >= hl:
         d[hl - 4:hl] = struct.pack(">I", zlib.crc32(bytes(d[:hl - 4])))
-    pos = hl
+    pos, g = hl, 0
     while pos < len(d):
         cur = bs._Cursor(bytes(d), pos)
         try:
@@ -386,8 +438,8 @@ def _fix_crcs(data, hl):
             break
         if cur.pos + 4 + n > len(d):
             break
-        d[cur.pos:cur.pos + 4] = struct.pack(">I", zlib.crc32(bytes(d[cur.pos + 4:cur.pos + 4 + n])))
-        pos = cur.pos + 4 + n
+        d[cur.pos:cur.pos + 4] = struct.pack(">I", crc_at(g, bytes(d[cur.pos + 4:cur.pos + 4 + n])))
+        pos, g = cur.pos + 4 + n, g + 1
     return bytes(d)
 
 
@@ -426,15 +478,15 @@ def test_fuzz():
         tail = b"" if tail_kind == 0 else rng.bytes(int(rng.integers(1, 300)))
         if tail_kind == 2:  # a well-framed record with a correct CRC but random content
             body = rng.bytes(int(rng.integers(10, 200)))
-            tail = bs.encode_varint(len(body)) + struct.pack(">I", zlib.crc32(body)) + body
+            tail = bs.encode_varint(len(body)) + struct.pack(">I", crc_at(0, body)) + body
         _check(_raw_header(fields, crc=rng.random() < 0.95) + tail, stats)
     # 5. Valid random headers with random (CRC-correct) record bodies.
     for _ in range(200):
         hv = random_header(rng)
         tail = b""
-        for _ in range(hv.num_gops):
+        for g in range(hv.num_gops):
             body = rng.bytes(int(rng.integers(9, 64)))
-            tail += bs.encode_varint(len(body)) + struct.pack(">I", zlib.crc32(body)) + body
+            tail += bs.encode_varint(len(body)) + struct.pack(">I", crc_at(g, body)) + body
         _check(bs._encode_header_fields(hv) + tail, stats)
     elapsed = time.perf_counter() - t_start
     assert stats["n"] >= 2000
@@ -448,7 +500,7 @@ def test_huge_claims_rejected_fast_and_small():
     """Headers claiming enormous K, M, num_gops, latent frames, preset or varints fail fast without allocating."""
     def fields(**kw):
         ints = dict(width=64, height=48, orig_width=64, orig_height=48, num_frames=10**6, fps_num=16, fps_den=1,
-                    gop_frames=5, num_gops=1, steps=1000, tail=0)
+                    gop_frames=5, num_gops=1, steps=1000, tail=1)
         ints.update({k: kw.pop(k) for k in list(kw) if k in ints})
         f = {"fp": bytes(8), "preset_len": 4, "preset": b"tiny", "variant": 0, "codebook": 0,
              "ints": list(ints.values()), "floats": struct.pack(">ff", 3.0, 3.0), "K": 1 << 24, "n_lat": 2,
@@ -475,3 +527,54 @@ def test_huge_claims_rejected_fast_and_small():
         tracemalloc.stop()
         assert dt < 0.5, dt
         assert peak < 4 << 20, peak
+
+
+def _fields_of(h):
+    """The raw header fields of a valid header (the inverse of _raw_header)."""
+    preset = h.preset.encode()
+    return {"fp": bytes(h.model_fingerprint), "preset_len": len(preset), "preset": preset,
+            "variant": bs.VARIANTS.index(h.variant), "codebook": bs.CODEBOOK_KINDS.index(h.codebook),
+            "ints": [h.width, h.height, h.orig_width, h.orig_height, h.num_frames, h.fps_num, h.fps_den,
+                     h.gop_frames, h.num_gops, h.steps, h.tail],
+            "floats": struct.pack(">ff", h.shift, h.g_scale), "K": h.K, "n_lat": len(h.atoms_per_frame),
+            "apf": list(h.atoms_per_frame), "seed": h.seed, "flags": h.flags}
+
+
+def test_fuzz_fields_with_recomputed_crcs():
+    """Each header field (then each record's atom counts, side count and lengths) set to a wild
+    value with every CRC recomputed: validation alone must catch it, fast and without big allocations."""
+    rng = np.random.default_rng(99)
+    stats = {"n": 0, "errors": 0, "valid": 0, "max_s": 0.0}
+    tracemalloc.start()
+    for k in range(600):
+        h = make_header(K=int(rng.choice([5, 64, 1000])), atoms_per_frame=(3, 4), flags=int(rng.integers(0, 2)))
+        recs = [random_record(rng, h, ((1, b"ab"),) if rng.random() < 0.3 else ()) for _ in range(h.num_gops)]
+        stream = bs.write(h, recs)
+        hl = bs.header_bytes(h)
+        fields = _fields_of(h)
+        key = ["ints", "K", "n_lat", "apf", "seed", "flags", "floats", "preset_len"][k % 8]
+        if key == "ints":
+            i = int(rng.integers(len(fields["ints"])))
+            fields["ints"][i] = _wild(rng)
+        elif key == "apf":
+            fields["apf"][int(rng.integers(2))] = _wild(rng)
+        elif key == "floats":
+            fields["floats"] = struct.pack(">ff", *rng.choice([0.0, -1.0, 1e-40, 3e38, np.inf, np.nan, 3.0], 2))
+        elif key == "preset_len":
+            fields["preset_len"] = _wild(rng)
+        else:
+            fields[key] = _wild(rng)
+        _check(_raw_header(fields) + stream[hl:], stats)
+        # payload side: overwrite one byte of a record body (atom counts, picks, side count / length)
+        d = bytearray(stream)
+        cur = bs._Cursor(stream, hl)
+        n = cur.varint("len")
+        body_start = cur.pos + 4
+        j = body_start + 8 + int(rng.integers(0, max(1, n - 8)))
+        d[j] = int(rng.choice([0, 1, 0x7F, 0x80, 0xFF, int(rng.integers(256))]))
+        _check(_fix_crcs(bytes(d), hl), stats)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert stats["errors"] > 0.5 * stats["n"] and stats["n"] == 1200
+    assert stats["max_s"] < 0.5, stats
+    assert peak < 64 << 20, peak

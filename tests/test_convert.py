@@ -1,6 +1,7 @@
 """Checkpoint conversion (diffusers and original Wan layouts) -> converted model dir -> load_model.
 
-Oracles are tiny diffusers models built on CPU torch (PORTING.md §4). The original-layout files
+Oracles are tiny diffusers models built on CPU torch
+(docs/method_notes.md §Parity test models). The original-layout files
 are produced here with an inverse of the published diffusers conversion mapping, written
 independently of ``weights_convert.rules``.
 """
@@ -463,3 +464,37 @@ def test_stray_norm_added_q_is_ignored_and_bf16_sources(work, tmp_path):
     assert lazy["a"].dtype == "bfloat16" and lazy["a"].shape == (3, 5)
     assert np.array_equal(lazy["a"].load().astype(np.float32), t["a"].float().numpy())
     assert np.array_equal(lazy["b"].load(), t["b"].numpy()) and np.array_equal(lazy["c"].load(), t["c"].numpy())
+
+
+def _imported_modules(path: str) -> set:
+    """Every module an ``import`` / ``from ... import`` anywhere in ``path`` names (also inside
+    functions), with ``from P import m`` counted as ``P.m``; relative imports are resolved in
+    gvc_jax.models."""
+    import ast
+
+    with open(path) as f:
+        tree = ast.parse(f.read(), filename=path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = "gvc_jax.models".split(".")[: 2 - (node.level - 1)]
+                base = ".".join(pkg + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
+    return names
+
+
+def test_models_do_not_import_checkpoint():
+    """checkpoint imports dit / vae, never the other way round: no import cycle."""
+    models_dir = os.path.join(REPO, "gvc_jax", "models")
+    files = sorted(f for f in os.listdir(models_dir)
+                   if f.endswith(".py") and f not in ("checkpoint.py", "registry.py"))
+    assert {"dit.py", "vae.py"} <= set(files)
+    for f in files:
+        bad = {m for m in _imported_modules(os.path.join(models_dir, f))
+               if m == "gvc_jax.models.checkpoint" or m.startswith("gvc_jax.models.checkpoint.")}
+        assert not bad, f"gvc_jax/models/{f} imports {sorted(bad)}"

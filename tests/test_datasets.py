@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gvc_jax import io as vio
+from gvc_jax import pixels
 from gvc_jax.datasets import DATASETS, load_clips, prepare
 from gvc_jax.datasets import common
 from gvc_jax.datasets.mcljcv import MclJcv, parse_mcljcv_filename
@@ -196,7 +197,7 @@ def test_resize_max_frames_config_reuse_and_clip_selection(uvg_dir, uvg_data):
     out = list(load_clips("uvg", str(data_dir), manual_dir=str(uvg_dir[0]), max_frames=3, resize=(32, 24),
                           clips=["HoneyBee", "Beauty"]))
     assert [o[0] for o in out] == ["HoneyBee", "Beauty"]
-    expected = vio._resize(common.yuv420_to_rgb(*planes["HoneyBee"])[:3], (32, 24))
+    expected = pixels.resize_frames(common.yuv420_to_rgb(*planes["HoneyBee"])[:3], (32, 24))
     assert out[0][1].shape == (3, 24, 32, 3)
     np.testing.assert_array_equal(out[0][1], expected)
     assert _configs(data_dir / "uvg") == ["32x24_3f", "native"]

@@ -1,7 +1,8 @@
 """CPU parity of the JAX Wan2.1 DiT (gvc_jax.models.dit / rope) against diffusers' WanTransformer3DModel.
 
-Tiny models from PORTING.md §4 (torch fp32, fixed seeds, all parameters perturbed so that norm
-weights and pos_embed are not trivially ones/zeros). Weights go through diffusers_key_to_path.
+Tiny models of docs/method_notes.md §Parity test models (torch fp32, fixed seeds, all parameters
+perturbed so that norm weights and pos_embed are not trivially ones/zeros). Weights go through
+diffusers_key_to_path.
 """
 from __future__ import annotations
 
@@ -14,13 +15,12 @@ import pytest
 import torch
 from flax import nnx
 
-from gvc_jax.models.checkpoint import CheckpointError, torch_to_flax
+from gvc_jax.models.checkpoint import CheckpointError, load_diffusers_dit, torch_to_flax
 from gvc_jax.models.configs import DIT_PRESETS
 from gvc_jax.models.dit import (
     DiTInputError,
     _attend,
     WanDiT,
-    assign_from_diffusers,
     diffusers_key_to_path,
     timestep_features,
 )
@@ -61,7 +61,7 @@ def state_dict(variant: str) -> dict:
 def jax_model(variant: str, **overrides) -> WanDiT:
     cfg = DIT_PRESETS[f"tiny-{variant}"].replace(**overrides)
     model = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
-    assign_from_diffusers(model, state_dict(variant))
+    load_diffusers_dit(model, state_dict(variant))
     return model
 
 
@@ -167,12 +167,12 @@ def test_mapping_examples_and_errors():
     sd = state_dict("t2v")
     model = nnx.eval_shape(lambda: WanDiT(DIT_PRESETS["tiny-t2v"], rngs=nnx.Rngs(0)))
     with pytest.raises(CheckpointError, match="missing parameter blocks/1/attn1/to_k/bias"):
-        assign_from_diffusers(model, {k: v for k, v in sd.items() if k != "blocks.1.attn1.to_k.bias"})
+        load_diffusers_dit(model, {k: v for k, v in sd.items() if k != "blocks.1.attn1.to_k.bias"})
     with pytest.raises(CheckpointError, match="unused source key 'blocks.0.bogus.weight'"):
-        assign_from_diffusers(model, {**sd, "blocks.0.bogus.weight": np.zeros(3)})
+        load_diffusers_dit(model, {**sd, "blocks.0.bogus.weight": np.zeros(3)})
     with pytest.raises(CheckpointError, match="shape mismatch for 'proj_out.weight'"):
-        assign_from_diffusers(model, {**sd, "proj_out.weight": np.zeros((16, 31))})
-    assign_from_diffusers(model, {**sd, "blocks.0.attn2.norm_added_q.weight": np.zeros(32)})  # whitelisted
+        load_diffusers_dit(model, {**sd, "proj_out.weight": np.zeros((16, 31))})
+    load_diffusers_dit(model, {**sd, "blocks.0.attn2.norm_added_q.weight": np.zeros(32)})  # whitelisted
 
 
 # -------------------------------------------------------------------------------------- parity

@@ -1,10 +1,13 @@
-"""Tests for gvc_jax.io: round trips per format, sample clips, resizing, errors, atomic writes."""
+"""Tests for gvc_jax.io (round trips per format, streamed reading and writing, sample clips,
+errors, atomic writes, output checks) and gvc_jax.pixels (resizing, padding, value ranges)."""
+import gc
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from gvc_jax import io
+from gvc_jax import io, pixels
 
 
 def _smooth_clip(frames=8, height=64, width=96) -> np.ndarray:
@@ -72,15 +75,13 @@ def test_npy_round_trip_exact(tmp_path, clip):
     assert fps == 16.0
 
 
-def test_png_directory_round_trip_exact_and_replace(tmp_path, clip):
+def test_png_directory_round_trip_exact(tmp_path, clip):
     out = tmp_path / "frames"
     io.write_video(out, clip, 16)
     assert sorted(os.listdir(out))[:2] == ["frame_00000.png", "frame_00001.png"]
     frames, fps = io.read_video(out)
     np.testing.assert_array_equal(frames, clip)
     assert fps == 16.0
-    io.write_video(out, clip[:3], 16)  # replacing an existing directory drops the old frames
-    assert io.read_video(out)[0].shape[0] == 3
     assert sorted(os.listdir(tmp_path)) == ["frames"]  # no temporary leftovers
 
 
@@ -220,29 +221,29 @@ def test_write_video_failure_mid_way_leaves_nothing(tmp_path, clip, monkeypatch)
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_pad_crop_round_trip(dtype):
     x = (np.random.default_rng(0).random((2, 17, 30, 3)) * 255).astype(dtype)
-    p = io.pad_to_multiple(x, 16)
+    p = pixels.pad_to_multiple(x, 16)
     assert p.shape == (2, 32, 32, 3) and p.dtype == x.dtype
-    np.testing.assert_array_equal(io.crop(p, 17, 30), x)
+    np.testing.assert_array_equal(pixels.crop(p, 17, 30), x)
     np.testing.assert_array_equal(p[:, 17:, :30], np.repeat(x[:, -1:], 15, axis=1))  # edge replication
     np.testing.assert_array_equal(p[:, :17, 30:], np.repeat(x[:, :, -1:], 2, axis=2))
-    assert io.pad_to_multiple(p, 16) is p
-    assert io.pad_to_multiple(x[0], 8).shape == (24, 32, 3)
+    assert pixels.pad_to_multiple(p, 16) is p
+    assert pixels.pad_to_multiple(x[0], 8).shape == (24, 32, 3)
     with pytest.raises(ValueError):
-        io.crop(x, 18, 30)
+        pixels.crop(x, 18, 30)
 
 
 def test_model_range_round_trip():
     u = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
-    x = io.to_model_range(u)
+    x = pixels.to_model_range(u)
     assert x.dtype == np.float32 and x.min() == -1.0 and x.max() == 1.0
-    np.testing.assert_array_equal(io.from_model_range(x), u)
-    np.testing.assert_array_equal(io.from_model_range(np.array([-3.0, 3.0, 0.0])), [0, 255, 128])
+    np.testing.assert_array_equal(pixels.from_model_range(x), u)
+    np.testing.assert_array_equal(pixels.from_model_range(np.array([-3.0, 3.0, 0.0])), [0, 255, 128])
     with pytest.raises(ValueError):
-        io.to_model_range(x)
+        pixels.to_model_range(x)
 
 
 def test_save_side_by_side(tmp_path, clip):
-    decoded = io.pad_to_multiple(255 - clip, 16)  # padded decode gets cropped
+    decoded = pixels.pad_to_multiple(255 - clip, 16)  # padded decode gets cropped
     io.save_side_by_side(tmp_path / "cmp.png", clip, decoded)
     grid, _ = io.read_video(tmp_path / "cmp.png")
     h, w = clip.shape[1:3]
@@ -253,3 +254,291 @@ def test_save_side_by_side(tmp_path, clip):
 
 def test_ffmpeg_exe_exists():
     assert os.access(io.ffmpeg_exe(), os.X_OK)
+
+
+def test_as_video_and_resize_frames():
+    frame = np.zeros((24, 32, 3), np.uint8)
+    assert pixels.as_video(frame).shape == (1, 24, 32, 3)
+    assert pixels.as_video(frame.astype(np.float32), allow_float=True).dtype == np.float32
+    with pytest.raises(pixels.VideoError, match="uint8"):
+        pixels.as_video(frame.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8 or float"):
+        pixels.as_video(frame.astype(np.int32), "ref", allow_float=True)
+    with pytest.raises(ValueError, match="empty"):
+        pixels.as_video(np.zeros((0, 24, 32, 3), np.uint8))
+    assert io.VideoError is pixels.VideoError
+    video = frame[None].repeat(2, 0)
+    assert pixels.resize_frames(video, (32, 24)) is video
+    assert pixels.resize_frames(video, (16, 12)).shape == (2, 12, 16, 3)
+    with pytest.raises(io.VideoError, match="positive"):
+        pixels.resize_frames(video, (0, 12))
+
+
+# ----------------------------------------------------------------------------- streamed reading
+
+TINY = dict(frames=8, height=24, width=32)
+
+
+def _ffmpeg_children() -> list:
+    """ffmpeg processes that are children of this one (zombies included: they are not reaped)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - /proc fallback
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+        out = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/comm") as fh:
+                    name = fh.read().strip()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid() and "ffmpeg" in name:
+                out.append(pid)
+        return out
+    return [p.pid for p in psutil.Process().children(recursive=True) if "ffmpeg" in p.name()]
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    """The same 8-frame 32x24 clip as mp4, npy, a PNG directory, and one frame as a PNG image."""
+    root = tmp_path_factory.mktemp("inputs")
+    clip = _smooth_clip(**TINY)
+    paths = {kind: str(root / name) for kind, name in
+             (("mp4", "c.mp4"), ("npy", "c.npy"), ("dir", "frames"), ("image", "one.png"))}
+    for kind, path in paths.items():
+        io.write_video(path, clip[:1] if kind == "image" else clip, 16)
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["mp4", "npy", "dir", "image"])
+@pytest.mark.parametrize("start, max_frames, resize", [(0, None, None), (2, 3, None), (1, None, (16, 12)),
+                                                        (5, 10, (40, 30))])
+def test_reader_matches_read_video(tiny_inputs, kind, start, max_frames, resize):
+    path = tiny_inputs[kind]
+    if kind == "image" and start:
+        with pytest.raises(io.VideoError, match="no frames"):
+            io.open_video(path, start=start)
+        return
+    expected, fps = io.read_video(path, start=start, max_frames=max_frames, resize=resize)
+    with io.open_video(path, start=start, max_frames=max_frames, resize=resize) as reader:
+        assert reader.num_frames == expected.shape[0] >= 1
+        assert (reader.height, reader.width) == expected.shape[1:3] and reader.fps == fps
+        chunks = []
+        while len(chunk := reader.read(3)):
+            assert chunk.dtype == np.uint8 and 1 <= chunk.shape[0] <= 3
+            chunks.append(chunk)
+        assert reader.read(3).shape == (0, reader.height, reader.width, 3)  # stays at the end
+    np.testing.assert_array_equal(np.concatenate(chunks), expected)
+    with io.VideoReader(path, start=start, max_frames=max_frames, resize=resize) as reader:
+        np.testing.assert_array_equal(np.stack(list(reader)), expected)
+    if kind != "mp4":  # lossless inputs: the frames themselves
+        clip = _smooth_clip(**TINY)[: 1 if kind == "image" else None]
+        stop = None if max_frames is None else start + max_frames
+        want = clip[start:stop] if resize is None else pixels.resize_frames(clip[start:stop], resize)
+        np.testing.assert_array_equal(expected, want)
+
+
+def test_reader_npy_is_lazy(tmp_path):
+    big = np.zeros((300, 120, 160, 3), np.uint8)  # 17 MB on disk
+    big[:, 0, 0, 0] = np.arange(300) % 256
+    np.save(tmp_path / "big.npy", big)
+    del big
+    tracemalloc.start()
+    try:
+        with io.open_video(tmp_path / "big.npy", start=200) as reader:
+            frames = reader.read(3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reader.num_frames == 100 and frames[:, 0, 0, 0].tolist() == [200, 201, 202]
+    assert peak < 3 * frames.nbytes + (1 << 20)  # the 3 frames (and change), not the 17 MB
+
+
+def test_reader_arguments_and_close(tiny_inputs):
+    path = tiny_inputs["mp4"]
+    for kwargs in ({"start": -1}, {"max_frames": 0}, {"resize": (0, 4)}, {"resize": "big"}):
+        with pytest.raises(io.VideoError):
+            io.open_video(path, **kwargs)
+    assert _ffmpeg_children() == []
+    reader = io.open_video(path)
+    with pytest.raises(io.VideoError, match="n >= 1"):
+        reader.read(0)
+    assert reader.read(2).shape == (2, 24, 32, 3)
+    assert len(_ffmpeg_children()) == 1  # the decoder, mid-stream
+    reader.close()
+    reader.close()  # idempotent
+    assert _ffmpeg_children() == []
+    reader = io.open_video(path)
+    reader.read(1)
+    del reader  # garbage collection ends the decoder too
+    gc.collect()
+    assert _ffmpeg_children() == []
+    with pytest.raises(RuntimeError):
+        with io.open_video(path) as reader:
+            reader.read(1)
+            raise RuntimeError("consumer failed")
+    assert _ffmpeg_children() == []
+
+
+def test_reader_count_disagreeing_with_decode(tiny_inputs, monkeypatch):
+    monkeypatch.setattr(io, "_count_frames", lambda path, limit: 12)  # more than the 8 there are
+    with io.open_video(tiny_inputs["mp4"]) as reader:
+        assert reader.num_frames == 12
+        assert reader.read(100).shape[0] == 8 and reader.num_frames == 8  # what was decoded
+    monkeypatch.setattr(io, "_count_frames", lambda path, limit: 5)  # fewer: never more than announced
+    with io.open_video(tiny_inputs["mp4"]) as reader:
+        assert reader.read(100).shape[0] == 5 and reader.num_frames == 5
+        assert reader.read(100).shape[0] == 0
+
+
+# ----------------------------------------------------------------------------- streamed writing
+
+
+def _write_in_pieces(path, clip, fps=16, **kw):
+    with io.VideoWriter(path, fps, **kw) as writer:
+        writer.write(clip[:3])
+        writer.write(clip[3])  # a single [H, W, 3] frame
+        writer.write(clip[4:4])  # nothing
+        writer.write(clip[4:])
+    assert writer.num_frames == len(clip)
+
+
+def test_writer_in_pieces_equals_one_go(tmp_path):
+    clip = _smooth_clip(**TINY)
+    for name in ("a.npy", "a_dir", "a.mp4", "a.y4m"):
+        _write_in_pieces(tmp_path / "pieces" / name, clip)
+        io.write_video(tmp_path / "whole" / name, clip, 16)
+    whole, pieces = tmp_path / "whole", tmp_path / "pieces"
+    assert (pieces / "a.npy").read_bytes() == (whole / "a.npy").read_bytes()
+    np.save(tmp_path / "ref.npy", clip)
+    assert (pieces / "a.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()  # a standard .npy
+    assert sorted(os.listdir(pieces / "a_dir")) == sorted(os.listdir(whole / "a_dir"))
+    for name in os.listdir(whole / "a_dir"):
+        assert (pieces / "a_dir" / name).read_bytes() == (whole / "a_dir" / name).read_bytes()
+    for name in ("a.mp4", "a.y4m"):
+        np.testing.assert_array_equal(io.read_video(pieces / name)[0], io.read_video(whole / name)[0])
+    assert sorted(os.listdir(pieces)) == sorted(os.listdir(whole)) == ["a.mp4", "a.npy", "a.y4m", "a_dir"]
+
+
+@pytest.mark.parametrize("name", ["a.mp4", "a.npy", "frames", "a.y4m"])
+def test_writer_abort_leaves_nothing(tmp_path, name):
+    clip = _smooth_clip(**TINY)
+    writer = io.VideoWriter(tmp_path / name, 16)
+    writer.write(clip[:3])
+    assert os.listdir(tmp_path) or _ffmpeg_children()  # a temporary file, or ffmpeg about to write one
+    writer.abort()
+    writer.abort()  # idempotent
+    assert os.listdir(tmp_path) == [] and _ffmpeg_children() == []
+    with pytest.raises(RuntimeError):
+        with io.VideoWriter(tmp_path / name, 16) as writer:
+            writer.write(clip[:3])
+            raise RuntimeError("producer failed")
+    assert os.listdir(tmp_path) == [] and _ffmpeg_children() == []
+    writer = io.VideoWriter(tmp_path / name, 16)
+    writer.write(clip[:2])
+    del writer  # garbage collected unfinished: aborted
+    gc.collect()
+    assert os.listdir(tmp_path) == [] and _ffmpeg_children() == []
+
+
+def test_writer_errors_abort(tmp_path):
+    clip = _smooth_clip(**TINY)
+    writer = io.VideoWriter(tmp_path / "a.mp4", 16)
+    writer.write(clip[:2])
+    with pytest.raises(io.VideoError, match="first ones were 32x24"):
+        writer.write(clip[:2, :12])
+    assert os.listdir(tmp_path) == [] and _ffmpeg_children() == []
+    with pytest.raises(io.VideoError, match="already closed"):
+        writer.write(clip[:2])
+    with pytest.raises(io.VideoError, match="one frame"):
+        with io.VideoWriter(tmp_path / "one.png", 16) as writer:
+            writer.write(clip[0])
+            writer.write(clip[1])
+    with pytest.raises(io.VideoError, match="no frames"):
+        with io.VideoWriter(tmp_path / "none.npy", 16):
+            pass
+    for kwargs in ({"fps": 0}, {"fps": float("nan")}, {"fps": 16, "crf": 60}):
+        with pytest.raises(io.VideoError):
+            io.VideoWriter(tmp_path / "a.mp4", **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+def _snapshot(root) -> dict:
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(root) for f in files}
+
+
+def test_existing_directories_are_never_replaced(tmp_path):
+    clip = _smooth_clip(**TINY)
+    full = tmp_path / "full"
+    (full / "sub").mkdir(parents=True)
+    (full / "notes.txt").write_bytes(b"keep me")
+    (full / "frame_00000.png").write_bytes(b"not really a png")
+    (full / "sub" / "x.bin").write_bytes(b"\x00\x01")
+    before, listing = _snapshot(full), sorted(os.listdir(tmp_path))
+    with pytest.raises(io.VideoError, match="non-empty directory"):
+        io.write_video(full, clip, 16)
+    with pytest.raises(io.VideoError, match="non-empty directory"):
+        io.VideoWriter(full, 16)
+    with pytest.raises(io.VideoError, match="non-empty directory"):
+        io.check_output(full)
+    out = tmp_path / "out.mp4"  # a directory where a file is to go
+    out.mkdir()
+    (out / "inside").write_bytes(b"x")
+    with pytest.raises(io.VideoError, match="is a directory"):
+        io.write_video(out, clip, 16)
+    with pytest.raises(io.VideoError, match="is a directory"):
+        io.check_output(out)
+    with pytest.raises(IsADirectoryError):
+        io.atomic_write_bytes(full, b"data")
+    with pytest.raises(IsADirectoryError):
+        with io.atomic_path(full):
+            pass
+    assert _snapshot(full) == before and sorted(os.listdir(full)) == ["frame_00000.png", "notes.txt", "sub"]
+    assert (out / "inside").read_bytes() == b"x" and sorted(os.listdir(tmp_path)) == sorted(listing + ["out.mp4"])
+    (tmp_path / "plain").write_bytes(b"a file")  # a file where a frame directory is to go
+    with pytest.raises(io.VideoError, match="not a directory"):
+        io.write_video(tmp_path / "plain", clip, 16)
+    assert (tmp_path / "plain").read_bytes() == b"a file"
+
+
+def test_existing_empty_directory_gets_frames(tmp_path):
+    clip = _smooth_clip(**TINY)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    io.check_output(empty)
+    writer = io.VideoWriter(empty, 16)
+    writer.write(clip[:3])
+    writer.abort()
+    assert os.listdir(empty) == [] and sorted(os.listdir(tmp_path)) == ["empty"]  # left as it was
+    _write_in_pieces(empty, clip)
+    assert sorted(os.listdir(empty)) == [f"frame_{i:05d}.png" for i in range(8)]
+    np.testing.assert_array_equal(io.read_video(empty)[0], clip)
+    assert sorted(os.listdir(tmp_path)) == ["empty"]
+
+
+def test_check_output(tmp_path):
+    for name in ("a.mp4", "a.MKV", "a.y4m", "a.npy", "a.png", "frames"):
+        io.check_output(tmp_path / name)
+    assert os.listdir(tmp_path) == []  # writes nothing
+    with pytest.raises(io.VideoError, match="unsupported"):
+        io.check_output(tmp_path / "a.gif")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        io.check_output(tmp_path / "missing" / "a.mp4")
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        with pytest.raises(PermissionError, match="not writable"):
+            io.check_output(ro / "a.mp4")
+
+
+def test_fps_fraction_and_arg():
+    assert io.fps_fraction(25) == (25, 1)
+    assert io.fps_fraction(29.97) == (2997, 100)
+    assert io.fps_fraction(30000 / 1001) == (30000, 1001)
+    assert io.fps_arg(24000 / 1001) == "24000/1001"
+    for bad in (0, -5, float("nan"), float("inf"), None, "fast", 1e-6):
+        with pytest.raises(io.VideoError, match="fps"):
+            io.fps_fraction(bad)

@@ -1,13 +1,16 @@
 """End-to-end T2V codec on the tiny model: bit exactness, drift detection, exact rate accounting."""
+import dataclasses
 import math
+import os
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from gvc_jax.codec import bitstream
-from gvc_jax.codec.pipeline import DriftError, ModelMismatchError, decode_video, encode_video, latent_hash
+from gvc_jax.codec import bitstream, trajectory
+from gvc_jax.codec.pipeline import DriftError, ModelMismatchError, decode_video, encode_video
+from gvc_jax.codec.records import latent_hash
 from gvc_jax.codec.ranks import subset_rank_bits
 from gvc_jax.codec.schedule import SamplerConfig
 from gvc_jax.models.registry import init_preset
@@ -68,7 +71,8 @@ def test_file_size_is_header_plus_overhead_plus_rank_payload(encoded):
                for m in SAMPLER.atoms_per_frame)
     head = bitstream.header_bytes(header)
     assert head < 200
-    body = 8 + math.ceil(bits / 8) + 1  # hash + picks + side count
+    body = 8 + math.ceil(bits / 8) + 1  # hash + picks + side count (no per-GOP atoms: flag unset)
+    assert header.flags == 0 and header.version == bitstream.FORMAT_VERSION == 2
     per_gop = len(bitstream.encode_varint(body)) + 4 + 8 + 1
     assert per_gop <= 16
     assert len(encoded.stream) == head + header.num_gops * (per_gop + math.ceil(bits / 8))
@@ -89,14 +93,13 @@ def test_fidelity_grows_with_rate_on_tiny_model(model, video):
     for m in (1, 8, 64):
         cfg = SAMPLER.replace(atoms_per_frame=(m,) * 3, steps=8, tail=2)
         mses.append(encode_video(clip, 25.0, model, cfg, gop_frames=GOP).gops[0].latent_mse)
-    from gvc_jax.codec.pipeline import GopEngine
+    from gvc_jax.codec.engine import GopEngine
+    from gvc_jax.pixels import pad_to_multiple
 
     engine = GopEngine(model, SAMPLER.replace(atoms_per_frame=(64,) * 3, steps=8, tail=2), 48, 64, GOP)
-    from gvc_jax.io import pad_to_multiple
-
     target = engine.target_latent(pad_to_multiple(clip, 16))
     other = engine.target_latent(pad_to_multiple(255 - clip, 16))
-    free, _ = engine.run(0, target=other)  # a trajectory steered elsewhere: not coded for this target
+    free, _ = engine.run(0, engine.unconditioned(), target=other)  # steered elsewhere: not coded for this target
     free_mse = float(np.mean((np.asarray(free) - np.asarray(target)) ** 2))
     assert mses[0] > mses[1] > mses[2], mses
     assert mses[2] < 0.5 * free_mse, (mses, free_mse)
@@ -107,3 +110,139 @@ def test_latent_hash_is_sensitive():
     y = x.copy()
     y[0, 0] = np.nextafter(np.float32(0), np.float32(1))
     assert latent_hash(x) != latent_hash(y) and len(latent_hash(x)) == 8
+
+
+# ----------------------------------------------------------------------------- the reshaped coder
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def test_v1_stream_from_before_the_reshape_still_decodes_bit_exactly(model):
+    """tests/data/v1_tiny_t2v.gvc was written by the pre-reshape encoder (format v1)."""
+    with open(os.path.join(DATA, "v1_tiny_t2v.gvc"), "rb") as f:
+        stream = f.read()
+    header, _ = bitstream.read(stream)
+    assert header.version == 1
+    result = decode_video(stream, model, strict=True)  # strict: the v1 encoder's latent hashes match
+    np.testing.assert_array_equal(result.video, np.load(os.path.join(DATA, "v1_tiny_t2v_decoded.npy")))
+
+
+def test_v1_stream_of_the_default_model_still_decodes_bit_exactly():
+    """The shipped model has a 36-channel DiT run as T2V (zero mask, zero conditioning latent)."""
+    from gvc_jax.models.registry import resolve_model
+
+    with open(os.path.join(DATA, "v1_default_t2v.gvc"), "rb") as f:
+        stream = f.read()
+    result = decode_video(stream, resolve_model(None), strict=True)
+    np.testing.assert_array_equal(result.video, np.load(os.path.join(DATA, "v1_default_t2v_decoded.npy")))
+
+
+def test_same_picks_as_the_v1_encoder(model, video, encoded):
+    """The reshaped encoder makes the very picks the v1 encoder made for the same input."""
+    with open(os.path.join(DATA, "v1_tiny_t2v.gvc"), "rb") as f:
+        _, old = bitstream.read(f.read())
+    _, new = bitstream.read(encoded.stream)
+    assert new == old
+
+
+def test_changing_M_between_runs_and_gops_compiles_the_trajectory_once(model, video):
+    clip = video[:GOP]
+    before = trajectory.TRACE_COUNT[0]
+    counts = []
+    for apf in [(3, 5, 4), (1, 1, 1), (8, 2, 16)]:
+        encode_video(clip, 25.0, model, SAMPLER.replace(atoms_per_frame=apf), gop_frames=GOP)
+        counts.append(trajectory.TRACE_COUNT[0] - before)
+    enc = encode_video(video, 25.0, model, SAMPLER, gop_frames=GOP, gop_atoms=[(3, 5, 4), (1, 2, 7)])
+    dec = decode_video(enc.stream, model, strict=True)
+    counts.append(trajectory.TRACE_COUNT[0] - before)
+    assert counts[0] <= 1 and len(set(counts)) == 1, counts  # at most one trace, then none
+    np.testing.assert_array_equal(dec.video, enc.video)
+    header, records = bitstream.read(enc.stream)
+    assert header.flags & bitstream.FLAG_GOP_ATOMS and header.atoms_per_frame == (3, 5, 7)
+    assert [r.atoms_per_frame for r in records] == [(3, 5, 4), (1, 2, 7)]
+    assert [g.atoms for g in dec.gops] == [(3, 5, 4), (1, 2, 7)]
+    assert [[len(i) for i, _ in r.picks[0]] for r in records] == [[3, 5, 4], [1, 2, 7]]
+
+
+def test_streaming_reader_sees_each_frame_once_and_sink_gets_frames_in_order(model, video, encoded):
+    from gvc_jax.codec.pipeline import decode_stream, encode_stream
+    from gvc_jax.codec.plan import ArrayReader
+
+    class Counting(ArrayReader):
+        reads = []
+
+        def read(self, n):
+            out = super().read(n)
+            self.reads.append(len(out))
+            return out
+
+    reader, chunks = Counting(video, 25.0), []
+    result = encode_stream(reader, model, SAMPLER, gop_frames=GOP, sink=chunks.append)
+    assert sum(reader.reads) == len(video) and max(reader.reads) <= GOP
+    assert [len(c) for c in chunks] == [9, 4]
+    assert result.stream == encoded.stream
+    out = []
+    decode_stream(result.stream, model, sink=out.append)
+    np.testing.assert_array_equal(np.concatenate(out), encoded.video)
+
+
+def test_unexpected_side_payload_is_a_bitstream_error(model, encoded):
+    header, records = bitstream.read(encoded.stream)
+    records[1] = dataclasses.replace(records[1], side=((7, b"x"),))
+    with pytest.raises(bitstream.BitstreamError, match="side payload tag 7"):
+        decode_video(bitstream.write(header, records), model)
+
+
+def test_swapped_records_fail_their_position_bound_crc(model, encoded):
+    header, _ = bitstream.read(encoded.stream)
+    with pytest.raises(bitstream.BitstreamError, match="GOP 0: CRC mismatch"):
+        bitstream.read(_swap_records(encoded.stream, header))
+
+
+def _swap_records(stream, header):
+    cur = bitstream.header_bytes(header)
+    parts = []
+    for _ in range(header.num_gops):
+        n, k = 0, 0
+        while True:
+            b = stream[cur + k]
+            n |= (b & 0x7F) << (7 * k)
+            k += 1
+            if not b & 0x80:
+                break
+        end = cur + k + 4 + n
+        parts.append(stream[cur:end])
+        cur = end
+    return stream[:bitstream.header_bytes(header)] + b"".join(parts[::-1])
+
+
+def test_model_conditioning_decides_what_t2v_may_run(video):
+    """The default model (36-channel DiT, no image branch) runs T2V with zero mask and latent (its v1
+    stream test above); a DiT with an image branch needs CLIP tokens, which T2V does not have."""
+    from gvc_jax.codec.variants import VariantError, get_variant
+
+    m = init_preset("tiny-i2v")
+    assert m.config.dit.conditioning == {"text", "latent", "image"}
+    assert init_preset("tiny").config.dit.conditioning == {"text"}
+    with pytest.raises(VariantError, match="CLIP image tokens"):
+        encode_video(video[:5], 25.0, m, SAMPLER.replace(atoms_per_frame=(2, 2)), gop_frames=5)
+    with pytest.raises(VariantError, match="not implemented"):
+        get_variant("i2v")
+
+
+def test_python_api(model, video, encoded):
+    import gvc_jax
+    from gvc_jax import CodecOptions, decode, encode
+
+    opts = CodecOptions(atoms=4, codebook_size=512, steps=5, tail=2, shift=3.0, seed=11, gop_frames=GOP)
+    stream = encode(video, model, opts, fps=25.0)
+    frames = decode(stream, model)
+    assert frames.shape == video.shape and frames.dtype == np.uint8
+    assert encode(video, model, opts.replace(atoms=2), fps=25.0) != stream
+    assert encode(video, model, opts, fps=25.0, atoms=2) == encode(video, model, opts.replace(atoms=2), fps=25.0)
+    assert callable(gvc_jax.encode) and hasattr(gvc_jax.encode, "main")  # the CLI module is the function too
+    with pytest.raises(ValueError, match="tail"):
+        CodecOptions(tail=0)
+    with pytest.raises(TypeError, match="unknown codec option"):
+        opts.replace(atomz=3)
+    assert CodecOptions.preset("low-rate").atoms == 16

@@ -87,7 +87,8 @@ def test_huge_k():
 
 
 def test_spec_rate_figures():
-    # SPEC §6: K = 16384, M = 64 -> 664 bits with signs; 80 -> 805; 128 -> 1204.
+    # docs/method_notes.md §Rate accounting: K = 16384, M = 64 -> 664 bits with signs;
+    # 80 -> 805; 128 -> 1204.
     for M, total in ((64, 664), (80, 805), (128, 1204)):
         assert subset_rank_bits(16384, M) + M == total
     for K, M in ((16384, 64), (16384, 80), (16384, 128), (100, 50), (1 << 24, 3)):

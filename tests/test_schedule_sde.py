@@ -1,4 +1,4 @@
-"""Time grid, sampler settings and the SDE step (SPEC §3-4)."""
+"""Time grid, sampler settings and the SDE step (docs/method_notes.md §Time grid, §Stochastic step)."""
 import numpy as np
 import pytest
 

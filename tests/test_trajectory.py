@@ -49,7 +49,7 @@ def test_picks_are_canonical_and_follow_atoms_per_frame():
     traj = make(None, frames_m=(2, 5, 3), steps=6, tail=2)
     _, picks = traj.run(PARAMS, {}, gop=0, target=target())
     idx, coef = np.asarray(picks.indices), np.asarray(picks.coeffs)
-    assert idx.shape == (6, 3, 5)
+    assert idx.shape == (6, 3, 16)  # slots: the next power of two >= max M, at least 16
     for s in range(6):
         for f, m in enumerate((2, 5, 3)):
             if s < 4:
@@ -94,3 +94,24 @@ def test_run_needs_exactly_one_source():
         traj.run(PARAMS, {}, gop=0)
     with pytest.raises(ValueError):
         Trajectory(gaussian_velocity, SamplerConfig(atoms_per_frame=(2, 2), K=64), SHAPE)
+
+
+def test_per_gop_atoms_are_data_and_match_a_config_with_those_atoms():
+    """M given at run time equals M fixed in the config (same capacity), and a run with fewer atoms
+    picks the first M of the larger run's ranking."""
+    big = make(None, frames_m=(5, 5, 5), steps=6, tail=2)
+    small = make(None, frames_m=(2, 3, 1), steps=6, tail=2)
+    assert big.slots == small.slots == 16
+    x_data, p_data = big.run(PARAMS, {}, 0, np.array([2, 3, 1]), target=target())
+    x_cfg, p_cfg = small.run(PARAMS, {}, 0, target=target())
+    np.testing.assert_array_equal(np.asarray(x_data), np.asarray(x_cfg))
+    np.testing.assert_array_equal(np.asarray(p_data.indices), np.asarray(p_cfg.indices))
+    with pytest.raises(ValueError, match="atoms per frame"):
+        big.run(PARAMS, {}, 0, np.array([2, 3, 17]), target=target())
+
+
+def test_on_step_reports_every_step_of_the_gop():
+    traj = make(2, steps=5, tail=1)
+    seen = []
+    traj.run(PARAMS, {}, gop=4, target=target(), on_step=lambda g, s: seen.append((g, s)))
+    assert seen == [(4, s) for s in range(5)]

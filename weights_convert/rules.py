@@ -4,7 +4,7 @@ Each rule is a fully anchored pattern and a template (``re`` replacement string 
 the match). A key must match exactly one rule, and every rule that applies to the model (e.g.
 image-conditioning rules only for I2V/FLF2V) must match at least once; anything else raises
 ``CheckpointError``. After renaming, the single diffusers -> Flax path does the rest
-(PORTING.md §1.4, §2.2).
+(docs/method_notes.md §Checkpoint layouts).
 """
 from __future__ import annotations
 

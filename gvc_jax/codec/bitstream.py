@@ -4,8 +4,14 @@ Layout (all multi-byte fixed-width fields big-endian; "varint" = unsigned LEB128
 bytes; see docs/bitstream.md for the field table):
 
     MAGIC "GVC" | version u8 | header fields | CRC32(magic .. last header field) u32
-    num_gops x [ varint body_len | CRC32(body) u32 | body ]
-    body = latent_hash (8 B) | picks (bit-packed, byte-padded) | varint n_side | n_side x [tag u8 | varint len | bytes]
+    num_gops x [ varint body_len | CRC u32 | body ]
+    body = latent_hash (8 B) | [v2, flag GOP_ATOMS: M_f varint per latent frame]
+           | picks (bit-packed, byte-padded) | varint n_side | n_side x [tag u8 | varint len | bytes]
+
+Version 2 (written) differs from version 1 (still read) in two ways: a record's CRC is seeded
+with its GOP index (``crc32(body, crc32(b"GOP" + varint(g)))``), so records that are swapped or
+duplicated fail; and with flag ``FLAG_GOP_ATOMS`` every record carries its own atoms per latent
+frame, each between 1 and the header's value (rate control changes M per GOP).
 
 Picks: for each stochastic step s, for each latent frame f: the subset rank of the M_f indices in
 ``subset_rank_bits(K, M_f)`` bits, then M_f sign bits (1 = negative), all MSB first; zero padding
@@ -17,6 +23,7 @@ one-line message on anything malformed (truncation, bit flips, garbage, trailing
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import zlib
@@ -26,16 +33,19 @@ from typing import Sequence
 import numpy as np
 
 from gvc_jax.codec.ranks import BitReader, BitstreamError, BitWriter, rank_subset, subset_rank_bits, unrank_subset
+from gvc_jax.codec.schedule import CODEBOOK_KINDS, MAX_K, MAX_STEPS, SamplerConfig  # noqa: F401 (format limits)
+from gvc_jax.codec.variants import VARIANT_NAMES as VARIANTS
 
 __all__ = [
     "BitstreamError", "MAGIC", "FORMAT_VERSION", "VARIANTS", "CODEBOOK_KINDS", "Header", "GopRecord",
-    "write", "read", "payload_bits", "encode_varint", "header_bytes", "validate_header",
+    "write", "read", "payload_bits", "encode_varint", "header_bytes", "validate_header", "FLAG_GOP_ATOMS",
 ]
 
 MAGIC = b"GVC"
-FORMAT_VERSION = 1
-VARIANTS = ("t2v", "i2v", "flf2v")
-CODEBOOK_KINDS = ("hadamard", "gaussian", "rademacher")
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+FLAG_GOP_ATOMS = 1          # v2: every record carries its own atoms per latent frame
+KNOWN_FLAGS = {1: 0, 2: FLAG_GOP_ATOMS}
 
 # Format limits (a reader rejects anything beyond them before allocating).
 MAX_PRESET_BYTES = 64
@@ -43,8 +53,6 @@ MAX_SIZE = 16384          # coded width / height
 MAX_FRAMES = 1 << 24      # num_frames
 MAX_GOPS = 1_000_000
 MAX_GOP_FRAMES = 4097     # 4k+1, i.e. at most 1025 latent frames per GOP
-MAX_STEPS = 1000
-MAX_K = 1 << 24
 MAX_SIDE_PAYLOADS = 255
 _VARINT_MAX_BYTES = 10    # values < 2**70; anything longer is malformed
 HASH_BYTES = 8
@@ -53,7 +61,11 @@ FINGERPRINT_BYTES = 8
 
 @dataclass(frozen=True)
 class Header:
-    """Everything the decoder needs besides the model weights (see docs/bitstream.md)."""
+    """Everything the decoder needs besides the model weights (see docs/bitstream.md).
+
+    The sampler (steps, tail, shift, g_scale, K, atoms per frame, codebook, seed) is a
+    ``SamplerConfig``: its own validation is the header's.
+    """
 
     model_fingerprint: bytes           # 8 bytes (truncated sha256 of the model parameters)
     preset: str                        # model preset / name, <= 64 bytes utf-8
@@ -67,32 +79,36 @@ class Header:
     fps_den: int
     gop_frames: int                    # frames per GOP, 4k+1
     num_gops: int
-    steps: int                         # T
-    tail: int                          # deterministic tail steps (tail <= steps)
-    shift: float                       # stored as float32
-    g_scale: float                     # stored as float32
-    K: int                             # codebook size
-    atoms_per_frame: tuple[int, ...]   # M per latent frame of a GOP, 0 < M <= K
-    seed: int                          # codebook / initial-noise seed, 0 <= seed < 2**32
-    codebook: str                      # in CODEBOOK_KINDS
-    flags: int = 0                     # bit field for future options
+    sampler: SamplerConfig
+    flags: int = 0                     # FLAG_GOP_ATOMS (v2)
+    version: int = FORMAT_VERSION      # format version read (1 or 2); written streams are FORMAT_VERSION
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.atoms_per_frame, tuple):
-            try:
-                object.__setattr__(self, "atoms_per_frame", tuple(self.atoms_per_frame))
-            except TypeError:
-                pass  # left as is; validate_header reports it
+    def replace(self, **kw) -> "Header":
+        return dataclasses.replace(self, **kw)
+
+    # The sampler's fields, for readers of the header.
+    steps = property(lambda self: self.sampler.steps)
+    tail = property(lambda self: self.sampler.tail)
+    shift = property(lambda self: self.sampler.shift)
+    g_scale = property(lambda self: self.sampler.g_scale)
+    K = property(lambda self: self.sampler.K)
+    atoms_per_frame = property(lambda self: self.sampler.atoms_per_frame)
+    seed = property(lambda self: self.sampler.seed)
+    codebook = property(lambda self: self.sampler.codebook)
 
     @property
     def latent_frames(self) -> int:
         """Latent frames per GOP (= len(atoms_per_frame) = (gop_frames - 1) // 4 + 1)."""
-        return len(self.atoms_per_frame)
+        return len(self.sampler.atoms_per_frame)
 
     @property
     def stochastic_steps(self) -> int:
         """Steps that carry bits: steps - tail."""
-        return self.steps - self.tail
+        return self.sampler.stochastic_steps
+
+    @property
+    def per_gop_atoms(self) -> bool:
+        return bool(self.flags & FLAG_GOP_ATOMS)
 
 
 @dataclass(frozen=True)
@@ -106,11 +122,15 @@ class GopRecord:
     picks: tuple
     latent_hash: bytes
     side: tuple = ()
+    atoms_per_frame: tuple | None = None  # this GOP's M per latent frame (None: the header's)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, GopRecord):
             return NotImplemented
         if bytes(self.latent_hash) != bytes(other.latent_hash):
+            return False
+        if self.atoms_per_frame is not None and other.atoms_per_frame is not None \
+                and tuple(self.atoms_per_frame) != tuple(other.atoms_per_frame):
             return False
         if [(int(t), bytes(d)) for t, d in self.side] != [(int(t), bytes(d)) for t, d in other.side]:
             return False
@@ -188,18 +208,20 @@ def _is_int(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
-def _f32(x: float) -> float:
-    return struct.unpack(">f", struct.pack(">f", x))[0]
-
-
 def validate_header(h: Header) -> None:
-    """Raise BitstreamError naming the first invalid header field (no heavy work)."""
+    """Raise BitstreamError naming the first invalid header field (no heavy work).
+
+    The sampler's fields were validated when its ``SamplerConfig`` was built; here: the
+    container's own fields and the sampler's agreement with them.
+    """
 
     def bad(msg: str) -> BitstreamError:
         return BitstreamError(f"invalid header: {msg}")
 
     if not isinstance(h, Header):
         raise bad(f"expected Header, got {type(h).__name__}")
+    if not isinstance(h.sampler, SamplerConfig):
+        raise bad(f"sampler must be a SamplerConfig, got {type(h.sampler).__name__}")
     if not isinstance(h.model_fingerprint, (bytes, bytearray)) or len(h.model_fingerprint) != FINGERPRINT_BYTES:
         raise bad(f"model_fingerprint must be {FINGERPRINT_BYTES} bytes")
     if not isinstance(h.preset, str):
@@ -212,13 +234,13 @@ def validate_header(h: Header) -> None:
         raise bad(f"preset longer than {MAX_PRESET_BYTES} bytes utf-8")
     if h.variant not in VARIANTS:
         raise bad(f"variant {h.variant!r} not in {VARIANTS}")
-    if h.codebook not in CODEBOOK_KINDS:
-        raise bad(f"codebook {h.codebook!r} not in {CODEBOOK_KINDS}")
     ints = ("width", "height", "orig_width", "orig_height", "num_frames", "fps_num", "fps_den", "gop_frames",
-            "num_gops", "steps", "tail", "K", "seed", "flags")
+            "num_gops", "flags", "version")
     for name in ints:
         if not _is_int(getattr(h, name)):
             raise bad(f"{name} must be an int, got {getattr(h, name)!r}")
+    if h.version not in READ_VERSIONS:
+        raise bad(f"version {h.version} not in {READ_VERSIONS}")
     for name in ("width", "height"):
         v = getattr(h, name)
         if not (16 <= v <= MAX_SIZE and v % 16 == 0):
@@ -233,45 +255,18 @@ def validate_header(h: Header) -> None:
         raise bad(f"gop_frames={h.gop_frames} must be 4k+1 in [1, {MAX_GOP_FRAMES}]")
     if not 1 <= h.num_gops <= min(h.num_frames, MAX_GOPS):
         raise bad(f"num_gops={h.num_gops} must be in [1, min(num_frames={h.num_frames}, {MAX_GOPS})]")
-    if not 1 <= h.steps <= MAX_STEPS:
-        raise bad(f"steps={h.steps} not in [1, {MAX_STEPS}]")
-    if not 0 <= h.tail <= h.steps:
-        raise bad(f"tail={h.tail} not in [0, steps={h.steps}]")
-    for name in ("shift", "g_scale"):
-        v = getattr(h, name)
-        if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool):
-            raise bad(f"{name} must be a float, got {v!r}")
-        try:
-            v32 = _f32(float(v))
-        except OverflowError:
-            raise bad(f"{name}={v} does not fit in float32") from None
-        if not math.isfinite(v32):
-            raise bad(f"{name}={v} must be finite")
-    if not h.shift > 0:
-        raise bad(f"shift={h.shift} must be > 0")
-    if not h.g_scale >= 0:
-        raise bad(f"g_scale={h.g_scale} must be >= 0")
-    if not 1 <= h.K <= MAX_K:
-        raise bad(f"K={h.K} not in [1, {MAX_K}]")
-    apf = h.atoms_per_frame
-    if not isinstance(apf, tuple):
-        raise bad("atoms_per_frame must be a sequence of ints")
     want = (h.gop_frames - 1) // 4 + 1
-    if len(apf) != want:
-        raise bad(f"atoms_per_frame has {len(apf)} entries, gop_frames={h.gop_frames} has {want} latent frames")
-    for f, m in enumerate(apf):
-        if not _is_int(m) or not 1 <= m <= h.K:
-            raise bad(f"atoms_per_frame[{f}]={m!r} not in [1, K={h.K}]")
-    if not 0 <= h.seed < 1 << 32:
-        raise bad(f"seed={h.seed} not in [0, 2**32)")
-    if not 0 <= h.flags < 1 << 32:
-        raise bad(f"flags={h.flags} not in [0, 2**32)")
+    if h.latent_frames != want:
+        raise bad(f"atoms_per_frame has {h.latent_frames} entries, gop_frames={h.gop_frames} has {want} latent frames")
+    if h.flags & ~KNOWN_FLAGS[h.version] or not 0 <= h.flags < 1 << 32:
+        raise bad(f"flags={h.flags:#x} has bits unknown to format version {h.version}")
 
 
-def payload_bits(header: Header) -> int:
+def payload_bits(header: Header, atoms_per_frame: Sequence[int] | None = None) -> int:
     """Bits of one GOP's picks: stochastic_steps * sum_f (subset_rank_bits(K, M_f) + M_f)."""
-    bits = {m: subset_rank_bits(header.K, m) for m in set(int(m) for m in header.atoms_per_frame)}
-    per_step = sum(bits[int(m)] + int(m) for m in header.atoms_per_frame)
+    apf = header.atoms_per_frame if atoms_per_frame is None else atoms_per_frame
+    bits = {m: subset_rank_bits(header.K, m) for m in set(int(m) for m in apf)}
+    per_step = sum(bits[int(m)] + int(m) for m in apf)
     return header.stochastic_steps * per_step
 
 
@@ -280,7 +275,7 @@ def payload_bits(header: Header) -> int:
 def _encode_header_fields(h: Header) -> bytes:
     """Header bytes without validation (MAGIC .. CRC). Used by write(); tests use it to forge headers."""
     out = bytearray(MAGIC)
-    out.append(FORMAT_VERSION)
+    out.append(h.version)
     out += bytes(h.model_fingerprint)
     preset = h.preset.encode("utf-8")
     out += encode_varint(len(preset)) + preset
@@ -311,8 +306,8 @@ def _parse_header(cur: _Cursor) -> Header:
         raise BitstreamError("not a .gvc stream (bad magic)")
     cur.pos += len(MAGIC)
     version = cur.u8("format version")
-    if version != FORMAT_VERSION:
-        raise BitstreamError(f"unsupported .gvc format version {version} (this reader supports {FORMAT_VERSION})")
+    if version not in READ_VERSIONS:
+        raise BitstreamError(f"unsupported .gvc format version {version} (this reader supports {READ_VERSIONS})")
     fingerprint = cur.take(FINGERPRINT_BYTES, "model fingerprint")
     n = cur.varint("preset length")
     if n > MAX_PRESET_BYTES:
@@ -321,8 +316,9 @@ def _parse_header(cur: _Cursor) -> Header:
     variant_i = cur.u8("variant")
     codebook_i = cur.u8("codebook kind")
     names = ("width", "height", "orig_width", "orig_height", "num_frames", "fps_num", "fps_den",
-             "gop_frames", "num_gops", "steps", "tail")
+             "gop_frames", "num_gops")
     vals = {name: cur.varint(name) for name in names}
+    steps, tail = cur.varint("steps"), cur.varint("tail")
     shift, g_scale = struct.unpack(">ff", cur.take(8, "shift and g_scale"))
     K = cur.varint("K")
     n_lat = cur.varint("latent frame count")
@@ -343,14 +339,22 @@ def _parse_header(cur: _Cursor) -> Header:
         preset = preset_raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BitstreamError("invalid header: preset is not valid utf-8") from None
-    h = Header(model_fingerprint=fingerprint, preset=preset, variant=VARIANTS[variant_i], shift=shift,
-               g_scale=g_scale, K=K, atoms_per_frame=apf, seed=seed, codebook=CODEBOOK_KINDS[codebook_i],
-               flags=flags, **vals)
+    try:
+        sampler = SamplerConfig(steps=steps, tail=tail, g_scale=g_scale, shift=shift, K=K, atoms_per_frame=apf,
+                                codebook=CODEBOOK_KINDS[codebook_i], seed=seed)
+    except ValueError as err:
+        raise BitstreamError(f"invalid header: {err}") from None
+    h = Header(model_fingerprint=fingerprint, preset=preset, variant=VARIANTS[variant_i], sampler=sampler,
+               flags=flags, version=version, **vals)
     validate_header(h)
     return h
 
 
 # ----------------------------------------------------------------------------------- records
+
+def _record_atoms(h: Header, rec: GopRecord) -> tuple:
+    return tuple(h.atoms_per_frame) if rec.atoms_per_frame is None else tuple(rec.atoms_per_frame)
+
 
 def _validate_record(h: Header, g: int, rec: GopRecord) -> None:
     def bad(msg: str) -> BitstreamError:
@@ -360,6 +364,12 @@ def _validate_record(h: Header, g: int, rec: GopRecord) -> None:
         raise bad(f"expected GopRecord, got {type(rec).__name__}")
     if not isinstance(rec.latent_hash, (bytes, bytearray)) or len(rec.latent_hash) != HASH_BYTES:
         raise bad(f"latent_hash must be {HASH_BYTES} bytes")
+    apf = _record_atoms(h, rec)
+    if len(apf) != h.latent_frames or any(not _is_int(m) or not 1 <= m <= cap
+                                          for m, cap in zip(apf, h.atoms_per_frame)):
+        raise bad(f"atoms per frame {apf} must be {h.latent_frames} ints, each in [1, header's {h.atoms_per_frame}]")
+    if not h.per_gop_atoms and apf != tuple(h.atoms_per_frame):
+        raise bad(f"atoms per frame {apf} differ from the header's, but the header has no FLAG_GOP_ATOMS")
     if len(rec.picks) != h.stochastic_steps:
         raise bad(f"{len(rec.picks)} steps of picks, header has {h.stochastic_steps} stochastic steps")
     for s, step in enumerate(rec.picks):
@@ -369,7 +379,7 @@ def _validate_record(h: Header, g: int, rec: GopRecord) -> None:
             if len(pick) != 2:
                 raise bad(f"picks[{s}][{f}] must be (indices, signs)")
             idx, sg = np.asarray(pick[0]), np.asarray(pick[1])
-            m = h.atoms_per_frame[f]
+            m = apf[f]
             if idx.shape != (m,) or sg.shape != (m,):
                 raise bad(f"picks[{s}][{f}] shapes {idx.shape}, {sg.shape}, expected ({m},)")
             if not np.issubdtype(idx.dtype, np.integer) or not np.issubdtype(sg.dtype, np.integer):
@@ -390,9 +400,9 @@ def _validate_record(h: Header, g: int, rec: GopRecord) -> None:
             raise bad(f"side[{i}] data must be bytes")
 
 
-def _encode_picks(h: Header, picks) -> bytes:
+def _encode_picks(h: Header, picks, apf) -> bytes:
     bw = BitWriter()
-    rank_bits = [subset_rank_bits(h.K, m) for m in h.atoms_per_frame]
+    rank_bits = [subset_rank_bits(h.K, m) for m in apf]
     for step in picks:
         for f, (idx, sg) in enumerate(step):
             bw.write(rank_subset(np.asarray(idx).tolist(), h.K), rank_bits[f])
@@ -403,8 +413,12 @@ def _encode_picks(h: Header, picks) -> bytes:
 
 
 def _encode_body(h: Header, rec: GopRecord) -> bytes:
+    apf = _record_atoms(h, rec)
     out = bytearray(rec.latent_hash)
-    out += _encode_picks(h, rec.picks)
+    if h.per_gop_atoms:
+        for m in apf:
+            out += encode_varint(m)
+    out += _encode_picks(h, rec.picks, apf)
     out += encode_varint(len(rec.side))
     for tag, data in rec.side:
         out.append(int(tag))
@@ -412,15 +426,22 @@ def _encode_body(h: Header, rec: GopRecord) -> bytes:
     return bytes(out)
 
 
-def _decode_picks(h: Header, data: bytes, g: int) -> tuple:
+def record_crc(h: Header, g: int, body: bytes) -> int:
+    """v1: CRC32 of the body; v2: seeded with the GOP index, binding the record to its position."""
+    if h.version == 1:
+        return zlib.crc32(body)
+    return zlib.crc32(body, zlib.crc32(b"GOP" + encode_varint(g)))
+
+
+def _decode_picks(h: Header, data: bytes, g: int, apf) -> tuple:
     br = BitReader(data)
-    combs = {m: math.comb(h.K, m) for m in set(h.atoms_per_frame)}
-    rank_bits = [(combs[m] - 1).bit_length() for m in h.atoms_per_frame]
-    totals = [combs[m] for m in h.atoms_per_frame]
+    combs = {m: math.comb(h.K, m) for m in set(apf)}
+    rank_bits = [(combs[m] - 1).bit_length() for m in apf]
+    totals = [combs[m] for m in apf]
     steps = []
     for s in range(h.stochastic_steps):
         frames = []
-        for f, m in enumerate(h.atoms_per_frame):
+        for f, m in enumerate(apf):
             rank = br.read(rank_bits[f])
             if rank >= totals[f]:
                 raise BitstreamError(f"GOP {g} step {s} frame {f}: subset rank out of range (corrupted picks)")
@@ -434,21 +455,29 @@ def _decode_picks(h: Header, data: bytes, g: int) -> tuple:
     return tuple(steps)
 
 
-def _parse_record(h: Header, cur: _Cursor, g: int, pick_bytes: int) -> GopRecord:
+def _parse_record(h: Header, cur: _Cursor, g: int) -> GopRecord:
     body_len = cur.varint(f"GOP {g} record length")
     if body_len + 4 > cur.left:
         raise BitstreamError(f"truncated stream: GOP {g} record claims {body_len} bytes, {max(cur.left - 4, 0)} left")
     (crc,) = struct.unpack(">I", cur.take(4, f"GOP {g} CRC"))
     body_start = cur.pos
     body = cur.take(body_len, f"GOP {g} record")
-    if zlib.crc32(body) != crc:
-        raise BitstreamError(f"GOP {g}: CRC mismatch (corrupted record)")
-    if body_len < HASH_BYTES + pick_bytes + 1:
-        raise BitstreamError(f"GOP {g}: record of {body_len} bytes is shorter than its "
-                             f"{HASH_BYTES + pick_bytes + 1}-byte minimum")
+    if record_crc(h, g, body) != crc:
+        raise BitstreamError(f"GOP {g}: CRC mismatch (corrupted, reordered or duplicated record)")
     bc = _Cursor(cur.data, body_start, body_start + body_len)
     latent_hash = bc.take(HASH_BYTES, f"GOP {g} latent hash")
-    picks = _decode_picks(h, bc.take(pick_bytes, f"GOP {g} picks"), g)
+    apf = tuple(h.atoms_per_frame)
+    if h.per_gop_atoms:
+        apf = tuple(bc.varint(f"GOP {g} atoms_per_frame[{f}]") for f in range(h.latent_frames))
+        for f, (m, cap) in enumerate(zip(apf, h.atoms_per_frame)):
+            if not 1 <= m <= cap:
+                raise BitstreamError(f"GOP {g}: atoms_per_frame[{f}]={m} not in [1, header's {cap}]")
+    if h.stochastic_steps * sum(apf) // 8 > bc.left:  # the sign bits alone do not fit: no big-int work
+        raise BitstreamError(f"GOP {g}: record of {body_len} bytes cannot hold the sign bits of {apf} atoms")
+    pick_bytes = (payload_bits(h, apf) + 7) // 8
+    if pick_bytes + 1 > bc.left:
+        raise BitstreamError(f"GOP {g}: record of {body_len} bytes is shorter than its {pick_bytes}-byte picks")
+    picks = _decode_picks(h, bc.take(pick_bytes, f"GOP {g} picks"), g, apf)
     n_side = bc.varint(f"GOP {g} side payload count")
     if n_side > MAX_SIDE_PAYLOADS or 2 * n_side > bc.left:
         raise BitstreamError(f"GOP {g}: side payload count {n_side} does not fit the record")
@@ -459,7 +488,8 @@ def _parse_record(h: Header, cur: _Cursor, g: int, pick_bytes: int) -> GopRecord
         side.append((tag, bc.take(n, f"GOP {g} side[{i}] data")))
     if bc.left:
         raise BitstreamError(f"GOP {g}: {bc.left} unexpected trailing bytes in the record")
-    return GopRecord(picks=picks, latent_hash=latent_hash, side=tuple(side))
+    return GopRecord(picks=picks, latent_hash=latent_hash, side=tuple(side),
+                     atoms_per_frame=apf if h.per_gop_atoms else None)
 
 
 # ----------------------------------------------------------------------------------- API
@@ -467,16 +497,25 @@ def _parse_record(h: Header, cur: _Cursor, g: int, pick_bytes: int) -> GopRecord
 def write(header: Header, records: Sequence[GopRecord]) -> bytes:
     """Serialise a header and its num_gops GOP records; validates everything first."""
     validate_header(header)
+    if header.version != FORMAT_VERSION:
+        raise BitstreamError(f"this writer writes format version {FORMAT_VERSION}, not {header.version}")
     records = list(records)
     if len(records) != header.num_gops:
         raise BitstreamError(f"header says num_gops={header.num_gops}, got {len(records)} records")
     for g, rec in enumerate(records):
         _validate_record(header, g, rec)
     out = bytearray(_encode_header_fields(header))
-    for rec in records:
+    for g, rec in enumerate(records):
         body = _encode_body(header, rec)
-        out += encode_varint(len(body)) + struct.pack(">I", zlib.crc32(body)) + body
+        out += encode_varint(len(body)) + struct.pack(">I", record_crc(header, g, body)) + body
     return bytes(out)
+
+
+def read_header(data: bytes) -> tuple[Header, int]:
+    """Parse and validate just the header: -> (header, its size in bytes)."""
+    cur = _Cursor(bytes(data))
+    h = _parse_header(cur)
+    return h, cur.pos
 
 
 def read(data: bytes) -> tuple[Header, list[GopRecord]]:
@@ -487,16 +526,17 @@ def read(data: bytes) -> tuple[Header, list[GopRecord]]:
     cur = _Cursor(data)
     h = _parse_header(cur)
     # Cheap lower bound before any big-int work: every record holds at least 4 (CRC) + 1 (length)
-    # + 8 (hash) + 1 (side count) bytes plus the sign bits of its picks.
-    sign_bytes = h.stochastic_steps * sum(h.atoms_per_frame) // 8
-    if h.num_gops * (14 + sign_bytes) > cur.left:
-        raise BitstreamError(f"truncated stream: {h.num_gops} GOPs need at least {h.num_gops * (14 + sign_bytes)} "
+    # + 8 (hash) + 1 (side count) bytes plus its atom counts (v2) or the sign bits of its picks.
+    if h.per_gop_atoms:
+        min_record = 14 + h.latent_frames + h.stochastic_steps * h.latent_frames // 8
+    else:
+        min_record = 14 + h.stochastic_steps * sum(h.atoms_per_frame) // 8  # sign bits: no big-int work yet
+        if h.num_gops * min_record <= cur.left:
+            min_record = 14 + (payload_bits(h) + 7) // 8
+    if h.num_gops * min_record > cur.left:
+        raise BitstreamError(f"truncated stream: {h.num_gops} GOPs need at least {h.num_gops * min_record} "
                              f"bytes, {cur.left} left")
-    pick_bytes = (payload_bits(h) + 7) // 8
-    if h.num_gops * (14 + pick_bytes) > cur.left:
-        raise BitstreamError(f"truncated stream: {h.num_gops} GOPs of {pick_bytes}-byte picks need at least "
-                             f"{h.num_gops * (14 + pick_bytes)} bytes, {cur.left} left")
-    records = [_parse_record(h, cur, g, pick_bytes) for g in range(h.num_gops)]
+    records = [_parse_record(h, cur, g) for g in range(h.num_gops)]
     if cur.left:
         raise BitstreamError(f"{cur.left} unexpected trailing bytes after the last GOP")
     return h, records

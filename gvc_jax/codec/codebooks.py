@@ -1,4 +1,5 @@
-"""Shared seeded codebooks: atom generation and the encoder's top-M search (SPEC §5, §10).
+"""Shared seeded codebooks: atom generation and the encoder's top-M search
+(docs/method_notes.md §Codebook noise selection, §Determinism).
 
 For each (GOP, stochastic step, latent frame) encoder and decoder derive the same key with
 :func:`frame_key` and thereby the same codebook of ``K`` atoms of dimension ``D`` (one flattened
@@ -6,20 +7,22 @@ latent frame). The encoder keeps the ``M`` atoms with the largest ``|<atom, resi
 signs (:meth:`Codebook.search`); both sides rebuild the noise with :meth:`Codebook.combine`.
 A codebook is never held whole: only ``K`` scalars exist during a search.
 
-Kinds (``KINDS``; a stream header stores the index into it):
+Kinds (``KINDS``; a stream header stores the index into it), one :class:`Codebook` subclass each,
+registered in ``CODEBOOKS``; ``Codebook(kind, K, D)`` and :func:`get_codebook` build the right one:
 
-- ``hadamard`` (default): atom k = ``(H_P[row(k)] * d)[:D]``, ``H_P`` the Sylvester-ordered P x P
-  Walsh-Hadamard matrix, ``P = next_pow2(D)``, ``d`` a seeded +-1 diagonal, ``row`` a seeded
+- ``hadamard`` (default, :class:`HadamardCodebook`): atom k = ``(H_P[row(k)] * d)[:D]``, ``H_P``
+  the Sylvester-ordered P x P Walsh-Hadamard matrix, ``P = next_pow2(D)``, ``d`` a seeded +-1 diagonal, ``row`` a seeded
   bijection of ``[0, P)`` built from invertible mod-2^n operations (O(1) per index). All K inner
   products cost one fast Walsh-Hadamard transform (O(P log P)); ``combine`` costs one more.
   Integer-exact up to the final rescale. When ``K > P`` the codebook is the union of
   ``B = ceil(K / P)`` randomised Hadamard bases: atom k belongs to basis ``b = k // P`` with its own
   seeded sign diagonal and row bijection (basis 0 is the single-basis codebook itself), and the
   search costs B transforms (O(K log P)).
-- ``rademacher``: atom k = +-1 from raw threefry bits of ``fold_in(key, k)``; 64 signs per threefry
-  call (both output words). Streaming search (``lax.scan`` over blocks of atoms).
-- ``gaussian``: atom k = ``jax.random.normal(fold_in(key, k), (D,))`` (the published method, fp32).
-  Streaming search. Its bits are those of ``jax_threefry_partitionable=True`` (JAX's default);
+- ``rademacher`` (:class:`RademacherCodebook`): atom k = +-1 from raw threefry bits of
+  ``fold_in(key, k)``; 64 signs per threefry call (both output words). Streaming search
+  (``lax.scan`` over blocks of atoms, shared with ``gaussian`` in ``_StreamedCodebook``).
+- ``gaussian`` (:class:`GaussianCodebook`): atom k = ``jax.random.normal(fold_in(key, k), (D,))``
+  (the published method, fp32). Streaming search. Its bits are those of ``jax_threefry_partitionable=True`` (JAX's default);
   the other setting is refused.
 
 Atom k's values depend only on (key, kind, D, k): never on block sizes or on which indices are
@@ -38,7 +41,6 @@ import jax
 import jax.numpy as jnp
 from jax.extend.random import threefry2x32_p
 
-KINDS = ("hadamard", "gaussian", "rademacher")
 # Format constant. Atom keys are fold_in(key, k) directly, so no block index enters the key chain;
 # the constant bounds the search's internal block (which never changes atom values).
 ATOM_BLOCK = 256
@@ -153,15 +155,23 @@ def _signs_of(ip: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class Codebook:
-    """K seeded atoms of dimension D of one kind. Hashable: pass it as a static jit argument."""
+    """K seeded atoms of dimension D of one kind. Hashable: pass it as a static jit argument.
+
+    ``Codebook(kind, K, D)`` builds the class registered for ``kind`` in ``CODEBOOKS``; instances
+    with equal (kind, K, D) are equal and hash alike. Subclasses implement ``atoms``,
+    ``inner_products``, ``_search`` (top-M after the checks of ``search``) and ``_combine``.
+    """
 
     kind: str
     K: int
     D: int
 
+    def __new__(cls, kind=None, *args, **kwargs):
+        return super().__new__(_codebook_class(kind) if cls is Codebook else cls)
+
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise CodebookError(f"unknown codebook kind {self.kind!r}; expected one of {KINDS}")
+        if _codebook_class(self.kind) is not type(self):
+            raise CodebookError(f"{type(self).__name__} is not the codebook of kind {self.kind!r}")
         if int(self.D) < 1:
             raise CodebookError(f"codebook dimension D must be >= 1, got {self.D}")
         if int(self.K) < 1:
@@ -181,11 +191,48 @@ class Codebook:
         b = max(1, min(ATOM_BLOCK, _BLOCK_ELEMS // max(1, self.D)))
         return 1 << (b.bit_length() - 1)  # power of two <= b
 
-    # ------------------------------------------------------------------ hadamard pieces
     @property
     def bases(self) -> int:
         """Number of randomised Hadamard bases (hadamard kind): ceil(K / P)."""
         return -(-self.K // self.P)
+
+    # ------------------------------------------------------------------ public API
+    def atoms(self, key, indices) -> jax.Array:
+        """Atoms for int indices [n] -> [n, D] float32 (+-1, or N(0,1) for gaussian)."""
+        raise NotImplementedError
+
+    def inner_products(self, key, residual) -> jax.Array:
+        """[K] float32 <atom_k, residual> (materialises K scalars; for tests / small K)."""
+        raise NotImplementedError
+
+    def search(self, key, residual, M: int) -> tuple[jax.Array, jax.Array]:
+        """Top-M atoms by |<atom, residual>|: residual [D] -> (indices [M] int32, signs [M] float32).
+
+        Ordered by decreasing |inner product|, ties by lower index; sign(0) = +1.
+        """
+        M = int(M)
+        if not 1 <= M <= self.K:
+            raise CodebookError(f"search needs 1 <= M <= K = {self.K}, got M = {M}")
+        return self._search(key, residual, M)
+
+    def combine(self, key, indices, coeffs) -> jax.Array:
+        """z [D] = sum_k coeffs_k atom_k rescaled to unit population std (all-zero coeffs -> zeros).
+
+        indices [M] int32, coeffs [M] float32 in {-1, 0, +1}; 0 marks an unused slot.
+        """
+        indices = jnp.asarray(indices, dtype=jnp.int32)
+        return self._combine(key, indices, jnp.asarray(coeffs, dtype=jnp.float32))
+
+    def _search(self, key, residual, M: int) -> tuple[jax.Array, jax.Array]:
+        raise NotImplementedError
+
+    def _combine(self, key, indices, coeffs) -> jax.Array:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class HadamardCodebook(Codebook):
+    """Union of ``bases`` randomised Walsh-Hadamard bases: one FWHT per basis gives all K products."""
 
     def _basis_key(self, key, b: int):
         return key if b == 0 else jax.random.fold_in(key, _TAG_HADAMARD_BASIS + b)
@@ -215,7 +262,21 @@ class Codebook:
             x = x ^ ((x << sl) & mask)
         return x
 
-    def _had_ip_all(self, key, residual) -> jax.Array:
+    def atoms(self, key, indices) -> jax.Array:
+        indices = jnp.asarray(indices, dtype=jnp.int32)
+        cols = jnp.arange(self.D, dtype=jnp.uint32)
+        basis = indices // self.P
+        out = jnp.zeros((indices.shape[0], self.D), jnp.float32)
+        for b in range(self.bases):
+            kb = self._basis_key(key, b)
+            d = self._had_signs(kb)[: self.D]
+            rows = self._had_rows(kb, indices - b * self.P)
+            parity = jax.lax.population_count(rows[:, None] & cols[None, :]) & jnp.uint32(1)
+            atoms_b = jnp.where(parity == 0, 1.0, -1.0).astype(jnp.float32) * d[None, :]
+            out = jnp.where((basis == b)[:, None], atoms_b, out)
+        return out
+
+    def inner_products(self, key, residual) -> jax.Array:
         """[K] inner products via one FWHT of d_b * pad(residual) per basis b."""
         r = jnp.pad(residual.astype(jnp.float32), (0, self.P - self.D))
         out = []
@@ -227,23 +288,39 @@ class Codebook:
             out.append(y[rows.astype(jnp.int32)])
         return out[0] if len(out) == 1 else jnp.concatenate(out)
 
-    # ------------------------------------------------------------------ streamed kinds
-    def _atom_one(self, key, k) -> jax.Array:
-        """[D] float32 atom k (rademacher / gaussian)."""
-        ak = jax.random.fold_in(key, k)
-        if self.kind == "rademacher":
-            return jnp.where(_sign_bits(ak, self.D), 1.0, -1.0).astype(jnp.float32)
-        if not jax.config.jax_threefry_partitionable:
-            raise RuntimeError("gaussian codebook atoms are defined with jax_threefry_partitionable=True")
-        return jax.random.normal(ak, (self.D,), dtype=jnp.float32)
+    def _search(self, key, residual, M: int):
+        ips = self.inner_products(key, residual)
+        _, idx = jax.lax.top_k(jnp.abs(ips), M)
+        return idx.astype(jnp.int32), _signs_of(ips[idx])
+
+    def _combine(self, key, indices, coeffs):
+        basis = indices // self.P
+        z = jnp.zeros((self.P,), jnp.float32)
+        for b in range(self.bases):
+            kb = self._basis_key(key, b)
+            rows = self._had_rows(kb, indices - b * self.P).astype(jnp.int32)
+            v = jnp.zeros((self.P,), jnp.float32).at[rows].add(jnp.where(basis == b, coeffs, 0.0))
+            z = z + fwht(v) * self._had_signs(kb)  # integer-valued: exact in float32
+        z = z[: self.D]
+        return _unit_std_exact(z) if coeffs.shape[0] < 4096 else _unit_std_float(z)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamedCodebook(Codebook):
+    """Atom k generated alone from ``fold_in(key, k)``; searched by a ``lax.scan`` over blocks."""
+
+    def _atom(self, key, k) -> jax.Array:
+        """[D] float32 atom k."""
+        raise NotImplementedError
 
     def _block_ips(self, key, idx, residual) -> jax.Array:
         """[B] inner products of the atoms idx [B] with residual [D]."""
-        if self.kind == "rademacher":
-            bits = jax.vmap(lambda k: _sign_bits(jax.random.fold_in(key, k), self.D))(idx)
-            return jnp.sum(jnp.where(bits, residual[None, :], -residual[None, :]), axis=-1)
-        a = jax.vmap(lambda k: self._atom_one(key, k))(idx)
+        a = jax.vmap(lambda k: self._atom(key, k))(idx)
         return jnp.dot(a, residual, precision=jax.lax.Precision.HIGHEST)
+
+    def _rescale(self, z, n: int) -> jax.Array:
+        """The sum z [D] of n signed atoms at unit population std."""
+        return _unit_std_float(z)
 
     def _stream(self, key, residual, body, init):
         """Scan over ceil(K / block) blocks; body(carry, idx [B] int32, valid [B] bool, ips [B])."""
@@ -259,48 +336,18 @@ class Codebook:
 
         return jax.lax.scan(step, init, jnp.arange(n_blocks, dtype=jnp.int32))
 
-    # ------------------------------------------------------------------ public API
     def atoms(self, key, indices) -> jax.Array:
-        """Atoms for int indices [n] -> [n, D] float32 (+-1, or N(0,1) for gaussian)."""
         indices = jnp.asarray(indices, dtype=jnp.int32)
-        if self.kind == "hadamard":
-            cols = jnp.arange(self.D, dtype=jnp.uint32)
-            basis = indices // self.P
-            out = jnp.zeros((indices.shape[0], self.D), jnp.float32)
-            for b in range(self.bases):
-                kb = self._basis_key(key, b)
-                d = self._had_signs(kb)[: self.D]
-                rows = self._had_rows(kb, indices - b * self.P)
-                parity = jax.lax.population_count(rows[:, None] & cols[None, :]) & jnp.uint32(1)
-                atoms_b = jnp.where(parity == 0, 1.0, -1.0).astype(jnp.float32) * d[None, :]
-                out = jnp.where((basis == b)[:, None], atoms_b, out)
-            return out
-        return jax.vmap(lambda k: self._atom_one(key, k))(indices)
+        return jax.vmap(lambda k: self._atom(key, k))(indices)
 
     def inner_products(self, key, residual) -> jax.Array:
-        """[K] float32 <atom_k, residual> (materialises K scalars; for tests / small K)."""
-        if self.kind == "hadamard":
-            return self._had_ip_all(key, residual)
-
         def body(carry, idx, valid, ips):
             return carry, ips
 
         _, ips = self._stream(key, residual, body, ())
         return ips.reshape(-1)[: self.K]
 
-    def search(self, key, residual, M: int) -> tuple[jax.Array, jax.Array]:
-        """Top-M atoms by |<atom, residual>|: residual [D] -> (indices [M] int32, signs [M] float32).
-
-        Ordered by decreasing |inner product|, ties by lower index; sign(0) = +1.
-        """
-        M = int(M)
-        if not 1 <= M <= self.K:
-            raise CodebookError(f"search needs 1 <= M <= K = {self.K}, got M = {M}")
-        if self.kind == "hadamard":
-            ips = self._had_ip_all(key, residual)
-            _, idx = jax.lax.top_k(jnp.abs(ips), M)
-            return idx.astype(jnp.int32), _signs_of(ips[idx])
-
+    def _search(self, key, residual, M: int):
         def body(carry, idx, valid, ips):
             best_s, best_i, best_ip = carry
             score = jnp.where(valid, jnp.abs(ips), -jnp.inf)
@@ -316,32 +363,51 @@ class Codebook:
         (_, idx, ips), _ = self._stream(key, residual, body, init)
         return idx, _signs_of(ips)
 
-    def combine(self, key, indices, coeffs) -> jax.Array:
-        """z [D] = sum_k coeffs_k atom_k rescaled to unit population std (all-zero coeffs -> zeros).
+    def _combine(self, key, indices, coeffs):
+        z = jnp.sum(coeffs[:, None] * self.atoms(key, indices), axis=0)
+        return self._rescale(z, coeffs.shape[0])
 
-        indices [M] int32, coeffs [M] float32 in {-1, 0, +1}; 0 marks an unused slot.
-        """
-        indices = jnp.asarray(indices, dtype=jnp.int32)
-        coeffs = jnp.asarray(coeffs, dtype=jnp.float32)
-        if self.kind == "hadamard":
-            basis = indices // self.P
-            z = jnp.zeros((self.P,), jnp.float32)
-            for b in range(self.bases):
-                kb = self._basis_key(key, b)
-                rows = self._had_rows(kb, indices - b * self.P).astype(jnp.int32)
-                v = jnp.zeros((self.P,), jnp.float32).at[rows].add(jnp.where(basis == b, coeffs, 0.0))
-                z = z + fwht(v) * self._had_signs(kb)  # integer-valued: exact in float32
-            z = z[: self.D]
-            return _unit_std_exact(z) if coeffs.shape[0] < 4096 else _unit_std_float(z)
-        a = self.atoms(key, indices)
-        z = jnp.sum(coeffs[:, None] * a, axis=0)
-        if self.kind == "rademacher" and coeffs.shape[0] < 4096:
-            return _unit_std_exact(z)
-        return _unit_std_float(z)
+
+@dataclasses.dataclass(frozen=True)
+class GaussianCodebook(_StreamedCodebook):
+    """Atom k = ``jax.random.normal(fold_in(key, k), (D,))`` (partitionable threefry bits)."""
+
+    def _atom(self, key, k) -> jax.Array:
+        if not jax.config.jax_threefry_partitionable:
+            raise RuntimeError("gaussian codebook atoms are defined with jax_threefry_partitionable=True")
+        return jax.random.normal(jax.random.fold_in(key, k), (self.D,), dtype=jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class RademacherCodebook(_StreamedCodebook):
+    """Atom k = +-1 from the raw threefry bits of ``fold_in(key, k)``; integer-exact sums."""
+
+    def _atom(self, key, k) -> jax.Array:
+        return jnp.where(_sign_bits(jax.random.fold_in(key, k), self.D), 1.0, -1.0).astype(jnp.float32)
+
+    def _block_ips(self, key, idx, residual) -> jax.Array:
+        bits = jax.vmap(lambda k: _sign_bits(jax.random.fold_in(key, k), self.D))(idx)
+        return jnp.sum(jnp.where(bits, residual[None, :], -residual[None, :]), axis=-1)
+
+    def _rescale(self, z, n: int) -> jax.Array:
+        return _unit_std_exact(z) if n < 4096 else _unit_std_float(z)
+
+
+# Kind name -> class. The order is a format constant: a stream header stores the index into KINDS.
+CODEBOOKS = {"hadamard": HadamardCodebook, "gaussian": GaussianCodebook, "rademacher": RademacherCodebook}
+KINDS = tuple(CODEBOOKS)
+
+
+def _codebook_class(kind) -> type:
+    """The registered :class:`Codebook` subclass of ``kind`` (raises CodebookError if unknown)."""
+    cls = CODEBOOKS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise CodebookError(f"unknown codebook kind {kind!r}; expected one of {KINDS}")
+    return cls
 
 
 def get_codebook(kind: str, K: int, D: int) -> Codebook:
     """Validated :class:`Codebook` (raises CodebookError, a ValueError, on bad kind / K / D)."""
     if not isinstance(kind, str):
         raise CodebookError(f"codebook kind must be a string, got {type(kind).__name__}")
-    return Codebook(kind=kind, K=int(K), D=int(D))
+    return _codebook_class(kind)(kind=kind, K=int(K), D=int(D))

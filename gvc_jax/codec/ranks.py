@@ -2,7 +2,8 @@
 
 A codebook pick for one (step, latent frame) is a subset of M atom indices out of K. Any such
 subset is coded by its rank in the combinatorial number system, an integer in [0, C(K, M)),
-written in ``ceil(log2 C(K, M))`` bits (SPEC §6). For indices ``c_0 < c_1 < ... < c_{M-1}``:
+written in ``ceil(log2 C(K, M))`` bits (docs/method_notes.md §Rate accounting).
+For indices ``c_0 < c_1 < ... < c_{M-1}``:
 
     rank = sum_j C(c_j, j + 1)
 

@@ -1,4 +1,9 @@
-"""Sampler settings and the shifted rectified-flow time grid (SPEC.md §3-4).
+"""Sampler settings and the shifted rectified-flow time grid (docs/method_notes.md).
+
+``SamplerConfig`` is the one place where the sampler's fields, their defaults and their valid
+ranges are defined: the command line, the Python API and the stream header all build one, so a
+value that passes here is one the trajectory can run, and a header that passes the reader's
+validation always yields a valid ``SamplerConfig``.
 
 Everything here is static, host-side numpy (float64) so that the encoder and the decoder
 derive bit-identical per-step tables from the header alone.
@@ -6,10 +11,13 @@ derive bit-identical per-step tables from the header alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
+
+from gvc_jax.codec.codebooks import KINDS as CODEBOOK_KINDS  # the stream's codebook byte indexes these
 
 DEFAULT_STEPS = 20
 DEFAULT_TAIL = 3
@@ -20,20 +28,53 @@ DEFAULT_CODEBOOK = "hadamard"
 # Index of the initial-noise stream in the key chain; larger than any step index.
 INITIAL_NOISE_STREAM = 1_000_000
 
+# Valid ranges (also the stream format's limits; docs/bitstream.md explains each).
+MAX_STEPS = 1000
+MAX_K = 1 << 24
+SHIFT_RANGE = (0.05, 20.0)      # Wan uses 3-5; outside this the grid collapses onto t = 0 or t = 1
+G_SCALE_RANGE = (0.0, 10.0)     # the published sweet spot is 2-3; far above it the SDE diverges
+MIN_ATOM_CAPACITY = 16
+
+
+class SamplerError(ValueError):
+    """A sampler setting outside its valid range."""
+
 
 def default_shift(height: int, width: int) -> float:
-    """SPEC §3: shift 5.0 above 480p (more pixels than 480x832), 3.0 at or below."""
+    """Shift 5.0 above 480p (more pixels than 480x832), 3.0 at or below."""
     return 5.0 if height * width > 480 * 832 else 3.0
 
 
 def f32(x: float) -> float:
     """Round a Python float to the nearest float32, the precision the header stores."""
-    return float(np.float32(x))
+    with np.errstate(over="ignore"):
+        return float(np.float32(x))
+
+
+def latent_frames(frames: int, temporal_stride: int = 4) -> int:
+    """Latent frames of a ``stride*k + 1``-frame clip."""
+    return (int(frames) - 1) // temporal_stride + 1
+
+
+def atom_capacity(max_atoms: int, K: int) -> int:
+    """Atom slots of the compiled trajectory for a largest M: the next power of two >= M, at least
+    16, at most K. Every M up to the capacity runs in the same compiled program."""
+    cap = max(MIN_ATOM_CAPACITY, 1 << max(0, int(max_atoms) - 1).bit_length())
+    return max(1, min(int(K), cap))
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How a GOP's trajectory is sampled and coded. All fields travel in the header."""
+    """How a GOP's trajectory is sampled and coded. All fields travel in the stream header.
+
+    ``shift`` and ``g_scale`` are stored rounded to float32 (the header's precision), so a config
+    survives a header round trip unchanged. ``atoms_per_frame`` is M for each latent frame of a
+    GOP: the largest M a GOP may use (a v2 stream may lower it per GOP).
+    """
 
     steps: int = DEFAULT_STEPS
     tail: int = DEFAULT_TAIL
@@ -45,21 +86,50 @@ class SamplerConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        try:
+            apf = tuple(self.atoms_per_frame)
+        except TypeError:
+            raise SamplerError(f"atoms_per_frame must be a sequence of ints, got {self.atoms_per_frame!r}") from None
+        object.__setattr__(self, "atoms_per_frame", apf)
+        for name in ("steps", "tail", "K", "seed"):
+            if not _is_int(getattr(self, name)):
+                raise SamplerError(f"{name} must be an int, got {getattr(self, name)!r}")
+        for name in ("shift", "g_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+                raise SamplerError(f"{name} must be a number, got {v!r}")
+            object.__setattr__(self, name, f32(float(v)))
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise SamplerError(f"steps must be in [1, {MAX_STEPS}], got {self.steps}")
         if not 1 <= self.tail <= self.steps:
-            raise ValueError(f"tail must be in [1, steps={self.steps}] (the step that ends at t = 0 is "
-                             f"always deterministic), got {self.tail}")
-        if self.g_scale < 0:
-            raise ValueError(f"g_scale must be >= 0, got {self.g_scale}")
-        if self.shift <= 0:
-            raise ValueError(f"shift must be > 0, got {self.shift}")
-        if self.K < 1:
-            raise ValueError(f"codebook size K must be >= 1, got {self.K}")
-        if not self.atoms_per_frame or any(not 1 <= m <= self.K for m in self.atoms_per_frame):
-            raise ValueError(f"atoms per frame must be in [1, K={self.K}], got {self.atoms_per_frame}")
+            raise SamplerError(f"tail must be in [1, steps={self.steps}] (the step that ends at t = 0 is "
+                               f"always deterministic), got {self.tail}")
+        lo, hi = G_SCALE_RANGE
+        if not (math.isfinite(self.g_scale) and lo <= self.g_scale <= hi):
+            raise SamplerError(f"g_scale must be in [{lo}, {hi}], got {self.g_scale}")
+        lo, hi = SHIFT_RANGE
+        if not (math.isfinite(self.shift) and lo <= self.shift <= hi):
+            raise SamplerError(f"shift must be in [{lo}, {hi}], got {self.shift}")
+        if not 1 <= self.K <= MAX_K:
+            raise SamplerError(f"codebook size K must be in [1, {MAX_K}], got {self.K}")
+        if not apf or any(not _is_int(m) or not 1 <= m <= self.K for m in apf):
+            raise SamplerError(f"atoms per frame must be ints in [1, K={self.K}], got {apf}")
+        object.__setattr__(self, "atoms_per_frame", tuple(int(m) for m in apf))
+        if self.codebook not in CODEBOOK_KINDS:
+            raise SamplerError(f"codebook must be one of {CODEBOOK_KINDS}, got {self.codebook!r}")
         if not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+            raise SamplerError(f"seed must be in [0, 2**32), got {self.seed}")
+
+    @classmethod
+    def for_gop(cls, gop_frames: int, M: int | Sequence[int] = DEFAULT_M, *, temporal_stride: int = 4,
+                **fields) -> "SamplerConfig":
+        """The config for GOPs of ``gop_frames`` frames with ``M`` atoms on every latent frame
+        (or one M per latent frame)."""
+        n = latent_frames(gop_frames, temporal_stride)
+        apf = (int(M),) * n if _is_int(M) else tuple(M)
+        if len(apf) != n:
+            raise SamplerError(f"{len(apf)} atom counts for {n} latent frames")
+        return cls(atoms_per_frame=apf, **fields)
 
     def replace(self, **kw) -> "SamplerConfig":
         return dataclasses.replace(self, **kw)
@@ -72,6 +142,11 @@ class SamplerConfig:
     @property
     def max_atoms(self) -> int:
         return max(self.atoms_per_frame)
+
+    @property
+    def capacity(self) -> int:
+        """Atom slots of the compiled trajectory (see ``atom_capacity``)."""
+        return atom_capacity(self.max_atoms, self.K)
 
 
 def time_grid(steps: int, shift: float) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Rectified-flow estimates and the Euler-Maruyama step of the reverse SDE (SPEC.md §2, §4).
+"""Rectified-flow estimates and the Euler-Maruyama step of the reverse SDE
+(docs/method_notes.md §Rectified-flow conventions, §Stochastic step).
 
 Interpolant ``x_t = (1 - t) x0 + t eps``; the model predicts ``u ~ eps - x0``.
 All arithmetic is float32.

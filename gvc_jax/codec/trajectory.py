@@ -4,22 +4,27 @@ Each step: velocity ``u`` -> clean estimate ``x0_hat`` -> noise atoms -> SDE upd
 The atoms' indices come either from the codebook search against the target latent (encoder)
 or from the bitstream (decoder). The source is *data* (``use_search``), not a Python branch,
 so both sides execute the very same compiled program and the decoder's final latent equals
-the encoder's bit for bit on the same machine (SPEC §10, PORTING §6.8).
+the encoder's bit for bit on the same machine (docs/method_notes.md, "Determinism").
+
+M is data too: the atoms per latent frame arrive as an int32 array [F], and the program is
+compiled for a fixed number of atom slots (``SamplerConfig.capacity``: the next power of two
+>= the largest M, at least 16), so changing M between runs or between GOPs reuses one program.
 
 Shapes: a GOP latent ``x`` is [F, h, w, C] (normalised); one latent frame flattens (h, w, C)
-to D = h*w*C. Picks are [T, F, M] with M = max atoms per frame; a slot is unused when its
-coefficient is 0 (then its index is 0). Rows of deterministic steps are all zero.
+to D = h*w*C. Picks are [T, F, S] with S slots; a slot is unused when its coefficient is 0
+(then its index is 0). Rows of deterministic steps are all zero.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Tuple
+import itertools
+from typing import Any, Callable, Dict, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gvc_jax.codec.codebooks import Codebook, frame_key
+from gvc_jax.codec.codebooks import Codebook, frame_key, get_codebook
 from gvc_jax.codec.schedule import INITIAL_NOISE_STREAM, SamplerConfig, StepTables
 from gvc_jax.codec.sde import sde_step, x0_estimate
 
@@ -55,37 +60,38 @@ def initial_noise(seed, gop, shape):
     return jax.random.normal(key, shape, jnp.float32)
 
 
-_STEP_HOOK = [None]
+# Step progress: the compiled scan calls back the host with (listener id, gop, step). The
+# listener id is a traced argument, so each ``Trajectory.run(..., on_step=fn)`` call gets its own
+# callback without recompiling, and GOPs running side by side (one per device) report separately.
+_LISTENERS: Dict[int, Callable[[int, int], None]] = {}
+_NEXT_LISTENER = itertools.count(1)
+TRACE_COUNT = [0]  # times the trajectory program was traced (tests count compilations with it)
 
 
-def set_step_hook(fn: Callable[[int], None] | None) -> None:
-    """Call ``fn(step)`` (host side) as each trajectory step finishes: for progress displays."""
-    _STEP_HOOK[0] = fn
-
-
-def _on_step(step) -> None:
-    hook = _STEP_HOOK[0]
-    if hook is not None:
-        hook(int(step))
+def _on_step(listener, gop, step) -> None:
+    fn = _LISTENERS.get(int(listener))
+    if fn is not None:
+        fn(int(gop), int(step))
 
 
 # velocity(params, x_t [F,h,w,C], t scalar, t_features [..], cond pytree) -> u [F,h,w,C]
 Velocity = Callable[..., jax.Array]
 
 
-def _trajectory(velocity: Velocity, codebook: Codebook, atoms_per_frame: Tuple[int, ...],
-                params, cond, target, use_search, given: Picks, gop, seed, tables):
-    frames = len(atoms_per_frame)
-    max_atoms = max(atoms_per_frame)
-    slot_used = jnp.arange(max_atoms)[None, :] < jnp.asarray(atoms_per_frame)[:, None]  # [F, M]
+def _trajectory(velocity: Velocity, codebook: Codebook, slots: int,
+                params, cond, target, use_search, given: Picks, atoms_per_frame, gop, seed, tables, listener):
+    TRACE_COUNT[0] += 1
+    frames = target.shape[0]
+    slot_used = jnp.arange(slots)[None, :] < atoms_per_frame[:, None]  # [F, S]
     frame_ids = jnp.arange(frames)
 
     def coded_noise(x0_hat, step, given_idx, given_coef):
         keys = jax.vmap(lambda f: frame_key(seed, gop, step, f))(frame_ids)
 
         def search(_):
+            # The search returns atoms by decreasing |inner product|: its first M_f are frame f's top M_f.
             residual = (target - x0_hat).reshape(frames, -1)
-            idx, signs = jax.vmap(lambda k, r: codebook.search(k, r, max_atoms))(keys, residual)
+            idx, signs = jax.vmap(lambda k, r: codebook.search(k, r, slots))(keys, residual)
             return idx, jnp.where(slot_used, signs, 0.0)
 
         idx, coef = jax.lax.cond(use_search, search, lambda _: (given_idx, given_coef), None)
@@ -102,7 +108,7 @@ def _trajectory(velocity: Velocity, codebook: Codebook, atoms_per_frame: Tuple[i
         x0_hat = x0_estimate(x, u, t)
         z, idx, coef = jax.lax.cond(stochastic, coded_noise, no_noise, x0_hat, step, given_idx, given_coef)
         x_next = sde_step(x, u, t, t_next, g, z)
-        jax.debug.callback(_on_step, step)  # progress only; identical in both directions
+        jax.debug.callback(_on_step, listener, gop, step)  # progress only; identical in both directions
         return x_next, (idx, coef)
 
     x_start = initial_noise(seed, gop, target.shape)
@@ -113,15 +119,15 @@ def _trajectory(velocity: Velocity, codebook: Codebook, atoms_per_frame: Tuple[i
     return x_final, Picks(idx, coef)
 
 
-# Compiled once per (velocity, codebook, atoms per frame) and input shapes, shared by all callers.
+# Compiled once per (velocity, codebook, atom slots) and input shapes, shared by all callers.
 _trajectory_jit = jax.jit(_trajectory, static_argnums=(0, 1, 2))
 
 
 class Trajectory:
     """A compiled GOP trajectory for one (velocity model, sampler config, latent shape).
 
-    ``run(params, cond, gop, target=None, picks=None)``: with a target the atoms are searched
-    (encoder); with picks they are read (decoder). Both call the same jitted program.
+    ``run(params, cond, gop, atoms_per_frame, target=None, picks=None)``: with a target the atoms
+    are searched (encoder); with picks they are read (decoder). Both call the same jitted program.
     """
 
     def __init__(self, velocity: Velocity, sampler: SamplerConfig, latent_shape: Tuple[int, ...],
@@ -129,28 +135,53 @@ class Trajectory:
         frames, h, w, c = latent_shape
         if len(sampler.atoms_per_frame) != frames:
             raise ValueError(f"atoms_per_frame has {len(sampler.atoms_per_frame)} entries for {frames} latent frames")
-        from gvc_jax.codec.codebooks import get_codebook
-
         self.sampler = sampler
         self.latent_shape = tuple(latent_shape)
+        self.slots = sampler.capacity
         self.codebook = get_codebook(sampler.codebook, sampler.K, h * w * c)
         tables = StepTables.build(sampler)
         feats = time_features(tables.t) if time_features is not None else tables.t[:, None]
         self.tables = {"t": tables.t, "t_next": tables.t_next, "g": tables.g,
                        "stochastic": tables.stochastic, "t_feat": np.asarray(feats, np.float32)}
-        self._fn = functools.partial(_trajectory_jit, velocity, self.codebook, tuple(sampler.atoms_per_frame))
+        self._fn = functools.partial(_trajectory_jit, velocity, self.codebook, self.slots)
 
-    def run(self, params, cond, gop: int, *, target=None, picks: Picks | None = None):
-        """-> (final latent [F,h,w,C] float32, Picks [T, F, M] canonical)."""
+    def check_atoms(self, atoms_per_frame) -> np.ndarray:
+        """Validated int32 [F] atoms per latent frame (each in [1, capacity])."""
+        m = np.asarray(self.sampler.atoms_per_frame if atoms_per_frame is None else atoms_per_frame)
+        if m.shape != (self.latent_shape[0],) or not np.issubdtype(m.dtype, np.integer):
+            raise ValueError(f"atoms per frame must be {self.latent_shape[0]} ints, got {m.tolist()}")
+        if m.min() < 1 or m.max() > self.slots:
+            raise ValueError(f"atoms per frame must be in [1, {self.slots}], got {m.tolist()}")
+        return m.astype(np.int32)
+
+    def run(self, params, cond, gop: int, atoms_per_frame=None, *, target=None, picks: Picks | None = None,
+            on_step: Callable[[int, int], None] | None = None):
+        """-> (final latent [F,h,w,C] float32, Picks [T, F, slots] canonical).
+
+        ``atoms_per_frame``: M per latent frame for this GOP (default: the sampler's);
+        ``on_step(gop, step)`` is called on the host as each step finishes.
+        """
         if (target is None) == (picks is None):
             raise ValueError("give exactly one of target (encode) or picks (decode)")
         s = self.sampler
+        atoms = self.check_atoms(atoms_per_frame)
         if picks is None:
-            picks = Picks.empty(s.steps, self.latent_shape[0], s.max_atoms)
+            picks = Picks.empty(s.steps, self.latent_shape[0], self.slots)
             use_search = True
         else:
             target = np.zeros(self.latent_shape, np.float32)
             use_search = False
-        x, out = self._fn(params, cond, jnp.asarray(target, jnp.float32), jnp.asarray(use_search), picks,
-                          jnp.asarray(gop, jnp.uint32), jnp.asarray(s.seed, jnp.uint32), self.tables)
+        listener = 0
+        if on_step is not None:
+            listener = next(_NEXT_LISTENER) % (1 << 31)
+            _LISTENERS[listener] = on_step
+        try:
+            x, out = self._fn(params, cond, jnp.asarray(target, jnp.float32), jnp.asarray(use_search), picks,
+                              jnp.asarray(atoms), jnp.asarray(gop, jnp.uint32), jnp.asarray(s.seed, jnp.uint32),
+                              self.tables, jnp.asarray(listener, jnp.int32))
+            if on_step is not None:
+                x = jax.block_until_ready(x)
+                jax.effects_barrier()
+        finally:
+            _LISTENERS.pop(listener, None)
         return x, out

@@ -34,9 +34,9 @@ Colour (:func:`yuv420_to_rgb`)
     difference) and without ``in_color_matrix`` BT.601 (far off).
 
 Video files (``.mp4`` ...)
-    Read through :func:`gvc_jax.io.read_video` (ffmpeg, accurate RGB conversion) in windows of
-    frames so memory stays bounded; size and fps come from the container. The YUV -> RGB matrix
-    is whatever ``read_video`` (ffmpeg's default) applies, not the rule above: measured, it is
+    Streamed through :class:`gvc_jax.io.VideoReader` (ffmpeg, accurate RGB conversion) one chunk
+    at a time so memory stays bounded; size and fps come from the container. The YUV -> RGB matrix
+    is whatever the reader (ffmpeg's default) applies, not the rule above: measured, it is
     BT.601 even for streams tagged bt709, so prefer the raw ``.yuv`` files for evaluation.
 
 Frames are yielded in chunks ``(first_frame_index, uint8 [n, H, W, 3])``; each chunk becomes one
@@ -74,6 +74,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from gvc_jax import io as vio
+from gvc_jax import pixels
 
 # BT.709 luma coefficients and the derived inverse-matrix entries (limited range scaling below).
 KR, KB = 0.2126, 0.0722
@@ -89,7 +90,6 @@ FRAME_ENCODINGS = ("png", "raw")
 # 6 at 720p, 32 (the cap) at 256x144).
 RECORD_BUDGET_BYTES = 16 << 20
 MAX_CHUNK_FRAMES = 32
-_VIDEO_WINDOW = 96  # frames decoded per read_video call for container files
 
 
 class DatasetError(ValueError):
@@ -304,12 +304,6 @@ def auto_chunk_frames(height: int, width: int) -> int:
     return int(max(1, min(MAX_CHUNK_FRAMES, RECORD_BUDGET_BYTES // (height * width * 3))))
 
 
-def _chunks(frames: np.ndarray, first: int, size: int | None) -> Iterator[tuple[int, np.ndarray]]:
-    size = size or auto_chunk_frames(frames.shape[1], frames.shape[2])
-    for s in range(0, frames.shape[0], size):
-        yield first + s, frames[s : s + size]
-
-
 def iter_clip_chunks(
     src: ClipSource,
     *,
@@ -322,7 +316,7 @@ def iter_clip_chunks(
     Args:
         src: the clip.
         max_frames: stop after this many frames (None: all).
-        resize: ``(W, H)`` to resize every frame to (Pillow bicubic, as ``gvc_jax.io.read_video``).
+        resize: ``(W, H)`` to resize every frame to (``gvc_jax.pixels.resize_frames``, as the reader).
         chunk_frames: frames per chunk (None: :func:`auto_chunk_frames` of the output size).
     """
     if src.kind == "yuv":
@@ -333,29 +327,31 @@ def iter_clip_chunks(
         for s in range(0, stop, step):
             frames = yuv420_to_rgb(*read_yuv420(src.path, src.width, src.height, s, min(step, stop - s)))
             if resize is not None:
-                frames = vio._resize(frames, resize)
+                frames = pixels.resize_frames(frames, resize)
             yield s, frames
         return
-    start = 0
-    while max_frames is None or start < max_frames:
-        want = _VIDEO_WINDOW if max_frames is None else min(_VIDEO_WINDOW, max_frames - start)
-        try:
-            frames, _ = vio.read_video(src.path, start=start, max_frames=want, resize=resize)
-        except vio.VideoError as err:
-            if start > 0 and "has no frames" in str(err):
-                return  # the clip length was a multiple of the window
-            raise DatasetError(str(err)) from None
-        yield from _chunks(frames, start, chunk_frames)
-        if frames.shape[0] < want:
-            return
-        start += frames.shape[0]
+    try:
+        with vio.open_video(src.path, max_frames=max_frames, resize=resize) as reader:
+            step = chunk_frames or auto_chunk_frames(reader.height, reader.width)
+            while True:
+                first = reader.frames_read
+                frames = reader.read(step)
+                if not len(frames):
+                    return
+                yield first, frames
+    except vio.VideoError as err:
+        raise DatasetError(str(err)) from None
 
 
 def video_fps(src: ClipSource) -> float:
     """Frame rate of a clip: from the file name for raw YUV, from the container otherwise."""
     if src.fps is not None:
         return float(src.fps)
-    return float(vio.read_video(src.path, max_frames=1)[1])
+    try:
+        with vio.open_video(src.path, max_frames=1) as reader:
+            return reader.fps
+    except vio.VideoError as err:
+        raise DatasetError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- record payload
@@ -420,12 +416,9 @@ def check_resize(resize) -> tuple[int, int] | None:
     if resize is None:
         return None
     try:
-        w, h = (int(v) for v in resize)
-    except (TypeError, ValueError):
-        raise DatasetError(f"resize must be (width, height), got {resize!r}") from None
-    if w <= 0 or h <= 0:
-        raise DatasetError(f"resize must be a positive (width, height), got {resize!r}")
-    return w, h
+        return pixels.check_size(resize)
+    except pixels.VideoError as err:
+        raise DatasetError(str(err)) from None
 
 
 def check_max_frames(max_frames) -> int | None:

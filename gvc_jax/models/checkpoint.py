@@ -11,9 +11,11 @@ them. The fingerprint is a sha256 over the canonical parameter bytes (sorted pat
 little-endian data) and is recomputed on every load.
 
 The conversion target is an abstract model, ``nnx.eval_shape(lambda: Model(cfg, rngs=...))``:
-its parameter tree is both the destination and the coverage oracle (PORTING.md §5). Source
-tensors are read lazily one at a time, transformed (torch layout -> Flax layout), cast to the
-leaf's dtype and placed; any missing, unused or misshapen key raises ``CheckpointError``.
+its parameter tree is both the destination and the coverage oracle (docs/method_notes.md
+§Checkpoint layouts). Source tensors are read lazily one at a time, transformed (torch layout ->
+Flax layout), cast to the leaf's dtype and placed; any missing, unused or misshapen key raises
+``CheckpointError``. ``load_diffusers_dit`` / ``load_diffusers_vae`` do the same for a state dict
+already in memory (tests, benchmarks).
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from gvc_jax.models import dit as dit_lib
+from gvc_jax.models import vae as vae_lib
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig
 
 FORMAT = "gvc-jax-model"
@@ -85,7 +89,8 @@ def path_str(path: Sequence) -> str:
 # ----------------------------------------------------------------------------- transforms
 
 def torch_to_flax(key: str, a: np.ndarray, target_shape: Sequence[int]) -> np.ndarray:
-    """One torch tensor -> the layout of its Flax leaf (PORTING.md §1.6). Views only, no copy.
+    """One torch tensor -> the layout of its Flax leaf (docs/method_notes.md §Checkpoint layouts).
+    Views only, no copy.
 
     Linear ``weight`` [O, I] -> [I, O]; Conv3d [O, I, t, h, w] -> [t, h, w, I, O]; Conv2d
     [O, I, h, w] -> [h, w, I, O]; a 1x1 conv kept as Linear (target 2-D) -> [I, O]; anything else
@@ -233,6 +238,20 @@ def load_state_dict(model: nnx.Module, tensors: Mapping[str, np.ndarray],
     return model
 
 
+def load_diffusers_dit(model: dit_lib.WanDiT, tensors: Mapping[str, np.ndarray]) -> dit_lib.WanDiT:
+    """Load an in-memory diffusers ``WanTransformer3DModel`` state dict (numpy arrays, torch layout)
+    into ``model`` in place (``load_state_dict``: stray ``norm_added_q`` keys are ignored, layers are
+    stacked in scan mode). Raises ``CheckpointError`` listing every missing, unused and misshapen key."""
+    return load_state_dict(model, tensors, dit_lib.diffusers_key_to_path, what="diffusers DiT state dict")
+
+
+def load_diffusers_vae(model: vae_lib.WanVAE, tensors: Mapping[str, np.ndarray]) -> vae_lib.WanVAE:
+    """Load an in-memory diffusers ``AutoencoderKLWan`` state dict (numpy arrays, torch layout) into
+    ``model`` in place (``load_state_dict``). Raises ``CheckpointError`` listing every unused key,
+    uncovered parameter and shape mismatch."""
+    return load_state_dict(model, tensors, vae_lib.diffusers_key_to_path, what="diffusers VAE state dict")
+
+
 def _is_stacked_leaf(leaf: tuple) -> bool:
     """True for scan-stacked block leaves (path ('blocks', ...) without an int after it)."""
     return len(leaf) > 1 and leaf[0] == "blocks" and not isinstance(leaf[1], int)
@@ -326,15 +345,11 @@ def abstract_model(factory: Callable[[], nnx.Module]):
 
 
 def dit_factory(cfg: DiTConfig):
-    from gvc_jax.models.dit import WanDiT
-
-    return lambda: WanDiT(cfg, rngs=nnx.Rngs(0))
+    return lambda: dit_lib.WanDiT(cfg, rngs=nnx.Rngs(0))
 
 
 def vae_factory(cfg: VAEConfig):
-    from gvc_jax.models.vae import WanVAE
-
-    return lambda: WanVAE(cfg, rngs=nnx.Rngs(0))
+    return lambda: vae_lib.WanVAE(cfg, rngs=nnx.Rngs(0))
 
 
 # ----------------------------------------------------------------------------- save

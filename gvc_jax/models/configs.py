@@ -57,9 +57,23 @@ class DiTConfig:
 
     @property
     def variant(self) -> str:
+        """The Wan release this layout belongs to (checkpoint metadata), not what the codec may run."""
         if self.image_dim is None:
             return "t2v"
         return "flf2v" if self.pos_embed_seq_len else "i2v"
+
+    @property
+    def conditioning(self) -> frozenset:
+        """Inputs the DiT accepts besides the noisy latent: ``text`` always; ``latent`` (a 4-channel
+        frame mask + a conditioning latent concatenated on channels) when
+        ``in_channels == 2 * out_channels + 4``; ``image`` (CLIP tokens through a second
+        cross-attention) when it has an image branch. Codec variants check against this."""
+        kinds = {"text"}
+        if self.in_channels == 2 * self.out_channels + 4:
+            kinds.add("latent")
+        if self.image_dim is not None:
+            kinds.add("image")
+        return frozenset(kinds)
 
     def replace(self, **kw) -> "DiTConfig":
         return dataclasses.replace(self, **kw)
@@ -114,7 +128,7 @@ class ModelConfig:
     name: str
     dit: DiTConfig
     vae: VAEConfig
-    default_shift: Optional[float] = None  # None: SPEC rule (5.0 above 480p, else 3.0)
+    default_shift: Optional[float] = None  # None: 5.0 above 480p, else 3.0 (docs/method_notes.md §Time grid)
 
     def __post_init__(self):
         if self.dit.out_channels != self.vae.z_dim:

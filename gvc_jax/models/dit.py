@@ -5,8 +5,9 @@ key maps to an NNX path mechanically (``diffusers_key_to_path``), with five cont
 ``attn{1,2}.to_out.0 -> to_out``, ``ffn.net.0.proj -> ffn.proj_in``, ``ffn.net.2 -> ffn.proj_out``
 and the same two for ``condition_embedder.image_embedder.ff``.
 
-Precision (PORTING.md §1.5): adaLN modulation, every norm, RoPE, gated residual adds, the time
-embedding and the head run in fp32; the remaining matmuls and attention run in ``cfg.dtype``.
+Precision (docs/method_notes.md §Wan numerics): adaLN modulation, every norm, RoPE, gated residual
+adds, the time embedding and the head run in fp32; the remaining matmuls and attention run in
+``cfg.dtype``.
 With ``cfg.scan_layers`` all block leaves are stacked on a leading axis [N, ...] (attribute still
 ``blocks``) and applied with ``jax.lax.scan``; ``cfg.remat`` wraps each block in ``jax.checkpoint``.
 """
@@ -15,11 +16,12 @@ from __future__ import annotations
 import math
 import re
 from functools import partial
-from typing import Mapping, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 from flax import nnx
 
 from gvc_jax.models.configs import DiTConfig
@@ -99,8 +101,8 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, block_elems: Optional[int]
         block_elems = _ATTN_BLOCK_ELEMS.get(jax.default_backend(), _ATTN_BLOCK_ELEMS_DEFAULT)
     n_chunks = -(-b * n * lq * lk // block_elems)
     cs = -(-lq // n_chunks)
-    kt = k.transpose(0, 2, 1, 3)  # [B, n, Lk, hd]
-    vt = v.transpose(0, 2, 1, 3)
+    kt = rearrange(k, "b k n h -> b n k h")
+    vt = rearrange(v, "b k n h -> b n k h")
     qs = (q.astype(F32) * (1.0 / math.sqrt(hd))).astype(q.dtype)
 
     def one(qc):  # [B, n, cs, hd] -> [B, n, cs, hd]
@@ -110,12 +112,12 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, block_elems: Optional[int]
         return (o / p.sum(axis=-1, keepdims=True)).astype(q.dtype)
 
     if n_chunks == 1:
-        out = one(qs.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+        out = rearrange(one(rearrange(qs, "b q n h -> b n q h")), "b n q h -> b q n h")
     else:
         qs = jnp.pad(qs, ((0, 0), (0, n_chunks * cs - lq), (0, 0), (0, 0)))
-        qc = qs.reshape(b, n_chunks, cs, n, hd).transpose(1, 0, 3, 2, 4)  # [C, B, n, cs, hd]
-        out = jax.lax.map(one, qc).transpose(1, 0, 3, 2, 4).reshape(b, n_chunks * cs, n, hd)[:, :lq]
-    return out.reshape(b, lq, n * hd)
+        qc = rearrange(qs, "b (c q) n h -> c b n q h", c=n_chunks)
+        out = rearrange(jax.lax.map(one, qc), "c b n q h -> b (c q) n h")[:, :lq]
+    return rearrange(out, "b q n h -> b q (n h)")
 
 
 class FeedForward(nnx.Module):
@@ -156,8 +158,8 @@ class WanAttention(nnx.Module):
             self.add_k_proj = self.add_v_proj = self.norm_added_k = None
 
     def _split(self, t: jax.Array) -> jax.Array:
-        b, l, d = t.shape
-        return t.reshape(b, l, self.heads, d // self.heads)
+        """[B, L, D] -> [B, L, heads, D / heads] (head-major channels)."""
+        return rearrange(t, "b l (n h) -> b l n h", n=self.heads)
 
     def self_attention(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
         """x [B,L,D] (compute dtype), RoPE tables [L, hd/2] -> [B,L,D]."""
@@ -369,24 +371,24 @@ class WanDiT(nnx.Module):
         cfg = self.cfg
         timestep = jnp.asarray(timestep)
         self._check_inputs(x, timestep, context, image_context)
-        b, f, h, w, _ = x.shape
+        _, f, h, w, _ = x.shape
         pt, ph, pw = cfg.patch_size
         grid = (f // pt, h // ph, w // pw)
-        d = cfg.dim
 
         # Conditioning.
         emb = self.condition_embedder
         if time_features is None:
             time_features = _timestep_features_fp32(timestep, cfg.freq_dim)
         temb = emb.time_embedder(jnp.asarray(time_features, F32))             # [B, D]
-        e6 = emb.time_proj(jax.nn.silu(temb)).reshape(b, 6, d)                 # [B, 6, D]
+        e6 = rearrange(emb.time_proj(jax.nn.silu(temb)), "b (six d) -> b six d", six=6)  # [B, 6, D]
         if context.shape[1] < cfg.text_len:
             context = jnp.pad(context, ((0, 0), (0, cfg.text_len - context.shape[1]), (0, 0)))
         ctx = emb.text_embedder(context.astype(self.dtype))                     # [B, 512, D]
         ctx_img = emb.image_embedder(image_context) if image_context is not None else None
 
         # Patchify -> blocks -> head.
-        tokens = self.patch_embedding(x.astype(self.dtype)).reshape(b, -1, d).astype(F32)
+        patches = self.patch_embedding(x.astype(self.dtype))                   # [B, F/pt, h/ph, w/pw, D]
+        tokens = rearrange(patches, "b f h w d -> b (f h w) d").astype(F32)   # (f, h, w) row-major
         cos, sin = rope_tables_in_graph(cfg.attention_head_dim, grid, cfg.rope_max_seq_len)
         tokens = self._run_blocks(tokens, e6, ctx, ctx_img, cos, sin)
         mod = self.scale_shift_table[...].astype(F32) + temb[:, None, :]       # [B, 2, D]
@@ -394,10 +396,9 @@ class WanDiT(nnx.Module):
         out = self.proj_out(self.norm_out(tokens) * (1.0 + scale) + shift)     # [B, L, 4*Co] fp32
 
         # Unpatchify: per-token outputs ordered (pt, ph, pw, c).
-        co = cfg.out_channels
-        out = out.reshape(b, *grid, pt, ph, pw, co)
-        out = out.transpose(0, 1, 4, 2, 5, 3, 6, 7)
-        return out.reshape(b, f, h, w, co).astype(F32)
+        out = rearrange(out, "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c",
+                        f=grid[0], h=grid[1], w=grid[2], pt=pt, ph=ph, pw=pw)
+        return out.astype(F32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,13 +430,3 @@ def diffusers_key_to_path(key: str, *, scan_layers: bool = False) -> tuple:
     if scan_layers and path[0] == "blocks":
         path = ("blocks",) + path[2:]
     return path
-
-
-def assign_from_diffusers(model: WanDiT, tensors: Mapping[str, np.ndarray]) -> WanDiT:
-    """Load an in-memory diffusers state dict (numpy arrays, torch layout) into ``model`` in place,
-    with the converter's rules (``checkpoint.load_state_dict``; stray ``norm_added_q`` keys are
-    ignored, layers are stacked in scan mode). Raises ``CheckpointError`` listing every missing,
-    unused and misshapen key."""
-    from gvc_jax.models.checkpoint import load_state_dict
-
-    return load_state_dict(model, tensors, diffusers_key_to_path, what="diffusers DiT state dict")

@@ -3,7 +3,7 @@
 The head dim d is split into three real sub-dims (time, height, width):
 t = d - 4*(d//6), h = w = 2*(d//6)  (44/42/42 for d = 128, i.e. 22/21/21 complex pairs).
 Each axis uses its own frequencies theta_j = theta^(-2j/d_axis) at integer post-patch
-positions. Pairs are adjacent channels (2j, 2j+1) of a head (PORTING.md §1.5).
+positions. Pairs are adjacent channels (2j, 2j+1) of a head (docs/method_notes.md §Wan numerics).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Tuple
 
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
 
 class RopeGridError(ValueError):
@@ -58,8 +59,7 @@ def _broadcast_concat(xp, parts: list, grid: tuple[int, int, int]):
         shape = [1, 1, 1, tab.shape[1]]
         shape[axis] = tab.shape[0]
         full.append(xp.broadcast_to(xp.reshape(tab, shape), (f, hh, ww, tab.shape[1])))
-    cat = xp.concatenate(full, axis=-1)
-    return xp.reshape(cat, (f * hh * ww, cat.shape[-1]))
+    return rearrange(xp.concatenate(full, axis=-1), "f h w c -> (f h w) c")
 
 
 def rope_tables(
@@ -100,10 +100,9 @@ def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarra
 
     Computed in fp32; returns fp32 [B, L, n_heads, head_dim].
     """
-    b, l, n, d = x.shape
-    xp = x.astype(jnp.float32).reshape(b, l, n, d // 2, 2)
+    xp = rearrange(x.astype(jnp.float32), "b l n (p two) -> b l n p two", two=2)
     x1, x2 = xp[..., 0], xp[..., 1]
     c = cos[None, :, None, :]
     s = sin[None, :, None, :]
     out = jnp.stack([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
-    return out.reshape(b, l, n, d)
+    return rearrange(out, "b l n p two -> b l n (p two)")

@@ -4,7 +4,7 @@ Video is ``[B, F, H, W, 3]`` in [-1, 1]; latents are ``[B, F_lat, h, w, z_dim]``
 Encoding runs chunk 0 (1 frame) and then chunks of ``cfg.temporal_stride`` frames; decoding
 runs one latent frame per step. Chunk 0 runs outside a ``jax.lax.scan`` over the remaining
 chunks and produces the cache pytree, whose shapes are then fixed, so peak memory does not grow
-with the number of frames (PORTING.md §2.3, §2.4).
+with the number of frames (docs/method_notes.md §Wan numerics).
 
 Caches (all zero-initialised, fixed size):
 - a causal conv with temporal kernel 3 keeps its *input*: the last 2 frames of
@@ -14,7 +14,8 @@ Caches (all zero-initialised, fixed size):
 - Up3d keeps the last 2 inputs of its causal ``time_conv``; on chunk 0 the conv is skipped and
   the buffer stays zero (the reference "Rep" quirk).
 
-Attribute names mirror the diffusers ``AutoencoderKLWan`` state-dict keys (PORTING.md §2.2):
+Attribute names mirror the diffusers ``AutoencoderKLWan`` state-dict keys
+(docs/method_notes.md §Checkpoint layouts):
 the Flax path is the key split on ``.`` with digits as ints, leaf ``weight`` -> ``kernel``,
 ``gamma`` -> ``scale``, and the single exception ``...resample.1`` -> ``...resample``.
 """
@@ -23,11 +24,12 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Mapping, Optional, Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 from flax import nnx
 
 from gvc_jax.models.configs import VAEConfig
@@ -64,7 +66,16 @@ class Init:
 
 
 class Conv3d(nnx.Module):
-    """Plain 3D conv, channels-last. kernel [t, h, w, I, O], bias [O]; x [B, T, H, W, I]."""
+    """Plain 3D conv, channels-last. kernel [t, h, w, I, O], bias [O].
+    x [B, T, H, W, I] -> [B, T', H', W', O].
+
+    ``fast`` (off by default; ``WanVAE(..., fast_convs=True)`` or ``WanVAE.set_fast_convs``) computes
+    the same conv without XLA's generic 3D path, which is slow on CPU (forward and gradient, ~5x):
+    a [kt, kh, kw] kernel with stride 1 becomes one 2D conv over the kt time-shifted copies of x
+    stacked on channels, a [kt, 1, 1] kernel kt matmuls over strided time slices; other strides
+    keep the 3D conv. Equal up to the fp32 summation order (~1e-6), not bit for bit: the codec and
+    every shipped result use the exact path; training may use the fast one.
+    """
 
     def __init__(self, cin: int, cout: int, kernel: Tuple[int, int, int], stride=(1, 1, 1), *,
                  init: Init):
@@ -72,13 +83,41 @@ class Conv3d(nnx.Module):
         self.bias = nnx.Param(init.const((cout,), 0.0))
         self.stride = tuple(stride)
         self.spatial_pad = kernel[1] // 2
+        self.fast = False
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.fast and self.stride[1:] == (1, 1):
+            if self.kernel.shape[1:3] == (1, 1):
+                return self._time_matmuls(x)
+            if self.stride[0] == 1:
+                return self._as_2d(x)
         p = self.spatial_pad
         y = jax.lax.conv_general_dilated(
             x, self.kernel[...], window_strides=self.stride, padding=((0, 0), (p, p), (p, p)),
             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
         return y + self.bias[...]
+
+    def _time_matmuls(self, x: jax.Array) -> jax.Array:
+        """Fast path of a [kt, 1, 1] kernel (spatial stride 1): one matmul per temporal tap."""
+        k = self.kernel[...]
+        kt, st = k.shape[0], self.stride[0]
+        to = (x.shape[1] - kt) // st + 1
+        y = sum(jnp.einsum("bthwi,io->bthwo", x[:, d: d + st * (to - 1) + 1: st], k[d, 0, 0])
+                for d in range(kt))
+        return y + self.bias[...]
+
+    def _as_2d(self, x: jax.Array) -> jax.Array:
+        """Fast path of a stride-1 kernel: a 2D conv over the time-shifted copies stacked on channels."""
+        k = self.kernel[...]
+        kt = k.shape[0]
+        to = x.shape[1] - kt + 1
+        p = self.spatial_pad
+        shifted = jnp.concatenate([x[:, d: d + to] for d in range(kt)], axis=-1)  # [B, T', H, W, kt*I]
+        xs = rearrange(shifted, "b t h w c -> (b t) h w c")
+        kk = rearrange(k, "t h w i o -> h w (t i) o")
+        y = jax.lax.conv_general_dilated(xs, kk, (1, 1), ((p, p), (p, p)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return rearrange(y, "(b t) h w o -> b t h w o", b=x.shape[0]) + self.bias[...]
 
 
 def causal_conv(conv: Conv3d, x: jax.Array, cache: Optional[jax.Array]):
@@ -102,12 +141,11 @@ class Conv2d(nnx.Module):
         self.padding = tuple(tuple(p) for p in padding)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, t = x.shape[:2]
         y = jax.lax.conv_general_dilated(
-            x.reshape(b * t, *x.shape[2:]), self.kernel[...], window_strides=self.stride,
+            rearrange(x, "b t h w c -> (b t) h w c"), self.kernel[...], window_strides=self.stride,
             padding=self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         y = y + self.bias[...]
-        return y.reshape(b, t, *y.shape[1:])
+        return rearrange(y, "(b t) h w c -> b t h w c", b=x.shape[0])
 
 
 class Linear(nnx.Module):
@@ -162,11 +200,11 @@ class AttentionBlock(nnx.Module):
 
     def __call__(self, x, cache=None):
         b, t, h, w, c = x.shape
-        qkv = self.to_qkv(self.norm(x)).reshape(b * t, h * w, 3, c)
+        qkv = rearrange(self.to_qkv(self.norm(x)), "b t h w (three c) -> (b t) (h w) three c", three=3)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         logits = jnp.einsum("nqc,nkc->nqk", q, k) / math.sqrt(c)
         y = jnp.einsum("nqk,nkc->nqc", jax.nn.softmax(logits, axis=-1), v)
-        return x + self.proj(y).reshape(b, t, h, w, c), None
+        return x + rearrange(self.proj(y), "(b t) (h w) c -> b t h w c", b=b, h=h), None
 
 
 class Resample(nnx.Module):
@@ -195,9 +233,8 @@ class Resample(nnx.Module):
                 cache = jnp.zeros((x.shape[0], CACHE_T, *x.shape[2:]), x.dtype)
             else:
                 x, cache = causal_conv(self.time_conv, x, cache)
-                b, t, h, w, c2 = x.shape  # channels -> time: first C -> frame 2k, second C -> 2k+1
-                x = x.reshape(b, t, h, w, 2, c2 // 2).transpose(0, 1, 4, 2, 3, 5)
-                x = x.reshape(b, 2 * t, h, w, c2 // 2)
+                # channels -> time: the first C channels become frame 2k, the second C frame 2k+1
+                x = rearrange(x, "b t h w (two c) -> b (t two) h w c", two=2)
         if self.mode.startswith("up"):
             x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)  # nearest x2 per frame
         x = self.resample(x)
@@ -318,7 +355,7 @@ def latent_frames(num_frames: int, temporal_stride: int = 4) -> int:
 class WanVAE(nnx.Module):
     """Wan2.1 causal video VAE. ``encode`` -> posterior mode (not normalised); ``decode`` -> [-1, 1]."""
 
-    def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs, fast_convs: bool = False):
         if len(cfg.temperal_downsample) != len(cfg.dim_mult) - 1:
             raise ValueError(f"temperal_downsample needs {len(cfg.dim_mult) - 1} entries, "
                              f"got {len(cfg.temperal_downsample)}")
@@ -331,6 +368,15 @@ class WanVAE(nnx.Module):
         self.quant_conv = Conv3d(2 * cfg.z_dim, 2 * cfg.z_dim, (1, 1, 1), init=init)
         self.post_quant_conv = Conv3d(cfg.z_dim, cfg.z_dim, (1, 1, 1), init=init)
         self.decoder = Decoder(cfg, init=init)
+        self.set_fast_convs(fast_convs)
+
+    def set_fast_convs(self, enable: bool = True) -> "WanVAE":
+        """Select the fast (``True``) or the exact (``False``, the default) ``Conv3d`` path in every
+        conv of this model (see ``Conv3d``); the choice is part of the graphdef. Returns ``self``."""
+        for _, module in nnx.iter_modules(self):
+            if isinstance(module, Conv3d):
+                module.fast = bool(enable)
+        return self
 
     def encode(self, frames: jax.Array) -> jax.Array:
         """frames [B, F, H, W, 3] in [-1, 1], F = 1 + s*k -> mu [B, F_lat, H/8, W/8, z_dim]."""
@@ -431,24 +477,3 @@ def diffusers_key_to_path(key: str) -> tuple:
     if leaf is None:
         raise KeyError(f"unexpected VAE parameter key {key!r}")
     return tuple(int(p) if p.isdigit() else p for p in parts[:-1]) + (leaf,)
-
-
-def torch_to_flax(key: str, tensor_np: np.ndarray, target_shape) -> np.ndarray:
-    """Transform one torch tensor to the layout of its Flax leaf (the converter's rule,
-    ``checkpoint.torch_to_flax``); raises ValueError on a shape mismatch."""
-    from gvc_jax.models.checkpoint import torch_to_flax as convert
-
-    target_shape = tuple(target_shape)
-    a = convert(key, np.asarray(tensor_np), target_shape)
-    if a.shape != target_shape:
-        raise ValueError(f"{key}: torch shape {tuple(np.shape(tensor_np))} -> {a.shape}, expected {target_shape}")
-    return np.ascontiguousarray(a)
-
-
-def load_diffusers_state_dict(model: WanVAE, state_dict: Mapping[str, np.ndarray]) -> WanVAE:
-    """Copy a diffusers AutoencoderKLWan state dict (numpy values) into ``model`` in place, with
-    the converter's rules (``checkpoint.load_state_dict``). Raises ``CheckpointError`` listing
-    every unused key, uncovered parameter and shape mismatch."""
-    from gvc_jax.models.checkpoint import load_state_dict
-
-    return load_state_dict(model, state_dict, diffusers_key_to_path, what="diffusers VAE state dict")

@@ -1,0 +1,180 @@
+"""Python API: ``from gvc_jax import encode, decode``.
+
+    import gvc_jax
+    from gvc_jax import encode, decode, CodecOptions
+
+    stream = encode("clip.mp4", atoms=16, max_frames=33, resize=(256, 144))   # -> bytes
+    frames = decode(stream)                                                    # -> uint8 [F, H, W, 3]
+    stream = encode(frames, options=CodecOptions.preset("low-rate"), fps=16)
+
+``model`` is ``None`` (the embedded default model), a converted checkpoint directory,
+``"preset:NAME"`` (random weights, for tests) or a loaded ``CodecModel``; models given by name are
+loaded once per process. Options are a ``CodecOptions`` (or a preset name), and keyword overrides.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+
+from gvc_jax.codec import schedule
+from gvc_jax.codec.plan import check_gop_frames
+
+DEFAULT_GOP_FRAMES = 33
+
+
+@dataclass(frozen=True)
+class CodecOptions:
+    """Encoder settings. Every field has the command line's default; all are validated on creation.
+
+    variant:        conditioning variant (``t2v``; ``i2v`` / ``flf2v`` once implemented)
+    atoms:          M, atoms per latent frame and stochastic step: the rate knob
+    codebook_size:  K, atoms in each (step, frame) codebook
+    codebook:       atom kind: ``hadamard`` (fast, integer-exact), ``gaussian`` (the published method), ``rademacher``
+    steps, tail:    sampling steps T and deterministic final steps (``steps - tail`` steps carry bits)
+    g_scale:        SDE diffusion scale (g = g_scale * t^2)
+    shift:          time-grid shift (None: 5.0 above 480p, else 3.0)
+    seed:           codebook and initial-noise seed
+    gop_frames:     frames per GOP, 4k+1 (None: 33, or the smallest 4k+1 that holds a shorter clip)
+    """
+
+    variant: str = "t2v"
+    atoms: int = schedule.DEFAULT_M
+    codebook_size: int = schedule.DEFAULT_K
+    codebook: str = schedule.DEFAULT_CODEBOOK
+    steps: int = schedule.DEFAULT_STEPS
+    tail: int = schedule.DEFAULT_TAIL
+    g_scale: float = schedule.DEFAULT_G_SCALE
+    shift: Optional[float] = None
+    seed: int = 0
+    gop_frames: Optional[int] = None
+
+    def __post_init__(self):
+        from gvc_jax.codec.bitstream import MAX_GOP_FRAMES
+        from gvc_jax.codec.variants import get_variant
+
+        get_variant(self.variant)
+        if self.gop_frames is not None:
+            if not isinstance(self.gop_frames, int) or not 1 <= self.gop_frames <= MAX_GOP_FRAMES:
+                raise ValueError(f"gop_frames must be 4k+1 in [1, {MAX_GOP_FRAMES}], got {self.gop_frames}")
+            check_gop_frames(self.gop_frames)
+        self.sampler(480, 832)  # validates every sampler field
+
+    def replace(self, **overrides) -> "CodecOptions":
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown codec option(s) {sorted(unknown)}; known: "
+                            f"{', '.join(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "CodecOptions":
+        if name not in PRESETS:
+            raise ValueError(f"unknown options preset {name!r}; known: {', '.join(PRESETS)}")
+        return PRESETS[name].replace(**overrides)
+
+    def gop_frames_for(self, num_frames: int, temporal_stride: int = 4) -> int:
+        if self.gop_frames is not None:
+            return self.gop_frames
+        fit = temporal_stride * -(-(max(num_frames, 1) - 1) // temporal_stride) + 1
+        return min(DEFAULT_GOP_FRAMES, fit)
+
+    def sampler(self, height: int, width: int, gop_frames: Optional[int] = None,
+                temporal_stride: int = 4) -> schedule.SamplerConfig:
+        """The ``SamplerConfig`` for a clip of this (unpadded) size."""
+        shift = self.shift if self.shift is not None else schedule.default_shift(height, width)
+        return schedule.SamplerConfig.for_gop(
+            gop_frames or self.gop_frames or DEFAULT_GOP_FRAMES, self.atoms, temporal_stride=temporal_stride,
+            steps=self.steps, tail=self.tail, g_scale=self.g_scale, shift=shift, K=self.codebook_size,
+            codebook=self.codebook, seed=self.seed)
+
+
+PRESETS = {
+    "default": CodecOptions(),
+    "low-rate": CodecOptions(atoms=16),       # about a quarter of the default's bits
+    "high-rate": CodecOptions(atoms=128),
+    "fast": CodecOptions(steps=10, tail=2),   # half the DiT calls
+    "published": CodecOptions(codebook="gaussian"),  # the published method's Gaussian atoms (slow search)
+}
+
+
+def _options(options: Union[None, str, CodecOptions], overrides: dict) -> CodecOptions:
+    if options is None:
+        options = CodecOptions()
+    elif isinstance(options, str):
+        options = CodecOptions.preset(options)
+    elif not isinstance(options, CodecOptions):
+        raise TypeError(f"options must be a CodecOptions or a preset name, got {type(options).__name__}")
+    return options.replace(**overrides) if overrides else options
+
+
+@functools.lru_cache(maxsize=4)
+def _load_named(spec: Optional[str]):
+    from gvc_jax.models.registry import resolve_model
+
+    return resolve_model(spec, quiet=True)
+
+
+def get_model(model=None):
+    """``None`` / a directory / ``"preset:NAME"`` (loaded once per process) or a ``CodecModel``."""
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return _load_named(None if model is None else os.fspath(model))
+    return model
+
+
+def encode(video_or_path, model=None, options: Union[None, str, CodecOptions] = None, *, fps: Optional[float] = None,
+           start: int = 0, max_frames: Optional[int] = None, resize=None, progress=None, **overrides) -> bytes:
+    """Encode a video (a path, or uint8 frames [F, H, W, 3]) -> ``.gvc`` stream bytes.
+
+    ``options`` / keyword overrides: see ``CodecOptions``. ``start``, ``max_frames``, ``resize``
+    (W, H) select the input. ``fps`` is stored for arrays (default 16; files keep theirs).
+    """
+    return encode_full(video_or_path, model, options, fps=fps, start=start, max_frames=max_frames, resize=resize,
+                       progress=progress, **overrides).stream
+
+
+def encode_full(video_or_path, model=None, options=None, *, fps=None, start=0, max_frames=None, resize=None,
+                progress=None, sink=None, **overrides):
+    """As ``encode``, returning the full ``CodecResult`` (stream, header, per-GOP reports);
+    ``sink(frames)`` receives the reconstruction GOP by GOP."""
+    from gvc_jax.codec.pipeline import encode_stream
+
+    opts = _options(options, overrides)
+    model = get_model(model)
+    with _open_input(video_or_path, fps=fps, start=start, max_frames=max_frames, resize=resize) as reader:
+        gop = opts.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
+        sampler = opts.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
+        return encode_stream(reader, model, sampler, variant=opts.variant, gop_frames=gop, sink=sink,
+                             progress=progress)
+
+
+def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprint: bool = True,
+           progress=None) -> np.ndarray:
+    """A ``.gvc`` stream (bytes or a path) -> uint8 frames [F, H, W, 3] at the original size."""
+    from gvc_jax.codec.pipeline import decode_video
+
+    if isinstance(stream_or_path, (str, os.PathLike)):
+        with open(stream_or_path, "rb") as f:
+            stream_or_path = f.read()
+    return decode_video(stream_or_path, get_model(model), strict=strict, check_fingerprint=check_fingerprint,
+                        progress=progress).video
+
+
+def _open_input(video_or_path, *, fps, start, max_frames, resize):
+    from gvc_jax import io, pixels
+    from gvc_jax.codec.plan import ArrayReader
+
+    if isinstance(video_or_path, (str, os.PathLike)):
+        return io.VideoReader(video_or_path, start=start, max_frames=max_frames, resize=resize)
+    video = pixels.as_video(video_or_path, "video")
+    stop = None if max_frames is None else start + max_frames
+    video = video[start:stop]
+    if len(video) == 0:
+        raise ValueError("the video has no frames in the selected range")
+    if resize is not None:
+        video = pixels.resize_frames(video, resize)
+    return ArrayReader(video, 16.0 if fps is None else float(fps))

@@ -1,0 +1,148 @@
+"""The GOP coder: ONE loop over a plan's waves, for the encoder and the decoder alike.
+
+For every GOP, wave by wave::
+
+    inputs  = source.gop_input(span)                  # encoder: target latent; decoder: stream picks
+    cond    = variant.condition(span, context, eng)   # from *decoded* context only (closed loop)
+    latent  = engine.run(span, cond, inputs)          # the shared trajectory (codec.trajectory)
+    side    = source.side(variant, span, latent, inputs)   # encoder makes it, decoder reads it
+    latent  = variant.apply_side(span, latent, side)
+    frames  = engine.frames(latent)                   # -> context for later GOPs, and output
+
+Only ``source`` differs between the two directions: ``SearchTargets`` (encoder: picks come from
+the codebook search against the target latent of the GOP's source frames) or ``StreamPicks``
+(decoder: picks come from the stream's records). Because later GOPs condition on the decoded
+frames in both directions, the encoder's reconstruction is exactly the decoder's output.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
+
+import jax
+import numpy as np
+
+from gvc_jax.codec import bitstream
+from gvc_jax.codec.engine import GopEngine
+from gvc_jax.codec.plan import GopPlan, GopSpan
+from gvc_jax.codec.records import record_to_picks
+from gvc_jax.codec.trajectory import Picks
+from gvc_jax.codec.variants import Variant
+
+
+class Progress:
+    """Progress reports of a coding run (no-op base; the CLI shows bars)."""
+
+    def gop(self, stage: str, done: int, total: int) -> None:
+        """``done`` of ``total`` GOPs of ``stage`` ("encode" / "decode") are finished."""
+
+    def step(self, gop: int, step: int) -> None:
+        """Sampling step ``step`` of GOP ``gop`` finished (called from the compiled scan)."""
+
+
+@dataclass
+class GopInput:
+    """What one direction provides for a GOP."""
+
+    atoms: np.ndarray                  # int32 [F_lat] atoms per latent frame
+    target: Optional[jax.Array] = None  # encoder: normalised target latent
+    picks: Optional[Picks] = None      # decoder: dense picks read from the stream
+    side: tuple = ()                   # decoder: the record's side payloads
+    record: Optional[bitstream.GopRecord] = None
+
+
+@dataclass
+class GopOutput:
+    span: GopSpan
+    latent: jax.Array                  # the latent decoded to frames (after side payloads)
+    picks: Picks
+    side: tuple
+    frames: np.ndarray                 # uint8 [span.length, H, W, 3] at the coded size
+    inputs: GopInput
+    seconds: float
+
+
+class DecodedContext:
+    """Decoded frames of the GOPs that later GOPs condition on; freed after their last use."""
+
+    def __init__(self, plan: GopPlan):
+        self._last_use = plan.last_use()
+        self._frames: dict = {}
+
+    def add(self, span: GopSpan, frames: np.ndarray) -> None:
+        if span.index in self._last_use:
+            self._frames[span.index] = frames
+
+    def frames(self, gop: int) -> np.ndarray:
+        return self._frames[gop]
+
+    def release(self, span: GopSpan) -> None:
+        for d in span.depends_on:
+            if self._last_use.get(d) == span.index:
+                self._frames.pop(d, None)
+
+
+class SearchTargets:
+    """Encoder picks: search the codebook against the target latent of each GOP's source frames.
+
+    ``frames(span)`` -> uint8 [span.length, H, W, 3] at the coded size; ``atoms(span)`` -> M per
+    latent frame for that GOP (rate control; default: the sampler's).
+    """
+
+    def __init__(self, frames: Callable[[GopSpan], np.ndarray],
+                 atoms: Optional[Callable[[GopSpan], Sequence[int]]] = None):
+        self.frames = frames
+        self.atoms = atoms
+
+    def gop_input(self, span: GopSpan, engine: GopEngine) -> GopInput:
+        m = engine.trajectory.check_atoms(None if self.atoms is None else self.atoms(span))
+        return GopInput(atoms=m, target=engine.target_latent(self.frames(span)))
+
+    def side(self, variant: Variant, span: GopSpan, latent, inputs: GopInput) -> tuple:
+        return tuple(variant.make_side(span, latent, inputs.target))
+
+
+class StreamPicks:
+    """Decoder picks: read each GOP's atoms and side payloads from the stream's records."""
+
+    def __init__(self, header: bitstream.Header, records: Sequence[bitstream.GopRecord], variant: Variant):
+        self.header = header
+        self.records = records
+        self.variant = variant
+
+    def gop_input(self, span: GopSpan, engine: GopEngine) -> GopInput:
+        rec = self.records[span.index]
+        self.variant.check_side(span.index, rec.side)
+        apf = self.header.atoms_per_frame if rec.atoms_per_frame is None else rec.atoms_per_frame
+        m = engine.trajectory.check_atoms(apf)
+        picks = record_to_picks(rec.picks, self.header.steps, len(m), engine.trajectory.slots)
+        return GopInput(atoms=m, picks=picks, side=tuple(rec.side), record=rec)
+
+    def side(self, variant: Variant, span: GopSpan, latent, inputs: GopInput) -> tuple:
+        return inputs.side
+
+
+def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
+              progress: Optional[Progress] = None, stage: str = "code") -> Iterator[GopOutput]:
+    """Walk the plan wave by wave; yield each GOP's result as soon as it is done."""
+    progress = progress or Progress()
+    context = DecodedContext(plan)
+    on_step = progress.step
+    done = 0
+    progress.gop(stage, 0, plan.num_gops)
+    for wave in plan.waves():
+        for span in wave:
+            t0 = time.perf_counter()
+            inputs = source.gop_input(span, engine)
+            cond = variant.condition(span, context, engine)
+            latent, picks = engine.run(span.index, cond, inputs.atoms, target=inputs.target, picks=inputs.picks,
+                                       on_step=on_step)
+            side = source.side(variant, span, latent, inputs)
+            latent = jax.block_until_ready(variant.apply_side(span, latent, side))
+            frames = engine.frames(latent)
+            context.add(span, frames)
+            context.release(span)
+            done += 1
+            yield GopOutput(span, latent, picks, side, frames, inputs, time.perf_counter() - t0)
+            progress.gop(stage, done, plan.num_gops)

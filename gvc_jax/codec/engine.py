@@ -1,0 +1,84 @@
+"""The compiled programs for one (model, sampler, GOP geometry): VAE encode, the coded
+trajectory, VAE decode. Stateless between GOPs: conditioning and atom counts are arguments.
+
+Programs are cached on the model structure, the sampler and the shapes (``jax.jit`` with static
+graph definitions), so every GOP of a video, and every engine with equal settings, shares one
+compilation.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gvc_jax.codec.conditioning import build_condition
+from gvc_jax.codec.schedule import SamplerConfig, latent_frames
+from gvc_jax.codec.trajectory import Picks, Trajectory
+from gvc_jax.codec.velocity import WanVelocity
+from gvc_jax.models.vae import denormalize_latent, normalize_latent
+from gvc_jax.pixels import from_model_range, to_model_range
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _vae_encode(graph, cfg, params, frames):
+    """[B, F, H, W, 3] in [-1, 1] -> normalised latent [B, F_lat, h, w, C]."""
+    return normalize_latent(nnx.merge(graph, params).encode(frames), cfg)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _vae_decode(graph, cfg, params, latent):
+    """Normalised latent -> frames in [-1, 1]."""
+    return nnx.merge(graph, params).decode(denormalize_latent(latent, cfg))
+
+
+class GopEngine:
+    """Everything needed to code GOPs of one geometry with one model and sampler."""
+
+    def __init__(self, model, sampler: SamplerConfig, height: int, width: int, gop_frames: int):
+        vae_cfg, dit_cfg = model.config.vae, model.config.dit
+        s = vae_cfg.spatial_stride
+        if height % s or width % s or (height // s) % 2 or (width // s) % 2:
+            raise ValueError(f"coded size {width}x{height} must be a multiple of {2 * s}")
+        self.model = model
+        self.sampler = sampler
+        self.gop_frames = gop_frames
+        self.latent_shape = (latent_frames(gop_frames, vae_cfg.temporal_stride), height // s, width // s,
+                             vae_cfg.z_dim)
+        vae_graph, self.vae_params = nnx.split(model.vae)
+        dit_graph, self.dit_params = nnx.split(model.dit)
+        self._encode = functools.partial(_vae_encode, vae_graph, vae_cfg)
+        self._decode = functools.partial(_vae_decode, vae_graph, vae_cfg)
+        velocity = WanVelocity(dit_graph, dit_cfg)
+        self.trajectory = Trajectory(velocity, sampler, self.latent_shape, velocity.time_features)
+        self._unconditioned = None
+
+    def condition(self, **kw) -> dict:
+        """``conditioning.build_condition`` for this model and geometry, as device arrays."""
+        cond = build_condition(self.model.config.dit, self.model.text_context, self.latent_shape,
+                               pixel_frames=self.gop_frames, temporal_stride=self.model.config.vae.temporal_stride,
+                               **kw)
+        return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), cond)
+
+    def unconditioned(self) -> dict:
+        """The conditioning of a GOP without anchors (computed once)."""
+        if self._unconditioned is None:
+            self._unconditioned = self.condition()
+        return self._unconditioned
+
+    def target_latent(self, frames: np.ndarray) -> jax.Array:
+        """uint8 [G, H, W, 3] -> normalised latent [F, h, w, C]."""
+        return self._encode(self.vae_params, jnp.asarray(to_model_range(frames))[None])[0]
+
+    def run(self, gop: int, cond: dict, atoms_per_frame=None, *, target=None, picks: Optional[Picks] = None,
+            on_step: Optional[Callable[[int, int], None]] = None):
+        """The shared trajectory: -> (final latent, canonical picks)."""
+        return self.trajectory.run(self.dit_params, cond, gop, atoms_per_frame, target=target, picks=picks,
+                                   on_step=on_step)
+
+    def frames(self, latent) -> np.ndarray:
+        """Normalised latent -> uint8 [G, H, W, 3]."""
+        return from_model_range(np.asarray(self._decode(self.vae_params, jnp.asarray(latent)[None])[0]))

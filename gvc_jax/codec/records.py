@@ -1,0 +1,44 @@
+"""Conversions between the trajectory's dense picks and the stream's GOP records, and the
+final-latent hash that lets the decoder detect drift.
+
+The trajectory works with dense arrays ``Picks`` [T, F, S] (all steps, S atom slots, unused slots
+have coefficient 0); a ``bitstream.GopRecord`` holds, for the stochastic steps only, each latent
+frame's M_f sorted indices and their signs.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+from gvc_jax.codec.trajectory import Picks
+
+
+def latent_hash(latent) -> bytes:
+    """8-byte digest of a final latent's float32 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(latent, np.float32)).tobytes()).digest()[:8]
+
+
+def picks_to_record(picks: Picks, stochastic_steps: int, atoms_per_frame: Sequence[int]) -> tuple:
+    """[T, F, S] canonical picks -> ``GopRecord.picks`` (stochastic steps only, used slots only)."""
+    idx, coef = np.asarray(picks.indices), np.asarray(picks.coeffs)
+    out = []
+    for s in range(stochastic_steps):
+        row = []
+        for f, m in enumerate(atoms_per_frame):
+            if not np.all(coef[s, f, :m] != 0) or np.any(coef[s, f, m:] != 0):
+                raise AssertionError(f"step {s} frame {f}: expected exactly {m} used atoms")
+            row.append((idx[s, f, :m].astype(np.int32), np.sign(coef[s, f, :m]).astype(np.int8)))
+        out.append(tuple(row))
+    return tuple(out)
+
+
+def record_to_picks(record_picks, steps: int, frames: int, slots: int) -> Picks:
+    """Inverse of ``picks_to_record``: dense [steps, frames, slots] picks."""
+    picks = Picks.empty(steps, frames, slots)
+    for s, row in enumerate(record_picks):
+        for f, (idx, signs) in enumerate(row):
+            picks.indices[s, f, :len(idx)] = idx
+            picks.coeffs[s, f, :len(idx)] = signs
+    return picks

@@ -1,0 +1,75 @@
+"""An interrupted encode or decode (Ctrl-C = SIGINT, kill = SIGTERM) exits 130 / 143 and leaves
+no output and no temporary file behind."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from gvc_jax.io import write_video
+
+SLOW = ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", "400", "--tail", "1", "--gop-frames", "9"]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sig")
+    rng = np.random.default_rng(0)
+    path = str(d / "in.npy")
+    write_video(path, rng.integers(0, 255, (20, 32, 48, 3)).astype(np.uint8), 16.0)
+    return path
+
+
+def _start(args, cwd):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _wait_for(proc, needle: bytes, timeout=240):
+    """Read stderr until ``needle`` appears (the progress bar reached a sampling step)."""
+    seen = b""
+    t0 = time.time()
+    os.set_blocking(proc.stderr.fileno(), False)
+    while needle not in seen:
+        if proc.poll() is not None or time.time() - t0 > timeout:
+            raise AssertionError(f"process ended or timed out before {needle!r}: {seen[-500:]!r}")
+        chunk = proc.stderr.read()
+        if chunk:
+            seen += chunk
+        time.sleep(0.05)
+    return seen
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_encode_leaves_nothing(clip, tmp_path, sig, code):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _start(["-m", "gvc_jax.encode", clip, "-o", "a.gvc", "--decoded", "rec.mp4", "--json", "r.json", *SLOW],
+                  out)
+    _wait_for(proc, b"step 3")
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=60)
+    err = proc.stderr.read().decode(errors="replace")
+    assert rc == code, err[-2000:]
+    assert "Traceback" not in err and "egmentation" not in err
+    assert os.listdir(out) == []  # no stream, no decoded video, no JSON, no temporary
+
+
+def test_interrupted_decode_leaves_nothing(clip, tmp_path):
+    from gvc_jax import cli
+    from gvc_jax import encode as encode_cli
+
+    gvc = str(tmp_path / "a.gvc")
+    fast = [a if a != "400" else "40" for a in SLOW]
+    assert cli.run_main(encode_cli.main, [clip, "-o", gvc, *fast, "--quiet"]) == 0
+    out = tmp_path / "dec"
+    out.mkdir()
+    proc = _start(["-m", "gvc_jax.decode", gvc, "-o", "frames", "--model", "preset:tiny"], out)
+    _wait_for(proc, b"GOP 1 step")  # the first GOP's frames are already in the (temporary) output
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert os.listdir(out) == []
