@@ -158,8 +158,9 @@ def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprin
     from gvc_jax.codec.pipeline import decode_video
 
     if isinstance(stream_or_path, (str, os.PathLike)):
-        with open(stream_or_path, "rb") as f:
-            stream_or_path = f.read()
+        from gvc_jax.codec.bitstream import read_file
+
+        stream_or_path = read_file(stream_or_path)
     return decode_video(stream_or_path, get_model(model), strict=strict, check_fingerprint=check_fingerprint,
                         progress=progress).video
 

@@ -40,8 +40,7 @@ def main(argv) -> int:
     from gvc_jax.metrics import bpp
 
     cli.check_outputs(files=(args.json,), videos=(args.output,))
-    with open(args.input, "rb") as f:
-        stream = f.read()
+    stream = bitstream.read_file(args.input)
     header, _ = bitstream.read_header(stream)
     model = api.get_model(args.model)
     writer = VideoWriter(args.output, header.fps_num / header.fps_den)

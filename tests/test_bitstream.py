@@ -578,3 +578,25 @@ def test_fuzz_fields_with_recomputed_crcs():
     assert stats["errors"] > 0.5 * stats["n"] and stats["n"] == 1200
     assert stats["max_s"] < 0.5, stats
     assert peak < 64 << 20, peak
+
+
+def test_read_file_refuses_non_streams_and_oversized_files_early(tmp_path):
+    h, data = _valid()
+    ok = tmp_path / "ok.gvc"
+    ok.write_bytes(data)
+    assert bs.read_file(ok) == data
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(BitstreamError, match="bad magic"):
+        bs.read_file("/dev/zero")  # endless: refused after 4 bytes
+    assert time.perf_counter() - t0 < 1.0
+    assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    tracemalloc.stop()
+    assert bs.max_stream_bytes(h) >= len(data)
+    big = tmp_path / "big.gvc"
+    with open(big, "wb") as f:  # a valid header followed by more bytes than it can account for
+        f.write(data)
+        f.seek(bs.max_stream_bytes(h) + 10)
+        f.write(b"\0")
+    with pytest.raises(BitstreamError, match="longer than"):
+        bs.read_file(big)

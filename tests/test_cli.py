@@ -78,3 +78,38 @@ def test_help_runs_as_module():
     for mod in ("gvc_jax.encode", "gvc_jax.decode"):
         out = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True, check=True)
         assert "--model" in out.stdout
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--g-scale", "nan"], "g_scale"), (["--shift", "1e-40"], "shift"), (["--steps", "1001", "--tail", "1000"], "steps"),
+    (["-K", str((1 << 24) + 1)], "K"), (["--tail", "0"], "tail"), (["--gop-frames", "4101"], "gop_frames"),
+    (["--variant", "v2v"], "variant"), (["--decoded", "x.webm"], "x.webm"), (["--compare", "c.jpg"], "compare"),
+    (["--json", "nodir/r.json"], "nodir"), (["-o", "nodir/a.gvc"], "nodir"), (["--decoded", "a.gvc"], "two"),
+])
+def test_every_option_and_output_is_checked_before_the_input_is_read(tmp_path, capsys, extra, needle):
+    """The input does not exist: an option or output error must be reported first, with nothing written."""
+    argv = [str(tmp_path / "missing.mp4"), "-o", "a.gvc", "--model", "preset:tiny", "--quiet", *extra]
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert run(encode_cli.main, argv) == 2
+    finally:
+        os.chdir(old)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "missing.mp4" not in err[0], err
+    assert os.listdir(tmp_path) == []
+
+
+def test_decode_into_a_non_empty_directory_is_refused_and_leaves_it_untouched(clip, tmp_path, capsys):
+    gvc = str(tmp_path / "a.gvc")
+    assert run(encode_cli.main, [clip, "-o", gvc, *FAST, "--max-frames", "5"]) == 0
+    d = tmp_path / "results"
+    d.mkdir()
+    (d / "keep.txt").write_bytes(b"precious")
+    assert run(decode_cli.main, [gvc, "-o", str(d), "--model", "preset:tiny", "--quiet"]) == 2
+    assert "non-empty" in capsys.readouterr().err
+    assert os.listdir(d) == ["keep.txt"] and (d / "keep.txt").read_bytes() == b"precious"
+    empty = tmp_path / "frames"
+    empty.mkdir()
+    assert run(decode_cli.main, [gvc, "-o", str(empty), "--model", "preset:tiny", "--quiet"]) == 0
+    assert len(os.listdir(empty)) == 5

@@ -246,3 +246,24 @@ def test_python_api(model, video, encoded):
     with pytest.raises(TypeError, match="unknown codec option"):
         opts.replace(atomz=3)
     assert CodecOptions.preset("low-rate").atoms == 16
+
+
+def test_geometry_beyond_the_model_is_refused_before_any_model_work(model, encoded):
+    from gvc_jax.codec.engine import GeometryError, check_geometry
+
+    with pytest.raises(GeometryError, match="token grid"):
+        check_geometry(model, 48, 16 * 40, GOP)  # tiny preset: RoPE tables of 32 per axis
+    header, records = bitstream.read(encoded.stream)
+    wide = bitstream.write(header.replace(width=16 * 40), records)
+    with pytest.raises(bitstream.BitstreamError, match="cannot be decoded with this model"):
+        decode_video(wide, model)
+
+
+def test_a_non_finite_trajectory_is_an_error_not_a_video(video):
+    from gvc_jax.codec.coder import NonFiniteError
+
+    bad = init_preset("tiny")
+    leaf = nnx.state(bad.dit, nnx.Param)["proj_out"]["bias"]
+    leaf[...] = leaf[...] * np.nan
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        encode_video(video[:GOP], 25.0, bad, SAMPLER, gop_frames=GOP)

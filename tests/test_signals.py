@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from gvc_jax.io import write_video
+from gvc_jax.io import quiet_fork, write_video
 
 SLOW = ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", "400", "--tail", "1", "--gop-frames", "9"]
 
@@ -25,8 +25,9 @@ def clip(tmp_path_factory):
 
 def _start(args, cwd):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    with quiet_fork():
+        return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(proc, needle: bytes, timeout=240):

@@ -518,6 +518,37 @@ def read_header(data: bytes) -> tuple[Header, int]:
     return h, cur.pos
 
 
+MAX_SIDE_BYTES = 1 << 26   # side payload bytes a GOP may carry (anchor images, residuals): 64 MiB
+_HEADER_READ = 16 << 10    # more than the largest valid header (1025 latent-frame varints)
+
+
+def max_stream_bytes(h: Header) -> int:
+    """An upper bound on the size of any valid stream with this header, computed without big-int
+    work: rank bits <= M * bit_length(K), plus the sign bits, counts, lengths, CRCs and hashes."""
+    pick_bits = h.stochastic_steps * sum(m * (h.K.bit_length() + 1) for m in h.atoms_per_frame)
+    record = 10 + 4 + HASH_BYTES + 10 * h.latent_frames + pick_bits // 8 + 1 + 2 + MAX_SIDE_BYTES \
+        + MAX_SIDE_PAYLOADS * 11
+    return _HEADER_READ + h.num_gops * record
+
+
+def read_file(path) -> bytes:
+    """The bytes of a .gvc file, read safely: the magic first (so ``/dev/zero`` or a video is
+    refused after 4 bytes), then the header, then at most what that header allows."""
+    import os
+
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + 1)
+        if head[:len(MAGIC)] != MAGIC:
+            raise BitstreamError(f"{os.fspath(path)} is not a .gvc stream (bad magic)")
+        head += f.read(_HEADER_READ - len(head))
+        h, _ = read_header(head)
+        limit = max_stream_bytes(h)
+        rest = f.read(limit - len(head) + 1)
+    if len(head) + len(rest) > limit:
+        raise BitstreamError(f"{os.fspath(path)} is longer than any stream with its header can be")
+    return head + rest
+
+
 def read(data: bytes) -> tuple[Header, list[GopRecord]]:
     """Parse a whole .gvc stream; raises BitstreamError on anything malformed."""
     if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -35,14 +35,32 @@ def _vae_decode(graph, cfg, params, latent):
     return nnx.merge(graph, params).decode(denormalize_latent(latent, cfg))
 
 
+class GeometryError(ValueError):
+    """A GOP geometry the model cannot code (strides, patch size, RoPE range)."""
+
+
+def check_geometry(model, height: int, width: int, gop_frames: int) -> None:
+    """Refuse, before any model work, a coded size or GOP length the model cannot run."""
+    vae_cfg, dit_cfg = model.config.vae, model.config.dit
+    s, ts = vae_cfg.spatial_stride, vae_cfg.temporal_stride
+    pt, ph, pw = dit_cfg.patch_size
+    if height % (s * ph) or width % (s * pw):
+        raise GeometryError(f"coded size {width}x{height} must be a multiple of {s * pw}x{s * ph} for this model")
+    if gop_frames < 1 or (gop_frames - 1) % ts:
+        raise GeometryError(f"GOP length must be {ts}k+1 frames for this model, got {gop_frames}")
+    grid = (latent_frames(gop_frames, ts) // pt, height // (s * ph), width // (s * pw))
+    if max(grid) > dit_cfg.rope_max_seq_len:
+        raise GeometryError(f"a {width}x{height} GOP of {gop_frames} frames is a {grid} token grid (frames, rows, "
+                            f"columns); model {model.name} supports at most {dit_cfg.rope_max_seq_len} per axis")
+
+
 class GopEngine:
     """Everything needed to code GOPs of one geometry with one model and sampler."""
 
     def __init__(self, model, sampler: SamplerConfig, height: int, width: int, gop_frames: int):
         vae_cfg, dit_cfg = model.config.vae, model.config.dit
+        check_geometry(model, height, width, gop_frames)
         s = vae_cfg.spatial_stride
-        if height % s or width % s or (height // s) % 2 or (width // s) % 2:
-            raise ValueError(f"coded size {width}x{height} must be a multiple of {2 * s}")
         self.model = model
         self.sampler = sampler
         self.gop_frames = gop_frames
