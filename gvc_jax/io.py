@@ -146,10 +146,47 @@ def _remove(path: str) -> None:
             os.remove(path)
 
 
-def _temp_path(path: str) -> str:
-    """A fresh, not yet existing name next to ``path`` (hidden, same suffix)."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temporaries(path: str) -> list:
+    """Remove the temporaries a killed run (SIGKILL, power loss) left next to ``path``.
+
+    Temporaries are named ``.BASE.pidPID.XXXX.tmpSUFFIX``; one whose process no longer exists is
+    stale. Those of live processes, and every other file, are left alone. -> removed paths.
+    """
     base = os.path.basename(path.rstrip(os.sep)) or "output"
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{Path(base).suffix}", dir=_parent(path))
+    parent = _parent(path)
+    prefix = f".{base}.pid"
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix) or ".tmp" not in name:
+            continue
+        pid_text = name[len(prefix):].split(".", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            _remove(os.path.join(parent, name))
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _temp_path(path: str) -> str:
+    """A fresh, not yet existing name next to ``path`` (hidden, same suffix, names this process);
+    stale temporaries of ``path`` left by killed runs are removed first."""
+    base = os.path.basename(path.rstrip(os.sep)) or "output"
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.pid{os.getpid()}.", suffix=f".tmp{Path(base).suffix}",
+                               dir=_parent(path))
     os.close(fd)
     os.remove(tmp)  # the writer creates it (ffmpeg and directories want a fresh path)
     return tmp
@@ -501,8 +538,10 @@ def _check_target(path: str, kind: str) -> None:
             raise VideoError(f"{path} is a directory; refusing to write a {Path(path).suffix} file over it")
     elif os.path.lexists(path) and not os.path.isdir(path):
         raise VideoError(f"{path} exists and is not a directory; refusing to replace it with frames")
-    elif os.path.isdir(path) and os.listdir(path):
-        raise VideoError(f"refusing to write into non-empty directory {path}")
+    elif os.path.isdir(path):
+        remove_stale_temporaries(os.path.join(path, "frames"))  # partial frames of a killed run
+        if os.listdir(path):
+            raise VideoError(f"refusing to write into non-empty directory {path}")
 
 
 def _check_writable(directory: str) -> None:
@@ -599,7 +638,7 @@ class VideoWriter:
     def _begin(self, h: int, w: int) -> None:
         self.size = (h, w)
         if self.kind == "dir" and os.path.isdir(self.path):  # an existing, empty directory: fill it
-            self._tmp = tempfile.mkdtemp(prefix=".frames.", suffix=".tmp", dir=self.path)
+            self._tmp = tempfile.mkdtemp(prefix=f".frames.pid{os.getpid()}.", suffix=".tmp", dir=self.path)
             return
         self._tmp = _temp_path(self.path)
         if self.kind == "dir":

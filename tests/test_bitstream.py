@@ -600,3 +600,18 @@ def test_read_file_refuses_non_streams_and_oversized_files_early(tmp_path):
         f.write(b"\0")
     with pytest.raises(BitstreamError, match="longer than"):
         bs.read_file(big)
+
+
+def test_parse_time_is_bounded_by_the_stream_size():
+    """The worst legal (K, M) for unranking: parsing costs well under a millisecond per byte."""
+    rng = np.random.default_rng(7)
+    with pytest.raises(SamplerError, match="512"):
+        make_header(K=1 << 18, atoms_per_frame=(513, 1))
+    worst = 0.0
+    for K in (1 << 16, 1 << 18, 1 << 20, 1 << 24):
+        h = make_header(K=K, atoms_per_frame=(512, 512), steps=2, tail=1, num_gops=1)
+        data = bs.write(h, [random_record(rng, h)])
+        t0 = time.perf_counter()
+        bs.read(data)
+        worst = max(worst, (time.perf_counter() - t0) / len(data))
+    assert worst < 1e-3, f"{worst * 1e6:.0f} us per byte"

@@ -542,3 +542,26 @@ def test_fps_fraction_and_arg():
     for bad in (0, -5, float("nan"), float("inf"), None, "fast", 1e-6):
         with pytest.raises(io.VideoError, match="fps"):
             io.fps_fraction(bad)
+
+
+def test_stale_temporaries_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from gvc_jax.io import atomic_write_bytes, write_video
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "a.gvc"
+    stale = tmp_path / f".a.gvc.pid{dead.pid}.abc123.tmp.gvc"
+    live = tmp_path / f".a.gvc.pid{os.getpid()}.zzz.tmp.gvc"  # a run still in progress
+    other = tmp_path / ".b.gvc.pid1.x.tmp.gvc"
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    atomic_write_bytes(out, b"data")
+    assert out.read_bytes() == b"data" and not stale.exists() and live.exists() and other.exists()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / f".frames.pid{dead.pid}.q.tmp").mkdir()  # a killed decode into an empty directory
+    write_video(str(frames), np.zeros((2, 8, 8, 3), np.uint8), 16.0)
+    assert sorted(os.listdir(frames)) == ["frame_00000.png", "frame_00001.png"]

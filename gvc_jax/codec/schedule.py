@@ -31,6 +31,10 @@ INITIAL_NOISE_STREAM = 1_000_000
 # Valid ranges (also the stream format's limits; docs/bitstream.md explains each).
 MAX_STEPS = 1000
 MAX_K = 1 << 24
+# Atoms per latent frame: 4x the largest M the method uses (M_tail = 128). Unranking a subset costs
+# about M^2 log K bit operations, so this cap is what bounds a decoder's parse time by the size of
+# the stream (measured: at most ~0.12 ms per byte of picks, M = 512, K = 2^16 .. 2^24).
+MAX_ATOMS = 512
 SHIFT_RANGE = (0.05, 20.0)      # Wan uses 3-5; outside this the grid collapses onto t = 0 or t = 1
 G_SCALE_RANGE = (0.0, 10.0)     # the published sweet spot is 2-3; far above it the SDE diverges
 MIN_ATOM_CAPACITY = 16
@@ -112,8 +116,8 @@ class SamplerConfig:
             raise SamplerError(f"shift must be in [{lo}, {hi}], got {self.shift}")
         if not 1 <= self.K <= MAX_K:
             raise SamplerError(f"codebook size K must be in [1, {MAX_K}], got {self.K}")
-        if not apf or any(not _is_int(m) or not 1 <= m <= self.K for m in apf):
-            raise SamplerError(f"atoms per frame must be ints in [1, K={self.K}], got {apf}")
+        if not apf or any(not _is_int(m) or not 1 <= m <= min(self.K, MAX_ATOMS) for m in apf):
+            raise SamplerError(f"atoms per frame must be ints in [1, min(K={self.K}, {MAX_ATOMS})], got {apf}")
         object.__setattr__(self, "atoms_per_frame", tuple(int(m) for m in apf))
         if self.codebook not in CODEBOOK_KINDS:
             raise SamplerError(f"codebook must be one of {CODEBOOK_KINDS}, got {self.codebook!r}")
