@@ -54,6 +54,7 @@ MAX_FRAMES = 1 << 24      # num_frames
 MAX_GOPS = 1_000_000
 MAX_GOP_FRAMES = 4097     # 4k+1, i.e. at most 1025 latent frames per GOP
 MAX_SIDE_PAYLOADS = 255
+MAX_SIDE_BYTES = 1 << 26  # side payload bytes a GOP may carry (anchor images, residuals): 64 MiB
 _VARINT_MAX_BYTES = 10    # values < 2**70; anything longer is malformed
 HASH_BYTES = 8
 FINGERPRINT_BYTES = 8
@@ -398,6 +399,8 @@ def _validate_record(h: Header, g: int, rec: GopRecord) -> None:
             raise bad(f"side[{i}] tag {tag!r} not in [0, 255]")
         if not isinstance(data, (bytes, bytearray)):
             raise bad(f"side[{i}] data must be bytes")
+    if sum(len(d) for _, d in rec.side) > MAX_SIDE_BYTES:
+        raise bad(f"side payloads exceed {MAX_SIDE_BYTES} bytes")
 
 
 def _encode_picks(h: Header, picks, apf) -> bytes:
@@ -481,10 +484,13 @@ def _parse_record(h: Header, cur: _Cursor, g: int) -> GopRecord:
     n_side = bc.varint(f"GOP {g} side payload count")
     if n_side > MAX_SIDE_PAYLOADS or 2 * n_side > bc.left:
         raise BitstreamError(f"GOP {g}: side payload count {n_side} does not fit the record")
-    side = []
+    side, side_bytes = [], 0
     for i in range(n_side):
         tag = bc.u8(f"GOP {g} side[{i}] tag")
         n = bc.varint(f"GOP {g} side[{i}] length")
+        side_bytes += n
+        if side_bytes > MAX_SIDE_BYTES:
+            raise BitstreamError(f"GOP {g}: side payloads exceed {MAX_SIDE_BYTES} bytes")
         side.append((tag, bc.take(n, f"GOP {g} side[{i}] data")))
     if bc.left:
         raise BitstreamError(f"GOP {g}: {bc.left} unexpected trailing bytes in the record")
@@ -518,7 +524,6 @@ def read_header(data: bytes) -> tuple[Header, int]:
     return h, cur.pos
 
 
-MAX_SIDE_BYTES = 1 << 26   # side payload bytes a GOP may carry (anchor images, residuals): 64 MiB
 _HEADER_READ = 16 << 10    # more than the largest valid header (1025 latent-frame varints)
 
 
