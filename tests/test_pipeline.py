@@ -267,3 +267,25 @@ def test_a_non_finite_trajectory_is_an_error_not_a_video(video):
     leaf[...] = leaf[...] * np.nan
     with pytest.raises(NonFiniteError, match="non-finite"):
         encode_video(video[:GOP], 25.0, bad, SAMPLER, gop_frames=GOP)
+
+
+def test_a_huge_but_valid_stream_is_refused_before_any_model_work():
+    """8192x8192 passes the format and the default model's RoPE range; one GOP would need far more
+    memory than this machine has, so the decoder refuses at once, without allocating."""
+    import resource
+    import time
+
+    from gvc_jax.codec.engine import MemoryLimitError, estimate_gop_bytes
+    from gvc_jax.models.registry import resolve_model
+
+    m = resolve_model(None)
+    with open(os.path.join(DATA, "v1_default_t2v.gvc"), "rb") as f:
+        header, records = bitstream.read(f.read())
+    big = bitstream.write(header.replace(version=2, width=8192, height=8192), records)
+    assert estimate_gop_bytes(m, 8192, 8192, header.gop_frames) > 64 * 2**30
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(MemoryLimitError, match="GiB"):
+        decode_video(big, m)
+    assert time.perf_counter() - t0 < 5.0
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) < 300 * 1024  # KiB: < 300 MB above baseline

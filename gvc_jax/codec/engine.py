@@ -54,6 +54,55 @@ def check_geometry(model, height: int, width: int, gop_frames: int) -> None:
                             f"columns); model {model.name} supports at most {dit_cfg.rope_max_seq_len} per axis")
 
 
+class MemoryLimitError(ValueError):
+    """One GOP of this geometry needs more memory than the machine has."""
+
+
+def estimate_gop_bytes(model, height: int, width: int, gop_frames: int) -> int:
+    """A rough upper estimate of the working memory one GOP needs (bytes).
+
+    Terms: the GOP's frames in float32 (a few copies); the VAE at full resolution (a 4-frame chunk
+    plus its 2-frame cache at ``base_dim`` channels, a few live tensors); the DiT's token
+    activations at FFN width. Calibrated on the default model at 256x144x33: 0.4 GB estimated,
+    0.3 GB measured above the process baseline (docs/benchmarks.md).
+    """
+    vae, dit = model.config.vae, model.config.dit
+    s = vae.spatial_stride
+    pt, ph, pw = dit.patch_size
+    pixels = gop_frames * height * width * 3 * 4 * 4
+    vae_act = 6 * height * width * vae.base_dim * 4 * 4
+    tokens = (latent_frames(gop_frames, vae.temporal_stride) // pt) * (height // (s * ph)) * (width // (s * pw))
+    dit_act = tokens * max(dit.ffn_dim, dit.dim) * 4 * 4
+    return pixels + vae_act + dit_act
+
+
+def available_bytes() -> int | None:
+    """Memory the arrays can use: the accelerator's limit, or the host's available RAM (None: unknown)."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        return stats.get("bytes_limit")
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        import os
+
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+
+
+def check_memory(model, height: int, width: int, gop_frames: int) -> None:
+    """Refuse, before any model work, a GOP that cannot fit in this machine's memory."""
+    need, have = estimate_gop_bytes(model, height, width, gop_frames), available_bytes()
+    if have is not None and need > have:
+        raise MemoryLimitError(f"a {width}x{height} GOP of {gop_frames} frames needs about {need / 2**30:.1f} GiB, "
+                               f"this machine has {have / 2**30:.1f} GiB available")
+
+
 class GopEngine:
     """Everything needed to code GOPs of one geometry with one model and sampler."""
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from gvc_jax.codec import bitstream
 from gvc_jax.codec.coder import GopOutput, Progress, SearchTargets, StreamPicks, code_gops
-from gvc_jax.codec.engine import GeometryError, GopEngine, check_geometry
+from gvc_jax.codec.engine import GeometryError, GopEngine, check_geometry, check_memory
 from gvc_jax.codec.plan import ArrayReader, GopFrames, GopPlan
 from gvc_jax.codec.records import latent_hash, picks_to_record
 from gvc_jax.codec.schedule import SamplerConfig
@@ -96,6 +96,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         num_gops=plan.num_gops, sampler=sampler, flags=flags)
     bitstream.validate_header(header)
     check_geometry(model, height, width, gop_frames)
+    check_memory(model, height, width, gop_frames)
     engine = GopEngine(model, sampler, height, width, gop_frames)
     frames = GopFrames(reader, plan)
     source = SearchTargets(lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE),
@@ -137,6 +138,7 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
         check_geometry(model, header.height, header.width, header.gop_frames)
     except GeometryError as err:
         raise bitstream.BitstreamError(f"the stream cannot be decoded with this model: {err}") from None
+    check_memory(model, header.height, header.width, header.gop_frames)
     engine = GopEngine(model, header.sampler, header.height, header.width, header.gop_frames)
     emit = _emitter(plan, header.orig_height, header.orig_width, sink)
     reports = []
