@@ -62,12 +62,64 @@ def entry_point(main: Callable[[List[str]], int]) -> None:
     XLA's worker threads cannot crash the interpreter's shutdown.
     """
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.unraisablehook = _redeliver_interrupts(sys.unraisablehook)
+    _start_watchdog()
     code = run_main(main)
     if code in (130, 143):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+INTERRUPT_GRACE_S = 5.0
+
+
+def _redeliver_interrupts(default_hook):
+    """An interrupt raised inside a callback Python cannot propagate from (e.g. a garbage-collector
+    callback) is "ignored" with a traceback; deliver it to the main thread again instead."""
+    import _thread
+    import threading
+
+    def hook(unraisable) -> None:
+        signum = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM}.get(type(unraisable.exc_value))
+        if signum is None:
+            default_hook(unraisable)
+        else:  # from another thread, so that it is raised in the main thread's code, not in this hook
+            threading.Timer(0.05, _thread.interrupt_main, args=(signum,)).start()
+
+    return hook
+
+
+def _start_watchdog(grace: float = INTERRUPT_GRACE_S) -> None:
+    """Make Ctrl-C / SIGTERM effective even while the main thread waits inside XLA.
+
+    Python runs signal handlers only when the main thread executes bytecode; a long compiled
+    trajectory or an XLA compilation can hold it for a whole GOP. The C-level handler writes the
+    signal number to a wakeup pipe at once; this thread reads it and, if the process has not
+    finished unwinding ``grace`` seconds later, removes the outputs in progress
+    (``io.emergency_cleanup``) and exits 130 / 143 itself.
+    """
+    import threading
+    import time
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread
+        return
+
+    def watch() -> None:
+        signum = os.read(r, 1)[0]
+        time.sleep(grace)
+        from gvc_jax import io
+
+        io.emergency_cleanup()
+        print("interrupted" if signum == signal.SIGINT else "terminated", file=sys.stderr, flush=True)
+        os._exit(130 if signum == signal.SIGINT else 143)
+
+    threading.Thread(target=watch, name="gvc-signal-watchdog", daemon=True).start()
 
 
 class _CallableModule(types.ModuleType):

@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+import weakref
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -138,6 +139,32 @@ def fps_arg(fps) -> str:
 # ----------------------------------------------------------------------------- atomic writes
 
 
+# Cleanups of outputs in progress (temporaries, ffmpeg children), for ``emergency_cleanup``.
+_ACTIVE: dict = {}
+_NEXT_TOKEN = [0]
+
+
+def _track(cleanup) -> int:
+    _NEXT_TOKEN[0] += 1
+    _ACTIVE[_NEXT_TOKEN[0]] = cleanup
+    return _NEXT_TOKEN[0]
+
+
+def _untrack(token) -> None:
+    _ACTIVE.pop(token, None)
+
+
+def emergency_cleanup() -> None:
+    """Remove every output still in progress (called when the main thread cannot unwind in time,
+    e.g. a signal arrived while it waits inside XLA). Never raises."""
+    for cleanup in list(_ACTIVE.values()):
+        try:
+            cleanup()
+        except BaseException:  # noqa: BLE001 - best effort on the way out
+            pass
+    _ACTIVE.clear()
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -222,6 +249,7 @@ def atomic_path(path) -> Iterator[str]:
     _refuse_directory(path)
     os.makedirs(_parent(path), exist_ok=True)
     tmp = _temp_path(path)
+    token = _track(lambda: _remove(tmp))
     try:
         yield tmp
         if not os.path.lexists(tmp):
@@ -230,6 +258,8 @@ def atomic_path(path) -> Iterator[str]:
     except BaseException:
         _remove(tmp)
         raise
+    finally:
+        _untrack(token)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -637,6 +667,8 @@ class VideoWriter:
 
     def _begin(self, h: int, w: int) -> None:
         self.size = (h, w)
+        ref = weakref.ref(self)  # the registry must not keep an abandoned writer alive (its __del__ aborts)
+        self._token = _track(lambda: ref() is not None and ref().abort())
         if self.kind == "dir" and os.path.isdir(self.path):  # an existing, empty directory: fill it
             self._tmp = tempfile.mkdtemp(prefix=f".frames.pid{os.getpid()}.", suffix=".tmp", dir=self.path)
             return
@@ -725,6 +757,7 @@ class VideoWriter:
             self.abort()
             raise
         self._done = True
+        _untrack(getattr(self, "_token", None))
         self._close_log()
 
     def _move_frames_into(self, directory: str) -> None:
@@ -762,6 +795,7 @@ class VideoWriter:
             self._fh.close()
         if self._tmp is not None:
             _remove(self._tmp)
+        _untrack(getattr(self, "_token", None))
         self._close_log()
 
     def _close_log(self) -> None:

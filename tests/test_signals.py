@@ -45,13 +45,17 @@ def _wait_for(proc, needle: bytes, timeout=240):
     return seen
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_encode_leaves_nothing(clip, tmp_path, sig, code):
+@pytest.mark.parametrize("sig,code,when", [
+    (signal.SIGINT, 130, b"step 3"),       # in the middle of a GOP's trajectory
+    (signal.SIGTERM, 143, b"step 3"),
+    (signal.SIGINT, 130, b"encode GOPs"),  # before the first GOP, while the programs compile
+])
+def test_interrupted_encode_leaves_nothing(clip, tmp_path, sig, code, when):
     out = tmp_path / "out"
     out.mkdir()
     proc = _start(["-m", "gvc_jax.encode", clip, "-o", "a.gvc", "--decoded", "rec.mp4", "--json", "r.json", *SLOW],
                   out)
-    _wait_for(proc, b"step 3")
+    _wait_for(proc, when)
     proc.send_signal(sig)
     rc = proc.wait(timeout=60)
     err = proc.stderr.read().decode(errors="replace")
