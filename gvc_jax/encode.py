@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-OPTION_FLAGS = {"atoms": "atoms", "codebook_size": "codebook_size", "codebook": "codebook", "steps": "steps",
-                "tail": "tail", "g_scale": "g_scale", "shift": "shift", "seed": "seed", "variant": "variant",
-                "gop_frames": "gop_frames"}
+# Flags that override fields of the chosen CodecOptions preset (argparse dest == field name).
+OPTION_FIELDS = ("atoms", "codebook_size", "codebook", "steps", "tail", "g_scale", "shift", "seed", "variant",
+                 "gop_frames")
 
 
 def main(argv) -> int:
@@ -61,7 +61,7 @@ def main(argv) -> int:
     from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes, save_side_by_side
     from gvc_jax.metrics import bpp
 
-    overrides = {name: getattr(args, flag) for flag, name in OPTION_FLAGS.items() if getattr(args, flag) is not None}
+    overrides = {name: getattr(args, name) for name in OPTION_FIELDS if getattr(args, name) is not None}
     options = api.CodecOptions.preset(args.preset, **overrides)  # validates every codec option
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be >= 1")

@@ -15,7 +15,7 @@ GOP shares with an earlier one are emitted once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
@@ -186,8 +186,3 @@ class ArrayReader:
     def __exit__(self, *exc):
         self.close()
 
-
-def iter_waves(plan: GopPlan) -> Iterator[GopSpan]:
-    """Every GOP, wave by wave (index order inside a wave)."""
-    for wave in plan.waves():
-        yield from wave
