@@ -40,8 +40,9 @@ def main(argv) -> int:
     from gvc_jax.metrics import bpp
 
     cli.check_outputs(files=(args.json,), videos=(args.output,))
-    stream = bitstream.read_file(args.input)
-    header, _ = bitstream.read_header(stream)
+    with bitstream.naming(args.input):
+        stream = bitstream.read_file(args.input)
+        header, _ = bitstream.read_header(stream)
     model = api.get_model(args.model)
     writer = VideoWriter(args.output, header.fps_num / header.fps_den)
     sinks = [writer.write]
@@ -60,8 +61,10 @@ def main(argv) -> int:
                 evaluator.decoded(chunk)
             sinks.append(evaluate)
         t0 = time.perf_counter()
-        result = decode_stream(stream, model, check_fingerprint=not args.ignore_fingerprint, strict=args.strict,
-                               sink=lambda chunk: [s(chunk) for s in sinks], progress=cli.progress_printer(args.quiet))
+        with bitstream.naming(args.input):
+            result = decode_stream(stream, model, check_fingerprint=not args.ignore_fingerprint, strict=args.strict,
+                                   sink=lambda chunk: [s(chunk) for s in sinks],
+                                   progress=cli.progress_printer(args.quiet))
         seconds = time.perf_counter() - t0
         writer.commit()
     except BaseException:

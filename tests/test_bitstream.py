@@ -615,3 +615,59 @@ def test_parse_time_is_bounded_by_the_stream_size():
         bs.read(data)
         worst = max(worst, (time.perf_counter() - t0) / len(data))
     assert worst < 1e-3, f"{worst * 1e6:.0f} us per byte"
+
+
+def test_hostile_streams_give_one_clean_line_from_the_command_line(tmp_path):
+    """As a user sees it: ``python -m gvc_jax.decode`` on each hostile stream exits 2 with exactly
+    one ``error:`` line on stderr, naming the user's path: no traceback, no RuntimeWarning."""
+    import os
+    import subprocess
+    import sys
+
+    from gvc_jax.models.registry import init_preset
+
+    h = make_header(K=64, atoms_per_frame=(3, 4), model_fingerprint=bytes.fromhex(init_preset("tiny").fingerprint)[:8])
+    good = bs.write(h, [random_record(np.random.default_rng(g), h) for g in range(h.num_gops)])
+    f = _fields_of(h)
+    hl = bs.header_bytes(h)
+    streams = {
+        "zeros.gvc": bytes(4096),
+        "huge_gscale.gvc": _raw_header({**f, "floats": struct.pack(">ff", 3.0, 3e38)}) + good[hl:],
+        "denormal_shift.gvc": _raw_header({**f, "floats": struct.pack(">ff", 1e-40, 3.0)}) + good[hl:],
+        "nan_shift.gvc": _raw_header({**f, "floats": struct.pack(">ff", float("nan"), 3.0)}) + good[hl:],
+        "truncated.gvc": good[:-3],
+        "long_claim.gvc": _raw_header({**f, "ints": [*f["ints"][:4], 1 << 24, *f["ints"][5:]]}) + good[hl:],
+    }
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for name, data in streams.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        p = subprocess.run([sys.executable, "-m", "gvc_jax.decode", str(path), "-o", str(tmp_path / "o.npy"),
+                            "--model", "preset:tiny", "--quiet"], capture_output=True, text=True, env=env,
+                           timeout=120)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, p.stderr)
+        assert "Warning" not in p.stderr and "Traceback" not in p.stderr and name in lines[0], (name, p.stderr)
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_open_stream_checks_framing_up_front_and_content_per_record():
+    rng = np.random.default_rng(5)
+    h = make_header(K=64, atoms_per_frame=(3, 4), num_gops=3, num_frames=13)
+    recs = [random_record(rng, h) for _ in range(3)]
+    stream = bs.write(h, recs)
+    header, lazy = bs.open_stream(stream)
+    assert header == h and len(lazy) == 3 and lazy[1] == recs[1] and lazy[-1] == recs[2]
+    assert bs.read(stream)[1] == recs
+    # GOP 1's body gets trailing junk, re-framed with a correct CRC: framing is fine, content is not
+    framed = [bs.record_bytes(h, g, r) for g, r in enumerate(recs)]
+    body = framed[1][1 + 4:] + b"\x00"
+    bad = bs.assemble(h, [framed[0], bs.frame_body(h, 1, body), framed[2]])
+    _, lazy = bs.open_stream(bad)
+    assert lazy[0] == recs[0]
+    with pytest.raises(BitstreamError, match="GOP 1"):
+        lazy[1]
+    with pytest.raises(BitstreamError, match="GOP 1"):
+        bs.read(bad)
+    with pytest.raises(BitstreamError, match="CRC"):  # framing errors are found when the stream is opened
+        bs.open_stream(bs.assemble(h, [framed[0], framed[2], framed[1]]))

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from gvc_jax.codec import bitstream, trajectory
-from gvc_jax.codec.pipeline import DriftError, ModelMismatchError, decode_video, encode_video
+from gvc_jax.codec.pipeline import DriftError, ModelMismatchError, decode_stream, decode_video, encode_video
 from gvc_jax.codec.records import latent_hash
 from gvc_jax.codec.ranks import subset_rank_bits
 from gvc_jax.codec.schedule import SamplerConfig
@@ -289,3 +289,44 @@ def test_a_huge_but_valid_stream_is_refused_before_any_model_work():
         decode_video(big, m)
     assert time.perf_counter() - t0 < 5.0
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) < 300 * 1024  # KiB: < 300 MB above baseline
+
+
+def test_a_valid_stream_of_two_to_the_24_frames_decodes_gop_by_gop_in_bounded_memory(model):
+    """2**24 frames (the format's limit) at 64x48 is 150 GB of pixels: the decoder must parse it,
+    start at once and hold one GOP at a time, not the video."""
+    import resource
+    import time
+
+    n, gop = 1 << 24, 125  # 32 latent frames: the tiny preset's temporal RoPE range
+    sampler = SamplerConfig(steps=2, tail=1, K=2, atoms_per_frame=(1,) * 32, seed=3)
+    num_gops = -(-n // gop)
+    header = bitstream.Header(
+        model_fingerprint=bytes.fromhex(model.fingerprint)[:8], preset="tiny", variant="t2v", width=64, height=48,
+        orig_width=64, orig_height=48, num_frames=n, fps_num=16, fps_den=1, gop_frames=gop, num_gops=num_gops,
+        sampler=sampler)
+    record = bitstream.GopRecord(picks=(tuple((np.array([1], np.int32), np.array([1], np.int8)) for _ in range(32)),),
+                                 latent_hash=bytes(8))
+    body = bitstream.record_bytes(header, 0, record)[5:]  # the same picks in every GOP, framed per GOP below
+    assert bitstream.frame_body(header, 0, body) == bitstream.record_bytes(header, 0, record)
+    stream = bitstream.assemble(header, [bitstream.frame_body(header, g, body) for g in range(num_gops)])
+    assert len(stream) < 4 << 20
+
+    class Enough(Exception):
+        pass
+
+    seen = []
+
+    def sink(chunk):
+        seen.append(chunk.shape)
+        if sum(s[0] for s in seen) >= 2 * gop:
+            raise Enough
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(Enough):
+        decode_stream(stream, model, sink=sink)
+    elapsed = time.perf_counter() - t0
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024  # MB
+    assert seen[0] == (gop, 48, 64, 3)
+    print(f"2**24 frames: {num_gops} GOPs, {len(stream)} B; two GOPs decoded in {elapsed:.1f} s, +{grown:.0f} MB")
+    assert elapsed < 60 and grown < 300

@@ -23,8 +23,10 @@ one-line message on anything malformed (truncation, bit flips, garbage, trailing
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -458,7 +460,9 @@ def _decode_picks(h: Header, data: bytes, g: int, apf) -> tuple:
     return tuple(steps)
 
 
-def _parse_record(h: Header, cur: _Cursor, g: int) -> GopRecord:
+def _frame_record(h: Header, cur: _Cursor, g: int) -> tuple[int, int]:
+    """Step over GOP g's record, checking its length and its position-bound CRC: -> (start, length)
+    of its body. Cheap (no big-int work), so a whole stream's structure is checked up front."""
     body_len = cur.varint(f"GOP {g} record length")
     if body_len + 4 > cur.left:
         raise BitstreamError(f"truncated stream: GOP {g} record claims {body_len} bytes, {max(cur.left - 4, 0)} left")
@@ -467,7 +471,12 @@ def _parse_record(h: Header, cur: _Cursor, g: int) -> GopRecord:
     body = cur.take(body_len, f"GOP {g} record")
     if record_crc(h, g, body) != crc:
         raise BitstreamError(f"GOP {g}: CRC mismatch (corrupted, reordered or duplicated record)")
-    bc = _Cursor(cur.data, body_start, body_start + body_len)
+    return body_start, body_len
+
+
+def _parse_body(h: Header, data: bytes, g: int, body_start: int, body_len: int) -> GopRecord:
+    """GOP g's record body -> GopRecord: atom counts, picks (unranked) and side payloads."""
+    bc = _Cursor(data, body_start, body_start + body_len)
     latent_hash = bc.take(HASH_BYTES, f"GOP {g} latent hash")
     apf = tuple(h.atoms_per_frame)
     if h.per_gop_atoms:
@@ -503,18 +512,31 @@ def _parse_record(h: Header, cur: _Cursor, g: int) -> GopRecord:
 def write(header: Header, records: Sequence[GopRecord]) -> bytes:
     """Serialise a header and its num_gops GOP records; validates everything first."""
     validate_header(header)
-    if header.version != FORMAT_VERSION:
-        raise BitstreamError(f"this writer writes format version {FORMAT_VERSION}, not {header.version}")
     records = list(records)
     if len(records) != header.num_gops:
         raise BitstreamError(f"header says num_gops={header.num_gops}, got {len(records)} records")
-    for g, rec in enumerate(records):
-        _validate_record(header, g, rec)
-    out = bytearray(_encode_header_fields(header))
-    for g, rec in enumerate(records):
-        body = _encode_body(header, rec)
-        out += encode_varint(len(body)) + struct.pack(">I", record_crc(header, g, body)) + body
-    return bytes(out)
+    return assemble(header, [record_bytes(header, g, rec) for g, rec in enumerate(records)])
+
+
+def record_bytes(header: Header, g: int, rec: GopRecord) -> bytes:
+    """GOP g's framed record (length, position-bound CRC, body): what an encoder keeps per GOP."""
+    _validate_record(header, g, rec)
+    return frame_body(header, g, _encode_body(header, rec))
+
+
+def frame_body(header: Header, g: int, body: bytes) -> bytes:
+    """A record body framed as GOP g's: its length, then its CRC seeded with g, then the body."""
+    return encode_varint(len(body)) + struct.pack(">I", record_crc(header, g, body)) + body
+
+
+def assemble(header: Header, framed: Sequence[bytes]) -> bytes:
+    """The stream: the header, then the framed records of ``record_bytes`` in GOP order."""
+    validate_header(header)
+    if header.version != FORMAT_VERSION:
+        raise BitstreamError(f"this writer writes format version {FORMAT_VERSION}, not {header.version}")
+    if len(framed) != header.num_gops:
+        raise BitstreamError(f"header says num_gops={header.num_gops}, got {len(framed)} records")
+    return bytes(_encode_header_fields(header)) + b"".join(framed)
 
 
 def read_header(data: bytes) -> tuple[Header, int]:
@@ -536,11 +558,21 @@ def max_stream_bytes(h: Header) -> int:
     return _HEADER_READ + h.num_gops * record
 
 
+@contextlib.contextmanager
+def naming(path):
+    """Prefix a BitstreamError raised inside with the stream's path (once)."""
+    try:
+        yield
+    except BitstreamError as err:
+        name = os.fspath(path)
+        if name in str(err):
+            raise
+        raise BitstreamError(f"{name}: {err}") from None
+
+
 def read_file(path) -> bytes:
     """The bytes of a .gvc file, read safely: the magic first (so ``/dev/zero`` or a video is
     refused after 4 bytes), then the header, then at most what that header allows."""
-    import os
-
     with open(path, "rb") as f:
         head = f.read(len(MAGIC) + 1)
         if head[:len(MAGIC)] != MAGIC:
@@ -554,8 +586,33 @@ def read_file(path) -> bytes:
     return head + rest
 
 
+class Records(Sequence):
+    """A stream's GOP records, parsed when indexed. Their framing and CRCs were checked when the
+    stream was opened; a record's content (picks, side payloads) is checked when it is parsed."""
+
+    def __init__(self, header: Header, data: bytes, spans: np.ndarray) -> None:
+        self._header, self._data, self._spans = header, data, spans
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __getitem__(self, g):
+        if isinstance(g, slice):
+            return [self[i] for i in range(*g.indices(len(self)))]
+        g = range(len(self))[g]
+        start, length = (int(v) for v in self._spans[g])
+        return _parse_body(self._header, self._data, g, start, length)
+
+
 def read(data: bytes) -> tuple[Header, list[GopRecord]]:
     """Parse a whole .gvc stream; raises BitstreamError on anything malformed."""
+    h, records = open_stream(data)
+    return h, list(records)
+
+
+def open_stream(data: bytes) -> tuple[Header, Records]:
+    """Check a .gvc stream's header and the framing and CRC of every record (cheap: no unranking),
+    returning the records to parse one at a time: memory and parse time per GOP, not per stream."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BitstreamError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -572,7 +629,9 @@ def read(data: bytes) -> tuple[Header, list[GopRecord]]:
     if h.num_gops * min_record > cur.left:
         raise BitstreamError(f"truncated stream: {h.num_gops} GOPs need at least {h.num_gops * min_record} "
                              f"bytes, {cur.left} left")
-    records = [_parse_record(h, cur, g) for g in range(h.num_gops)]
+    spans = np.empty((h.num_gops, 2), np.int64)
+    for g in range(h.num_gops):
+        spans[g] = _frame_record(h, cur, g)
     if cur.left:
         raise BitstreamError(f"{cur.left} unexpected trailing bytes after the last GOP")
-    return h, records
+    return h, Records(h, data, spans)

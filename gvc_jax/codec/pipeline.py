@@ -102,16 +102,16 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     source = SearchTargets(lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE),
                            None if gop_atoms is None else (lambda span: gop_atoms[span.index]))
     emit = _emitter(plan, reader.height, reader.width, sink)
-    records, reports = [], []
+    framed, reports = [b""] * plan.num_gops, []  # each GOP's record, serialised as it is done
     for out in code_gops(plan, var, engine, source, progress=progress, stage="encode"):
         atoms = tuple(int(m) for m in out.inputs.atoms)
-        records.append(bitstream.GopRecord(
+        framed[out.span.index] = bitstream.record_bytes(header, out.span.index, bitstream.GopRecord(
             picks=picks_to_record(out.picks, sampler.stochastic_steps, atoms), latent_hash=latent_hash(out.latent),
             side=out.side, atoms_per_frame=atoms if flags & bitstream.FLAG_GOP_ATOMS else None))
         mse = float(jnp.mean((out.latent - out.inputs.target) ** 2))
         reports.append(GopReport(out.span.index, out.seconds, atoms, latent_mse=mse))
         emit(out)
-    stream = bitstream.write(header, records)
+    stream = bitstream.assemble(header, framed)
     return CodecResult(None, reader.fps, header, reports, stream)
 
 
@@ -125,7 +125,7 @@ def check_model(header: bitstream.Header, model) -> None:
 def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, strict: bool = False,
                   sink: Optional[Sink] = None, progress: Optional[Progress] = None) -> CodecResult:
     """A ``.gvc`` stream -> frames into ``sink``; raises ``bitstream.BitstreamError`` if malformed."""
-    header, records = bitstream.read(stream)
+    header, records = bitstream.open_stream(stream)
     if check_fingerprint:
         check_model(header, model)
     try:
