@@ -212,7 +212,9 @@ class PointSpec:
 
 def gvc_param_key(params: dict) -> tuple:
     names = ("model", "K", "M", "steps", "tail", "g_scale", "shift", "codebook", "seed", "gop_frames")
-    return tuple(f"{n}={'auto' if params.get(n) is None else params[n]}" for n in names)
+    key = tuple(f"{n}={'auto' if params.get(n) is None else params[n]}" for n in names)
+    variant = params.get("variant", "t2v")
+    return key if variant == "t2v" else key + (f"variant={variant}",)  # t2v keys as before the variants
 
 
 def gvc_spec(params: dict, curve: str = "gvc", setting: Optional[str] = None) -> PointSpec:
@@ -243,13 +245,16 @@ class GvcRunner:
         return self._model
 
     def sampler(self, params: dict, height: int, width: int):
-        from gvc_jax.codec.schedule import DEFAULT_K, SamplerConfig, default_shift
+        from gvc_jax.codec.schedule import DEFAULT_K, SamplerConfig, default_shift, latent_frames
 
         k = params.get("K")
         k = DEFAULT_K if k is None else k  # Hadamard codebooks take any K (a union of bases when K > P)
         shift = params.get("shift")
         shift = default_shift(height, width) if shift is None else float(shift)
         m = int(params["M"])
+        if params.get("variant") == "i2v":  # adaptive atoms: twice M on the last latent frame
+            n = latent_frames(int(params["gop_frames"]))
+            m = (m,) * (n - 1) + (2 * m,)
         return SamplerConfig.for_gop(int(params["gop_frames"]), m, steps=int(params["steps"]),
                                      tail=int(params["tail"]), g_scale=float(params["g_scale"]), shift=shift,
                                      K=int(k), codebook=params["codebook"], seed=int(params["seed"]))
@@ -260,7 +265,11 @@ class GvcRunner:
         try:
             sampler = self.sampler(params, clip.frames.shape[1], clip.frames.shape[2])
             t0 = time.perf_counter()
-            result = encode_video(clip.frames, clip.fps, self.model, sampler, gop_frames=int(params["gop_frames"]))
+            from gvc_jax.api import CodecOptions
+
+            variant = CodecOptions(variant=params.get("variant", "t2v")).variant_object()
+            result = encode_video(clip.frames, clip.fps, self.model, sampler, gop_frames=int(params["gop_frames"]),
+                                  variant=variant)
             seconds = time.perf_counter() - t0
         except ValueError as err:  # bad sampler / codebook / GOP settings
             raise RDError(f"gvc ({', '.join(gvc_param_key(params))}): {err}") from None
@@ -527,6 +536,9 @@ def add_gvc_args(p: argparse.ArgumentParser, *, atoms: bool = True) -> None:
     g.add_argument("--codebook", default=DEFAULT_CODEBOOK, help="hadamard | rademacher | gaussian")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--gop-frames", type=int, default=33, help="frames per GOP (4k+1)")
+    g.add_argument("--variants", nargs="+", default=["t2v"], choices=("t2v", "flf2v", "i2v"),
+                   help="conditioning variants, one curve each (i2v: 2M atoms on the last latent frame, "
+                        "default anchor codec and residual step)")
     g.add_argument("--verify-decode", action="store_true", help="also decode every gvc stream and check it")
 
 
@@ -579,12 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
 def point_specs(args) -> List[PointSpec]:
     specs = []
     ks = args.K or [None]
-    for k in ks:
-        curve = "gvc" if len(ks) == 1 else f"gvc K={k}"
-        for m in args.gvc_atoms or ():
-            if m < 1:
-                raise RDError(f"--gvc-atoms must be >= 1, got {m}")
-            specs.append(gvc_spec(base_gvc_params(args, K=k, M=int(m)), curve=curve))
+    for variant in getattr(args, "variants", None) or ["t2v"]:
+        for k in ks:
+            curve = "gvc" if len(ks) == 1 else f"gvc K={k}"
+            curve = curve if variant == "t2v" else curve.replace("gvc", f"gvc-{variant}", 1)
+            for m in args.gvc_atoms or ():
+                if m < 1:
+                    raise RDError(f"--gvc-atoms must be >= 1, got {m}")
+                specs.append(gvc_spec(base_gvc_params(args, K=k, M=int(m), variant=variant), curve=curve))
     ladders = _parse_map(args.ladder, "ladder", lambda v: tuple(int(x) for x in v.split(",") if x))
     presets = _parse_map(args.preset, "preset", str)
     for codec in args.baselines or ():

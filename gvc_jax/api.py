@@ -31,8 +31,15 @@ DEFAULT_GOP_FRAMES = 33
 class CodecOptions:
     """Encoder settings. Every field has the command line's default; all are validated on creation.
 
-    variant:        conditioning variant (``t2v``; ``i2v`` / ``flf2v`` once implemented)
+    variant:        conditioning variant: ``t2v`` (no anchor, lowest rate), ``flf2v`` (coded boundary
+                    frames shared by neighbouring GOPs), ``i2v`` (coded first frame, then a chain on
+                    the decoded last frame, with a tail latent residual)
     atoms:          M, atoms per latent frame and stochastic step: the rate knob
+    tail_atoms:     M_tail, atoms on the last ``tail_frames`` latent frames (None: ``atoms``)
+    tail_frames:    how many final latent frames use ``tail_atoms``
+    anchor_codec:   still-image codec of the anchor frames (i2v, flf2v; None: the default)
+    anchor_quality: its quality, 0-100 (None: the default)
+    residual_step:  i2v tail-residual quantiser step in latent units (None: the default; 0: no residual)
     codebook_size:  K, atoms in each (step, frame) codebook
     codebook:       atom kind: ``hadamard`` (fast, integer-exact), ``gaussian`` (the published method), ``rademacher``
     steps, tail:    sampling steps T and deterministic final steps (``steps - tail`` steps carry bits)
@@ -44,6 +51,11 @@ class CodecOptions:
 
     variant: str = "t2v"
     atoms: int = schedule.DEFAULT_M
+    tail_atoms: Optional[int] = None
+    tail_frames: int = 1
+    anchor_codec: Optional[str] = None
+    anchor_quality: Optional[int] = None
+    residual_step: Optional[float] = None
     codebook_size: int = schedule.DEFAULT_K
     codebook: str = schedule.DEFAULT_CODEBOOK
     steps: int = schedule.DEFAULT_STEPS
@@ -58,11 +70,37 @@ class CodecOptions:
         from gvc_jax.codec.variants import get_variant
 
         get_variant(self.variant)
+        if self.anchor_codec is not None or self.anchor_quality is not None:
+            from gvc_jax.codec import anchors
+
+            anchors.check_anchor_codec(self.anchor_codec or anchors.DEFAULT_ANCHOR_CODEC,
+                                       anchors.DEFAULT_ANCHOR_QUALITY if self.anchor_quality is None
+                                       else self.anchor_quality)
+        if self.residual_step is not None and self.residual_step != 0:
+            from gvc_jax.codec import residual
+
+            residual.check_step(self.residual_step)
+        if not isinstance(self.tail_frames, int) or self.tail_frames < 0:
+            raise ValueError(f"tail_frames must be a non-negative integer, got {self.tail_frames!r}")
         if self.gop_frames is not None:
             if not isinstance(self.gop_frames, int) or not 1 <= self.gop_frames <= MAX_GOP_FRAMES:
                 raise ValueError(f"gop_frames must be 4k+1 in [1, {MAX_GOP_FRAMES}], got {self.gop_frames}")
             check_gop_frames(self.gop_frames)
         self.sampler(480, 832)  # validates every sampler field
+
+    def variant_object(self):
+        """The ``codec.variants.Variant`` with this run's encoder settings."""
+        from gvc_jax.codec.variants import get_variant
+
+        step = self.residual_step
+        if self.variant == "i2v":
+            from gvc_jax.codec import residual
+
+            step = residual.DEFAULT_STEP if step is None else (step or None)
+        else:
+            step = None
+        return get_variant(self.variant, anchor_codec=self.anchor_codec, anchor_quality=self.anchor_quality,
+                           residual_step=step)
 
     def replace(self, **overrides) -> "CodecOptions":
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
@@ -87,8 +125,12 @@ class CodecOptions:
                 temporal_stride: int = 4) -> schedule.SamplerConfig:
         """The ``SamplerConfig`` for a clip of this (unpadded) size."""
         shift = self.shift if self.shift is not None else schedule.default_shift(height, width)
+        gop_frames = gop_frames or self.gop_frames or DEFAULT_GOP_FRAMES
+        n = schedule.latent_frames(gop_frames, temporal_stride)
+        tail = min(self.tail_frames, n) if self.tail_atoms is not None else 0
+        atoms = (self.atoms,) * (n - tail) + (self.tail_atoms,) * tail
         return schedule.SamplerConfig.for_gop(
-            gop_frames or self.gop_frames or DEFAULT_GOP_FRAMES, self.atoms, temporal_stride=temporal_stride,
+            gop_frames, atoms, temporal_stride=temporal_stride,
             steps=self.steps, tail=self.tail, g_scale=self.g_scale, shift=shift, K=self.codebook_size,
             codebook=self.codebook, seed=self.seed)
 
@@ -99,6 +141,8 @@ PRESETS = {
     "high-rate": CodecOptions(atoms=128),
     "fast": CodecOptions(steps=10, tail=2),   # half the DiT calls
     "published": CodecOptions(codebook="gaussian"),  # the published method's Gaussian atoms (slow search)
+    "i2v": CodecOptions(variant="i2v", tail_atoms=2 * schedule.DEFAULT_M),  # adaptive atoms on the tail frame
+    "flf2v": CodecOptions(variant="flf2v"),
 }
 
 
@@ -148,7 +192,7 @@ def encode_full(video_or_path, model=None, options=None, *, fps=None, start=0, m
     with _open_input(video_or_path, fps=fps, start=start, max_frames=max_frames, resize=resize) as reader:
         gop = opts.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
         sampler = opts.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
-        return encode_stream(reader, model, sampler, variant=opts.variant, gop_frames=gop, sink=sink,
+        return encode_stream(reader, model, sampler, variant=opts.variant_object(), gop_frames=gop, sink=sink,
                              progress=progress)
 
 

@@ -3,6 +3,8 @@
 For every GOP, wave by wave::
 
     inputs  = source.gop_input(span)                  # encoder: target latent; decoder: stream picks
+    anchors = source.anchors(variant, span, inputs)   # encoder codes them, decoder reads them
+    context.add_anchors(variant.read_anchors(span, anchors, eng))   # both: the *decoded* anchor images
     cond    = variant.condition(span, context, eng)   # from *decoded* context only (closed loop)
     latent  = engine.run(span, cond, inputs)          # the shared trajectory (codec.trajectory)
     side    = source.side(variant, span, latent, inputs)   # encoder makes it, decoder reads it
@@ -75,6 +77,7 @@ class GopInput:
 
     atoms: np.ndarray                  # int32 [F_lat] atoms per latent frame
     target: Optional[jax.Array] = None  # encoder: normalised target latent
+    frames: Optional[np.ndarray] = None  # encoder: the GOP's source frames (uint8, coded size)
     picks: Optional[Picks] = None      # decoder: dense picks read from the stream
     side: tuple = ()                   # decoder: the record's side payloads
     record: Optional[bitstream.GopRecord] = None
@@ -92,11 +95,28 @@ class GopOutput:
 
 
 class DecodedContext:
-    """Decoded frames of the GOPs that later GOPs condition on; freed after their last use."""
+    """What conditioning may use, all of it *decoded*: the output frames of the GOPs that later
+    GOPs depend on (freed after their last use) and the decoded anchor images, by source frame."""
 
     def __init__(self, plan: GopPlan):
+        self._plan = plan
         self._last_use = plan.last_use()
         self._frames: dict = {}
+        self._anchors: dict = {}
+
+    def add_anchors(self, images: dict) -> None:
+        self._anchors.update(images)
+
+    def pixels(self, frame: int) -> np.ndarray:
+        """uint8 [H, W, 3]: the decoded pixels of source frame ``frame`` (an anchor image, or a frame
+        of a decoded GOP that is still held)."""
+        if frame in self._anchors:
+            return self._anchors[frame]
+        for gop, frames in self._frames.items():
+            span = self._plan.spans[gop]
+            if span.start <= frame < span.stop:
+                return frames[frame - span.start]
+        raise KeyError(f"source frame {frame} has not been decoded yet")
 
     def add(self, span: GopSpan, frames: np.ndarray) -> None:
         if span.index in self._last_use:
@@ -109,6 +129,8 @@ class DecodedContext:
         for d in span.depends_on:
             if self._last_use.get(d) == span.index:
                 self._frames.pop(d, None)
+        for frame in [f for f in self._anchors if f < span.start]:  # anchors before this GOP are done
+            del self._anchors[frame]
 
 
 class SearchTargets:
@@ -125,7 +147,11 @@ class SearchTargets:
 
     def gop_input(self, span: GopSpan, engine: GopEngine) -> GopInput:
         m = engine.trajectory.check_atoms(None if self.atoms is None else self.atoms(span))
-        return GopInput(atoms=m, target=engine.target_latent(self.frames(span)))
+        frames = self.frames(span)
+        return GopInput(atoms=m, target=engine.target_latent(frames), frames=frames)
+
+    def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
+        return tuple(variant.make_anchors(span, inputs.frames))
 
     def side(self, variant: Variant, span: GopSpan, latent, inputs: GopInput) -> tuple:
         return tuple(variant.make_side(span, latent, inputs.target))
@@ -147,8 +173,11 @@ class StreamPicks:
         picks = record_to_picks(rec.picks, self.header.steps, len(m), engine.trajectory.slots)
         return GopInput(atoms=m, picks=picks, side=tuple(rec.side), record=rec)
 
+    def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
+        return tuple(p for p in inputs.side if p[0] == variant.ANCHOR_TAG)
+
     def side(self, variant: Variant, span: GopSpan, latent, inputs: GopInput) -> tuple:
-        return inputs.side
+        return tuple(p for p in inputs.side if p[0] != variant.ANCHOR_TAG)
 
 
 def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
@@ -160,9 +189,11 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
     done = 0
     progress.gop(stage, 0, plan.num_gops)
     for wave in plan.waves():
-        for span in wave:
+        for span in wave:  # in index order: a GOP's shared anchors were read with an earlier GOP
             t0 = time.perf_counter()
             inputs = source.gop_input(span, engine)
+            anchor_side = source.anchors(variant, span, inputs)
+            context.add_anchors(variant.read_anchors(span, anchor_side, engine))
             cond = variant.condition(span, context, engine)
             latent, picks = engine.run(span.index, cond, inputs.atoms, target=inputs.target, picks=inputs.picks,
                                        on_step=on_step)
@@ -176,5 +207,6 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
             context.release(span)
             _release_freed_memory()
             done += 1
-            yield GopOutput(span, latent, picks, side, frames, inputs, time.perf_counter() - t0)
+            yield GopOutput(span, latent, picks, tuple(anchor_side) + tuple(side), frames, inputs,
+                            time.perf_counter() - t0)
             progress.gop(stage, done, plan.num_gops)

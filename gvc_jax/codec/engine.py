@@ -113,6 +113,7 @@ class GopEngine:
         self.model = model
         self.sampler = sampler
         self.gop_frames = gop_frames
+        self.height, self.width = height, width
         self.latent_shape = (latent_frames(gop_frames, vae_cfg.temporal_stride), height // s, width // s,
                              vae_cfg.z_dim)
         vae_graph, self.vae_params = nnx.split(model.vae)
@@ -138,7 +139,11 @@ class GopEngine:
 
     def target_latent(self, frames: np.ndarray) -> jax.Array:
         """uint8 [G, H, W, 3] -> normalised latent [F, h, w, C]."""
-        return self._encode(self.vae_params, jnp.asarray(to_model_range(frames))[None])[0]
+        return self.latent_of(to_model_range(frames))
+
+    def latent_of(self, video) -> jax.Array:
+        """float [G, H, W, 3] in [-1, 1] (e.g. anchors with zeros between) -> normalised latent."""
+        return self._encode(self.vae_params, jnp.asarray(video, jnp.float32)[None])[0]
 
     def run(self, gop: int, cond: dict, atoms_per_frame=None, *, target=None, picks: Optional[Picks] = None,
             on_step: Optional[Callable[[int, int], None]] = None):

@@ -42,6 +42,7 @@ class GopReport:
     atoms: tuple = ()
     latent_mse: Optional[float] = None  # encoder: final latent vs target
     drift: bool = False                 # decoder: hash mismatch
+    side_bytes: tuple = ()              # the lengths of the GOP's side payloads, (tag, bytes) each
 
 
 @dataclass
@@ -64,8 +65,9 @@ def _emitter(plan: GopPlan, height: int, width: int, sink: Optional[Sink]):
     return emit
 
 
-def plan_for(model, variant_name: str, num_frames: int, gop_frames: int):
-    variant = get_variant(variant_name)
+def plan_for(model, variant, num_frames: int, gop_frames: int):
+    """-> (Variant, GopPlan); ``variant`` is a name or a ``Variant`` (with encoder settings)."""
+    variant = get_variant(variant) if isinstance(variant, str) else variant
     variant.check_model(model.config)
     return variant, variant.plan(num_frames, gop_frames, model.config.vae.temporal_stride)
 
@@ -90,7 +92,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     width = -(-reader.width // SIZE_MULTIPLE) * SIZE_MULTIPLE
     fps_num, fps_den = fps_fraction(reader.fps)
     header = bitstream.Header(
-        model_fingerprint=bytes.fromhex(model.fingerprint)[:8], preset=model.name, variant=variant,
+        model_fingerprint=bytes.fromhex(model.fingerprint)[:8], preset=model.name, variant=var.name,
         width=width, height=height, orig_width=reader.width, orig_height=reader.height,
         num_frames=reader.num_frames, fps_num=fps_num, fps_den=fps_den, gop_frames=gop_frames,
         num_gops=plan.num_gops, sampler=sampler, flags=flags)
@@ -109,7 +111,8 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
             picks=picks_to_record(out.picks, sampler.stochastic_steps, atoms), latent_hash=latent_hash(out.latent),
             side=out.side, atoms_per_frame=atoms if flags & bitstream.FLAG_GOP_ATOMS else None))
         mse = float(jnp.mean((out.latent - out.inputs.target) ** 2))
-        reports.append(GopReport(out.span.index, out.seconds, atoms, latent_mse=mse))
+        reports.append(GopReport(out.span.index, out.seconds, atoms, latent_mse=mse,
+                                 side_bytes=tuple((tag, len(data)) for tag, data in out.side)))
         emit(out)
     stream = bitstream.assemble(header, framed)
     return CodecResult(None, reader.fps, header, reports, stream)
@@ -149,6 +152,23 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
         reports.append(GopReport(out.span.index, out.seconds, tuple(int(m) for m in out.inputs.atoms), drift=drift))
         emit(out)
     return CodecResult(None, header.fps_num / header.fps_den, header, reports, bytes(stream))
+
+
+def rate_breakdown(result: CodecResult) -> dict:
+    """The stream's bytes split into codebook picks, anchor images, tail residuals and the rest
+    (header, record framing, hashes); ``first_anchor_bytes``: GOP 0's first anchor (the frame the
+    published I2V accounting does not charge)."""
+    from gvc_jax.codec.variants import ANCHOR_TAG, RESIDUAL_TAG
+
+    h = result.header
+    picks = sum((bitstream.payload_bits(h, g.atoms if h.per_gop_atoms else None) + 7) // 8 for g in result.gops)
+    side = [(tag, n) for g in result.gops for tag, n in g.side_bytes]
+    anchors = sum(n for tag, n in side if tag == ANCHOR_TAG)
+    residual = sum(n for tag, n in side if tag == RESIDUAL_TAG)
+    first = next((n for tag, n in (result.gops[0].side_bytes if result.gops else ()) if tag == ANCHOR_TAG), 0)
+    total = len(result.stream)
+    return {"codebook_bytes": picks, "anchor_bytes": anchors, "residual_bytes": residual,
+            "overhead_bytes": total - picks - anchors - residual, "first_anchor_bytes": first}
 
 
 def _collector():

@@ -162,6 +162,7 @@ DIT_PRESETS = {
     "tiny-t2v": TINY_DIT,
     "tiny-i2v": TINY_DIT.replace(in_channels=12, image_dim=24, added_kv_proj_dim=32),
     "tiny-flf2v": TINY_DIT.replace(in_channels=12, image_dim=24, added_kv_proj_dim=32, pos_embed_seq_len=34),
+    "tiny-anchored": TINY_DIT.replace(in_channels=12),  # latent conditioning, no image branch (like the default model)
 }
 
 VAE_PRESETS = {"wan2.1-vae": WAN_VAE, "tiny-vae": TINY_VAE}
