@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -40,6 +41,8 @@ class CodecOptions:
     anchor_codec:   still-image codec of the anchor frames (i2v, flf2v; None: the default)
     anchor_quality: its quality, 0-100 (None: the default)
     residual_step:  i2v tail-residual quantiser step in latent units (None: the default; 0: no residual)
+    target_bpp:     choose M (and M_tail in proportion) so the stream lands just under this rate,
+                    from the exact rate formula and the measured anchor sizes (None: use ``atoms``)
     codebook_size:  K, atoms in each (step, frame) codebook
     codebook:       atom kind: ``hadamard`` (fast, integer-exact), ``gaussian`` (the published method), ``rademacher``
     steps, tail:    sampling steps T and deterministic final steps (``steps - tail`` steps carry bits)
@@ -56,6 +59,7 @@ class CodecOptions:
     anchor_codec: Optional[str] = None
     anchor_quality: Optional[int] = None
     residual_step: Optional[float] = None
+    target_bpp: Optional[float] = None
     codebook_size: int = schedule.DEFAULT_K
     codebook: str = schedule.DEFAULT_CODEBOOK
     steps: int = schedule.DEFAULT_STEPS
@@ -80,6 +84,9 @@ class CodecOptions:
             from gvc_jax.codec import residual
 
             residual.check_step(self.residual_step)
+        if self.target_bpp is not None and not (isinstance(self.target_bpp, (int, float))
+                                                and math.isfinite(self.target_bpp) and 0 < self.target_bpp <= 24):
+            raise ValueError(f"target_bpp must be in (0, 24], got {self.target_bpp!r}")
         if not isinstance(self.tail_frames, int) or self.tail_frames < 0:
             raise ValueError(f"tail_frames must be a non-negative integer, got {self.tail_frames!r}")
         if self.gop_frames is not None:
@@ -192,8 +199,43 @@ def encode_full(video_or_path, model=None, options=None, *, fps=None, start=0, m
     with _open_input(video_or_path, fps=fps, start=start, max_frames=max_frames, resize=resize) as reader:
         gop = opts.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
         sampler = opts.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
-        return encode_stream(reader, model, sampler, variant=opts.variant_object(), gop_frames=gop, sink=sink,
-                             progress=progress)
+        variant = opts.variant_object()
+        target = {}
+        if opts.target_bpp is not None:
+            with _open_input(video_or_path, fps=fps, start=start, max_frames=max_frames, resize=resize) as again:
+                target = rate_target(opts, variant, model, again, gop, len(sampler.atoms_per_frame))
+        return encode_stream(reader, model, sampler, variant=variant, gop_frames=gop, sink=sink,
+                             progress=progress, **target)
+
+
+def rate_target(opts: CodecOptions, variant, model, reader, gop_frames: int, latent_frames: int) -> dict:
+    """``encode_stream`` arguments that aim at ``opts.target_bpp``: the byte budget, the lengths of
+    the anchor payloads (coded now, from one read of ``reader``: the encoder codes the same bytes
+    again) and the M / M_tail pattern."""
+    from gvc_jax.codec.pipeline import SIZE_MULTIPLE
+    from gvc_jax.codec.rate import atoms_pattern
+    from gvc_jax.pixels import pad_to_multiple
+
+    plan = variant.plan(reader.num_frames, gop_frames, model.config.vae.temporal_stride)
+    needed = {f for span in plan.spans for f in variant.coded_anchors(span)}
+    images, done = {}, 0
+    while needed - set(images) and done < reader.num_frames:
+        chunk = reader.read(min(64, reader.num_frames - done))
+        for i, frame in enumerate(chunk):
+            if done + i in needed:
+                images[done + i] = pad_to_multiple(frame[None], SIZE_MULTIPLE)[0]
+        done += len(chunk)
+    lengths = []
+    for span in plan.spans:
+        frames = np.zeros((span.length, *next(iter(images.values())).shape), np.uint8) if images else None
+        for f in variant.coded_anchors(span):
+            frames[f - span.start] = images[f]
+        lengths.append([len(d) for _, d in variant.make_anchors(span, frames)])
+    ratio = 1.0 if opts.tail_atoms is None else opts.tail_atoms / opts.atoms
+    tail = opts.tail_frames if opts.tail_atoms is not None else 0
+    budget = int(opts.target_bpp * reader.num_frames * reader.width * reader.height / 8)
+    return {"target_bytes": budget, "side_lengths": lengths,
+            "atoms_pattern": atoms_pattern(latent_frames, tail, ratio)}
 
 
 def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprint: bool = True,

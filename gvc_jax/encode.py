@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_model_args(p)
     g = p.add_argument_group("rate and sampler")
     g.add_argument("--preset", default="default", choices=tuple(api.PRESETS), help="option preset the flags below override (default %(default)s)")
+    g.add_argument("--target-bpp", type=float, default=None, metavar="BPP",
+                   help="choose M (and M_tail in proportion) to land just under this rate, anchors included "
+                        "(i2v: the tail residual comes on top; the report says how close it got)")
     g.add_argument("-M", "--atoms", type=int, default=None, help=f"atoms per latent frame and step (the rate knob; default {schedule.DEFAULT_M})")
     g.add_argument("-K", "--codebook-size", type=int, default=None, help=f"codebook size (default {schedule.DEFAULT_K})")
     g.add_argument("--codebook", default=None, choices=schedule.CODEBOOK_KINDS, help=f"atom kind (default {schedule.DEFAULT_CODEBOOK})")
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flags that override fields of the chosen CodecOptions preset (argparse dest == field name).
 OPTION_FIELDS = ("atoms", "codebook_size", "codebook", "steps", "tail", "g_scale", "shift", "seed", "variant",
-                 "gop_frames", "tail_atoms", "tail_frames", "anchor_codec", "anchor_quality", "residual_step")
+                 "gop_frames", "tail_atoms", "tail_frames", "anchor_codec", "anchor_quality", "residual_step", "target_bpp")
 
 
 def main(argv) -> int:
@@ -105,9 +108,14 @@ def main(argv) -> int:
         writer = VideoWriter(args.decoded, fps) if args.decoded else None
         if writer:
             sinks.append(writer.write)
+        variant = options.variant_object()
+        target = {}
+        if options.target_bpp is not None:
+            with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as again:
+                target = api.rate_target(options, variant, model, again, gop, len(sampler.atoms_per_frame))
         try:
             t0 = time.perf_counter()
-            result = encode_stream(source, model, sampler, variant=options.variant_object(), gop_frames=gop,
+            result = encode_stream(source, model, sampler, variant=variant, gop_frames=gop, **target,
                                    sink=lambda chunk: [s(chunk) for s in sinks],
                                    progress=cli.progress_printer(args.quiet))
             seconds = time.perf_counter() - t0
@@ -125,8 +133,11 @@ def main(argv) -> int:
         "bpp": bpp(size, frames, width, height), "kbps": 8 * size / 1000 / (frames / fps),
         "seconds": seconds, "seconds_per_gop": [round(g.seconds, 3) for g in result.gops],
         "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant,
-        **rate_breakdown(result),
+        **rate_breakdown(result), "atoms_per_frame": list(result.header.atoms_per_frame),
     }
+    if options.target_bpp is not None:
+        report.update({"target_bpp": options.target_bpp,
+                       "target_error_pct": 100 * (report["bpp"] / options.target_bpp - 1)})
     if args.free_first_frame:
         charged = size - report["first_anchor_bytes"]
         report.update({"accounting": "free first frame (published I2V): bpp excludes the first anchor",

@@ -74,11 +74,14 @@ def plan_for(model, variant, num_frames: int, gop_frames: int):
 
 def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v", gop_frames: int = 33,
                   gop_atoms: Optional[Sequence[Sequence[int]]] = None, sink: Optional[Sink] = None,
-                  progress: Optional[Progress] = None) -> CodecResult:
+                  progress: Optional[Progress] = None, target_bytes: Optional[int] = None,
+                  side_lengths: Sequence[Sequence[int]] = (), atoms_pattern=None) -> CodecResult:
     """Frames from ``reader`` (``num_frames``, ``height``, ``width``, ``fps``, ``read(n)``) -> a stream.
 
     ``gop_atoms``: M per latent frame for each GOP (rate control); the header then carries their
     element-wise maximum and every record its own. ``sink`` receives the reconstruction.
+    ``target_bytes``: choose the atoms per latent frame (``rate.fit_atoms`` with ``atoms_pattern``)
+    so the stream, with side payloads of ``side_lengths`` per GOP, fits that many bytes.
     """
     var, plan = plan_for(model, variant, reader.num_frames, gop_frames)
     flags = 0
@@ -96,6 +99,11 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         width=width, height=height, orig_width=reader.width, orig_height=reader.height,
         num_frames=reader.num_frames, fps_num=fps_num, fps_den=fps_den, gop_frames=gop_frames,
         num_gops=plan.num_gops, sampler=sampler, flags=flags)
+    if target_bytes is not None:
+        from gvc_jax.codec.rate import fit_sampler
+
+        sampler = fit_sampler(header, int(target_bytes), side_lengths, atoms_pattern)
+        header = header.replace(sampler=sampler)
     bitstream.validate_header(header)
     check_geometry(model, height, width, gop_frames)
     check_memory(model, height, width, gop_frames)
