@@ -63,8 +63,10 @@ def estimate_gop_bytes(model, height: int, width: int, gop_frames: int) -> int:
 
     Terms: the GOP's frames in float32 (a few copies); the VAE at full resolution (a 4-frame chunk
     plus its 2-frame cache at ``base_dim`` channels, a few live tensors); the DiT's token
-    activations at FFN width. Calibrated on the default model at 256x144x33: 0.4 GB estimated,
-    0.3 GB measured above the process baseline (docs/benchmarks.md).
+    activations at FFN width, times ``ESTIMATE_MARGIN``. Calibrated on the default model at two
+    sizes (33 frames, peak RSS of the real CLI, ``experiments/bench_memory.py``): the working set
+    (peak minus the ~0.47 GB process baseline) is 0.24 GB at 256x144 and 0.95 GB at 512x288; the
+    estimate is 0.26 GB and 1.02 GB (docs/benchmarks.md).
     """
     vae, dit = model.config.vae, model.config.dit
     s = vae.spatial_stride
@@ -73,7 +75,10 @@ def estimate_gop_bytes(model, height: int, width: int, gop_frames: int) -> int:
     vae_act = 6 * height * width * vae.base_dim * 4 * 4
     tokens = (latent_frames(gop_frames, vae.temporal_stride) // pt) * (height // (s * ph)) * (width // (s * pw))
     dit_act = tokens * max(dit.ffn_dim, dit.dim) * 4 * 4
-    return pixels + vae_act + dit_act
+    return int(ESTIMATE_MARGIN * (pixels + vae_act + dit_act))
+
+
+ESTIMATE_MARGIN = 1.7  # measured working set / raw terms, rounded up (see estimate_gop_bytes)
 
 
 def available_bytes() -> int | None:
