@@ -113,3 +113,34 @@ def test_decode_into_a_non_empty_directory_is_refused_and_leaves_it_untouched(cl
     empty.mkdir()
     assert run(decode_cli.main, [gvc, "-o", str(empty), "--model", "preset:tiny", "--quiet"]) == 0
     assert len(os.listdir(empty)) == 5
+
+
+def test_anchored_variants_from_the_command_line(clip, tmp_path, capsys):
+    """flf2v and i2v as a user runs them: the report splits the rate, --free-first-frame is
+    labelled, --target-bpp lands within 5 %, and the decoder reproduces the reconstruction."""
+    anchored = ["--model", "preset:tiny-anchored", *FAST[2:], "--anchor-codec", "webp", "--anchor-quality", "50"]
+    gvc, rec, js = str(tmp_path / "i.gvc"), str(tmp_path / "rec.npy"), str(tmp_path / "i.json")
+    assert run(encode_cli.main, [clip, "-o", gvc, *anchored, "--variant", "i2v", "--tail-atoms", "6",
+                                 "--free-first-frame", "--decoded", rec, "--json", js]) == 0
+    report = json.load(open(js))
+    assert report["variant"] == "i2v" and report["anchor_bytes"] > 0 and report["residual_bytes"] > 0
+    assert report["atoms_per_frame"] == [3, 3, 6]
+    assert report["accounting"].startswith("free first frame")
+    assert report["bytes_charged"] == report["bytes"] - report["first_anchor_bytes"]
+    assert sum(report[k] for k in ("codebook_bytes", "anchor_bytes", "residual_bytes", "overhead_bytes")) \
+        == report["bytes"] == os.path.getsize(gvc)
+    out = str(tmp_path / "out.npy")
+    assert run(decode_cli.main, [gvc, "-o", out, "--model", "preset:tiny-anchored", "--quiet", "--strict"]) == 0
+    np.testing.assert_array_equal(read_video(out)[0], read_video(rec)[0])
+    js2 = str(tmp_path / "f.json")
+    assert run(encode_cli.main, [clip, "-o", str(tmp_path / "f.gvc"), *anchored, "--variant", "flf2v",
+                                 "--target-bpp", "3.0", "-K", "4096", "--json", js2]) == 0
+    report = json.load(open(js2))
+    assert -5 <= report["target_error_pct"] <= 0, report
+    capsys.readouterr()
+    for bad in (["--anchor-codec", "jpeg2000"], ["--anchor-quality", "101"], ["--residual-step", "-1"],
+                ["--target-bpp", "0"], ["--tail-frames", "-1"]):
+        assert run(encode_cli.main, [clip, "-o", str(tmp_path / "x.gvc"), *anchored, "--variant", "i2v", *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), (bad, err)
+    assert not os.path.exists(tmp_path / "x.gvc")
