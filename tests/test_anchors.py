@@ -63,8 +63,8 @@ def test_malformed_payloads_are_bitstream_errors(image):
 
 
 def test_bad_options_are_anchor_errors(image):
-    for codec, q in (("jpeg2000", 50), ("x265", 101), ("x265", -1), ("webp", 2.5)):
+    for codec, q in (("jpeg2000", 50), ("x265", 101), ("x265", -1), ("webp", 2.5), ("x265", True)):
         with pytest.raises(A.AnchorError):
             A.check_anchor_codec(codec, q)
-    with pytest.raises(A.AnchorError, match="even"):
+    with pytest.raises(A.AnchorError, match="multiples of 16"):
         A.pack_anchor("webp", 50, image[:63])

@@ -24,7 +24,37 @@ def test_round_trip_equals_reconstruct_and_error_is_bounded():
         assert payload == R.encode_residual(r, step)
         stored = R.check_step(step, 16)
         assert np.all(np.abs(out - r) <= stored / 2 + 1e-6)
-    assert len(R.encode_residual(np.zeros(SHAPE, np.float32), 0.1)) < 60
+    assert len(R.encode_residual(np.zeros(SHAPE, np.float32), 0.1)) < 2 + 16 * 4 + 1
+
+
+def _equal_mse_sizes(r):
+    base, rec = R.baseline_8bit_zlib(r)
+    mse = float(np.mean((rec - r) ** 2))
+    ours = R.encode_residual(r, R.step_for_mse(r, mse))
+    assert float(np.mean((R.decode_residual(ours, r.shape) - r) ** 2)) <= mse * 1.001
+    return len(base), len(ours)
+
+
+def test_correlated_channels_are_predicted():
+    """Channels that mix a few shared sources are coded as predictions from earlier channels."""
+    rng = np.random.default_rng(5)
+    shape = (18, 32, 16)
+    sources = rng.laplace(0, 0.3, shape[:2] + (3,))
+    r = (sources @ rng.normal(0, 1, (3, 16)) + rng.laplace(0, 0.02, shape)).astype(np.float32)
+    base, ours = _equal_mse_sizes(r)
+    payload = R.encode_residual(r, 0.01)
+    assert payload[4] == 0 and ours < 0.7 * base, (base, ours)  # channel 0 has nothing to predict from
+    np.testing.assert_array_equal(R.decode_residual(payload, shape), R.reconstruct(r, 0.01))
+
+
+def test_real_decoder_residual_beats_8bit_zlib():
+    """A crop of a real I2V tail residual (default model, bikes, experiments/residual_coding.py)."""
+    import os
+
+    r = np.load(os.path.join(os.path.dirname(__file__), "data", "i2v_tail_residual.npy")).astype(np.float32)
+    base, ours = _equal_mse_sizes(r)
+    print(f"real residual {r.shape}: 8-bit + zlib {base} B, ours {ours} B")
+    assert ours < 0.97 * base, (base, ours)
 
 
 def test_size_against_the_published_8bit_zlib_at_equal_error():
@@ -67,3 +97,21 @@ def test_malformed_payloads_are_bitstream_errors():
 def test_bad_steps_are_residual_errors(step):
     with pytest.raises(R.ResidualError):
         R.encode_residual(_laplace(), step)
+
+
+def test_bad_prediction_modes_are_bitstream_errors():
+    good = bytearray(R.encode_residual(_laplace(), 0.2))
+    for mode in (1, 3):  # channel 0 has no earlier channel; mode 3 does not exist
+        bad = bytearray(good)
+        bad[4] = mode
+        with pytest.raises(BitstreamError):
+            R.decode_residual(bytes(bad), SHAPE)
+    # predictors that blow the levels up past the quantiser's bound are refused, not wrapped around
+    r = np.zeros(SHAPE, np.float32)
+    r[..., :2] = 300.0
+    payload = bytearray(R.encode_residual(r, 0.01))  # levels of 30000, near MAX_LEVEL
+    # fmt, C | ch 0: f16 step, mode 0, varint A (3 bytes), k | ch 1: f16 step, mode, coefficient
+    assert payload[4] == 0 and payload[11] == 1 and payload[12] == 64
+    payload[12] = 127  # channel 1 predicted as ~2x channel 0's levels
+    with pytest.raises(BitstreamError):
+        R.decode_residual(bytes(payload), SHAPE)

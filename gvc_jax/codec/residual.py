@@ -6,14 +6,20 @@ latent frame ([h, w, C]) and both sides add the dequantised ``r`` before VAE dec
 Payload::
 
     u8 format (1)   u8 C
-    per channel:    f16 step   varint A (max |q|)   [u8 k, only if A > 0]
+    per channel:    f16 step   u8 mode   [mode * c int8 predictor coefficients]
+                    varint A (max |e|)   [u8 k, only if A > 0]
     then:           the range coder's 32-bit words, little-endian
 
-``q = round(r / step_c)``. Channel ``c``'s symbols ``q`` in ``[-A, A]`` are coded with a two-sided
-geometric model ``p(q) ~ theta^|q|``, ``theta = k / 256``. The model is built from the payload's
-integers only, with IEEE float64 products (exactly reproducible on every machine: no exp/log);
-the encoder picks ``k`` per channel to minimise the exact code length. Compared with the published
-scheme (8-bit per-channel max-abs quantiser + zlib) at equal latent MSE, see docs/residual_coder.md.
+Levels ``L = round(r / step_c)`` (the reconstruction is ``L * step_c``, whatever the mode).
+Channels are coded in order; channel ``c`` codes ``e = L_c - pred_c`` where ``pred_c`` is an exact
+integer linear prediction from the levels of channels ``< c``: mode 0 none, mode 1 their values at
+the same position, mode 2 those plus the sums of their four spatial neighbours (coefficients in
+units of 1/64, fitted by the encoder and sent). The latent's channels are correlated, so this
+removes what an i.i.d. coder would pay twice. ``e`` in ``[-A, A]`` is range coded with a two-sided
+geometric model ``p(e) ~ theta^|e|``, ``theta = k / 256``, built from the payload's integers
+only with IEEE float64 products (the same on every machine: no exp/log); the encoder picks the
+mode and ``k`` per channel by the exact code length. Compared with the published scheme (8-bit
+per-channel max-abs quantiser + zlib) at equal latent MSE: docs/residual_coder.md.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ FORMAT = 1
 DEFAULT_STEP = 0.25
 MAX_LEVEL = 1 << 15  # |q| bound: a step this small relative to the residual is not a useful setting
 _K_VALUES = np.arange(1, 256)
+COEF_SHIFT = 6  # predictor coefficients are int8 in units of 1/64
 
 
 class ResidualError(ValueError):
@@ -75,34 +82,76 @@ def _model(a: int, k: int):
     return constriction.stream.model.Categorical(_pmf(a, k), perfect=False)
 
 
-def _best_k(q: np.ndarray, a: int) -> int:
-    """The decay index with the smallest ideal code length for the channel's symbols."""
+def _code_bits(e: np.ndarray) -> Tuple[float, int]:
+    """(ideal code length in bits, best decay index k) of symbols ``e`` under the channel model."""
+    a = int(np.max(np.abs(e))) if e.size else 0
+    if not a:
+        return 0.0, 0
     theta = _K_VALUES / 256.0
     z = (1 + theta - 2 * theta ** (a + 1)) / (1 - theta)  # sum of theta^|x| over [-a, a]
-    bits = q.size * np.log2(z) - float(np.abs(q).sum()) * np.log2(theta)  # encoder-side only
-    return int(_K_VALUES[int(np.argmin(bits))])
+    bits = e.size * np.log2(z) - float(np.abs(e).sum()) * np.log2(theta)  # encoder-side only
+    i = int(np.argmin(bits))
+    return float(bits[i]), int(_K_VALUES[i])
+
+
+def _features(levels: np.ndarray, c: int, mode: int) -> np.ndarray:
+    """Integer predictor inputs of channel ``c`` [h*w, taps]: the levels of channels ``< c`` at the
+    same position (mode 1), plus the sum of their four spatial neighbours, zero outside (mode 2).
+    All of them are known to the decoder before it decodes channel ``c``."""
+    prev = levels[..., :c]
+    feats = [prev]
+    if mode == 2:
+        pad = np.pad(prev, ((1, 1), (1, 1), (0, 0)))
+        feats.append(pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:])
+    return np.concatenate(feats, axis=-1).reshape(-1, len(feats) * c)
+
+
+def _predict(feats: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Integer prediction: round(feats . coef / 2^COEF_SHIFT), exact int64 arithmetic."""
+    return (feats @ coef.astype(np.int64) + (1 << (COEF_SHIFT - 1))) >> COEF_SHIFT
+
+
+def _fit(feats: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least-squares predictor coefficients as int8 in units of 2^-COEF_SHIFT (encoder only)."""
+    coef, *_ = np.linalg.lstsq(feats.astype(np.float64), target.astype(np.float64), rcond=None)
+    return np.clip(np.rint(coef * (1 << COEF_SHIFT)), -127, 127).astype(np.int8)
 
 
 def encode_residual(residual, step) -> bytes:
-    """float32 [h, w, C] residual -> payload bytes."""
+    """float32 [h, w, C] residual -> payload bytes.
+
+    Channel by channel, the encoder picks the prediction mode (none / same position / same
+    position + neighbours) with the smallest exact cost, coefficients included."""
     import constriction
 
-    q, steps = _quantise(residual, step)
-    channels = q.shape[-1]
+    from gvc_jax.codec.bitstream import encode_varint
+
+    levels, steps = _quantise(residual, step)
+    channels = levels.shape[-1]
     if channels > 255:
         raise ResidualError(f"at most 255 latent channels, got {channels}")
     head = bytearray([FORMAT, channels])
     enc = constriction.stream.queue.RangeEncoder()
-    from gvc_jax.codec.bitstream import encode_varint
-
     for c in range(channels):
-        qc = q[..., c].ravel()
-        a = int(np.max(np.abs(qc))) if qc.size else 0
-        head += struct.pack("<e", float(steps[c])) + encode_varint(a)
+        target = levels[..., c].ravel()
+        best = (_code_bits(target)[0], 0, None, target)
+        for mode in (1, 2) if c else ():
+            feats = _features(levels, c, mode)
+            coef = _fit(feats, target)
+            e = target - _predict(feats, coef)
+            bits = _code_bits(e)[0] + 8 * coef.size
+            if bits < best[0]:
+                best = (bits, mode, coef, e)
+        _, mode, coef, e = best
+        a = int(np.max(np.abs(e))) if e.size else 0
+        head += struct.pack("<e", float(steps[c])) + bytes([mode])
+        if mode:
+            head += coef.tobytes()
+        head += encode_varint(a)
         if a:
-            k = _best_k(qc, a)
+            k = _code_bits(e)[1]
             head.append(k)
-            enc.encode((qc + a).astype(np.int32), _model(a, k))
+            enc.encode((e + a).astype(np.int32), _model(a, k))
     words = np.asarray(enc.get_compressed(), np.uint32).astype("<u4")
     return bytes(head) + words.tobytes()
 
@@ -124,31 +173,39 @@ def decode_residual(payload: bytes, shape: Sequence[int]) -> np.ndarray:
         step = struct.unpack("<e", cur.take(2, f"residual step {c}"))[0]
         if not (math.isfinite(step) and step > 0):
             raise BitstreamError(f"residual payload: channel {c} step {step} is not positive")
+        mode = cur.u8(f"residual prediction mode {c}")
+        if mode > 2 or (mode and not c):
+            raise BitstreamError(f"residual payload: channel {c} has prediction mode {mode}")
+        coef = np.frombuffer(cur.take(mode * c, f"residual predictor {c}"), np.int8) if mode else None
         a = cur.varint(f"residual level bound {c}")
-        if a > MAX_LEVEL:
-            raise BitstreamError(f"residual payload: channel {c} level bound {a} exceeds {MAX_LEVEL}")
+        if a > 2 * MAX_LEVEL:
+            raise BitstreamError(f"residual payload: channel {c} level bound {a} exceeds {2 * MAX_LEVEL}")
         k = cur.u8(f"residual model {c}") if a else 0
         if a and k == 0:
             raise BitstreamError(f"residual payload: channel {c} has model index 0")
-        params.append((np.float32(step), a, k))
+        params.append((np.float32(step), mode, coef, a, k))
     rest = cur.take(cur.left, "residual words")
     if len(rest) % 4:
         raise BitstreamError("residual payload: the coded words are not whole 32-bit words")
     words = np.frombuffer(rest, "<u4").astype(np.uint32)
-    if any(a for _, a, _ in params) and not len(words):
+    if any(p[3] for p in params) and not len(words):
         raise BitstreamError("residual payload: no coded words")
-    out = np.zeros((h * w, channels), np.float32)
+    levels = np.zeros((h, w, channels), np.int64)
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
-        for c, (step, a, k) in enumerate(params):
-            if a:
-                q = np.asarray(dec.decode(_model(a, k), h * w), np.int64) - a
-                out[:, c] = q * step
+        for c, (_, mode, coef, a, k) in enumerate(params):
+            e = np.asarray(dec.decode(_model(a, k), h * w), np.int64) - a if a else np.zeros(h * w, np.int64)
+            if mode:
+                e = e + _predict(_features(levels, c, mode), coef)
+            if np.any(np.abs(e) > MAX_LEVEL):
+                raise BitstreamError(f"residual payload: channel {c} decodes to levels beyond {MAX_LEVEL}")
+            levels[..., c] = e.reshape(h, w)
     except BitstreamError:
         raise
     except Exception as err:  # noqa: BLE001 - a corrupt range-coded body
         raise BitstreamError(f"residual payload does not decode: {err}") from None
-    return out.reshape(h, w, channels)
+    steps = np.array([p[0] for p in params], np.float32)
+    return (levels * steps).astype(np.float32)
 
 
 def baseline_8bit_zlib(residual) -> Tuple[bytes, np.ndarray]:
