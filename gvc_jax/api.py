@@ -18,7 +18,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -49,6 +49,9 @@ class CodecOptions:
     g_scale:        SDE diffusion scale (g = g_scale * t^2)
     shift:          time-grid shift (None: 5.0 above 480p, else 3.0)
     seed:           codebook and initial-noise seed
+    x0_cache:       steps whose DiT call is skipped, the velocity rebuilt from the previous clean
+                    estimate: ``off``, ``alternate`` (every odd step) or step indices "3,5,9" /
+                    a tuple; carried in the header, so the decoder skips the same steps
     gop_frames:     frames per GOP, 4k+1 (None: 33, or the smallest 4k+1 that holds a shorter clip)
     """
 
@@ -67,6 +70,7 @@ class CodecOptions:
     g_scale: float = schedule.DEFAULT_G_SCALE
     shift: Optional[float] = None
     seed: int = 0
+    x0_cache: Union[str, Tuple[int, ...]] = "off"
     gop_frames: Optional[int] = None
 
     def __post_init__(self):
@@ -139,7 +143,7 @@ class CodecOptions:
         return schedule.SamplerConfig.for_gop(
             gop_frames, atoms, temporal_stride=temporal_stride,
             steps=self.steps, tail=self.tail, g_scale=self.g_scale, shift=shift, K=self.codebook_size,
-            codebook=self.codebook, seed=self.seed)
+            codebook=self.codebook, seed=self.seed, x0_cache=schedule.x0_cache_schedule(self.x0_cache, self.steps))
 
 
 PRESETS = {
@@ -147,6 +151,7 @@ PRESETS = {
     "low-rate": CodecOptions(atoms=16),       # about a quarter of the default's bits
     "high-rate": CodecOptions(atoms=128),
     "fast": CodecOptions(steps=10, tail=2),   # half the DiT calls
+    "x0-cache": CodecOptions(x0_cache="alternate"),  # the DiT on every other step (see docs/benchmarks.md)
     "published": CodecOptions(codebook="gaussian"),  # the published method's Gaussian atoms (slow search)
     "i2v": CodecOptions(variant="i2v", tail_atoms=2 * schedule.DEFAULT_M),  # adaptive atoms on the tail frame
     "flf2v": CodecOptions(variant="flf2v"),

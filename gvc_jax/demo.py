@@ -19,11 +19,12 @@ from gvc_jax.codec import schedule
 
 # Each variant at settings that show its strength: T2V the lowest rate; FLF2V the two coded
 # boundary frames; I2V the coded first frame, twice the atoms on the last latent frame (it
-# conditions the next GOP) and the tail residual.
+# conditions the next GOP) and the tail residual. Anchors at quality 20: with the toy default
+# model, higher anchor quality buys almost nothing (docs/anchor_codecs.md).
 DEMO_SETTINGS = {
     "t2v": {},
-    "flf2v": {},
-    "i2v": {"tail_atoms": 2 * schedule.DEFAULT_M},
+    "flf2v": {"anchor_quality": 20},
+    "i2v": {"anchor_quality": 20, "tail_atoms": 2 * schedule.DEFAULT_M},
 }
 
 

@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--g-scale", type=float, default=None, help=f"SDE diffusion scale (default {schedule.DEFAULT_G_SCALE})")
     g.add_argument("--shift", type=float, default=None, help="time-grid shift (default: 5.0 above 480p, else 3.0)")
     g.add_argument("--seed", type=int, default=None, help="codebook / initial-noise seed (default 0)")
+    g.add_argument("--x0-cache", default=None, metavar="SPEC",
+                   help="skip the DiT on some steps, rebuilding the velocity from the previous clean estimate: "
+                        "off, alternate (every odd step, ~2x fewer DiT calls) or step indices '3,5,9'; never two "
+                        "in a row; stored in the header (default off)")
     a = p.add_argument_group("variants (see README: Variants)")
     a.add_argument("--variant", default=None,
                    help="t2v: no anchors, lowest rate; flf2v: coded boundary frames shared by neighbouring GOPs; "
@@ -67,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flags that override fields of the chosen CodecOptions preset (argparse dest == field name).
 OPTION_FIELDS = ("atoms", "codebook_size", "codebook", "steps", "tail", "g_scale", "shift", "seed", "variant",
-                 "gop_frames", "tail_atoms", "tail_frames", "anchor_codec", "anchor_quality", "residual_step", "target_bpp")
+                 "gop_frames", "tail_atoms", "tail_frames", "anchor_codec", "anchor_quality", "residual_step", "target_bpp",
+                 "x0_cache")
 
 
 def main(argv) -> int:

@@ -14,7 +14,7 @@ from gvc_jax.codec import bitstream as bs
 from gvc_jax.codec.bitstream import BitstreamError, GopRecord, Header
 from gvc_jax.codec.schedule import SamplerConfig, SamplerError
 
-SAMPLER_FIELDS = ("steps", "tail", "shift", "g_scale", "K", "atoms_per_frame", "seed", "codebook")
+SAMPLER_FIELDS = ("steps", "tail", "shift", "g_scale", "K", "atoms_per_frame", "seed", "codebook", "x0_cache")
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -23,7 +23,7 @@ def make_header(**kw):
     base = dict(model_fingerprint=b"\x01\x23\x45\x67\x89\xab\xcd\xef", preset="tiny", variant="t2v",
                 width=64, height=48, orig_width=60, orig_height=40, num_frames=9, fps_num=16, fps_den=1,
                 gop_frames=5, num_gops=2, steps=4, tail=1, shift=3.0, g_scale=3.0, K=64,
-                atoms_per_frame=(4, 6), seed=7, codebook="hadamard", flags=0)
+                atoms_per_frame=(4, 6), seed=7, codebook="hadamard", x0_cache=(), flags=0)
     base.update(kw)
     sampler = SamplerConfig(**{k: base.pop(k) for k in SAMPLER_FIELDS})
     return Header(sampler=sampler, **base)
@@ -55,6 +55,7 @@ def random_header(rng):
     K = int(rng.choice([1, 2, 7, 64, 1000, 16384, 1 << 20]))
     apf = tuple(int(rng.integers(1, min(K, 160) + 1)) for _ in range(n_lat))
     steps = int(rng.integers(1, 6))
+    x0_cache = tuple(range(1, steps, 2)) if rng.integers(2) else ()
     num_frames = int(rng.integers(1, 500))
     w, h = 16 * int(rng.integers(1, 121)), 16 * int(rng.integers(1, 68))
     preset = "".join(chr(c) for c in rng.integers(0x20, 0x7F, int(rng.integers(0, 30))))
@@ -65,7 +66,7 @@ def random_header(rng):
                        tail=int(rng.integers(1, steps + 1)), shift=float(np.float32(rng.uniform(0.1, 10))),
                        g_scale=float(np.float32(rng.uniform(0, 5))), K=K, atoms_per_frame=apf,
                        seed=int(rng.integers(0, 1 << 32)), codebook=bs.CODEBOOK_KINDS[rng.integers(3)],
-                       flags=int(rng.integers(0, 2)))
+                       x0_cache=x0_cache, flags=int(rng.integers(0, 2)) | (bs.FLAG_X0_CACHE if x0_cache else 0))
 
 
 def varint_len(n):
@@ -92,6 +93,8 @@ def ref_header_len(h):
         n += varint_len(v)
     n += 8 + varint_len(h.K) + varint_len(len(h.atoms_per_frame)) + sum(varint_len(m) for m in h.atoms_per_frame)
     n += varint_len(h.seed) + varint_len(h.flags) + 4
+    if h.sampler.x0_cache:
+        n += varint_len(len(h.sampler.x0_cache)) + sum(varint_len(s) for s in h.sampler.x0_cache)
     return n
 
 
@@ -224,6 +227,26 @@ def test_golden_v1_bytes_still_read():
 def test_sampler_fields_are_validated_by_the_sampler(field, value):
     with pytest.raises(SamplerError):
         make_header(**{field: value})
+
+
+def test_x0_cache_schedule_travels_in_the_header_and_is_validated():
+    h = make_header(steps=8, x0_cache=(1, 3, 6), flags=bs.FLAG_X0_CACHE)
+    rng = np.random.default_rng(0)
+    data = bs.write(h, [random_record(rng, h) for _ in range(2)])
+    back, _ = bs.read(data)
+    assert back.sampler.x0_cache == (1, 3, 6) and back == h
+    with pytest.raises(BitstreamError, match="FLAG_X0_CACHE"):
+        bs.write(h.replace(flags=0), [])
+    with pytest.raises(BitstreamError, match="FLAG_X0_CACHE"):
+        bs.write(make_header(flags=bs.FLAG_X0_CACHE), [])
+    # a forged schedule with two skipped steps in a row, CRC recomputed: refused by the sampler's rules
+    raw = bytearray(bs._encode_header_fields(h))
+    i = len(raw) - 4 - 3  # count, then the three step indices, then the CRC
+    assert raw[i - 1:i + 3] == bytes([3, 1, 3, 6])
+    raw[i + 1] = 2
+    raw[-4:] = struct.pack(">I", zlib.crc32(bytes(raw[:-4])))
+    with pytest.raises(BitstreamError, match="invalid header: x0_cache"):
+        bs.read(bytes(raw) + bytes(100))
 
 
 def test_a_header_with_tail_0_is_a_bitstream_error_not_a_value_error():

@@ -115,3 +115,37 @@ def test_on_step_reports_every_step_of_the_gop():
     seen = []
     traj.run(PARAMS, {}, gop=4, target=target(), on_step=lambda g, s: seen.append((g, s)))
     assert seen == [(4, s) for s in range(5)]
+
+
+def test_x0_cache_skips_the_velocity_on_its_steps_and_round_trips():
+    import jax
+
+    from gvc_jax.codec.schedule import SamplerError, x0_cache_schedule
+
+    calls = []
+
+    def counted_velocity(params, x_t, t, t_feat, cond):
+        jax.debug.callback(lambda tt: calls.append(float(tt)), t)
+        return gaussian_velocity(params, x_t, t, t_feat, cond)
+
+    def run(skips, **picks):
+        cfg = SamplerConfig(steps=8, tail=2, g_scale=2.0, shift=3.0, K=128, atoms_per_frame=(4,) * SHAPE[0],
+                            seed=7, x0_cache=skips)
+        calls.clear()
+        x, p = Trajectory(counted_velocity, cfg, SHAPE).run(PARAMS, {}, gop=0, **picks)
+        jax.effects_barrier()
+        return np.asarray(x), p, len(calls)
+
+    x_ref, _, n_full = run((), target=target())
+    skips = x0_cache_schedule("alternate", 8)
+    assert skips == (1, 3, 5, 7)
+    x_enc, picks, n_enc = run(skips, target=target())
+    x_dec, _, n_dec = run(skips, picks=Picks(np.asarray(picks.indices), np.asarray(picks.coeffs)))
+    assert n_full == 8 and n_enc == n_dec == 4  # the DiT really is not called on skipped steps
+    np.testing.assert_array_equal(x_enc, x_dec)
+    # the rebuilt velocity is a real approximation: close to, not equal to, the full trajectory
+    err = float(np.sqrt(np.mean((x_enc - target()) ** 2)))
+    assert not np.array_equal(x_enc, x_ref) and err < 2 * float(np.sqrt(np.mean((x_ref - target()) ** 2))) + 0.05
+    for bad in ((0, 2), (2, 3), (3, 2), (8,), "1,2", "often"):
+        with pytest.raises(SamplerError):
+            x0_cache_schedule(bad, 8)

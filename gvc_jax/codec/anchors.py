@@ -39,7 +39,7 @@ from gvc_jax.codec.ranks import BitstreamError
 ANCHOR_CODEC_NAMES: Tuple[str, ...] = ("x265", "vvenc", "svtav1", "webp", "avif")  # stream code table: never reorder
 QUALITY_RANGE = (0, 100)
 DEFAULT_ANCHOR_CODEC = "x265"  # chosen by experiments/anchor_codecs.py, see docs/anchor_codecs.md
-DEFAULT_ANCHOR_QUALITY = 40
+DEFAULT_ANCHOR_QUALITY = 30
 FFMPEG_TIMEOUT_S = 60
 _FFMPEG_QUIET = ["-nostdin", "-hide_banner", "-loglevel", "error"]
 

@@ -11,7 +11,9 @@ bytes; see docs/bitstream.md for the field table):
 Version 2 (written) differs from version 1 (still read) in two ways: a record's CRC is seeded
 with its GOP index (``crc32(body, crc32(b"GOP" + varint(g)))``), so records that are swapped or
 duplicated fail; and with flag ``FLAG_GOP_ATOMS`` every record carries its own atoms per latent
-frame, each between 1 and the header's value (rate control changes M per GOP).
+frame, each between 1 and the header's value (rate control changes M per GOP). With flag
+``FLAG_X0_CACHE`` the header's flags are followed by the x0-cache schedule (varint count, then
+one varint step index each): steps on which neither side calls the DiT.
 
 Picks: for each stochastic step s, for each latent frame f: the subset rank of the M_f indices in
 ``subset_rank_bits(K, M_f)`` bits, then M_f sign bits (1 = negative), all MSB first; zero padding
@@ -41,13 +43,15 @@ from gvc_jax.codec.variants import VARIANT_NAMES as VARIANTS
 __all__ = [
     "BitstreamError", "MAGIC", "FORMAT_VERSION", "VARIANTS", "CODEBOOK_KINDS", "Header", "GopRecord",
     "write", "read", "payload_bits", "encode_varint", "header_bytes", "validate_header", "FLAG_GOP_ATOMS",
+    "FLAG_X0_CACHE",
 ]
 
 MAGIC = b"GVC"
 FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
 FLAG_GOP_ATOMS = 1          # v2: every record carries its own atoms per latent frame
-KNOWN_FLAGS = {1: 0, 2: FLAG_GOP_ATOMS}
+FLAG_X0_CACHE = 2           # v2: the header carries the sampler's x0-cache skip schedule
+KNOWN_FLAGS = {1: 0, 2: FLAG_GOP_ATOMS | FLAG_X0_CACHE}
 
 # Format limits (a reader rejects anything beyond them before allocating).
 MAX_PRESET_BYTES = 64
@@ -263,6 +267,8 @@ def validate_header(h: Header) -> None:
         raise bad(f"atoms_per_frame has {h.latent_frames} entries, gop_frames={h.gop_frames} has {want} latent frames")
     if h.flags & ~KNOWN_FLAGS[h.version] or not 0 <= h.flags < 1 << 32:
         raise bad(f"flags={h.flags:#x} has bits unknown to format version {h.version}")
+    if bool(h.flags & FLAG_X0_CACHE) != bool(h.sampler.x0_cache):
+        raise bad("FLAG_X0_CACHE must be set exactly when the sampler has an x0-cache schedule")
 
 
 def payload_bits(header: Header, atoms_per_frame: Sequence[int] | None = None) -> int:
@@ -294,6 +300,10 @@ def _encode_header_fields(h: Header) -> bytes:
         out += encode_varint(m)
     out += encode_varint(h.seed)
     out += encode_varint(h.flags)
+    if h.flags & FLAG_X0_CACHE:
+        out += encode_varint(len(h.sampler.x0_cache))
+        for step in h.sampler.x0_cache:
+            out += encode_varint(step)
     out += struct.pack(">I", zlib.crc32(out))
     return bytes(out)
 
@@ -330,6 +340,12 @@ def _parse_header(cur: _Cursor) -> Header:
     apf = tuple(cur.varint(f"atoms_per_frame[{f}]") for f in range(n_lat))
     seed = cur.varint("seed")
     flags = cur.varint("flags")
+    x0_cache = ()
+    if flags & FLAG_X0_CACHE:
+        n_skip = cur.varint("x0-cache step count")
+        if n_skip > steps // 2:
+            raise BitstreamError(f"invalid header: {n_skip} x0-cache steps for {steps} steps")
+        x0_cache = tuple(cur.varint(f"x0-cache step {i}") for i in range(n_skip))
     crc_pos = cur.pos
     (crc,) = struct.unpack(">I", cur.take(4, "header CRC"))
     if zlib.crc32(cur.data[start:crc_pos]) != crc:
@@ -344,7 +360,7 @@ def _parse_header(cur: _Cursor) -> Header:
         raise BitstreamError("invalid header: preset is not valid utf-8") from None
     try:
         sampler = SamplerConfig(steps=steps, tail=tail, g_scale=g_scale, shift=shift, K=K, atoms_per_frame=apf,
-                                codebook=CODEBOOK_KINDS[codebook_i], seed=seed)
+                                codebook=CODEBOOK_KINDS[codebook_i], seed=seed, x0_cache=x0_cache)
     except ValueError as err:
         raise BitstreamError(f"invalid header: {err}") from None
     h = Header(model_fingerprint=fingerprint, preset=preset, variant=VARIANTS[variant_i], sampler=sampler,

@@ -98,7 +98,8 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         model_fingerprint=bytes.fromhex(model.fingerprint)[:8], preset=model.name, variant=var.name,
         width=width, height=height, orig_width=reader.width, orig_height=reader.height,
         num_frames=reader.num_frames, fps_num=fps_num, fps_den=fps_den, gop_frames=gop_frames,
-        num_gops=plan.num_gops, sampler=sampler, flags=flags)
+        num_gops=plan.num_gops, sampler=sampler,
+        flags=flags | (bitstream.FLAG_X0_CACHE if sampler.x0_cache else 0))
     if target_bytes is not None:
         from gvc_jax.codec.rate import fit_sampler
 

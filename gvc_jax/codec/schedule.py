@@ -88,6 +88,7 @@ class SamplerConfig:
     atoms_per_frame: Tuple[int, ...] = (DEFAULT_M,)
     codebook: str = DEFAULT_CODEBOOK
     seed: int = 0
+    x0_cache: Tuple[int, ...] = ()
 
     def __post_init__(self):
         try:
@@ -123,6 +124,7 @@ class SamplerConfig:
             raise SamplerError(f"codebook must be one of {CODEBOOK_KINDS}, got {self.codebook!r}")
         if not 0 <= self.seed < 2**32:
             raise SamplerError(f"seed must be in [0, 2**32), got {self.seed}")
+        object.__setattr__(self, "x0_cache", check_x0_cache(self.x0_cache, self.steps))
 
     @classmethod
     def for_gop(cls, gop_frames: int, M: int | Sequence[int] = DEFAULT_M, *, temporal_stride: int = 4,
@@ -153,6 +155,48 @@ class SamplerConfig:
         return atom_capacity(self.max_atoms, self.K)
 
 
+def check_x0_cache(skips, steps: int) -> Tuple[int, ...]:
+    """Validated x0-cache schedule: the steps whose DiT call is replaced by the velocity rebuilt
+    from the previous step's clean estimate, ``u = (x_t - x0_hat) / t``. Strictly increasing step
+    indices in [1, steps); never two in a row (reported to collapse quality), never step 0
+    (nothing is cached yet)."""
+    try:
+        out = tuple(skips)
+    except TypeError:
+        raise SamplerError(f"x0_cache must be a sequence of step indices, got {skips!r}") from None
+    if any(not _is_int(s) for s in out):
+        raise SamplerError(f"x0_cache must hold ints, got {out}")
+    out = tuple(int(s) for s in out)
+    if any(not 1 <= s < steps for s in out):
+        raise SamplerError(f"x0_cache steps must be in [1, steps={steps}), got {out}")
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise SamplerError(f"x0_cache steps must be strictly increasing, got {out}")
+    if any(b == a + 1 for a, b in zip(out, out[1:])):
+        raise SamplerError(f"x0_cache must not skip two steps in a row, got {out}")
+    return out
+
+
+X0_CACHE_MODES = ("off", "alternate")
+
+
+def x0_cache_schedule(spec, steps: int) -> Tuple[int, ...]:
+    """``--x0-cache`` value -> schedule: ``off``, ``alternate`` (every odd step: the DiT runs on
+    half the steps, rounded up), or explicit comma-separated step indices ("3,5,9")."""
+    if isinstance(spec, (tuple, list)):
+        return check_x0_cache(spec, steps)
+    text = str(spec).strip()
+    if text == "off" or text == "":
+        return ()
+    if text == "alternate":
+        return tuple(range(1, steps, 2))
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SamplerError(f"x0-cache must be one of {X0_CACHE_MODES} or comma-separated step indices, "
+                           f"got {spec!r}") from None
+    return check_x0_cache(values, steps)
+
+
 def time_grid(steps: int, shift: float) -> np.ndarray:
     """[steps + 1] float64: ``s = linspace(1, 0, T+1)``, ``t = shift*s / (1 + (shift-1)*s)``."""
     s = np.linspace(1.0, 0.0, steps + 1, dtype=np.float64)
@@ -167,6 +211,7 @@ class StepTables:
     t_next: np.ndarray      # [T] float32 next time
     g: np.ndarray           # [T] float32 diffusion coefficient (0 on deterministic steps)
     stochastic: np.ndarray  # [T] bool, True where the step draws coded noise
+    reuse: np.ndarray       # [T] bool, True where the velocity comes from the cached clean estimate
 
     @classmethod
     def build(cls, cfg: SamplerConfig) -> "StepTables":
@@ -174,4 +219,5 @@ class StepTables:
         t, t_next = grid[:-1], grid[1:]
         stochastic = np.arange(cfg.steps) < cfg.stochastic_steps
         g = np.where(stochastic, cfg.g_scale * t**2, 0.0)
-        return cls(t.astype(np.float32), t_next.astype(np.float32), g.astype(np.float32), stochastic)
+        reuse = np.isin(np.arange(cfg.steps), cfg.x0_cache)
+        return cls(t.astype(np.float32), t_next.astype(np.float32), g.astype(np.float32), stochastic, reuse)

@@ -102,20 +102,22 @@ def _trajectory(velocity: Velocity, codebook: Codebook, slots: int,
     def no_noise(x0_hat, step, given_idx, given_coef):
         return jnp.zeros_like(x0_hat), jnp.zeros_like(given_idx), jnp.zeros_like(given_coef)
 
-    def step_fn(x, xs):
-        t, t_next, g, stochastic, t_feat, step, given_idx, given_coef = xs
-        u = velocity(params, x, t, t_feat, cond)
+    def step_fn(carry, xs):
+        x, x0_cached = carry
+        t, t_next, g, stochastic, reuse, t_feat, step, given_idx, given_coef = xs
+        # x0-cache: on reuse steps the DiT is not called; u is rebuilt from the last clean estimate.
+        u = jax.lax.cond(reuse, lambda: (x - x0_cached) / t, lambda: velocity(params, x, t, t_feat, cond))
         x0_hat = x0_estimate(x, u, t)
         z, idx, coef = jax.lax.cond(stochastic, coded_noise, no_noise, x0_hat, step, given_idx, given_coef)
         x_next = sde_step(x, u, t, t_next, g, z)
         jax.debug.callback(_on_step, listener, gop, step)  # progress only; identical in both directions
-        return x_next, (idx, coef)
+        return (x_next, x0_hat), (idx, coef)
 
     x_start = initial_noise(seed, gop, target.shape)
     steps = tables["t"].shape[0]
-    xs = (tables["t"], tables["t_next"], tables["g"], tables["stochastic"], tables["t_feat"],
+    xs = (tables["t"], tables["t_next"], tables["g"], tables["stochastic"], tables["reuse"], tables["t_feat"],
           jnp.arange(steps), given.indices, given.coeffs)
-    x_final, (idx, coef) = jax.lax.scan(step_fn, x_start, xs)
+    (x_final, _), (idx, coef) = jax.lax.scan(step_fn, (x_start, jnp.zeros_like(x_start)), xs)
     return x_final, Picks(idx, coef)
 
 
@@ -142,7 +144,7 @@ class Trajectory:
         tables = StepTables.build(sampler)
         feats = time_features(tables.t) if time_features is not None else tables.t[:, None]
         self.tables = {"t": tables.t, "t_next": tables.t_next, "g": tables.g,
-                       "stochastic": tables.stochastic, "t_feat": np.asarray(feats, np.float32)}
+                       "stochastic": tables.stochastic, "reuse": tables.reuse, "t_feat": np.asarray(feats, np.float32)}
         self._fn = functools.partial(_trajectory_jit, velocity, self.codebook, self.slots)
 
     def check_atoms(self, atoms_per_frame) -> np.ndarray:
