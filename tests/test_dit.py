@@ -16,10 +16,10 @@ import torch
 from flax import nnx
 
 from gvc_jax.models.checkpoint import CheckpointError, load_diffusers_dit, torch_to_flax
+from gvc_jax.models.attention import attend
 from gvc_jax.models.configs import DIT_PRESETS
 from gvc_jax.models.dit import (
     DiTInputError,
-    _attend,
     WanDiT,
     diffusers_key_to_path,
     timestep_features,
@@ -182,8 +182,52 @@ def test_attention_chunked(block_elems):
     q, k, v = (jnp.asarray(rng.standard_normal((2, n, 3, 16), dtype=np.float32)) for n in (37, 29, 29))
     with jax.default_matmul_precision("highest"):
         ref = jax.nn.dot_product_attention(q, k, v).reshape(2, 37, 48)
-        out = _attend(q, k, v, block_elems=block_elems)  # 1000: 7 chunks of 6 queries, padded
+        out = attend(q, k, v, "chunked", block_elems=block_elems)  # 1000: 7 chunks of 6 queries, padded
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["xla", "splash"])
+def test_attention_implementations_agree(impl):
+    """xla (one fused softmax) and the TPU splash kernel (Pallas interpreter on CPU, sequences
+    padded to its 128 block and the padding masked) against the chunked path, fp32 and bf16."""
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, n, 2, 16), dtype=np.float32)) for n in (150, 133, 133))
+    with jax.default_matmul_precision("highest"):
+        ref = attend(q, k, v, "chunked")
+        out = attend(q, k, v, impl, interpret=True)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=2e-6)
+    qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    out_b = attend(qb, kb, vb, impl, interpret=True).astype(jnp.float32)
+    assert out_b.dtype == jnp.float32 and float(jnp.max(jnp.abs(out_b - ref))) < 0.05
+
+
+def test_auto_attention_per_backend_and_errors():
+    from gvc_jax.models.attention import AttentionError, resolve
+
+    assert resolve("auto", jnp.float32, 128, "cpu") == "chunked"
+    assert resolve("auto", jnp.float32, 128, "tpu") == "splash"
+    assert resolve("auto", jnp.bfloat16, 128, "gpu") == "cudnn"
+    assert resolve("auto", jnp.float32, 128, "gpu") == "xla"  # cuDNN flash attention needs bf16 / fp16
+    assert resolve("auto", jnp.bfloat16, 256, "gpu") == "xla"
+    assert resolve("xla", jnp.float32, 128, "tpu") == "xla"
+    with pytest.raises(AttentionError):
+        resolve("flash3", jnp.float32, 128, "cpu")
+
+
+def test_dit_forward_is_the_same_with_every_cpu_attention_path():
+    from gvc_jax.models.dit import set_attention
+
+    cfg = DIT_PRESETS["tiny-t2v"]
+    model = WanDiT(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((1, 3, 8, 8, cfg.in_channels), dtype=np.float32))
+    ctx = jnp.asarray(rng.standard_normal((1, cfg.text_len, cfg.text_dim), dtype=np.float32))
+    t = jnp.asarray([500.0], jnp.float32)
+    with jax.default_matmul_precision("highest"):
+        ref = model(x, t, ctx)
+        set_attention(model, "xla")
+        out = model(x, t, ctx)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["t2v", "i2v"])

@@ -50,6 +50,7 @@ class DiTConfig:
     dtype: str = "float32"                   # matmul compute dtype; norms/modulation stay fp32
     scan_layers: bool = False
     remat: bool = False
+    attention: str = "auto"                  # models.attention implementation
 
     @property
     def dim(self) -> int:

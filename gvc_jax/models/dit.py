@@ -7,7 +7,8 @@ and the same two for ``condition_embedder.image_embedder.ff``.
 
 Precision (docs/method_notes.md §Wan numerics): adaLN modulation, every norm, RoPE, gated residual
 adds, the time embedding and the head run in fp32; the remaining matmuls and attention run in
-``cfg.dtype``.
+``cfg.dtype``. Attention runs through ``models.attention`` (``cfg.attention``: chunked on CPU,
+cuDNN flash attention on GPU for bf16, splash on TPU, by default; ``set_attention`` overrides it).
 With ``cfg.scan_layers`` all block leaves are stacked on a leading axis [N, ...] (attribute still
 ``blocks``) and applied with ``jax.lax.scan``; ``cfg.remat`` wraps each block in ``jax.checkpoint``.
 """
@@ -25,6 +26,7 @@ from einops import rearrange
 from flax import nnx
 
 from gvc_jax.models.configs import DiTConfig
+from gvc_jax.models.attention import attend, check_implementation
 from gvc_jax.models.rope import apply_rope, rope_tables_in_graph
 
 F32 = jnp.float32
@@ -83,43 +85,6 @@ def _rms_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.RMSNorm:
     return nnx.RMSNorm(dim, epsilon=eps, dtype=F32, param_dtype=F32, rngs=rngs)
 
 
-# Max logits elements (B * heads * query_chunk * keys) per attention block, per backend.
-_ATTN_BLOCK_ELEMS = {"cpu": 1 << 22}
-_ATTN_BLOCK_ELEMS_DEFAULT = 1 << 28
-
-
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, block_elems: Optional[int] = None) -> jax.Array:
-    """Plain softmax attention, no mask. q [B,Lq,n,hd], k/v [B,Lk,n,hd] -> [B,Lq,n*hd] (q.dtype).
-
-    Queries are processed in chunks (``lax.map``) so that one chunk's fp32 logits hold at most
-    ``block_elems`` elements (backend default: 4M on CPU, where cache locality beats one huge
-    softmax, 256M elsewhere). Logits, softmax and the normaliser are fp32; scale 1/sqrt(hd).
-    """
-    b, lq, n, hd = q.shape
-    lk = k.shape[1]
-    if block_elems is None:
-        block_elems = _ATTN_BLOCK_ELEMS.get(jax.default_backend(), _ATTN_BLOCK_ELEMS_DEFAULT)
-    n_chunks = -(-b * n * lq * lk // block_elems)
-    cs = -(-lq // n_chunks)
-    kt = rearrange(k, "b k n h -> b n k h")
-    vt = rearrange(v, "b k n h -> b n k h")
-    qs = (q.astype(F32) * (1.0 / math.sqrt(hd))).astype(q.dtype)
-
-    def one(qc):  # [B, n, cs, hd] -> [B, n, cs, hd]
-        logits = jnp.einsum("bnqh,bnkh->bnqk", qc, kt, preferred_element_type=F32)
-        p = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
-        o = jnp.einsum("bnqk,bnkh->bnqh", p.astype(v.dtype), vt, preferred_element_type=F32)
-        return (o / p.sum(axis=-1, keepdims=True)).astype(q.dtype)
-
-    if n_chunks == 1:
-        out = rearrange(one(rearrange(qs, "b q n h -> b n q h")), "b n q h -> b q n h")
-    else:
-        qs = jnp.pad(qs, ((0, 0), (0, n_chunks * cs - lq), (0, 0), (0, 0)))
-        qc = rearrange(qs, "b (c q) n h -> c b n q h", c=n_chunks)
-        out = rearrange(jax.lax.map(one, qc), "c b n q h -> b (c q) n h")[:, :lq]
-    return rearrange(out, "b q n h -> b q (n h)")
-
-
 class FeedForward(nnx.Module):
     """proj_in -> GELU (fp32; tanh or erf) -> proj_out. [..., d_in] -> [..., d_out] (compute dtype)."""
 
@@ -140,10 +105,11 @@ class WanAttention(nnx.Module):
     """Self- or cross-attention with RMS qk-norm across heads; optional I2V image k/v branch."""
 
     def __init__(self, dim: int, heads: int, eps: float, *, added_kv_proj_dim: Optional[int], dtype,
-                 param_dtype, rngs: nnx.Rngs):
+                 param_dtype, rngs: nnx.Rngs, attention: str = "auto"):
         lin = partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
         self.dtype = dtype
+        self.attention = attention  # models.attention implementation (static; set_attention changes it)
         self.to_q = lin(dim, dim)
         self.to_k = lin(dim, dim)
         self.to_v = lin(dim, dim)
@@ -157,6 +123,9 @@ class WanAttention(nnx.Module):
         else:
             self.add_k_proj = self.add_v_proj = self.norm_added_k = None
 
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        return attend(q, k, v, self.attention)
+
     def _split(self, t: jax.Array) -> jax.Array:
         """[B, L, D] -> [B, L, heads, D / heads] (head-major channels)."""
         return rearrange(t, "b l (n h) -> b l n h", n=self.heads)
@@ -168,20 +137,20 @@ class WanAttention(nnx.Module):
         v = self._split(self.to_v(x))
         q = apply_rope(self._split(q), cos, sin).astype(self.dtype)
         k = apply_rope(self._split(k), cos, sin).astype(self.dtype)
-        return self.to_out(_attend(q, k, v))
+        return self.to_out(self._attend(q, k, v))
 
     def cross_attention(self, x: jax.Array, ctx: jax.Array, ctx_img: Optional[jax.Array]) -> jax.Array:
         """x [B,L,D], text ctx [B,512,D], image ctx [B,N_img,D] or None -> [B,L,D]."""
         q = self._split(self.norm_q(self.to_q(x).astype(F32)).astype(self.dtype))
         k = self._split(self.norm_k(self.to_k(ctx).astype(F32)).astype(self.dtype))
         v = self._split(self.to_v(ctx))
-        out = _attend(q, k, v)
+        out = self._attend(q, k, v)
         if ctx_img is not None:
             if self.add_k_proj is None:
                 raise DiTInputError("image context given but this model has no image k/v projections")
             k_img = self._split(self.norm_added_k(self.add_k_proj(ctx_img).astype(F32)).astype(self.dtype))
             v_img = self._split(self.add_v_proj(ctx_img))
-            out = out + _attend(q, k_img, v_img)
+            out = out + self._attend(q, k_img, v_img)
         return self.to_out(out)
 
 
@@ -194,10 +163,10 @@ class WanBlock(nnx.Module):
         self.dtype = dtype
         self.norm1 = _layer_norm(d, cfg.eps, False, rngs)
         self.attn1 = WanAttention(d, cfg.num_attention_heads, cfg.eps, added_kv_proj_dim=None,
-                                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                  dtype=dtype, param_dtype=param_dtype, rngs=rngs, attention=cfg.attention)
         self.attn2 = WanAttention(d, cfg.num_attention_heads, cfg.eps,
                                   added_kv_proj_dim=cfg.added_kv_proj_dim if cfg.image_dim else None,
-                                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                  dtype=dtype, param_dtype=param_dtype, rngs=rngs, attention=cfg.attention)
         self.norm2 = _layer_norm(d, cfg.eps, True, rngs) if cfg.cross_attn_norm else None
         self.ffn = FeedForward(d, cfg.ffn_dim, d, approximate=True, dtype=dtype, param_dtype=param_dtype,
                                rngs=rngs)
@@ -283,6 +252,14 @@ class ConditionEmbedder(nnx.Module):
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
+def set_attention(model: nnx.Module, impl: str) -> None:
+    """Switch every attention layer of ``model`` to implementation ``impl`` (models.attention)."""
+    check_implementation(impl)
+    for _, module in model.iter_modules():
+        if isinstance(module, WanAttention):
+            module.attention = impl
+
+
 class WanDiT(nnx.Module):
     """Wan2.1 DiT velocity network. See module docstring for names and precision."""
 
