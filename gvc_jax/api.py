@@ -175,11 +175,16 @@ def _load_named(spec: Optional[str]):
     return resolve_model(spec, quiet=True)
 
 
-def get_model(model=None):
-    """``None`` / a directory / ``"preset:NAME"`` (loaded once per process) or a ``CodecModel``."""
+def get_model(model=None, *, dtype: Optional[str] = None, attention: Optional[str] = None):
+    """``None`` / a directory / ``"preset:NAME"`` (loaded once per process) or a ``CodecModel``;
+    ``dtype`` / ``attention`` set how its DiT runs (``registry.with_execution``; None: as stored)."""
     if model is None or isinstance(model, (str, os.PathLike)):
-        return _load_named(None if model is None else os.fspath(model))
-    return model
+        model = _load_named(None if model is None else os.fspath(model))
+    if dtype is None and attention is None:
+        return model
+    from gvc_jax.models.registry import with_execution
+
+    return with_execution(model, dtype=dtype, attention=attention)
 
 
 def encode(video_or_path, model=None, options: Union[None, str, CodecOptions] = None, *, fps: Optional[float] = None,

@@ -50,6 +50,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="DIR",
                    help="converted checkpoint directory (python -m weights_convert); default: the embedded "
                         "default model; 'preset:NAME' = randomly initialised preset (testing)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="DiT weights and matmuls (norms and modulation stay float32): auto = bfloat16 on GPU / TPU, "
+                        "float32 on CPU; decode with the encoder's setting to reproduce it exactly")
+    p.add_argument("--attention", default="auto", choices=("auto", "chunked", "xla", "cudnn", "splash"),
+                   help="attention kernel: auto = cuDNN flash (GPU, bf16), splash (TPU), chunked (CPU)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON ('-' = stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")

@@ -83,13 +83,13 @@ def main(argv) -> int:
 
     from gvc_jax.api import CodecOptions
     from gvc_jax.io import read_video, sample_clip_path, save_side_by_side
-    from gvc_jax.models.registry import resolve_model
+    from gvc_jax.models.registry import resolve_model, with_execution
 
     options = {v: CodecOptions(variant=v, atoms=args.atoms, steps=args.steps, **DEMO_SETTINGS[v])
                for v in args.variants}  # validated before any work
     os.makedirs(args.out, exist_ok=True)
     video, fps = read_video(sample_clip_path(args.clip), max_frames=args.frames, resize=args.resize)
-    model = resolve_model(args.model, quiet=args.quiet)
+    model = with_execution(resolve_model(args.model, quiet=args.quiet), dtype=args.dtype, attention=args.attention)
     frames, height, width = video.shape[:3]
     progress = cli.progress_printer(args.quiet)
     rows, decoded = [], []

@@ -91,7 +91,7 @@ def main(argv) -> int:
     if args.compare and not args.compare.lower().endswith(".png"):
         raise ValueError(f"--compare must name a .png file, got {args.compare}")
     cli.check_outputs(files=(args.output, args.compare, args.json), videos=(args.decoded,))
-    model = api.get_model(args.model)
+    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention)
     with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as reader:
         gop = options.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
         sampler = options.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)

@@ -67,6 +67,50 @@ def load_checkpoint(path: str) -> CodecModel:
                       _empty_context(loaded.config, path), path)
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def compute_dtype(dtype: str = "auto", backend: Optional[str] = None) -> str:
+    """``auto``: bfloat16 on accelerators (GPU / TPU), float32 on CPU; else ``dtype`` itself."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    import jax
+
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+
+
+def with_execution(model: CodecModel, *, dtype: Optional[str] = None, attention: Optional[str] = None) -> CodecModel:
+    """The same model (same weights, same fingerprint) with its DiT's weights and matmuls in
+    ``dtype`` (``auto``: see ``compute_dtype``; norms, modulation, RoPE and the head stay fp32) and
+    attention implementation ``attention`` (``models.attention``). A new model; ``model`` is
+    untouched. Encoder and decoder must use the same settings to reproduce each other exactly."""
+    import dataclasses
+
+    import jax
+
+    from gvc_jax.models.attention import check_implementation
+    from gvc_jax.models.checkpoint import abstract_model, dit_factory
+
+    cfg = model.config.dit
+    changes = {}
+    if dtype is not None:
+        d = compute_dtype(dtype)
+        changes.update(dtype=d, param_dtype=d)
+    if attention is not None:
+        changes["attention"] = check_implementation(attention)
+    new_cfg = cfg.replace(**changes)
+    if new_cfg == cfg:
+        return model
+    graph, abstract, rest = abstract_model(dit_factory(new_cfg))
+    params = jax.tree.map(lambda want, a: a if a.dtype == want.dtype else a.astype(want.dtype),
+                          abstract, nnx.state(model.dit, nnx.Param))  # the new layout's dtype, leaf by leaf
+    dit = nnx.merge(graph, params, rest)
+    config = dataclasses.replace(model.config, dit=new_cfg)
+    return dataclasses.replace(model, config=config, dit=dit)
+
+
 def resolve_model(spec: Optional[str] = None, *, quiet: bool = False) -> CodecModel:
     """``None`` -> embedded default model (or the random ``tiny`` preset with a notice if none is
     shipped yet); ``preset:NAME`` -> random preset; anything else -> a converted checkpoint dir."""

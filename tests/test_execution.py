@@ -1,0 +1,52 @@
+"""How the DiT runs (dtype, attention) without changing what the model is: same weights and
+fingerprint, bf16 weights where the layout says so, exact round trips, the command-line flags."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gvc_jax.codec.pipeline import decode_video, encode_video
+from gvc_jax.codec.schedule import SamplerConfig
+from gvc_jax.models.registry import compute_dtype, init_preset, with_execution
+
+SAMPLER = SamplerConfig(steps=4, tail=1, g_scale=3.0, shift=3.0, K=256, atoms_per_frame=(4, 4), seed=1,
+                        x0_cache=(2,))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return init_preset("tiny")
+
+
+def test_auto_dtype_per_backend():
+    assert compute_dtype("auto", "cpu") == "float32"
+    assert compute_dtype("auto", "gpu") == compute_dtype("auto", "tpu") == "bfloat16"
+    assert compute_dtype("float32", "tpu") == "float32"
+    with pytest.raises(ValueError):
+        compute_dtype("float16")
+
+
+def test_bf16_model_keeps_weights_identity_and_fp32_islands(model):
+    b16 = with_execution(model, dtype="bfloat16", attention="xla")
+    assert b16 is not model and model.config.dit.dtype == "float32"  # the original is untouched
+    assert b16.fingerprint == model.fingerprint and b16.config.dit.attention == "xla"
+    dtypes = {"/".join(map(str, p)): v.dtype for p, v in nnx.state(b16.dit, nnx.Param).flat_state()}
+    assert dtypes["blocks/0/attn1/to_q/kernel"] == jnp.bfloat16
+    norms = [k for k in dtypes if "norm" in k]
+    assert norms and all(dtypes[k] == jnp.float32 for k in norms)  # norms (and modulation) stay fp32
+    orig = np.asarray(nnx.state(model.dit, nnx.Param)["blocks"][0]["attn1"]["to_q"]["kernel"][...])
+    cast = np.asarray(nnx.state(b16.dit, nnx.Param)["blocks"][0]["attn1"]["to_q"]["kernel"][...], np.float32)
+    np.testing.assert_allclose(cast, orig, rtol=1 / 128)
+    assert with_execution(model, dtype="float32", attention="auto") is model  # nothing to change
+
+
+def test_bf16_round_trip_is_exact_and_close_to_fp32(model):
+    video = np.random.default_rng(0).integers(0, 256, (5, 32, 48, 3), dtype=np.uint8)
+    b16 = with_execution(model, dtype="bfloat16")
+    enc = encode_video(video, 25.0, b16, SAMPLER, gop_frames=5)
+    dec = decode_video(enc.stream, b16)
+    assert not any(g.drift for g in dec.gops) and np.array_equal(dec.video, enc.video)
+    ref = decode_video(enc.stream, model)  # an fp32 decoder of a bf16 stream: flagged, and close
+    assert any(g.drift for g in ref.gops)
+    assert np.mean(np.abs(ref.video.astype(float) - dec.video)) < 8
