@@ -188,23 +188,28 @@ def get_model(model=None, *, dtype: Optional[str] = None, attention: Optional[st
 
 
 def encode(video_or_path, model=None, options: Union[None, str, CodecOptions] = None, *, fps: Optional[float] = None,
-           start: int = 0, max_frames: Optional[int] = None, resize=None, progress=None, **overrides) -> bytes:
+           start: int = 0, max_frames: Optional[int] = None, resize=None, progress=None, devices: Optional[int] = None,
+           **overrides) -> bytes:
     """Encode a video (a path, or uint8 frames [F, H, W, 3]) -> ``.gvc`` stream bytes.
 
     ``options`` / keyword overrides: see ``CodecOptions``. ``start``, ``max_frames``, ``resize``
     (W, H) select the input. ``fps`` is stored for arrays (default 16; files keep theirs).
+    ``devices``: code GOPs side by side on that many local devices (default: all; same bytes).
     """
     return encode_full(video_or_path, model, options, fps=fps, start=start, max_frames=max_frames, resize=resize,
-                       progress=progress, **overrides).stream
+                       progress=progress, devices=devices, **overrides).stream
 
 
 def encode_full(video_or_path, model=None, options=None, *, fps=None, start=0, max_frames=None, resize=None,
-                progress=None, sink=None, **overrides):
+                progress=None, sink=None, devices=None, **overrides):
     """As ``encode``, returning the full ``CodecResult`` (stream, header, per-GOP reports);
     ``sink(frames)`` receives the reconstruction GOP by GOP."""
     from gvc_jax.codec.pipeline import encode_stream
 
+    from gvc_jax.parallel import check_devices
+
     opts = _options(options, overrides)
+    check_devices(devices)
     model = get_model(model)
     with _open_input(video_or_path, fps=fps, start=start, max_frames=max_frames, resize=resize) as reader:
         gop = opts.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
@@ -215,7 +220,7 @@ def encode_full(video_or_path, model=None, options=None, *, fps=None, start=0, m
             with _open_input(video_or_path, fps=fps, start=start, max_frames=max_frames, resize=resize) as again:
                 target = rate_target(opts, variant, model, again, gop, len(sampler.atoms_per_frame))
         return encode_stream(reader, model, sampler, variant=variant, gop_frames=gop, sink=sink,
-                             progress=progress, **target)
+                             progress=progress, devices=devices, **target)
 
 
 def rate_target(opts: CodecOptions, variant, model, reader, gop_frames: int, latent_frames: int) -> dict:
@@ -249,16 +254,19 @@ def rate_target(opts: CodecOptions, variant, model, reader, gop_frames: int, lat
 
 
 def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprint: bool = True,
-           progress=None) -> np.ndarray:
-    """A ``.gvc`` stream (bytes or a path) -> uint8 frames [F, H, W, 3] at the original size."""
+           progress=None, devices: Optional[int] = None) -> np.ndarray:
+    """A ``.gvc`` stream (bytes or a path) -> uint8 frames [F, H, W, 3] at the original size.
+    ``devices``: as for ``encode`` (a stream decodes on any number of devices)."""
     from gvc_jax.codec.pipeline import decode_video
+    from gvc_jax.parallel import check_devices
 
+    check_devices(devices)
     if isinstance(stream_or_path, (str, os.PathLike)):
         from gvc_jax.codec.bitstream import read_file
 
         stream_or_path = read_file(stream_or_path)
     return decode_video(stream_or_path, get_model(model), strict=strict, check_fingerprint=check_fingerprint,
-                        progress=progress).video
+                        progress=progress, devices=devices).video
 
 
 def _open_input(video_or_path, *, fps, start, max_frames, resize):

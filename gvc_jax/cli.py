@@ -55,6 +55,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "float32 on CPU; decode with the encoder's setting to reproduce it exactly")
     p.add_argument("--attention", default="auto", choices=("auto", "chunked", "xla", "cudnn", "splash"),
                    help="attention kernel: auto = cuDNN flash (GPU, bf16), splash (TPU), chunked (CPU)")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="code the GOPs of a wave side by side, one per device, on the first N local devices "
+                        "(default: all); the stream and the video do not depend on N")
+    p.add_argument("--weight-shards", type=int, default=1, metavar="S",
+                   help="split the DiT's weights over groups of S devices (for models that do not fit on one); "
+                        "N/S GOPs run side by side (default 1: weights replicated)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON ('-' = stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")

@@ -38,8 +38,11 @@ def main(argv) -> int:
     from gvc_jax.evaluation import RunningEval
     from gvc_jax.io import VideoReader, VideoWriter
     from gvc_jax.metrics import bpp
+    from gvc_jax.parallel import GopMesh
 
     cli.check_outputs(files=(args.json,), videos=(args.output,))
+    mesh = GopMesh(args.devices, args.weight_shards)
+    devices = len(mesh.devices)
     with bitstream.naming(args.input):
         stream = bitstream.read_file(args.input)
         header, _ = bitstream.read_header(stream)
@@ -64,7 +67,7 @@ def main(argv) -> int:
         with bitstream.naming(args.input):
             result = decode_stream(stream, model, check_fingerprint=not args.ignore_fingerprint, strict=args.strict,
                                    sink=lambda chunk: [s(chunk) for s in sinks],
-                                   progress=cli.progress_printer(args.quiet))
+                                   progress=cli.progress_printer(args.quiet), devices=mesh)
         seconds = time.perf_counter() - t0
         writer.commit()
     except BaseException:
@@ -82,7 +85,8 @@ def main(argv) -> int:
               file=sys.stderr)
     report = {"input": args.input, "output": args.output, "model": model.name, "frames": frames,
               "width": width, "height": height, "fps": result.fps, "bytes": len(stream),
-              "bpp": bpp(len(stream), frames, width, height), "seconds": seconds, "drifted_gops": drifted}
+              "bpp": bpp(len(stream), frames, width, height), "seconds": seconds, "drifted_gops": drifted,
+              "devices": devices, "weight_shards": mesh.weight_shards}
     if evaluator:
         report.update(evaluator.result())
     cli.emit_report(report, args.json)

@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="input video (mp4, mkv, y4m, gif, ...), a directory of frames, or an image")
     p.add_argument("-o", "--output", required=True, help="output .gvc file")
+    p.add_argument("--resume", action="store_true",
+                   help="keep a journal OUTPUT.resume of finished GOPs while encoding; rerunning the same command "
+                        "with --resume after an interruption codes only the unfinished GOPs (same bytes). The "
+                        "journal is removed when the stream is written; pass --resume on the first run too")
     cli.add_model_args(p)
     g = p.add_argument_group("rate and sampler")
     g.add_argument("--preset", default="default", choices=tuple(api.PRESETS), help="option preset the flags below override (default %(default)s)")
@@ -81,6 +85,8 @@ def main(argv) -> int:
     from gvc_jax.evaluation import RunningEval, TeeReader
     from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes, save_side_by_side
     from gvc_jax.metrics import bpp
+    from gvc_jax.codec.journal import check_journal_path, input_identity
+    from gvc_jax.parallel import GopMesh
 
     overrides = {name: getattr(args, name) for name in OPTION_FIELDS if getattr(args, name) is not None}
     options = api.CodecOptions.preset(args.preset, **overrides)  # validates every codec option
@@ -91,6 +97,15 @@ def main(argv) -> int:
     if args.compare and not args.compare.lower().endswith(".png"):
         raise ValueError(f"--compare must name a .png file, got {args.compare}")
     cli.check_outputs(files=(args.output, args.compare, args.json), videos=(args.decoded,))
+    mesh = GopMesh(args.devices, args.weight_shards)
+    devices = len(mesh.devices)
+    resume = {}
+    if args.resume:
+        if not os.path.exists(args.input):
+            raise ValueError(f"--resume needs an input file: {args.input} does not exist")
+        check_journal_path(args.output)
+        resume = {"resume": args.output, "resume_identity": (input_identity(args.input), args.start,
+                                                             args.max_frames, args.resize)}
     model = api.get_model(args.model, dtype=args.dtype, attention=args.attention)
     with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as reader:
         gop = options.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
@@ -122,9 +137,11 @@ def main(argv) -> int:
             t0 = time.perf_counter()
             result = encode_stream(source, model, sampler, variant=variant, gop_frames=gop, **target,
                                    sink=lambda chunk: [s(chunk) for s in sinks],
-                                   progress=cli.progress_printer(args.quiet))
+                                   progress=cli.progress_printer(args.quiet), devices=mesh, **resume)
             seconds = time.perf_counter() - t0
             atomic_write_bytes(args.output, result.stream)
+            if result.journal is not None:
+                result.journal.remove()
             if writer:
                 writer.commit()
         except BaseException:
@@ -137,7 +154,8 @@ def main(argv) -> int:
         "width": width, "height": height, "fps": fps, "gops": len(result.gops), "bytes": size,
         "bpp": bpp(size, frames, width, height), "kbps": 8 * size / 1000 / (frames / fps),
         "seconds": seconds, "seconds_per_gop": [round(g.seconds, 3) for g in result.gops],
-        "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant,
+        "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant, "devices": devices, "weight_shards": mesh.weight_shards,
+        "resumed_gops": [g.index for g in result.gops if g.resumed],
         **rate_breakdown(result), "atoms_per_frame": list(result.header.atoms_per_frame),
     }
     if options.target_bpp is not None:

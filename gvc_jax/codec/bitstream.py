@@ -540,6 +540,16 @@ def record_bytes(header: Header, g: int, rec: GopRecord) -> bytes:
     return frame_body(header, g, _encode_body(header, rec))
 
 
+def parse_record(header: Header, g: int, framed: bytes) -> GopRecord:
+    """The inverse of ``record_bytes``: GOP g's framed record (length, CRC, body) -> GopRecord."""
+    framed = bytes(framed)
+    cur = _Cursor(framed)
+    start, length = _frame_record(header, cur, g)
+    if cur.left:
+        raise BitstreamError(f"GOP {g}: {cur.left} unexpected bytes after the record")
+    return _parse_body(header, framed, g, start, length)
+
+
 def frame_body(header: Header, g: int, body: bytes) -> bytes:
     """A record body framed as GOP g's: its length, then its CRC seeded with g, then the body."""
     return encode_varint(len(body)) + struct.pack(">I", record_crc(header, g, body)) + body

@@ -2,7 +2,8 @@
 
 For every GOP, wave by wave::
 
-    inputs  = source.gop_input(span)                  # encoder: target latent; decoder: stream picks
+    inputs  = source.gop_input(span)                  # encoder: source frames; decoder: stream picks
+    source.prepare(chunk_inputs)                      # encoder: target latents (one GOP per device)
     anchors = source.anchors(variant, span, inputs)   # encoder codes them, decoder reads them
     context.add_anchors(variant.read_anchors(span, anchors, eng))   # both: the *decoded* anchor images
     cond    = variant.condition(span, context, eng)   # from *decoded* context only (closed loop)
@@ -10,6 +11,9 @@ For every GOP, wave by wave::
     side    = source.side(variant, span, latent, inputs)   # encoder makes it, decoder reads it
     latent  = variant.apply_side(span, latent, side)
     frames  = engine.frames(latent)                   # -> context for later GOPs, and output
+
+GOPs of a wave run in chunks, one GOP per device (``gvc_jax.parallel``), each device running the
+single-GOP program, so the result does not depend on the number of devices.
 
 Only ``source`` differs between the two directions: ``SearchTargets`` (encoder: picks come from
 the codebook search against the target latent of the GOP's source frames) or ``StreamPicks``
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -147,8 +151,12 @@ class SearchTargets:
 
     def gop_input(self, span: GopSpan, engine: GopEngine) -> GopInput:
         m = engine.trajectory.check_atoms(None if self.atoms is None else self.atoms(span))
-        frames = self.frames(span)
-        return GopInput(atoms=m, target=engine.target_latent(frames), frames=frames)
+        return GopInput(atoms=m, frames=self.frames(span))
+
+    def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:
+        """The target latents of a chunk's GOPs, VAE-encoded one GOP per device."""
+        for inp, target in zip(inputs, engine.target_latents([inp.frames for inp in inputs])):
+            inp.target = target
 
     def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
         return tuple(variant.make_anchors(span, inputs.frames))
@@ -173,6 +181,9 @@ class StreamPicks:
         picks = record_to_picks(rec.picks, self.header.steps, len(m), engine.trajectory.slots)
         return GopInput(atoms=m, picks=picks, side=tuple(rec.side), record=rec)
 
+    def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:
+        """Nothing to compute: the picks were read with the record."""
+
     def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
         return tuple(p for p in inputs.side if p[0] == variant.ANCHOR_TAG)
 
@@ -180,33 +191,103 @@ class StreamPicks:
         return tuple(p for p in inputs.side if p[0] != variant.ANCHOR_TAG)
 
 
+class ResumedTargets:
+    """A resumed encode's picks: the GOPs a resume journal holds are replayed from their records
+    (the decoder's path, so their frames are exactly the first run's), the rest are searched."""
+
+    def __init__(self, search: SearchTargets, header: bitstream.Header, finished: dict, variant: Variant):
+        self.search = search
+        self.replay = StreamPicks(header, finished, variant)
+
+    def _of(self, inputs: GopInput):
+        return self.search if inputs.record is None else self.replay
+
+    def gop_input(self, span: GopSpan, engine: GopEngine) -> GopInput:
+        return (self.replay if span.index in self.replay.records else self.search).gop_input(span, engine)
+
+    def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:
+        self.search.prepare([i for i in inputs if i.record is None], engine)
+
+    def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
+        return self._of(inputs).anchors(variant, span, inputs)
+
+    def side(self, variant: Variant, span: GopSpan, latent, inputs: GopInput) -> tuple:
+        return self._of(inputs).side(variant, span, latent, inputs)
+
+
+def context_frames(plan: GopPlan, variant: Variant, span: GopSpan) -> Tuple[int, ...]:
+    """The source frames of GOP ``span``'s *output* that later GOPs condition on (I2V: its last
+    frame; FLF2V: none, its boundaries come from anchor payloads)."""
+    coded = {f for s in plan.spans for f in variant.coded_anchors(s)}
+    later = {f for s in plan.spans if span.index in s.depends_on for f in s.anchors}
+    return tuple(sorted(f for f in later - coded if span.start <= f < span.stop))
+
+
+@dataclass
+class FinishedGop:
+    """A GOP a resumed encode does not run: its record and its ``context_frames`` pixels."""
+
+    record: bitstream.GopRecord
+    frames: dict
+
+
 def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
-              progress: Optional[Progress] = None, stage: str = "code") -> Iterator[GopOutput]:
-    """Walk the plan wave by wave; yield each GOP's result as soon as it is done."""
+              progress: Optional[Progress] = None, stage: str = "code",
+              skip: Optional[Dict[int, FinishedGop]] = None) -> Iterator[GopOutput]:
+    """Walk the plan wave by wave; yield each GOP's result as soon as it is done.
+
+    A wave is coded in chunks of up to ``engine.mesh.size`` GOPs, one per device (``parallel``):
+    the inputs, anchors and conditioning of a chunk's GOPs are prepared in index order (a GOP's
+    shared anchors were read with an earlier GOP), then the VAE encode (encoder), the trajectory
+    and the VAE decode run for the whole chunk at once, each device running the single-GOP program.
+
+    ``skip``: GOPs that are not run and not yielded (a resumed encode without a sink): only what
+    later GOPs need of them enters the context (their anchor payloads and ``context_frames``).
+    """
     progress = progress or Progress()
+    skip = skip or {}
     context = DecodedContext(plan)
-    on_step = progress.step
     done = 0
     progress.gop(stage, 0, plan.num_gops)
     for wave in plan.waves():
-        for span in wave:  # in index order: a GOP's shared anchors were read with an earlier GOP
+        for span in wave:
+            if span.index in skip:
+                finished = skip[span.index]
+                anchor_side = tuple(p for p in finished.record.side if p[0] == variant.ANCHOR_TAG)
+                context.add_anchors(variant.read_anchors(span, anchor_side, engine))
+                context.add_anchors(finished.frames)
+                done += 1
+                progress.gop(stage, done, plan.num_gops)
+        for chunk in engine.mesh.chunks([span for span in wave if span.index not in skip]):
             t0 = time.perf_counter()
-            inputs = source.gop_input(span, engine)
-            anchor_side = source.anchors(variant, span, inputs)
-            context.add_anchors(variant.read_anchors(span, anchor_side, engine))
-            cond = variant.condition(span, context, engine)
-            latent, picks = engine.run(span.index, cond, inputs.atoms, target=inputs.target, picks=inputs.picks,
-                                       on_step=on_step)
-            side = source.side(variant, span, latent, inputs)
-            latent = jax.block_until_ready(variant.apply_side(span, latent, side))
-            if not bool(jnp.all(jnp.isfinite(latent))):
-                raise NonFiniteError(f"GOP {span.index}: the trajectory produced non-finite values "
-                                     f"(the sampler settings or the model weights are unusable)")
-            frames = engine.frames(latent)
-            context.add(span, frames)
-            context.release(span)
+            inputs = [source.gop_input(span, engine) for span in chunk]
+            source.prepare(inputs, engine)
+            anchor_sides, conds = [], []
+            for span, inp in zip(chunk, inputs):
+                anchor_side = source.anchors(variant, span, inp)
+                context.add_anchors(variant.read_anchors(span, anchor_side, engine))
+                anchor_sides.append(anchor_side)
+                conds.append(variant.condition(span, context, engine))
+            results = engine.run_many([span.index for span in chunk], conds, [inp.atoms for inp in inputs],
+                                      targets=[inp.target for inp in inputs], picks=[inp.picks for inp in inputs],
+                                      on_step=progress.step)
+            latents, sides = [], []
+            for span, inp, (latent, _) in zip(chunk, inputs, results):
+                side = source.side(variant, span, latent, inp)
+                latent = jax.block_until_ready(variant.apply_side(span, latent, side))
+                if not bool(jnp.all(jnp.isfinite(latent))):
+                    raise NonFiniteError(f"GOP {span.index}: the trajectory produced non-finite values "
+                                         f"(the sampler settings or the model weights are unusable)")
+                latents.append(latent)
+                sides.append(side)
+            frames = engine.frames_many(latents)
+            for span, frame in zip(chunk, frames):
+                context.add(span, frame)
+                context.release(span)
             _release_freed_memory()
-            done += 1
-            yield GopOutput(span, latent, picks, tuple(anchor_side) + tuple(side), frames, inputs,
-                            time.perf_counter() - t0)
-            progress.gop(stage, done, plan.num_gops)
+            seconds = (time.perf_counter() - t0) / len(chunk)  # the chunk's wall time, shared by its GOPs
+            for span, inp, anchor_side, (_, picks), latent, side, frame in zip(
+                    chunk, inputs, anchor_sides, results, latents, sides, frames):
+                done += 1
+                yield GopOutput(span, latent, picks, tuple(anchor_side) + tuple(side), frame, inp, seconds)
+                progress.gop(stage, done, plan.num_gops)

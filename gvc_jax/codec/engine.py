@@ -8,7 +8,7 @@ compilation.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ from gvc_jax.codec.conditioning import build_condition
 from gvc_jax.codec.schedule import SamplerConfig, latent_frames
 from gvc_jax.codec.trajectory import Picks, Trajectory
 from gvc_jax.codec.velocity import WanVelocity
+from gvc_jax.parallel import GopMesh
 from gvc_jax.models.vae import denormalize_latent, normalize_latent
 from gvc_jax.pixels import from_model_range, to_model_range
 
@@ -33,6 +34,15 @@ def _vae_encode(graph, cfg, params, frames):
 def _vae_decode(graph, cfg, params, latent):
     """Normalised latent -> frames in [-1, 1]."""
     return nnx.merge(graph, params).decode(denormalize_latent(latent, cfg))
+
+
+def _vae_encode_one(graph, cfg, params, frames):
+    """One GOP, as each device of a mesh runs it: the body of ``_vae_encode`` with a batch of one."""
+    return normalize_latent(nnx.merge(graph, params).encode(frames[None]), cfg)[0]
+
+
+def _vae_decode_one(graph, cfg, params, latent):
+    return nnx.merge(graph, params).decode(denormalize_latent(latent[None], cfg))[0]
 
 
 class GeometryError(ValueError):
@@ -100,33 +110,55 @@ def available_bytes() -> int | None:
             return None
 
 
-def check_memory(model, height: int, width: int, gop_frames: int) -> None:
-    """Refuse, before any model work, a GOP that cannot fit in this machine's memory."""
+def check_memory(model, height: int, width: int, gop_frames: int, devices: int = 1) -> None:
+    """Refuse, before any model work, a GOP that cannot fit in this machine's memory.
+
+    With ``devices`` GOPs side by side on CPU devices they share the host's memory; accelerators
+    each hold their own GOP, so the per-device limit applies to one."""
     need, have = estimate_gop_bytes(model, height, width, gop_frames), available_bytes()
-    if have is not None and need > have:
-        raise MemoryLimitError(f"a {width}x{height} GOP of {gop_frames} frames needs about {need / 2**30:.1f} GiB, "
-                               f"this machine has {have / 2**30:.1f} GiB available")
+    side_by_side = devices if jax.devices()[0].platform == "cpu" else 1
+    if have is not None and need * side_by_side > have:
+        what = f"{side_by_side} GOPs side by side need" if side_by_side > 1 else "needs"
+        raise MemoryLimitError(f"a {width}x{height} GOP of {gop_frames} frames {what} about "
+                               f"{need * side_by_side / 2**30:.1f} GiB, this machine has {have / 2**30:.1f} GiB available"
+                               + (" (use fewer --devices)" if side_by_side > 1 else ""))
 
 
 class GopEngine:
-    """Everything needed to code GOPs of one geometry with one model and sampler."""
+    """Everything needed to code GOPs of one geometry with one model and sampler.
 
-    def __init__(self, model, sampler: SamplerConfig, height: int, width: int, gop_frames: int):
+    ``mesh`` (``parallel.GopMesh``, default one device): the ``*_many`` methods code a chunk of up
+    to ``mesh.size`` GOPs, one per device, each with the single-GOP program.
+    """
+
+    def __init__(self, model, sampler: SamplerConfig, height: int, width: int, gop_frames: int,
+                 mesh: Optional[GopMesh] = None):
         vae_cfg, dit_cfg = model.config.vae, model.config.dit
         check_geometry(model, height, width, gop_frames)
         s = vae_cfg.spatial_stride
         self.model = model
         self.sampler = sampler
+        self.mesh = mesh or GopMesh(1)
         self.gop_frames = gop_frames
         self.height, self.width = height, width
         self.latent_shape = (latent_frames(gop_frames, vae_cfg.temporal_stride), height // s, width // s,
                              vae_cfg.z_dim)
-        vae_graph, self.vae_params = nnx.split(model.vae)
-        dit_graph, self.dit_params = nnx.split(model.dit)
+        vae_graph, vae_params = nnx.split(model.vae)
+        dit_graph, dit_params = nnx.split(model.dit)
+        # Weights on every device of the mesh (once); device 0's copy for single-device work.
+        self._vae_params_all = self.mesh.replicate(vae_params)
+        self._dit_params_all = self.mesh.shard_weights(dit_params)  # split over `model` with --weight-shards
+        self.vae_params, self.dit_params = self.mesh.local(self._vae_params_all), self.mesh.local(self._dit_params_all)
         self._encode = functools.partial(_vae_encode, vae_graph, vae_cfg)
         self._decode = functools.partial(_vae_decode, vae_graph, vae_cfg)
         velocity = WanVelocity(dit_graph, dit_cfg)
         self.trajectory = Trajectory(velocity, sampler, self.latent_shape, velocity.time_features)
+        self._encode_many = self.mesh.map(
+            ("vae_encode", vae_graph, vae_cfg), functools.partial(_vae_encode_one, vae_graph, vae_cfg), (False, True),
+            plain=lambda params, frames: self._encode(params, frames[None])[0])
+        self._decode_many = self.mesh.map(
+            ("vae_decode", vae_graph, vae_cfg), functools.partial(_vae_decode_one, vae_graph, vae_cfg), (False, True),
+            plain=lambda params, latent: self._decode(params, latent[None])[0])
         self._unconditioned = None
 
     def condition(self, **kw) -> dict:
@@ -144,7 +176,12 @@ class GopEngine:
 
     def target_latent(self, frames: np.ndarray) -> jax.Array:
         """uint8 [G, H, W, 3] -> normalised latent [F, h, w, C]."""
-        return self.latent_of(to_model_range(frames))
+        return self.target_latents([frames])[0]
+
+    def target_latents(self, gop_frames: Sequence[np.ndarray]) -> list:
+        """The target latents of a chunk of GOPs (uint8 [G, H, W, 3] each), one GOP per device."""
+        return self._encode_many(self._vae_params_all, [jnp.asarray(to_model_range(f), jnp.float32)
+                                                        for f in gop_frames])
 
     def latent_of(self, video) -> jax.Array:
         """float [G, H, W, 3] in [-1, 1] (e.g. anchors with zeros between) -> normalised latent."""
@@ -152,10 +189,22 @@ class GopEngine:
 
     def run(self, gop: int, cond: dict, atoms_per_frame=None, *, target=None, picks: Optional[Picks] = None,
             on_step: Optional[Callable[[int, int], None]] = None):
-        """The shared trajectory: -> (final latent, canonical picks)."""
+        """The shared trajectory of one GOP: -> (final latent, canonical picks)."""
         return self.trajectory.run(self.dit_params, cond, gop, atoms_per_frame, target=target, picks=picks,
                                    on_step=on_step)
 
+    def run_many(self, gops: Sequence[int], conds: Sequence[dict], atoms: Sequence, *, targets: Sequence,
+                 picks: Sequence, on_step: Optional[Callable[[int, int], None]] = None) -> list:
+        """The shared trajectory of a chunk of GOPs, one per device: -> [(final latent, picks)] in order.
+        Per GOP one of ``targets[g]`` (encode) and ``picks[g]`` (decode) is given."""
+        return self.trajectory.run_many(self.mesh, self._dit_params_all, conds, gops, atoms, targets=targets,
+                                        picks=picks, on_step=on_step)
+
     def frames(self, latent) -> np.ndarray:
         """Normalised latent -> uint8 [G, H, W, 3]."""
-        return from_model_range(np.asarray(self._decode(self.vae_params, jnp.asarray(latent)[None])[0]))
+        return self.frames_many([latent])[0]
+
+    def frames_many(self, latents: Sequence) -> list:
+        """The decoded frames (uint8 [G, H, W, 3]) of a chunk of GOP latents, one GOP per device."""
+        out = self._decode_many(self._vae_params_all, [jnp.asarray(x) for x in latents])
+        return [from_model_range(np.asarray(x)) for x in out]

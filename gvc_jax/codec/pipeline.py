@@ -13,13 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from gvc_jax.codec import bitstream
-from gvc_jax.codec.coder import GopOutput, Progress, SearchTargets, StreamPicks, code_gops
+from gvc_jax.codec.coder import (FinishedGop, GopOutput, Progress, ResumedTargets, SearchTargets, StreamPicks,
+                                 code_gops, context_frames)
+from gvc_jax.codec.journal import Journal, run_key
 from gvc_jax.codec.engine import GeometryError, GopEngine, check_geometry, check_memory
 from gvc_jax.codec.plan import ArrayReader, GopFrames, GopPlan
 from gvc_jax.codec.records import latent_hash, picks_to_record
 from gvc_jax.codec.schedule import SamplerConfig
 from gvc_jax.codec.variants import get_variant
 from gvc_jax.io import fps_fraction
+from gvc_jax.parallel import GopMesh
 from gvc_jax.pixels import crop, pad_to_multiple
 
 SIZE_MULTIPLE = 16
@@ -43,6 +46,7 @@ class GopReport:
     latent_mse: Optional[float] = None  # encoder: final latent vs target
     drift: bool = False                 # decoder: hash mismatch
     side_bytes: tuple = ()              # the lengths of the GOP's side payloads, (tag, bytes) each
+    resumed: bool = False               # encoder: taken from a resume journal, not coded in this run
 
 
 @dataclass
@@ -54,6 +58,7 @@ class CodecResult:
     header: "bitstream.Header"
     gops: List[GopReport] = field(default_factory=list)
     stream: bytes = b""
+    journal: Optional[Journal] = None   # encoder with ``resume``: the open journal (remove it when written)
 
 
 def _emitter(plan: GopPlan, height: int, width: int, sink: Optional[Sink]):
@@ -75,14 +80,24 @@ def plan_for(model, variant, num_frames: int, gop_frames: int):
 def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v", gop_frames: int = 33,
                   gop_atoms: Optional[Sequence[Sequence[int]]] = None, sink: Optional[Sink] = None,
                   progress: Optional[Progress] = None, target_bytes: Optional[int] = None,
-                  side_lengths: Sequence[Sequence[int]] = (), atoms_pattern=None) -> CodecResult:
+                  side_lengths: Sequence[Sequence[int]] = (), atoms_pattern=None,
+                  devices: Optional[int] = None, resume: Optional[str] = None,
+                  resume_identity: tuple = ()) -> CodecResult:
     """Frames from ``reader`` (``num_frames``, ``height``, ``width``, ``fps``, ``read(n)``) -> a stream.
 
     ``gop_atoms``: M per latent frame for each GOP (rate control); the header then carries their
     element-wise maximum and every record its own. ``sink`` receives the reconstruction.
     ``target_bytes``: choose the atoms per latent frame (``rate.fit_atoms`` with ``atoms_pattern``)
     so the stream, with side payloads of ``side_lengths`` per GOP, fits that many bytes.
+    ``devices``: code each wave's GOPs side by side on that many local devices (default: all), or
+    a ``parallel.GopMesh`` (e.g. with weight shards); the bytes do not depend on it.
+    ``resume``: the output path whose journal (``codec.journal``) records each finished GOP; GOPs
+    it already holds are not coded again (replayed through the decoder's path when ``sink`` wants
+    their frames). ``resume_identity`` names the input (e.g. ``journal.input_identity(path)``);
+    the journal is bound to it and to every setting. ``result.journal`` is open on return: remove
+    it once the stream is safely written.
     """
+    mesh = GopMesh.of(devices)
     var, plan = plan_for(model, variant, reader.num_frames, gop_frames)
     flags = 0
     if gop_atoms is not None:
@@ -107,24 +122,52 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         header = header.replace(sampler=sampler)
     bitstream.validate_header(header)
     check_geometry(model, height, width, gop_frames)
-    check_memory(model, height, width, gop_frames)
-    engine = GopEngine(model, sampler, height, width, gop_frames)
+    check_memory(model, height, width, gop_frames, mesh.size)
+    # before any model work: a journal of another run is refused here
+    journal = None if resume is None else Journal.open(resume, run_key(header, var, gop_atoms, tuple(resume_identity)))
+    engine = GopEngine(model, sampler, height, width, gop_frames, mesh)
     frames = GopFrames(reader, plan)
     source = SearchTargets(lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE),
                            None if gop_atoms is None else (lambda span: gop_atoms[span.index]))
     emit = _emitter(plan, reader.height, reader.width, sink)
-    framed, reports = [b""] * plan.num_gops, []  # each GOP's record, serialised as it is done
-    for out in code_gops(plan, var, engine, source, progress=progress, stage="encode"):
-        atoms = tuple(int(m) for m in out.inputs.atoms)
-        framed[out.span.index] = bitstream.record_bytes(header, out.span.index, bitstream.GopRecord(
-            picks=picks_to_record(out.picks, sampler.stochastic_steps, atoms), latent_hash=latent_hash(out.latent),
-            side=out.side, atoms_per_frame=atoms if flags & bitstream.FLAG_GOP_ATOMS else None))
-        mse = float(jnp.mean((out.latent - out.inputs.target) ** 2))
-        reports.append(GopReport(out.span.index, out.seconds, atoms, latent_mse=mse,
-                                 side_bytes=tuple((tag, len(data)) for tag, data in out.side)))
-        emit(out)
+    framed, reports = [b""] * plan.num_gops, {}  # each GOP's record, serialised as it is done
+    skip = {}
+    if journal is not None:
+        finished = {g: bitstream.parse_record(header, g, e.record) for g, e in journal.entries.items()
+                    if g < plan.num_gops}
+        for g, rec in finished.items():
+            framed[g] = journal.entries[g].record
+            reports[g] = GopReport(g, 0.0, tuple(int(m) for m in rec.atoms_per_frame or header.atoms_per_frame),
+                                   side_bytes=tuple((tag, len(data)) for tag, data in rec.side), resumed=True)
+        if sink is None:  # nothing wants their frames: later GOPs get what they need from the journal
+            skip = {g: FinishedGop(rec, journal.entries[g].frames) for g, rec in finished.items()}
+        else:             # replay them from their records (the decoder's path) for their frames
+            source = ResumedTargets(source, header, finished, var)
+    try:
+        for out in code_gops(plan, var, engine, source, progress=progress, stage="encode", skip=skip):
+            g = out.span.index
+            if out.inputs.record is None:
+                atoms = tuple(int(m) for m in out.inputs.atoms)
+                framed[g] = bitstream.record_bytes(header, g, bitstream.GopRecord(
+                    picks=picks_to_record(out.picks, sampler.stochastic_steps, atoms),
+                    latent_hash=latent_hash(out.latent), side=out.side,
+                    atoms_per_frame=atoms if flags & bitstream.FLAG_GOP_ATOMS else None))
+                mse = float(jnp.mean((out.latent - out.inputs.target) ** 2))
+                reports[g] = GopReport(g, out.seconds, atoms, latent_mse=mse,
+                                       side_bytes=tuple((tag, len(data)) for tag, data in out.side))
+                if journal is not None:
+                    keep = context_frames(plan, var, out.span)
+                    journal.add(g, framed[g], {f: out.frames[f - out.span.start] for f in keep})
+            elif latent_hash(out.latent) != out.inputs.record.latent_hash:
+                raise DriftError(f"GOP {g}: replaying the resume journal's record did not reproduce the first "
+                                 f"run's latent (another platform or dtype?); delete {journal.path} to start over")
+            emit(out)
+    except BaseException:
+        if journal is not None:
+            journal.close()
+        raise
     stream = bitstream.assemble(header, framed)
-    return CodecResult(None, reader.fps, header, reports, stream)
+    return CodecResult(None, reader.fps, header, [reports[g] for g in range(plan.num_gops)], stream, journal)
 
 
 def check_model(header: bitstream.Header, model) -> None:
@@ -135,8 +178,11 @@ def check_model(header: bitstream.Header, model) -> None:
 
 
 def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, strict: bool = False,
-                  sink: Optional[Sink] = None, progress: Optional[Progress] = None) -> CodecResult:
-    """A ``.gvc`` stream -> frames into ``sink``; raises ``bitstream.BitstreamError`` if malformed."""
+                  sink: Optional[Sink] = None, progress: Optional[Progress] = None,
+                  devices: Optional[int] = None) -> CodecResult:
+    """A ``.gvc`` stream -> frames into ``sink``; raises ``bitstream.BitstreamError`` if malformed.
+    ``devices``: as for ``encode_stream`` (any count decodes any stream)."""
+    mesh = GopMesh.of(devices)
     header, records = bitstream.open_stream(stream)
     if check_fingerprint:
         check_model(header, model)
@@ -150,8 +196,8 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
         check_geometry(model, header.height, header.width, header.gop_frames)
     except GeometryError as err:
         raise bitstream.BitstreamError(f"the stream cannot be decoded with this model: {err}") from None
-    check_memory(model, header.height, header.width, header.gop_frames)
-    engine = GopEngine(model, header.sampler, header.height, header.width, header.gop_frames)
+    check_memory(model, header.height, header.width, header.gop_frames, mesh.size)
+    engine = GopEngine(model, header.sampler, header.height, header.width, header.gop_frames, mesh)
     emit = _emitter(plan, header.orig_height, header.orig_width, sink)
     reports = []
     for out in code_gops(plan, var, engine, StreamPicks(header, records, var), progress=progress, stage="decode"):
@@ -186,20 +232,21 @@ def _collector():
 
 
 def encode_video(video: np.ndarray, fps: float, model, sampler: SamplerConfig, *, gop_frames: int = 33,
-                 variant: str = "t2v", gop_atoms=None, progress: Optional[Progress] = None) -> CodecResult:
+                 variant: str = "t2v", gop_atoms=None, progress: Optional[Progress] = None,
+                 devices: Optional[int] = None) -> CodecResult:
     """uint8 [F, H, W, 3] -> a ``.gvc`` stream (``result.stream``) and the decoder's video."""
     chunks, sink = _collector()
     result = encode_stream(ArrayReader(np.asarray(video), fps), model, sampler, variant=variant,
-                           gop_frames=gop_frames, gop_atoms=gop_atoms, sink=sink, progress=progress)
+                           gop_frames=gop_frames, gop_atoms=gop_atoms, sink=sink, progress=progress, devices=devices)
     result.video = np.concatenate(chunks)
     return result
 
 
 def decode_video(stream: bytes, model, *, check_fingerprint: bool = True, strict: bool = False,
-                 progress: Optional[Progress] = None) -> CodecResult:
+                 progress: Optional[Progress] = None, devices: Optional[int] = None) -> CodecResult:
     """A ``.gvc`` stream -> uint8 [F, H, W, 3] (``result.video``)."""
     chunks, sink = _collector()
     result = decode_stream(stream, model, check_fingerprint=check_fingerprint, strict=strict, sink=sink,
-                           progress=progress)
+                           progress=progress, devices=devices)
     result.video = np.concatenate(chunks)
     return result

@@ -125,7 +125,8 @@ class GopFrames:
     """Serves each GOP's source frames from a sequential reader, reading every frame once.
 
     ``reader.read(n)`` returns the next ``<= n`` frames (uint8 [n, H, W, 3]). Frames a later GOP
-    shares with an earlier one are kept until used; nothing else is held.
+    shares with an earlier one are kept until used; nothing else is held. GOPs may be skipped
+    (their frames are read and dropped), never revisited.
     """
 
     def __init__(self, reader, plan: GopPlan):
@@ -136,8 +137,13 @@ class GopFrames:
 
     def __call__(self, span: GopSpan) -> np.ndarray:
         held = 0 if self._buf is None else len(self._buf)
-        if span.start < self._start or span.start > self._start + held:
+        if span.start < self._start:
             raise ValueError(f"GOP {span.index} (frames {span.start}-{span.stop}) is out of reading order")
+        if span.start > self._start + held:  # GOPs were skipped (a resumed encode): read past their frames
+            gap = span.start - self._start - held
+            for done in range(0, gap, 64):
+                self._read(min(64, gap - done))
+            self._buf, self._start, held = None, span.start, 0
         missing = span.stop - (self._start + held)
         if missing > 0:
             new = self._read(missing)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -145,6 +145,7 @@ class Trajectory:
         feats = time_features(tables.t) if time_features is not None else tables.t[:, None]
         self.tables = {"t": tables.t, "t_next": tables.t_next, "g": tables.g,
                        "stochastic": tables.stochastic, "reuse": tables.reuse, "t_feat": np.asarray(feats, np.float32)}
+        self._velocity = velocity
         self._fn = functools.partial(_trajectory_jit, velocity, self.codebook, self.slots)
 
     def check_atoms(self, atoms_per_frame) -> np.ndarray:
@@ -165,25 +166,55 @@ class Trajectory:
         """
         if (target is None) == (picks is None):
             raise ValueError("give exactly one of target (encode) or picks (decode)")
+        return self.run_many(None, params, [cond], [gop], [atoms_per_frame], targets=[target], picks=[picks],
+                             on_step=on_step)[0]
+
+    def run_many(self, mesh, params, conds: Sequence, gops: Sequence[int], atoms: Sequence, *, targets: Sequence,
+                 picks: Sequence, on_step: Callable[[int, int], None] | None = None) -> list:
+        """A chunk of GOPs, one per device of ``mesh`` (``parallel.GopMesh``; None: one device, the
+        plain program): -> [(final latent, Picks)] in order. Every device runs the single-GOP program.
+
+        Per GOP exactly one of ``targets[g]`` (search: encoder) and ``picks[g]`` (read: decoder) is
+        given, so a chunk can mix both directions (a resumed encode replays finished GOPs).
+        """
         s = self.sampler
-        atoms = self.check_atoms(atoms_per_frame)
-        if picks is None:
-            picks = Picks.empty(s.steps, self.latent_shape[0], self.slots)
-            use_search = True
-        else:
-            target = np.zeros(self.latent_shape, np.float32)
-            use_search = False
-        listener = 0
+        count = len(gops)
+        if not (len(conds) == len(atoms) == len(targets) == len(picks) == count):
+            raise ValueError("conds, gops, atoms, targets and picks need one entry per GOP")
+        if any((t is None) == (p is None) for t, p in zip(targets, picks)):
+            raise ValueError("give exactly one of a target (encode) or picks (decode) per GOP")
+        atoms = [jnp.asarray(self.check_atoms(a)) for a in atoms]
+        use_search = [jnp.asarray(p is None) for p in picks]
+        empty = Picks.empty(s.steps, self.latent_shape[0], self.slots)
+        picks = [empty if p is None else p for p in picks]
+        zeros = np.zeros(self.latent_shape, np.float32)
+        targets = [jnp.asarray(zeros if t is None else t, jnp.float32) for t in targets]
+        listeners = [0] * count
         if on_step is not None:
-            listener = next(_NEXT_LISTENER) % (1 << 31)
-            _LISTENERS[listener] = on_step
+            listeners = [next(_NEXT_LISTENER) % (1 << 31) for _ in range(count)]
+            for listener in listeners:
+                _LISTENERS[listener] = on_step
+        run = self._fn_each if mesh is None else self._mapped(mesh)
         try:
-            x, out = self._fn(params, cond, jnp.asarray(target, jnp.float32), jnp.asarray(use_search), picks,
-                              jnp.asarray(atoms), jnp.asarray(gop, jnp.uint32), jnp.asarray(s.seed, jnp.uint32),
-                              self.tables, jnp.asarray(listener, jnp.int32))
+            out = run(params, list(conds), targets, use_search, list(picks), atoms,
+                      [jnp.asarray(g, jnp.uint32) for g in gops], jnp.asarray(s.seed, jnp.uint32),
+                      self.tables, [jnp.asarray(x, jnp.int32) for x in listeners])
             if on_step is not None:
-                x = jax.block_until_ready(x)
+                out = jax.block_until_ready(out)
                 jax.effects_barrier()
         finally:
-            _LISTENERS.pop(listener, None)
-        return x, out
+            for listener in listeners:
+                _LISTENERS.pop(listener, None)
+        return [tuple(o) for o in out]
+
+    def _fn_each(self, params, conds, targets, use_search, picks, atoms, gops, seed, tables, listeners):
+        return [self._fn(params, c, t, u, p, a, g, seed, tables, l)
+                for c, t, u, p, a, g, l in zip(conds, targets, use_search, picks, atoms, gops, listeners)]
+
+    def _mapped(self, mesh):
+        """The chunk program on ``mesh``: ``_trajectory`` per device (compiled once per structure)."""
+        # per GOP: cond, target, use_search, given picks, atoms, gop, listener; shared: params, seed, tables
+        batched = (False, True, True, True, True, True, True, False, False, True)
+        return mesh.map(("trajectory", self._velocity, self.codebook, self.slots),
+                        functools.partial(_trajectory, self._velocity, self.codebook, self.slots), batched,
+                        plain=self._fn)

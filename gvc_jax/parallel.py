@@ -1,0 +1,179 @@
+"""GOPs side by side: a mesh with a ``gop`` axis over the local devices, one GOP per device.
+
+A wave of the plan (GOPs whose dependencies are all decoded) is coded in chunks of up to
+``GopMesh.size`` GOPs. Each chunk runs as ONE ``shard_map`` program whose per-device body is the
+*single-GOP* program: every device gets a block of exactly one GOP, squeezes the block axis and
+runs the same computation the one-device path runs. The GOPs are never batched *inside* a
+device (``vmap`` would turn the trajectory's ``lax.cond`` into a select of both branches and batch
+its matmuls, which changes the floating-point results), so a stream coded on N devices decodes on
+one device without drift, and the other way round (tested on 1, 2 and 4 CPU devices).
+
+A short chunk (the end of a wave) is padded by repeating its last GOP; the padding's results are
+dropped. With one device nothing is wrapped: the plain jitted programs run, exactly as before.
+Weights are replicated once per engine (``replicate``); single-device work between the parallel
+steps (anchor conditioning) uses device 0's copy (``local``), so it is not repeated on every device.
+"""
+from __future__ import annotations
+
+from typing import Callable, Hashable, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+GOP_AXIS = "gop"
+
+
+class DeviceCountError(ValueError):
+    """``--devices`` asks for more devices than this process has, or fewer than one."""
+
+
+def local_device_count() -> int:
+    return jax.local_device_count()
+
+
+def check_devices(devices) -> int:
+    """Validated number of devices to code GOPs on (None: all local devices; a ``GopMesh``: its)."""
+    have = local_device_count()
+    if devices is None:
+        return have
+    if isinstance(devices, GopMesh):
+        return len(devices.devices)
+    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or not 1 <= devices <= have:
+        raise DeviceCountError(f"devices must be an integer in [1, {have}] (this process has {have} "
+                               f"{jax.default_backend()} device{'s' if have > 1 else ''}), got {devices!r}")
+    return int(devices)
+
+
+def _stack(items: Sequence) -> object:
+    return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(x) for x in leaves]), *items)
+
+
+def check_weight_shards(shards: int, devices: int) -> int:
+    if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1 or devices % shards:
+        raise DeviceCountError(f"weight shards must be a positive divisor of the {devices} devices used, got {shards!r}")
+    return int(shards)
+
+
+def shard_spec(shape: Sequence[int], shards: int) -> P:
+    """How one weight is split over the ``model`` axis: its largest dimension that ``shards``
+    divides (the last of equals), if the weight is a matrix (or a stack of them); else replicated."""
+    if shards == 1 or len(shape) < 2:
+        return P()
+    dims = [d for d in range(len(shape)) if shape[d] % shards == 0 and shape[d] >= shards]
+    if not dims:
+        return P()
+    best = max(dims, key=lambda d: (shape[d], d))
+    return P(*[MODEL_AXIS if d == best else None for d in range(len(shape))])
+
+
+MODEL_AXIS = "model"
+
+
+class GopMesh:
+    """The first ``devices`` local devices on a mesh ``gop`` x ``model``.
+
+    ``weight_shards`` (default 1) devices form the ``model`` axis: the DiT's matrices are split
+    over them (FSDP-style: each device holds 1/``weight_shards`` of every large weight; XLA's SPMD
+    partitioner gathers what a layer needs), for models that do not fit on one device. The
+    ``gop`` axis has ``devices / weight_shards`` entries, one GOP each.
+    """
+
+    @classmethod
+    def of(cls, devices) -> "GopMesh":
+        """``devices``: a ``GopMesh``, a device count, or None (all local devices)."""
+        return devices if isinstance(devices, GopMesh) else cls(devices)
+
+    def __init__(self, devices: Optional[int] = None, weight_shards: int = 1):
+        total = check_devices(devices)
+        self.weight_shards = check_weight_shards(weight_shards, total)
+        self.size = total // self.weight_shards  # GOPs side by side
+        self.devices = tuple(jax.local_devices()[:total])
+        grid = np.array(self.devices).reshape(self.size, self.weight_shards)
+        self.mesh = Mesh(grid, (GOP_AXIS, MODEL_AXIS)) if total > 1 else None
+
+    def __repr__(self) -> str:
+        return f"GopMesh({self.size} GOPs x {self.weight_shards} weight shards, {self.devices[0].platform})"
+
+    def chunks(self, wave: Sequence) -> List[Sequence]:
+        """A wave's GOPs in index order, in runs of at most ``size``."""
+        return [wave[i:i + self.size] for i in range(0, len(wave), self.size)]
+
+    def replicate(self, tree):
+        """Put a pytree (weights) on every device of the mesh, once."""
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
+    def shard_weights(self, tree):
+        """Put a pytree of weights on the mesh: matrices split over ``model`` (``shard_spec``),
+        replicated over ``gop``; without weight shards, the same as ``replicate``."""
+        if self.mesh is None or self.weight_shards == 1:
+            return self.replicate(tree)
+        return jax.tree.map(lambda a: jax.device_put(a, NamedSharding(self.mesh, shard_spec(a.shape, self.weight_shards)))
+                            if hasattr(a, "shape") else a, tree)
+
+    def _on_mesh(self, tree):
+        """Arrays not yet on the whole mesh, replicated onto it; weights already there keep their layout."""
+        shared, everywhere = NamedSharding(self.mesh, P()), set(self.mesh.devices.flat)
+        return jax.tree.map(lambda x: x if isinstance(x, jax.Array) and x.sharding.device_set == everywhere
+                            else jax.device_put(x, shared), tree)
+
+    @staticmethod
+    def local(tree):
+        """Device 0's copy of a replicated pytree (no copy is made); split leaves stay as they are."""
+        def first(a):
+            if isinstance(a, jax.Array) and len(a.sharding.device_set) > 1 and a.sharding.is_fully_replicated:
+                return a.addressable_shards[0].data
+            return a
+        return jax.tree.map(first, tree)
+
+    def map(self, key: Hashable, single: Callable, batched: Sequence[bool], plain: Optional[Callable] = None):
+        """-> ``run(*args)``: ``single`` applied to each GOP of a chunk, one GOP per device.
+
+        ``batched[i]`` says whether positional argument i is a list (one entry per GOP of the chunk,
+        all of one structure) or shared by all GOPs (weights, tables). ``run`` returns one output
+        per GOP. ``plain`` (default: ``jax.jit(single)``) is what runs when the mesh has one device;
+        ``key`` names ``single`` for the cache of compiled programs (equal keys: equal programs).
+        """
+        batched = tuple(bool(b) for b in batched)
+        if self.size == 1:  # one GOP at a time: the plain program (weights may still be split over ``model``)
+            fn = plain or jax.jit(single)
+
+            def run_each(*args):
+                count = len(next(a for a, b in zip(args, batched) if b))
+                if self.mesh is not None:  # split weights: everything else goes on all devices too
+                    args = [self._on_mesh(a) for a in args]
+                return [fn(*(a[g] if b else a for a, b in zip(args, batched))) for g in range(count)]
+            return run_each
+        program = _sharded_program(key, single, batched, self.mesh)
+
+        def run(*args):
+            count = len(next(a for a, b in zip(args, batched) if b))
+            if not 1 <= count <= self.size:
+                raise ValueError(f"a chunk holds 1 to {self.size} GOPs, got {count}")
+            per_gop = NamedSharding(self.mesh, P(GOP_AXIS))
+            placed = [jax.device_put(_stack(list(a) + [a[-1]] * (self.size - count)), per_gop) if b
+                      else self._on_mesh(a) for a, b in zip(args, batched)]
+            out = program(*placed)
+            return [jax.tree.map(lambda x, g=g: x[g], out) for g in range(count)]
+        return run
+
+
+_PROGRAMS: dict = {}
+
+
+def _sharded_program(key, single, batched, mesh):
+    """The jitted shard_map of ``single`` with one GOP per device (cached on key, mask and mesh)."""
+    cache_key = (key, batched, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
+    if cache_key not in _PROGRAMS:
+        def body(*args):
+            squeezed = [jax.tree.map(lambda x: x[0], a) if b else a for a, b in zip(args, batched)]
+            return jax.tree.map(lambda x: x[None], single(*squeezed))
+
+        spec = [P(GOP_AXIS) if b else P() for b in batched]
+        # Only ``gop`` is manual: inside a GOP, XLA partitions over ``model`` (split weights) itself.
+        _PROGRAMS[cache_key] = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=tuple(spec), out_specs=P(GOP_AXIS),
+                                                     axis_names=frozenset({GOP_AXIS}), check_vma=False))
+    return _PROGRAMS[cache_key]
