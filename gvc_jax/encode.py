@@ -30,6 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --resume after an interruption codes only the unfinished GOPs (same bytes). The "
                         "journal is removed when the stream is written; pass --resume on the first run too")
     cli.add_model_args(p)
+    d = p.add_argument_group("several hosts (jax.distributed)")
+    d.add_argument("--distributed", action="store_true",
+                   help="run as one of several processes: each codes its share of every wave, process 0 writes "
+                        "the stream. Cloud TPU: no other flag (detected); GPU / CPU clusters: the flags below "
+                        "or the usual environment variables")
+    d.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
+    d.add_argument("--num-processes", type=int, default=None, metavar="N")
+    d.add_argument("--process-id", type=int, default=None, metavar="I")
     g = p.add_argument_group("rate and sampler")
     g.add_argument("--preset", default="default", choices=tuple(api.PRESETS), help="option preset the flags below override (default %(default)s)")
     g.add_argument("--target-bpp", type=float, default=None, metavar="BPP",
@@ -81,12 +89,25 @@ OPTION_FIELDS = ("atoms", "codebook_size", "codebook", "steps", "tail", "g_scale
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
+    if (args.coordinator or args.num_processes is not None or args.process_id is not None) and not args.distributed:
+        raise ValueError("--coordinator, --num-processes and --process-id need --distributed")
+    if args.distributed:
+        if args.num_processes is not None and args.num_processes < 1:
+            raise ValueError("--num-processes must be >= 1")
+        if args.process_id is not None and args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
+            raise ValueError(f"--process-id must be in [0, {args.num_processes})")
+        if args.decoded or args.eval or args.compare or args.resume:
+            raise ValueError("--distributed writes only the stream: drop --decoded, --eval, --compare and --resume")
+        from gvc_jax.parallel import init_distributed
+
+        init_distributed(args.coordinator, args.num_processes, args.process_id)
     from gvc_jax.codec.pipeline import encode_stream, rate_breakdown
     from gvc_jax.evaluation import RunningEval, TeeReader
     from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes, save_side_by_side
     from gvc_jax.metrics import bpp
     from gvc_jax.codec.journal import check_journal_path, input_identity
     from gvc_jax.parallel import GopMesh
+    from jax import process_index as jax_process_index
 
     overrides = {name: getattr(args, name) for name in OPTION_FIELDS if getattr(args, name) is not None}
     options = api.CodecOptions.preset(args.preset, **overrides)  # validates every codec option
@@ -136,9 +157,11 @@ def main(argv) -> int:
         try:
             t0 = time.perf_counter()
             result = encode_stream(source, model, sampler, variant=variant, gop_frames=gop, **target,
-                                   sink=lambda chunk: [s(chunk) for s in sinks],
+                                   sink=(lambda chunk: [s(chunk) for s in sinks]) if sinks else None,
                                    progress=cli.progress_printer(args.quiet), devices=mesh, **resume)
             seconds = time.perf_counter() - t0
+            if mesh.distributed and jax_process_index() != 0:  # every process holds the stream; one writes it
+                return 0
             atomic_write_bytes(args.output, result.stream)
             if result.journal is not None:
                 result.journal.remove()

@@ -50,6 +50,28 @@ def _stack(items: Sequence) -> object:
     return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(x) for x in leaves]), *items)
 
 
+def init_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                     process_id: Optional[int] = None) -> None:
+    """``jax.distributed.initialize`` before any JAX work. Cloud TPU: no arguments (detected);
+    GPU clusters: ``HOST:PORT``, the process count and this process's id, or the usual environment
+    variables (SLURM / Open MPI). CPU processes (tests, laptops) exchange data through gloo."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kw = {k: v for k, v in (("coordinator_address", coordinator), ("num_processes", num_processes),
+                            ("process_id", process_id)) if v is not None}
+    jax.distributed.initialize(**kw)
+
+
+def _global(x, sharding):
+    """A host value that every process holds identically, as an array on ``sharding`` (which may
+    span processes): each process fills its own devices' parts."""
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def check_weight_shards(shards: int, devices: int) -> int:
     if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1 or devices % shards:
         raise DeviceCountError(f"weight shards must be a positive divisor of the {devices} devices used, got {shards!r}")
@@ -86,12 +108,20 @@ class GopMesh:
         return devices if isinstance(devices, GopMesh) else cls(devices)
 
     def __init__(self, devices: Optional[int] = None, weight_shards: int = 1):
-        total = check_devices(devices)
-        self.weight_shards = check_weight_shards(weight_shards, total)
-        self.size = total // self.weight_shards  # GOPs side by side
-        self.devices = tuple(jax.local_devices()[:total])
+        local = check_devices(devices)
+        self.distributed = jax.process_count() > 1
+        if self.distributed and local != jax.local_device_count():
+            raise DeviceCountError("with several processes every process codes on all its local devices "
+                                   "(leave out --devices)")
+        self.weight_shards = check_weight_shards(weight_shards, local)
+        # several processes: the devices of all of them (a process's devices are adjacent rows)
+        self.devices = tuple(sorted(jax.devices(), key=lambda d: (d.process_index, d.id))) if self.distributed \
+            else tuple(jax.local_devices()[:local])
+        self.size = len(self.devices) // self.weight_shards  # GOPs side by side
         grid = np.array(self.devices).reshape(self.size, self.weight_shards)
-        self.mesh = Mesh(grid, (GOP_AXIS, MODEL_AXIS)) if total > 1 else None
+        self.mesh = Mesh(grid, (GOP_AXIS, MODEL_AXIS)) if len(self.devices) > 1 else None
+        me = jax.process_index()
+        self.local_positions = frozenset(g for g in range(self.size) if grid[g, 0].process_index == me)
 
     def __repr__(self) -> str:
         return f"GopMesh({self.size} GOPs x {self.weight_shards} weight shards, {self.devices[0].platform})"
@@ -104,21 +134,45 @@ class GopMesh:
         """Put a pytree (weights) on every device of the mesh, once."""
         if self.mesh is None:
             return tree
-        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+        shared = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda a: _global(a, shared) if hasattr(a, "shape") else a, tree)
 
     def shard_weights(self, tree):
         """Put a pytree of weights on the mesh: matrices split over ``model`` (``shard_spec``),
         replicated over ``gop``; without weight shards, the same as ``replicate``."""
         if self.mesh is None or self.weight_shards == 1:
             return self.replicate(tree)
-        return jax.tree.map(lambda a: jax.device_put(a, NamedSharding(self.mesh, shard_spec(a.shape, self.weight_shards)))
+        return jax.tree.map(lambda a: _global(a, NamedSharding(self.mesh, shard_spec(a.shape, self.weight_shards)))
                             if hasattr(a, "shape") else a, tree)
 
     def _on_mesh(self, tree):
         """Arrays not yet on the whole mesh, replicated onto it; weights already there keep their layout."""
         shared, everywhere = NamedSharding(self.mesh, P()), set(self.mesh.devices.flat)
         return jax.tree.map(lambda x: x if isinstance(x, jax.Array) and x.sharding.device_set == everywhere
-                            else jax.device_put(x, shared), tree)
+                            else _global(x, shared), tree)
+
+    def is_local(self, position: int) -> bool:
+        """Whether GOP ``position`` of a chunk runs on this process's devices."""
+        return position in self.local_positions
+
+    def _per_gop(self, items: list, sharding):
+        """One entry per GOP position -> arrays split over ``gop``. Several processes: each fills
+        only its own positions' parts (the other entries are placeholders)."""
+        if not self.distributed:
+            return jax.device_put(_stack(items), sharding)
+        stacked = jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *items)
+        return jax.tree.map(lambda v: jax.make_array_from_callback(v.shape, sharding, lambda index: v[index]),
+                            stacked)
+
+    @staticmethod
+    def _local_part(out, g: int):
+        """GOP position g's result, from the shard this process holds."""
+        def part(x):
+            for s in x.addressable_shards:
+                if s.index[0].start == g:
+                    return s.data[0]
+            raise KeyError(g)
+        return jax.tree.map(part, out)
 
     @staticmethod
     def local(tree):
@@ -154,10 +208,12 @@ class GopMesh:
             if not 1 <= count <= self.size:
                 raise ValueError(f"a chunk holds 1 to {self.size} GOPs, got {count}")
             per_gop = NamedSharding(self.mesh, P(GOP_AXIS))
-            placed = [jax.device_put(_stack(list(a) + [a[-1]] * (self.size - count)), per_gop) if b
+            placed = [self._per_gop(list(a) + [a[-1]] * (self.size - count), per_gop) if b
                       else self._on_mesh(a) for a, b in zip(args, batched)]
             out = program(*placed)
-            return [jax.tree.map(lambda x, g=g: x[g], out) for g in range(count)]
+            if not self.distributed:
+                return [jax.tree.map(lambda x, g=g: x[g], out) for g in range(count)]
+            return [self._local_part(out, g) if g in self.local_positions else None for g in range(count)]
         return run
 
 

@@ -89,3 +89,42 @@ def test_encode_with_split_weights_decodes_with_the_same_layout(four_devices):
     if not w["encode_same_bytes_as_1_device"]:
         assert w["decode_on_1_device_drift"]
     assert w["video_max_abs_diff_vs_1_device"] <= 4
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("variant", ["t2v", "flf2v"])
+def test_two_processes_write_the_one_process_stream(tmp_path, variant):
+    from gvc_jax import cli
+    from gvc_jax import encode as encode_cli
+    from gvc_jax.io import quiet_fork, read_video, sample_clip_path, write_video
+
+    clip = str(tmp_path / "in.npy")
+    write_video(clip, read_video(sample_clip_path("bikes"), resize=(48, 32), max_frames=27)[0], 16.0)
+    model = "preset:tiny" if variant == "t2v" else "preset:tiny-anchored"
+    args = ["--model", model, "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9",
+            "--variant", variant, "--anchor-codec", "webp", "--quiet"]
+    ref = str(tmp_path / "one.gvc")
+    assert cli.run_main(encode_cli.main, [clip, "-o", ref, *args]) == 0
+    out = str(tmp_path / "two.gvc")
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
+    with quiet_fork():
+        procs = [subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", clip, "-o", out, *args, "--distributed",
+                                   "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
+                                   "--json", str(tmp_path / f"r{i}.json")],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+    errs = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    with open(out, "rb") as f, open(ref, "rb") as g:
+        assert f.read() == g.read()  # 3 GOPs over 2 processes x 2 devices: the same bytes
+    report = json.loads((tmp_path / "r0.json").read_text())
+    assert report["devices"] == 4
+    assert not (tmp_path / "r1.json").exists()  # only process 0 writes

@@ -154,7 +154,8 @@ class SearchTargets:
         return GopInput(atoms=m, frames=self.frames(span))
 
     def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:
-        """The target latents of a chunk's GOPs, VAE-encoded one GOP per device."""
+        """The target latents of a chunk's GOPs, VAE-encoded one GOP per device (several processes:
+        None for the GOPs of the others)."""
         for inp, target in zip(inputs, engine.target_latents([inp.frames for inp in inputs])):
             inp.target = target
 
@@ -262,17 +263,23 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
             t0 = time.perf_counter()
             inputs = [source.gop_input(span, engine) for span in chunk]
             source.prepare(inputs, engine)
+            here = [engine.mesh.is_local(i) for i in range(len(chunk))]  # several processes: this one's GOPs
             anchor_sides, conds = [], []
-            for span, inp in zip(chunk, inputs):
-                anchor_side = source.anchors(variant, span, inp)
+            for span, inp, mine in zip(chunk, inputs, here):
+                anchor_side = source.anchors(variant, span, inp)  # every process: later GOPs may share them
                 context.add_anchors(variant.read_anchors(span, anchor_side, engine))
                 anchor_sides.append(anchor_side)
-                conds.append(variant.condition(span, context, engine))
+                conds.append(variant.condition(span, context, engine))  # all: the programs need every shape
             results = engine.run_many([span.index for span in chunk], conds, [inp.atoms for inp in inputs],
                                       targets=[inp.target for inp in inputs], picks=[inp.picks for inp in inputs],
                                       on_step=progress.step)
             latents, sides = [], []
-            for span, inp, (latent, _) in zip(chunk, inputs, results):
+            for span, inp, result in zip(chunk, inputs, results):
+                if result is None:  # another process's GOP
+                    latents.append(None)
+                    sides.append(())
+                    continue
+                latent = result[0]
                 side = source.side(variant, span, latent, inp)
                 latent = jax.block_until_ready(variant.apply_side(span, latent, side))
                 if not bool(jnp.all(jnp.isfinite(latent))):
@@ -282,12 +289,14 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
                 sides.append(side)
             frames = engine.frames_many(latents)
             for span, frame in zip(chunk, frames):
-                context.add(span, frame)
+                if frame is not None:
+                    context.add(span, frame)
                 context.release(span)
             _release_freed_memory()
             seconds = (time.perf_counter() - t0) / len(chunk)  # the chunk's wall time, shared by its GOPs
-            for span, inp, anchor_side, (_, picks), latent, side, frame in zip(
+            for span, inp, anchor_side, result, latent, side, frame in zip(
                     chunk, inputs, anchor_sides, results, latents, sides, frames):
                 done += 1
-                yield GopOutput(span, latent, picks, tuple(anchor_side) + tuple(side), frame, inp, seconds)
+                if result is not None:
+                    yield GopOutput(span, latent, result[1], tuple(anchor_side) + tuple(side), frame, inp, seconds)
                 progress.gop(stage, done, plan.num_gops)

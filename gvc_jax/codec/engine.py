@@ -181,7 +181,7 @@ class GopEngine:
     def target_latents(self, gop_frames: Sequence[np.ndarray]) -> list:
         """The target latents of a chunk of GOPs (uint8 [G, H, W, 3] each), one GOP per device."""
         return self._encode_many(self._vae_params_all, [jnp.asarray(to_model_range(f), jnp.float32)
-                                                        for f in gop_frames])
+                                                        for f in gop_frames])  # None: another process's GOP
 
     def latent_of(self, video) -> jax.Array:
         """float [G, H, W, 3] in [-1, 1] (e.g. anchors with zeros between) -> normalised latent."""
@@ -206,5 +206,6 @@ class GopEngine:
 
     def frames_many(self, latents: Sequence) -> list:
         """The decoded frames (uint8 [G, H, W, 3]) of a chunk of GOP latents, one GOP per device."""
-        out = self._decode_many(self._vae_params_all, [jnp.asarray(x) for x in latents])
-        return [from_model_range(np.asarray(x)) for x in out]
+        zeros = np.zeros(self.latent_shape, np.float32)  # another process's GOP: a placeholder
+        out = self._decode_many(self._vae_params_all, [jnp.asarray(zeros if x is None else x) for x in latents])
+        return [None if x is None else from_model_range(np.asarray(x)) for x in out]

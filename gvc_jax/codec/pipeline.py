@@ -98,6 +98,9 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     it once the stream is safely written.
     """
     mesh = GopMesh.of(devices)
+    if mesh.distributed and (sink is not None or resume is not None):
+        raise ValueError("with several processes the encoder writes only the stream (no --decoded, --eval, "
+                         "--compare or --resume yet)")
     var, plan = plan_for(model, variant, reader.num_frames, gop_frames)
     flags = 0
     if gop_atoms is not None:
@@ -166,8 +169,36 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         if journal is not None:
             journal.close()
         raise
+    if mesh.distributed:  # every process coded its share of each wave: gather all records everywhere
+        framed = gather_records(framed)
+        for g in range(plan.num_gops):
+            if g not in reports:
+                rec = bitstream.parse_record(header, g, framed[g])
+                reports[g] = GopReport(g, 0.0, tuple(int(m) for m in rec.atoms_per_frame or header.atoms_per_frame),
+                                       side_bytes=tuple((tag, len(data)) for tag, data in rec.side))
     stream = bitstream.assemble(header, framed)
     return CodecResult(None, reader.fps, header, [reports[g] for g in range(plan.num_gops)], stream, journal)
+
+
+def gather_records(framed: Sequence[bytes]) -> List[bytes]:
+    """Each process holds the framed records of its own GOPs (the others: empty): -> every record,
+    on every process (``multihost_utils.process_allgather`` of lengths, then of padded bytes)."""
+    from jax.experimental import multihost_utils
+
+    lengths = np.array([len(b) for b in framed], np.int64)
+    every = np.asarray(multihost_utils.process_allgather(lengths)).reshape(-1, len(framed))  # [processes, GOPs]
+    width = max(1, int(every.max()))
+    buf = np.zeros((len(framed), width), np.uint8)
+    for g, b in enumerate(framed):
+        buf[g, :len(b)] = np.frombuffer(b, np.uint8)
+    data = np.asarray(multihost_utils.process_allgather(buf)).reshape(-1, len(framed), width)
+    out = []
+    for g in range(len(framed)):
+        owners = [p for p in range(every.shape[0]) if every[p, g] > 0]
+        if len(owners) != 1:
+            raise RuntimeError(f"GOP {g} was coded by {len(owners)} processes, expected exactly one")
+        out.append(bytes(data[owners[0], g, :every[owners[0], g]]))
+    return out
 
 
 def check_model(header: bitstream.Header, model) -> None:
@@ -183,6 +214,8 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
     """A ``.gvc`` stream -> frames into ``sink``; raises ``bitstream.BitstreamError`` if malformed.
     ``devices``: as for ``encode_stream`` (any count decodes any stream)."""
     mesh = GopMesh.of(devices)
+    if mesh.distributed:
+        raise ValueError("decoding with several processes is not supported yet: decode on one host")
     header, records = bitstream.open_stream(stream)
     if check_fingerprint:
         check_model(header, model)

@@ -181,7 +181,9 @@ class Trajectory:
         count = len(gops)
         if not (len(conds) == len(atoms) == len(targets) == len(picks) == count):
             raise ValueError("conds, gops, atoms, targets and picks need one entry per GOP")
-        if any((t is None) == (p is None) for t, p in zip(targets, picks)):
+        # several processes: another process's GOPs have neither (placeholders of the right shape)
+        distributed = mesh is not None and mesh.distributed
+        if any((t is None) == (p is None) and not (distributed and t is None) for t, p in zip(targets, picks)):
             raise ValueError("give exactly one of a target (encode) or picks (decode) per GOP")
         atoms = [jnp.asarray(self.check_atoms(a)) for a in atoms]
         use_search = [jnp.asarray(p is None) for p in picks]
@@ -193,7 +195,8 @@ class Trajectory:
         if on_step is not None:
             listeners = [next(_NEXT_LISTENER) % (1 << 31) for _ in range(count)]
             for listener in listeners:
-                _LISTENERS[listener] = on_step
+                if listener:
+                    _LISTENERS[listener] = on_step
         run = self._fn_each if mesh is None else self._mapped(mesh)
         try:
             out = run(params, list(conds), targets, use_search, list(picks), atoms,
@@ -205,7 +208,7 @@ class Trajectory:
         finally:
             for listener in listeners:
                 _LISTENERS.pop(listener, None)
-        return [tuple(o) for o in out]
+        return [None if o is None else tuple(o) for o in out]
 
     def _fn_each(self, params, conds, targets, use_search, picks, atoms, gops, seed, tables, listeners):
         return [self._fn(params, c, t, u, p, a, g, seed, tables, l)
