@@ -189,19 +189,20 @@ def get_model(model=None, *, dtype: Optional[str] = None, attention: Optional[st
 
 def encode(video_or_path, model=None, options: Union[None, str, CodecOptions] = None, *, fps: Optional[float] = None,
            start: int = 0, max_frames: Optional[int] = None, resize=None, progress=None, devices: Optional[int] = None,
-           **overrides) -> bytes:
+           prompt: str = "", **overrides) -> bytes:
     """Encode a video (a path, or uint8 frames [F, H, W, 3]) -> ``.gvc`` stream bytes.
 
     ``options`` / keyword overrides: see ``CodecOptions``. ``start``, ``max_frames``, ``resize``
     (W, H) select the input. ``fps`` is stored for arrays (default 16; files keep theirs).
     ``devices``: code GOPs side by side on that many local devices (default: all; same bytes).
+    ``prompt``: a text prompt (stored in the stream; needs a model with a text encoder).
     """
     return encode_full(video_or_path, model, options, fps=fps, start=start, max_frames=max_frames, resize=resize,
-                       progress=progress, devices=devices, **overrides).stream
+                       progress=progress, devices=devices, prompt=prompt, **overrides).stream
 
 
 def encode_full(video_or_path, model=None, options=None, *, fps=None, start=0, max_frames=None, resize=None,
-                progress=None, sink=None, devices=None, **overrides):
+                progress=None, sink=None, devices=None, prompt: str = "", **overrides):
     """As ``encode``, returning the full ``CodecResult`` (stream, header, per-GOP reports);
     ``sink(frames)`` receives the reconstruction GOP by GOP."""
     from gvc_jax.codec.pipeline import encode_stream
@@ -220,7 +221,7 @@ def encode_full(video_or_path, model=None, options=None, *, fps=None, start=0, m
             with _open_input(video_or_path, fps=fps, start=start, max_frames=max_frames, resize=resize) as again:
                 target = rate_target(opts, variant, model, again, gop, len(sampler.atoms_per_frame))
         return encode_stream(reader, model, sampler, variant=variant, gop_frames=gop, sink=sink,
-                             progress=progress, devices=devices, **target)
+                             progress=progress, devices=devices, prompt=prompt, **target)
 
 
 def rate_target(opts: CodecOptions, variant, model, reader, gop_frames: int, latent_frames: int) -> dict:

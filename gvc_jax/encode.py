@@ -24,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gvc_jax.encode", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="input video (mp4, mkv, y4m, gif, ...), a directory of frames, or an image")
-    p.add_argument("-o", "--output", required=True, help="output .gvc file")
+    p.add_argument("-o", "--output", required=True, help="output .gvc file (with --batch: output directory)")
+    p.add_argument("--batch", action="store_true",
+                   help="INPUT is a directory of videos or a list file (one path a line): code them in one run, "
+                        "the GOPs of all videos side by side on the devices (I2V chains in parallel), one "
+                        "OUTPUT/NAME.gvc each; the videos must have one coded size (see --resize)")
     p.add_argument("--resume", action="store_true",
                    help="keep a journal OUTPUT.resume of finished GOPs while encoding; rerunning the same command "
                         "with --resume after an interruption codes only the unfinished GOPs (same bytes). The "
@@ -55,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the DiT on some steps, rebuilding the velocity from the previous clean estimate: "
                         "off, alternate (every odd step, ~2x fewer DiT calls) or step indices '3,5,9'; never two "
                         "in a row; stored in the header (default off)")
+    g.add_argument("--prompt", default="", metavar="TEXT",
+                   help="text prompt both sides condition on (stored in the stream, UTF-8, at most 2048 bytes; "
+                        "needs a model converted with its umT5 text encoder; default: the empty prompt)")
     a = p.add_argument_group("variants (see README: Variants)")
     a.add_argument("--variant", default=None,
                    help="t2v: no anchors, lowest rate; flf2v: coded boundary frames shared by neighbouring GOPs; "
@@ -115,6 +122,9 @@ def main(argv) -> int:
         raise ValueError("--max-frames must be >= 1")
     if args.start < 0:
         raise ValueError("--start must be >= 0")
+    from gvc_jax.codec.bitstream import check_prompt
+
+    check_prompt(args.prompt)
     if args.compare and not args.compare.lower().endswith(".png"):
         raise ValueError(f"--compare must name a .png file, got {args.compare}")
     cli.check_outputs(files=(args.output, args.compare, args.json), videos=(args.decoded,))
@@ -127,7 +137,12 @@ def main(argv) -> int:
         check_journal_path(args.output)
         resume = {"resume": args.output, "resume_identity": (input_identity(args.input), args.start,
                                                              args.max_frames, args.resize)}
+    if args.batch:
+        return _main_batch(args, options, mesh)
     model = api.get_model(args.model, dtype=args.dtype, attention=args.attention)
+    if args.prompt and not model.text_encoder:
+        raise ValueError(f"--prompt needs a model with a text encoder; {model.name} has none "
+                         "(convert its release with python -m weights_convert release ...)")
     with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as reader:
         gop = options.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
         sampler = options.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
@@ -158,7 +173,8 @@ def main(argv) -> int:
             t0 = time.perf_counter()
             result = encode_stream(source, model, sampler, variant=variant, gop_frames=gop, **target,
                                    sink=(lambda chunk: [s(chunk) for s in sinks]) if sinks else None,
-                                   progress=cli.progress_printer(args.quiet), devices=mesh, **resume)
+                                   progress=cli.progress_printer(args.quiet), devices=mesh, prompt=args.prompt,
+                                   **resume)
             seconds = time.perf_counter() - t0
             if mesh.distributed and jax_process_index() != 0:  # every process holds the stream; one writes it
                 return 0
@@ -177,7 +193,7 @@ def main(argv) -> int:
         "width": width, "height": height, "fps": fps, "gops": len(result.gops), "bytes": size,
         "bpp": bpp(size, frames, width, height), "kbps": 8 * size / 1000 / (frames / fps),
         "seconds": seconds, "seconds_per_gop": [round(g.seconds, 3) for g in result.gops],
-        "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant, "devices": devices, "weight_shards": mesh.weight_shards,
+        "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant, "prompt": args.prompt, "devices": devices, "weight_shards": mesh.weight_shards,
         "resumed_gops": [g.index for g in result.gops if g.resumed],
         **rate_breakdown(result), "atoms_per_frame": list(result.header.atoms_per_frame),
     }
@@ -195,6 +211,89 @@ def main(argv) -> int:
         n = min(len(compare["orig"]), len(compare["dec"]))
         save_side_by_side(args.compare, compare["orig"][:n], compare["dec"][:n])
     cli.emit_report(report, args.json)
+    return 0
+
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".y4m", ".gif", ".npy")
+
+
+def batch_inputs(path: str) -> list:
+    """The videos of a batch: the video files of a directory (sorted), or the paths of a list file
+    (one a line, relative to the list's directory; blank lines and ``#`` comments skipped)."""
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if os.path.splitext(n)[1].lower() in VIDEO_SUFFIXES)
+        videos = [os.path.join(path, n) for n in names]
+    elif os.path.isfile(path):
+        base = os.path.dirname(os.path.abspath(path))
+        with open(path, encoding="utf-8") as f:
+            lines = [ln.strip() for ln in f]
+        videos = [ln if os.path.isabs(ln) else os.path.join(base, ln) for ln in lines if ln and not ln.startswith("#")]
+        missing = [v for v in videos if not os.path.isfile(v)]
+        if missing:
+            raise ValueError(f"{path} lists {len(missing)} missing file(s), e.g. {missing[0]}")
+    else:
+        raise ValueError(f"--batch input {path} is neither a directory nor a list file")
+    if not videos:
+        raise ValueError(f"--batch input {path} holds no videos ({' '.join(VIDEO_SUFFIXES)})")
+    stems = [os.path.splitext(os.path.basename(v))[0] for v in videos]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise ValueError(f"two videos of the batch would both be written as {dup[0]}.gvc")
+    return videos
+
+
+def _main_batch(args, options, mesh) -> int:
+    """``--batch``: every video of a directory / list file, one stream each, coded in one run."""
+    import contextlib
+
+    from gvc_jax.codec.pipeline import encode_batch, rate_breakdown
+    from gvc_jax.io import VideoReader, atomic_write_bytes
+    from gvc_jax.metrics import bpp
+    from jax import process_index as jax_process_index
+
+    unsupported = [flag for flag, on in (("--decoded", args.decoded), ("--eval", args.eval),
+                                         ("--compare", args.compare), ("--resume", args.resume),
+                                         ("--target-bpp", options.target_bpp is not None),
+                                         ("--free-first-frame", args.free_first_frame)) if on]
+    if unsupported:
+        raise ValueError(f"--batch writes only the streams: drop {', '.join(unsupported)}")
+    videos = batch_inputs(args.input)
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--batch needs an output directory, {args.output} is a file")
+    outputs = [os.path.join(args.output, os.path.splitext(os.path.basename(v))[0] + ".gvc") for v in videos]
+    existing = [o for o in outputs if os.path.exists(o)]
+    if existing:
+        raise ValueError(f"{existing[0]} exists (a batch never replaces streams; {len(existing)} would be)")
+    cli.check_outputs(files=(args.json,))
+    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention)
+    if args.prompt and not model.text_encoder:
+        raise ValueError(f"--prompt needs a model with a text encoder; {model.name} has none")
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(VideoReader(v, start=args.start, max_frames=args.max_frames, resize=args.resize))
+                   for v in videos]
+        gop = options.gop_frames_for(max(r.num_frames for r in readers), model.config.vae.temporal_stride)
+        sampler = options.sampler(readers[0].height, readers[0].width, gop, model.config.vae.temporal_stride)
+        t0 = time.perf_counter()
+        results = encode_batch(readers, model, sampler, variant=options.variant_object(), gop_frames=gop,
+                               progress=cli.progress_printer(args.quiet), devices=mesh, prompt=args.prompt)
+        seconds = time.perf_counter() - t0
+    if mesh.distributed and jax_process_index() != 0:
+        return 0
+    os.makedirs(args.output, exist_ok=True)
+    rows = []
+    for video, out, reader, result in zip(videos, outputs, readers, results):
+        atomic_write_bytes(out, result.stream)
+        size = len(result.stream)
+        rows.append({"input": video, "output": out, "frames": reader.num_frames, "gops": len(result.gops),
+                     "bytes": size, "bpp": bpp(size, reader.num_frames, reader.width, reader.height),
+                     **rate_breakdown(result)})
+    report = {"batch": args.input, "model": model.name, "variant": options.variant, "videos": len(videos),
+              "devices": len(mesh.devices), "seconds": seconds, "bytes": sum(r["bytes"] for r in rows)}
+    for r in rows:
+        print(f"{r['output']}: {r['frames']} frames, {r['gops']} GOPs, {r['bytes']:,} B, {r['bpp']:.5f} bpp")
+    cli.print_table(report)
+    if args.json:
+        cli.write_json(args.json, {**report, "streams": rows})
     return 0
 
 

@@ -1,4 +1,5 @@
-"""GOPs side by side: a mesh with a ``gop`` axis over the local devices, one GOP per device.
+"""GOPs side by side: a mesh with a ``gop`` axis over the devices (of every process, with
+``jax.distributed``), one GOP per device; a ``model`` axis splits the DiT's weights.
 
 A wave of the plan (GOPs whose dependencies are all decoded) is coded in chunks of up to
 ``GopMesh.size`` GOPs. Each chunk runs as ONE ``shard_map`` program whose per-device body is the
@@ -150,10 +151,6 @@ class GopMesh:
         shared, everywhere = NamedSharding(self.mesh, P()), set(self.mesh.devices.flat)
         return jax.tree.map(lambda x: x if isinstance(x, jax.Array) and x.sharding.device_set == everywhere
                             else _global(x, shared), tree)
-
-    def is_local(self, position: int) -> bool:
-        """Whether GOP ``position`` of a chunk runs on this process's devices."""
-        return position in self.local_positions
 
     def _per_gop(self, items: list, sharding):
         """One entry per GOP position -> arrays split over ``gop``. Several processes: each fills

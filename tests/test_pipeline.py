@@ -117,32 +117,51 @@ def test_latent_hash_is_sensitive():
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
-def test_v1_stream_from_before_the_reshape_still_decodes_bit_exactly(model):
+def _assert_same_frames_up_to_the_last_ulp(decoded, expected):
+    """Frames written on another machine: equal up to a rare one-level rounding flip.
+
+    XLA's CPU code differs by instruction set (AVX2 vs AVX-512), so the last ulps of the final latent,
+    and with them its hash, differ between machines; the picks and the frames do not (measured: the
+    tiny stream differs by one level in 0.006 % of its values on an AVX2 EPYC, the default one not at all).
+    """
+    diff = np.abs(decoded.astype(np.int16) - expected.astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
+def test_v1_stream_from_before_the_reshape_still_decodes(model):
     """tests/data/v1_tiny_t2v.gvc was written by the pre-reshape encoder (format v1)."""
     with open(os.path.join(DATA, "v1_tiny_t2v.gvc"), "rb") as f:
         stream = f.read()
-    header, _ = bitstream.read(stream)
+    header, records = bitstream.read(stream)
     assert header.version == 1
-    result = decode_video(stream, model, strict=True)  # strict: the v1 encoder's latent hashes match
-    np.testing.assert_array_equal(result.video, np.load(os.path.join(DATA, "v1_tiny_t2v_decoded.npy")))
+    result = decode_video(stream, model)
+    _assert_same_frames_up_to_the_last_ulp(result.video, np.load(os.path.join(DATA, "v1_tiny_t2v_decoded.npy")))
+    # bit for bit on this machine: the v1 stream decodes exactly like its picks written in today's format
+    now = bitstream.write(dataclasses.replace(header, version=bitstream.FORMAT_VERSION), records)
+    np.testing.assert_array_equal(decode_video(now, model).video, result.video)
 
 
-def test_v1_stream_of_the_default_model_still_decodes_bit_exactly():
+def test_v1_stream_of_the_default_model_still_decodes():
     """The shipped model has a 36-channel DiT run as T2V (zero mask, zero conditioning latent)."""
     from gvc_jax.models.registry import resolve_model
 
     with open(os.path.join(DATA, "v1_default_t2v.gvc"), "rb") as f:
         stream = f.read()
-    result = decode_video(stream, resolve_model(None), strict=True)
-    np.testing.assert_array_equal(result.video, np.load(os.path.join(DATA, "v1_default_t2v_decoded.npy")))
+    result = decode_video(stream, resolve_model(None))
+    _assert_same_frames_up_to_the_last_ulp(result.video, np.load(os.path.join(DATA, "v1_default_t2v_decoded.npy")))
+
+
+def _picks(records):
+    return [[(i.tolist(), s.tolist()) for step in rec.picks for i, s in step] for rec in records]
 
 
 def test_same_picks_as_the_v1_encoder(model, video, encoded):
-    """The reshaped encoder makes the very picks the v1 encoder made for the same input."""
+    """The reshaped encoder makes the very picks the v1 encoder made for the same input (the final-latent
+    hashes are left out: their last ulps depend on the machine's instruction set, see above)."""
     with open(os.path.join(DATA, "v1_tiny_t2v.gvc"), "rb") as f:
         _, old = bitstream.read(f.read())
     _, new = bitstream.read(encoded.stream)
-    assert new == old
+    assert _picks(new) == _picks(old)
 
 
 def test_changing_M_between_runs_and_gops_compiles_the_trajectory_once(model, video):

@@ -1,4 +1,4 @@
-"""Command line: ``python -m weights_convert {diffusers,original} ...`` (also ``gvc-convert``).
+"""Command line: ``python -m weights_convert {release,diffusers,original} ...`` (also ``gvc-convert``).
 
 Errors a user can cause (missing files, wrong keys or shapes, existing output) print one line
 ``error: ...`` on stderr and exit with status 2; no output directory is left behind.
@@ -12,6 +12,8 @@ import sys
 import gvc_jax  # noqa: F401  (XLA flags before jax is imported)
 
 EPILOG = """examples:
+  python -m weights_convert release ./Wan2.1-I2V-14B-480P-Diffusers --out models/i2v-14b --dtype bfloat16
+  python -m weights_convert release ./Wan2.1-FLF2V-14B-720P --out models/flf2v-14b --dtype bfloat16
   python -m weights_convert diffusers ./Wan2.1-T2V-1.3B-Diffusers --out models/t2v-1.3b --preset wan2.1-t2v-1.3b
   python -m weights_convert original --dit ./Wan2.1-T2V-1.3B/diffusion_pytorch_model.safetensors \\
       --vae ./Wan2.1-T2V-1.3B/Wan2.1_VAE.pth --preset wan2.1-t2v-1.3b --out models/t2v-1.3b
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m weights_convert",
         description="Convert Wan2.1 checkpoints (diffusers or original layout) to a gvc-jax model directory.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="layout", required=True, metavar="{diffusers,original}")
+    sub = p.add_subparsers(dest="layout", required=True, metavar="{release,diffusers,original}")
 
     def common(sp):
         sp.add_argument("--out", required=True, help="output model directory (written atomically)")
@@ -35,6 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="VAE parameter dtype (default float32, as the reference runs it)")
         sp.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("release", help="a whole Wan2.1 release (either layout): DiT, VAE, umT5, tokenizer, CLIP",
+                       description="Convert a Wan2.1 release directory, diffusers layout (transformer/, vae/, "
+                                   "text_encoder/, tokenizer/, image_encoder/) or original layout (config.json, "
+                                   "diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth, "
+                                   "models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/, and for I2V / FLF2V "
+                                   "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth), into one model "
+                                   "directory; the empty prompt's umT5 context is computed and stored.")
+    r.add_argument("src", help="release directory")
+    r.add_argument("--encoder-dtype", choices=("float32", "bfloat16"), default=None,
+                   help="umT5 and CLIP parameter dtype (default: --dtype)")
+    r.add_argument("--clip-preprocess", choices=("wan", "center_crop"), default="wan",
+                   help="CLIP input: plain bicubic resize to 224x224 as Wan's reference (default), or the "
+                        "diffusers pipelines' shortest-edge resize + centre crop; recorded in the model")
+    r.add_argument("--name", default=None, help="model name (default: the release directory's name)")
+    common(r)
 
     d = sub.add_parser("diffusers", help="diffusers pipeline layout (transformer/ and vae/ subfolders)",
                        description="Convert a diffusers Wan2.1 pipeline directory (transformer/ and vae/, each "
@@ -68,6 +86,13 @@ def run(args) -> dict:
     from weights_convert.convert import convert_diffusers, convert_original
 
     progress = _progress(args.quiet)
+    if args.layout == "release":
+        from weights_convert.release import convert_release
+
+        log = None if args.quiet else (lambda msg: print(f"converting {msg} ...", file=sys.stderr))
+        return convert_release(args.src, args.out, dtype=args.dtype, vae_dtype=args.vae_dtype,
+                               encoder_dtype=args.encoder_dtype, clip_preprocess=args.clip_preprocess,
+                               name=args.name, overwrite=args.overwrite, progress=progress, log=log)
     if args.layout == "diffusers":
         if not args.src and not (args.transformer and args.vae):
             raise ValueError("give SRC or both --transformer and --vae")
@@ -93,7 +118,12 @@ def main(argv=None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
     p = summary["params"]
-    print(f"converted {summary['name']}: DiT {p['dit']:,} params, VAE {p['vae']:,} params")
+    extra = "".join(f", {what} {p[key]:,} params" for key, what in (("image_encoder", "CLIP"), ("text_encoder", "umT5"))
+                    if key in p)
+    print(f"converted {summary['name']}: DiT {p['dit']:,} params, VAE {p['vae']:,} params{extra}")
+    if "peak_rss_mib" in summary:
+        print("peak host memory (MiB) after each part: "
+              + ", ".join(f"{k} {v:,.0f}" for k, v in summary["peak_rss_mib"].items()))
     print(f"fingerprint {summary['fingerprint']}")
     print(f"wrote {summary['out']}")
     return 0

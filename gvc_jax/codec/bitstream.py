@@ -13,7 +13,9 @@ with its GOP index (``crc32(body, crc32(b"GOP" + varint(g)))``), so records that
 duplicated fail; and with flag ``FLAG_GOP_ATOMS`` every record carries its own atoms per latent
 frame, each between 1 and the header's value (rate control changes M per GOP). With flag
 ``FLAG_X0_CACHE`` the header's flags are followed by the x0-cache schedule (varint count, then
-one varint step index each): steps on which neither side calls the DiT.
+one varint step index each): steps on which neither side calls the DiT. With flag ``FLAG_PROMPT``
+the text prompt follows (varint byte count, then UTF-8, at most ``MAX_PROMPT_BYTES``): the decoder
+encodes the same text with the model's text encoder (no prompt: the model's empty-prompt context).
 
 Picks: for each stochastic step s, for each latent frame f: the subset rank of the M_f indices in
 ``subset_rank_bits(K, M_f)`` bits, then M_f sign bits (1 = negative), all MSB first; zero padding
@@ -43,7 +45,7 @@ from gvc_jax.codec.variants import VARIANT_NAMES as VARIANTS
 __all__ = [
     "BitstreamError", "MAGIC", "FORMAT_VERSION", "VARIANTS", "CODEBOOK_KINDS", "Header", "GopRecord",
     "write", "read", "payload_bits", "encode_varint", "header_bytes", "validate_header", "FLAG_GOP_ATOMS",
-    "FLAG_X0_CACHE",
+    "FLAG_X0_CACHE", "FLAG_PROMPT", "MAX_PROMPT_BYTES", "check_prompt",
 ]
 
 MAGIC = b"GVC"
@@ -51,10 +53,12 @@ FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
 FLAG_GOP_ATOMS = 1          # v2: every record carries its own atoms per latent frame
 FLAG_X0_CACHE = 2           # v2: the header carries the sampler's x0-cache skip schedule
-KNOWN_FLAGS = {1: 0, 2: FLAG_GOP_ATOMS | FLAG_X0_CACHE}
+FLAG_PROMPT = 4             # v2: the header carries a text prompt (UTF-8)
+KNOWN_FLAGS = {1: 0, 2: FLAG_GOP_ATOMS | FLAG_X0_CACHE | FLAG_PROMPT}
 
 # Format limits (a reader rejects anything beyond them before allocating).
 MAX_PRESET_BYTES = 64
+MAX_PROMPT_BYTES = 2048   # UTF-8 bytes of a text prompt (umT5 reads at most 512 tokens of it)
 MAX_SIZE = 16384          # coded width / height
 MAX_FRAMES = 1 << 24      # num_frames
 MAX_GOPS = 1_000_000
@@ -87,8 +91,9 @@ class Header:
     gop_frames: int                    # frames per GOP, 4k+1
     num_gops: int
     sampler: SamplerConfig
-    flags: int = 0                     # FLAG_GOP_ATOMS (v2)
+    flags: int = 0                     # FLAG_GOP_ATOMS, FLAG_X0_CACHE, FLAG_PROMPT (v2)
     version: int = FORMAT_VERSION      # format version read (1 or 2); written streams are FORMAT_VERSION
+    prompt: str = ""                   # text prompt (FLAG_PROMPT), <= MAX_PROMPT_BYTES utf-8
 
     def replace(self, **kw) -> "Header":
         return dataclasses.replace(self, **kw)
@@ -215,6 +220,22 @@ def _is_int(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
+def check_prompt(prompt: str) -> str:
+    """``prompt`` if it can go in a header (a str of at most MAX_PROMPT_BYTES UTF-8 bytes, no NUL),
+    else ValueError saying why."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"the prompt must be a str, got {type(prompt).__name__}")
+    try:
+        n = len(prompt.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("the prompt is not encodable as UTF-8") from None
+    if n > MAX_PROMPT_BYTES:
+        raise ValueError(f"the prompt is {n} bytes of UTF-8, at most {MAX_PROMPT_BYTES} fit in a stream")
+    if "\x00" in prompt:
+        raise ValueError("the prompt contains a NUL character")
+    return prompt
+
+
 def validate_header(h: Header) -> None:
     """Raise BitstreamError naming the first invalid header field (no heavy work).
 
@@ -269,6 +290,12 @@ def validate_header(h: Header) -> None:
         raise bad(f"flags={h.flags:#x} has bits unknown to format version {h.version}")
     if bool(h.flags & FLAG_X0_CACHE) != bool(h.sampler.x0_cache):
         raise bad("FLAG_X0_CACHE must be set exactly when the sampler has an x0-cache schedule")
+    try:
+        check_prompt(h.prompt)
+    except ValueError as err:
+        raise bad(str(err)) from None
+    if bool(h.flags & FLAG_PROMPT) != bool(h.prompt):
+        raise bad("FLAG_PROMPT must be set exactly when the header has a prompt")
 
 
 def payload_bits(header: Header, atoms_per_frame: Sequence[int] | None = None) -> int:
@@ -304,6 +331,9 @@ def _encode_header_fields(h: Header) -> bytes:
         out += encode_varint(len(h.sampler.x0_cache))
         for step in h.sampler.x0_cache:
             out += encode_varint(step)
+    if h.flags & FLAG_PROMPT:
+        prompt = h.prompt.encode("utf-8")
+        out += encode_varint(len(prompt)) + prompt
     out += struct.pack(">I", zlib.crc32(out))
     return bytes(out)
 
@@ -346,6 +376,12 @@ def _parse_header(cur: _Cursor) -> Header:
         if n_skip > steps // 2:
             raise BitstreamError(f"invalid header: {n_skip} x0-cache steps for {steps} steps")
         x0_cache = tuple(cur.varint(f"x0-cache step {i}") for i in range(n_skip))
+    prompt_raw = b""
+    if flags & FLAG_PROMPT:
+        n_prompt = cur.varint("prompt length")
+        if n_prompt > MAX_PROMPT_BYTES:
+            raise BitstreamError(f"invalid header: prompt length {n_prompt} > {MAX_PROMPT_BYTES}")
+        prompt_raw = cur.take(n_prompt, "prompt")
     crc_pos = cur.pos
     (crc,) = struct.unpack(">I", cur.take(4, "header CRC"))
     if zlib.crc32(cur.data[start:crc_pos]) != crc:
@@ -359,12 +395,16 @@ def _parse_header(cur: _Cursor) -> Header:
     except UnicodeDecodeError:
         raise BitstreamError("invalid header: preset is not valid utf-8") from None
     try:
+        prompt = prompt_raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BitstreamError("invalid header: prompt is not valid utf-8") from None
+    try:
         sampler = SamplerConfig(steps=steps, tail=tail, g_scale=g_scale, shift=shift, K=K, atoms_per_frame=apf,
                                 codebook=CODEBOOK_KINDS[codebook_i], seed=seed, x0_cache=x0_cache)
     except ValueError as err:
         raise BitstreamError(f"invalid header: {err}") from None
     h = Header(model_fingerprint=fingerprint, preset=preset, variant=VARIANTS[variant_i], sampler=sampler,
-               flags=flags, version=version, **vals)
+               flags=flags, version=version, prompt=prompt, **vals)
     validate_header(h)
     return h
 

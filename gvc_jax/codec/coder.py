@@ -166,6 +166,11 @@ class SearchTargets:
         return tuple(variant.make_side(span, latent, inputs.target))
 
 
+def anchor_payloads(variant: Variant, side) -> tuple:
+    """A record's anchor-image payloads, in order."""
+    return tuple(p for p in side if p[0] == variant.ANCHOR_TAG)
+
+
 class StreamPicks:
     """Decoder picks: read each GOP's atoms and side payloads from the stream's records."""
 
@@ -186,7 +191,7 @@ class StreamPicks:
         """Nothing to compute: the picks were read with the record."""
 
     def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
-        return tuple(p for p in inputs.side if p[0] == variant.ANCHOR_TAG)
+        return anchor_payloads(variant, inputs.side)
 
     def side(self, variant: Variant, span: GopSpan, latent, inputs: GopInput) -> tuple:
         return tuple(p for p in inputs.side if p[0] != variant.ANCHOR_TAG)
@@ -254,7 +259,7 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
         for span in wave:
             if span.index in skip:
                 finished = skip[span.index]
-                anchor_side = tuple(p for p in finished.record.side if p[0] == variant.ANCHOR_TAG)
+                anchor_side = anchor_payloads(variant, finished.record.side)
                 context.add_anchors(variant.read_anchors(span, anchor_side, engine))
                 context.add_anchors(finished.frames)
                 done += 1
@@ -263,14 +268,13 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
             t0 = time.perf_counter()
             inputs = [source.gop_input(span, engine) for span in chunk]
             source.prepare(inputs, engine)
-            here = [engine.mesh.is_local(i) for i in range(len(chunk))]  # several processes: this one's GOPs
             anchor_sides, conds = [], []
-            for span, inp, mine in zip(chunk, inputs, here):
+            for span, inp in zip(chunk, inputs):
                 anchor_side = source.anchors(variant, span, inp)  # every process: later GOPs may share them
                 context.add_anchors(variant.read_anchors(span, anchor_side, engine))
                 anchor_sides.append(anchor_side)
                 conds.append(variant.condition(span, context, engine))  # all: the programs need every shape
-            results = engine.run_many([span.index for span in chunk], conds, [inp.atoms for inp in inputs],
+            results = engine.run_many([span.in_stream for span in chunk], conds, [inp.atoms for inp in inputs],
                                       targets=[inp.target for inp in inputs], picks=[inp.picks for inp in inputs],
                                       on_step=progress.step)
             latents, sides = [], []

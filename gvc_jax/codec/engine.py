@@ -168,6 +168,18 @@ class GopEngine:
                                **kw)
         return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), cond)
 
+    def image_tokens(self, images: Sequence[np.ndarray]) -> jax.Array:
+        """CLIP tokens of decoded anchor images (uint8 [H, W, 3] each), concatenated: [N * tokens, width]."""
+        if self.model.image_encoder is None:
+            from gvc_jax.codec.variants import VariantError
+
+            raise VariantError(f"model {self.model.name} has an image branch but no CLIP image encoder "
+                               "(convert its release with python -m weights_convert release ...)")
+        from gvc_jax.models.clip import image_tokens
+
+        tokens = image_tokens(self.model.image_encoder, np.stack([np.asarray(i) for i in images]))
+        return jnp.asarray(tokens, jnp.float32).reshape(-1, tokens.shape[-1])
+
     def unconditioned(self) -> dict:
         """The conditioning of a GOP without anchors (computed once)."""
         if self._unconditioned is None:

@@ -82,7 +82,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
                   progress: Optional[Progress] = None, target_bytes: Optional[int] = None,
                   side_lengths: Sequence[Sequence[int]] = (), atoms_pattern=None,
                   devices: Optional[int] = None, resume: Optional[str] = None,
-                  resume_identity: tuple = ()) -> CodecResult:
+                  resume_identity: tuple = (), prompt: str = "") -> CodecResult:
     """Frames from ``reader`` (``num_frames``, ``height``, ``width``, ``fps``, ``read(n)``) -> a stream.
 
     ``gop_atoms``: M per latent frame for each GOP (rate control); the header then carries their
@@ -95,7 +95,8 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     it already holds are not coded again (replayed through the decoder's path when ``sink`` wants
     their frames). ``resume_identity`` names the input (e.g. ``journal.input_identity(path)``);
     the journal is bound to it and to every setting. ``result.journal`` is open on return: remove
-    it once the stream is safely written.
+    it once the stream is safely written. ``prompt``: a text prompt, stored in the header; both sides
+    condition on its umT5 embedding (the model's text encoder; "" = the empty-prompt context).
     """
     mesh = GopMesh.of(devices)
     if mesh.distributed and (sink is not None or resume is not None):
@@ -109,15 +110,8 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
             raise ValueError(f"gop_atoms needs {plan.num_gops} GOPs x {len(sampler.atoms_per_frame)} latent frames")
         sampler = sampler.replace(atoms_per_frame=tuple(max(col) for col in zip(*gop_atoms)))
         flags = bitstream.FLAG_GOP_ATOMS if any(a != sampler.atoms_per_frame for a in gop_atoms) else 0
-    height = -(-reader.height // SIZE_MULTIPLE) * SIZE_MULTIPLE
-    width = -(-reader.width // SIZE_MULTIPLE) * SIZE_MULTIPLE
-    fps_num, fps_den = fps_fraction(reader.fps)
-    header = bitstream.Header(
-        model_fingerprint=bytes.fromhex(model.fingerprint)[:8], preset=model.name, variant=var.name,
-        width=width, height=height, orig_width=reader.width, orig_height=reader.height,
-        num_frames=reader.num_frames, fps_num=fps_num, fps_den=fps_den, gop_frames=gop_frames,
-        num_gops=plan.num_gops, sampler=sampler,
-        flags=flags | (bitstream.FLAG_X0_CACHE if sampler.x0_cache else 0))
+    header = stream_header(reader, model, sampler, var, plan, flags, prompt)
+    height, width = header.height, header.width
     if target_bytes is not None:
         from gvc_jax.codec.rate import fit_sampler
 
@@ -126,6 +120,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     bitstream.validate_header(header)
     check_geometry(model, height, width, gop_frames)
     check_memory(model, height, width, gop_frames, mesh.size)
+    model = with_prompt(model, header.prompt)
     # before any model work: a journal of another run is refused here
     journal = None if resume is None else Journal.open(resume, run_key(header, var, gop_atoms, tuple(resume_identity)))
     engine = GopEngine(model, sampler, height, width, gop_frames, mesh)
@@ -140,8 +135,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
                     if g < plan.num_gops}
         for g, rec in finished.items():
             framed[g] = journal.entries[g].record
-            reports[g] = GopReport(g, 0.0, tuple(int(m) for m in rec.atoms_per_frame or header.atoms_per_frame),
-                                   side_bytes=tuple((tag, len(data)) for tag, data in rec.side), resumed=True)
+            reports[g] = _record_report(header, g, rec, resumed=True)
         if sink is None:  # nothing wants their frames: later GOPs get what they need from the journal
             skip = {g: FinishedGop(rec, journal.entries[g].frames) for g, rec in finished.items()}
         else:             # replay them from their records (the decoder's path) for their frames
@@ -173,11 +167,91 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         framed = gather_records(framed)
         for g in range(plan.num_gops):
             if g not in reports:
-                rec = bitstream.parse_record(header, g, framed[g])
-                reports[g] = GopReport(g, 0.0, tuple(int(m) for m in rec.atoms_per_frame or header.atoms_per_frame),
-                                       side_bytes=tuple((tag, len(data)) for tag, data in rec.side))
+                reports[g] = _record_report(header, g, bitstream.parse_record(header, g, framed[g]))
     stream = bitstream.assemble(header, framed)
     return CodecResult(None, reader.fps, header, [reports[g] for g in range(plan.num_gops)], stream, journal)
+
+
+def stream_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, flags: int = 0,
+                  prompt: str = "") -> bitstream.Header:
+    """The header of the stream of ``reader``'s video coded with ``plan`` (coded size: padded to 16)."""
+    fps_num, fps_den = fps_fraction(reader.fps)
+    return bitstream.Header(
+        model_fingerprint=bytes.fromhex(model.fingerprint)[:8], preset=model.name, variant=var.name,
+        width=-(-reader.width // SIZE_MULTIPLE) * SIZE_MULTIPLE,
+        height=-(-reader.height // SIZE_MULTIPLE) * SIZE_MULTIPLE, orig_width=reader.width,
+        orig_height=reader.height, num_frames=reader.num_frames, fps_num=fps_num, fps_den=fps_den,
+        gop_frames=plan.gop_frames, num_gops=plan.num_gops, sampler=sampler,
+        flags=flags | (bitstream.FLAG_X0_CACHE if sampler.x0_cache else 0) | (bitstream.FLAG_PROMPT if prompt else 0),
+        prompt=prompt)
+
+
+def encode_batch(readers: Sequence, model, sampler: SamplerConfig, *, variant="t2v", gop_frames: int = 33,
+                 progress: Optional[Progress] = None, devices=None, prompt: str = "") -> List[CodecResult]:
+    """Several videos of one coded size -> one stream each, coded in one run of the GOP loop.
+
+    Their plans are joined (``GopPlan.batch``), so every wave holds the ready GOPs of every video
+    and is coded one GOP per device: the I2V chains of different videos advance side by side.
+    Each stream is exactly what ``encode_stream`` writes for that video alone (same keys, same
+    records). With several processes each codes its share of every wave, as ``encode_stream``.
+    """
+    if not readers:
+        raise ValueError("a batch needs at least one video")
+    mesh = GopMesh.of(devices)
+    var = get_variant(variant) if isinstance(variant, str) else variant
+    plans = [plan_for(model, var, r.num_frames, gop_frames)[1] for r in readers]
+    headers = [stream_header(r, model, sampler, var, p, 0, prompt) for r, p in zip(readers, plans)]
+    sizes = {(h.width, h.height) for h in headers}
+    if len(sizes) != 1:
+        raise ValueError(f"a batch codes videos of one coded size, got {sorted(sizes)} (use --resize WxH)")
+    for h in headers:
+        bitstream.validate_header(h)
+    height, width = headers[0].height, headers[0].width
+    check_geometry(model, height, width, gop_frames)
+    check_memory(model, height, width, gop_frames, mesh.size)
+    model = with_prompt(model, prompt)
+    plan, _ = GopPlan.batch(plans)
+    engine = GopEngine(model, sampler, height, width, gop_frames, mesh)
+    frames = [GopFrames(r, p) for r, p in zip(readers, plans)]
+    source = SearchTargets(lambda span: pad_to_multiple(frames[span.stream](plans[span.stream].spans[span.in_stream]),
+                                                        SIZE_MULTIPLE))
+    framed, reports = [b""] * plan.num_gops, {}
+    for out in code_gops(plan, var, engine, source, progress=progress, stage="encode"):
+        span, h = out.span, headers[out.span.stream]
+        atoms = tuple(int(m) for m in out.inputs.atoms)
+        framed[span.index] = bitstream.record_bytes(h, span.in_stream, bitstream.GopRecord(
+            picks=picks_to_record(out.picks, sampler.stochastic_steps, atoms), latent_hash=latent_hash(out.latent),
+            side=out.side))
+        reports[span.index] = GopReport(span.in_stream, out.seconds, atoms,
+                                        latent_mse=float(jnp.mean((out.latent - out.inputs.target) ** 2)),
+                                        side_bytes=tuple((tag, len(data)) for tag, data in out.side))
+    if mesh.distributed:
+        framed = gather_records(framed)
+    results = []
+    for v, (reader, h) in enumerate(zip(readers, headers)):
+        mine = [s.index for s in plan.spans if s.stream == v]
+        gops = [reports.get(g) or _record_report(h, plan.spans[g].in_stream,
+                                                 bitstream.parse_record(h, plan.spans[g].in_stream, framed[g]))
+                for g in mine]
+        results.append(CodecResult(None, reader.fps, h, gops, bitstream.assemble(h, [framed[g] for g in mine])))
+    return results
+
+
+def _record_report(header: bitstream.Header, g: int, rec: bitstream.GopRecord, resumed: bool = False) -> GopReport:
+    """The report of a GOP this run did not code itself (from a resume journal, or another process)."""
+    return GopReport(g, 0.0, tuple(int(m) for m in rec.atoms_per_frame or header.atoms_per_frame),
+                     side_bytes=tuple((tag, len(data)) for tag, data in rec.side), resumed=resumed)
+
+
+def with_prompt(model, prompt: str):
+    """``model`` conditioned on ``prompt``'s text context (``models.text.prompt_context``); "" -> ``model``."""
+    if not prompt:
+        return model
+    import dataclasses
+
+    from gvc_jax.models.text import prompt_context
+
+    return dataclasses.replace(model, text_context=prompt_context(model, prompt))
 
 
 def gather_records(framed: Sequence[bytes]) -> List[bytes]:
@@ -230,6 +304,7 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
     except GeometryError as err:
         raise bitstream.BitstreamError(f"the stream cannot be decoded with this model: {err}") from None
     check_memory(model, header.height, header.width, header.gop_frames, mesh.size)
+    model = with_prompt(model, header.prompt)
     engine = GopEngine(model, header.sampler, header.height, header.width, header.gop_frames, mesh)
     emit = _emitter(plan, header.orig_height, header.orig_width, sink)
     reports = []
@@ -266,11 +341,12 @@ def _collector():
 
 def encode_video(video: np.ndarray, fps: float, model, sampler: SamplerConfig, *, gop_frames: int = 33,
                  variant: str = "t2v", gop_atoms=None, progress: Optional[Progress] = None,
-                 devices: Optional[int] = None) -> CodecResult:
+                 devices: Optional[int] = None, prompt: str = "") -> CodecResult:
     """uint8 [F, H, W, 3] -> a ``.gvc`` stream (``result.stream``) and the decoder's video."""
     chunks, sink = _collector()
     result = encode_stream(ArrayReader(np.asarray(video), fps), model, sampler, variant=variant,
-                           gop_frames=gop_frames, gop_atoms=gop_atoms, sink=sink, progress=progress, devices=devices)
+                           gop_frames=gop_frames, gop_atoms=gop_atoms, sink=sink, progress=progress, devices=devices,
+                           prompt=prompt)
     result.video = np.concatenate(chunks)
     return result
 

@@ -11,11 +11,16 @@ Frame layouts:
   with the next GOP (FLF2V).
 The last GOP is padded by repeating the final frame; decoding trims the padding, and frames a
 GOP shares with an earlier one are emitted once.
+
+``GopPlan.batch`` joins the plans of several videos into one (a batch encode): their frames are
+laid end to end, each GOP keeps its index in its own stream (``in_stream``: keys, records, "first
+GOP" rules) and its dependencies stay inside its video, so the waves run GOP k of every video's
+I2V chain side by side.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,10 +35,17 @@ class GopSpan:
     length: int
     anchors: Tuple[int, ...] = ()     # source frame indices whose *decoded* pixels condition this GOP
     depends_on: Tuple[int, ...] = ()  # GOPs whose decoded output this GOP needs
+    stream: int = 0                   # which video of a batch (GopPlan.batch); 0 for one video
+    stream_gop: Optional[int] = None  # the GOP's index in its own stream (None: ``index``)
 
     @property
     def pad(self) -> int:
         return self.length - (self.stop - self.start)
+
+    @property
+    def in_stream(self) -> int:
+        """The GOP's index in its own stream: what its keys, its record and "first GOP" rules use."""
+        return self.index if self.stream_gop is None else self.stream_gop
 
 
 def check_gop_frames(gop_frames: int, temporal_stride: int = 4) -> None:
@@ -78,6 +90,22 @@ class GopPlan:
             if stop >= num_frames:
                 return cls(num_frames, gop_frames, tuple(spans))
             start += hop
+
+    @classmethod
+    def batch(cls, plans: Sequence["GopPlan"]) -> Tuple["GopPlan", Tuple[int, ...]]:
+        """Several videos' plans as one: -> (plan, first global frame of each video)."""
+        if not plans or len({p.gop_frames for p in plans}) != 1:
+            raise ValueError("a batch needs at least one plan, all with the same GOP length")
+        spans, offsets, frames = [], [], 0
+        for v, plan in enumerate(plans):
+            base = len(spans)
+            offsets.append(frames)
+            for s in plan.spans:
+                spans.append(GopSpan(base + s.index, frames + s.start, frames + s.stop, s.length,
+                                     tuple(frames + a for a in s.anchors), tuple(base + d for d in s.depends_on),
+                                     stream=v, stream_gop=s.in_stream))
+            frames += plan.num_frames
+        return cls(frames, plans[0].gop_frames, tuple(spans)), tuple(offsets)
 
     @property
     def num_gops(self) -> int:

@@ -164,8 +164,6 @@ class Trajectory:
         ``atoms_per_frame``: M per latent frame for this GOP (default: the sampler's);
         ``on_step(gop, step)`` is called on the host as each step finishes.
         """
-        if (target is None) == (picks is None):
-            raise ValueError("give exactly one of target (encode) or picks (decode)")
         return self.run_many(None, params, [cond], [gop], [atoms_per_frame], targets=[target], picks=[picks],
                              on_step=on_step)[0]
 

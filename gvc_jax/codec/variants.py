@@ -99,13 +99,16 @@ class Variant:
 
     def anchored_condition(self, span, context, engine, positions) -> dict:
         """Conditioning on decoded anchor pixels at GOP ``positions`` (source frames
-        ``span.anchors``): the frame mask, and the latent of [anchors, zeros elsewhere]."""
+        ``span.anchors``): the frame mask, the latent of [anchors, zeros elsewhere] and, for a DiT
+        with an image branch, the CLIP tokens of the anchors (first ‖ last for FLF2V)."""
         from gvc_jax.pixels import to_model_range
 
         video = np.zeros((engine.gop_frames, engine.height, engine.width, 3), np.float32)
-        for pos, frame in zip(positions, span.anchors):
-            video[pos] = to_model_range(context.pixels(frame))
-        return engine.condition(cond_latent=engine.latent_of(video), visible=positions)
+        images = [context.pixels(frame) for frame in span.anchors]
+        for pos, image in zip(positions, images):
+            video[pos] = to_model_range(image)
+        tokens = engine.image_tokens(images) if "image" in engine.model.config.dit.conditioning else None
+        return engine.condition(cond_latent=engine.latent_of(video), visible=positions, image_tokens=tokens)
 
     def make_side(self, span, latent, target) -> Tuple[Tuple[int, bytes], ...]:
         """Encoder: side payloads for the GOP, given its trajectory's final latent and the target."""
@@ -125,6 +128,7 @@ class AnchoredVariant(Variant):
     """GOPs of ``G`` frames every ``G - 1``: each GOP's first frame is the previous GOP's last."""
 
     requires = frozenset({"text", "latent"})
+    provides = frozenset({"text", "latent", "image"})
     chain: ClassVar[bool] = False
 
     def plan(self, num_frames: int, gop_frames: int, temporal_stride: int = 4):
@@ -156,7 +160,7 @@ class FLF2V(AnchoredVariant):
         return (span.start, span.stop - 1)  # a padded last GOP: its last real frame, repeated to the end
 
     def coded_anchors(self, span) -> Tuple[int, ...]:
-        return tuple(dict.fromkeys(span.anchors)) if span.index == 0 else span.anchors[1:]
+        return tuple(dict.fromkeys(span.anchors)) if span.in_stream == 0 else span.anchors[1:]
 
     def condition(self, span, context, engine) -> dict:
         return self.anchored_condition(span, context, engine, (0, engine.gop_frames - 1))
@@ -175,7 +179,7 @@ class I2V(AnchoredVariant):
         return (span.start,)
 
     def coded_anchors(self, span) -> Tuple[int, ...]:
-        return span.anchors if span.index == 0 else ()
+        return span.anchors if span.in_stream == 0 else ()
 
     def condition(self, span, context, engine) -> dict:
         return self.anchored_condition(span, context, engine, (0,))

@@ -5,6 +5,15 @@ A converted model is a directory::
     OUT/gvc_model.json   manifest: format, name, DiT and VAE config dicts, dtype, fingerprint, source
     OUT/dit/             orbax checkpoint of the DiT parameters (flat dict, '/'-joined paths)
     OUT/vae/             orbax checkpoint of the VAE parameters
+    OUT/image_encoder/   orbax checkpoint of the CLIP vision tower (models with an image branch)
+    OUT/text_encoder/    orbax checkpoint of the umT5 encoder (optional: for --prompt)
+    OUT/tokenizer.json   the umT5 tokenizer (with text_encoder/)
+    OUT/context.npy      the empty prompt's umT5 rows [n, text_dim] (computed at conversion)
+
+The encoders are listed in the manifest's ``encoders`` (config, parameter count, fingerprint). The
+stream fingerprint covers every weight the codec runs on each GOP: DiT, VAE and, when present, the
+CLIP tower (whose tokens of the decoded anchors condition I2V / FLF2V GOPs). The text encoder runs
+only for a prompt, and ``context.npy`` is checked against the sha256 in the manifest.
 
 Parameters are stored in the unrolled layout (``scan_layers=False``); ``load_model`` can restack
 them. The fingerprint is a sha256 over the canonical parameter bytes (sorted paths, dtype, shape,
@@ -310,20 +319,39 @@ def _leaves(state) -> list:
     return sorted(items, key=lambda kv: kv[0])
 
 
-def fingerprint(*states) -> str:
-    """sha256 hex over canonical parameter bytes of each state in order: for every leaf (sorted by
-    '/'-joined path) its path, dtype name, shape, then its raw little-endian bytes."""
-    h = hashlib.sha256(f"{FORMAT} fingerprint v1; {len(states)} states\n".encode())
-    for i, state in enumerate(states):
-        h.update(f"state {i}\n".encode())
+class Fingerprint:
+    """``fingerprint`` computed state by state (``add``), so the states need not be held together."""
+
+    def __init__(self, num_states: int):
+        self.num_states, self.added = num_states, 0
+        self._h = hashlib.sha256(f"{FORMAT} fingerprint v1; {num_states} states\n".encode())
+
+    def add(self, state) -> None:
+        if self.added == self.num_states:
+            raise ValueError(f"fingerprint of {self.num_states} states: one too many")
+        self._h.update(f"state {self.added}\n".encode())
+        self.added += 1
         for name, value in _leaves(state):
             a = np.ascontiguousarray(np.asarray(value))
-            h.update(f"{name}\t{a.dtype.name}\t{list(a.shape)}\n".encode())
+            self._h.update(f"{name}\t{a.dtype.name}\t{list(a.shape)}\n".encode())
             raw = a.reshape(-1).view(np.uint8)
             if sys.byteorder == "big" and a.dtype.itemsize > 1:
                 raw = a.reshape(-1).view(f">u{a.dtype.itemsize}").astype(f"<u{a.dtype.itemsize}").view(np.uint8)
-            h.update(raw)
-    return h.hexdigest()
+            self._h.update(raw)
+
+    def hexdigest(self) -> str:
+        if self.added != self.num_states:
+            raise ValueError(f"fingerprint of {self.num_states} states: {self.added} added")
+        return self._h.hexdigest()
+
+
+def fingerprint(*states) -> str:
+    """sha256 hex over canonical parameter bytes of each state in order: for every leaf (sorted by
+    '/'-joined path) its path, dtype name, shape, then its raw little-endian bytes."""
+    fp = Fingerprint(len(states))
+    for state in states:
+        fp.add(state)
+    return fp.hexdigest()
 
 
 def param_count(*states) -> int:
@@ -374,52 +402,112 @@ def check_output_dir(out_dir: str, overwrite: bool = False) -> None:
         raise CheckpointError(f"output directory {out_dir} exists and is not empty (use overwrite)")
 
 
+ENCODERS = ("image_encoder", "text_encoder")  # optional components, each an orbax dir of that name
+
+
+class ModelWriter:
+    """Writes a converted model directory one component at a time (each saved, fingerprinted and
+    released before the next is converted, so peak memory is the largest component), into a
+    temporary sibling directory renamed to ``out_dir`` by ``commit``; ``abort`` (or an exception
+    inside ``with``) removes it and leaves ``out_dir`` untouched.
+
+    Components in order: ``dit``, ``vae``, optionally ``image_encoder`` (these make the stream
+    fingerprint), then ``text_encoder``; ``add_file`` for ``tokenizer.json`` / ``context.npy``.
+    """
+
+    def __init__(self, out_dir: str, *, overwrite: bool = False, image_encoder: bool = False):
+        self.out_dir = os.path.abspath(out_dir)
+        check_output_dir(self.out_dir, overwrite)
+        parent = os.path.dirname(self.out_dir)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out_dir)}.tmp-", dir=parent)
+        self._fp = Fingerprint(3 if image_encoder else 2)
+        self._expect_image = image_encoder
+        self.params, self.encoders, self.extra = {}, {}, {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        return False
+
+    def _save(self, name: str, state) -> None:
+        import orbax.checkpoint as ocp
+
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(self.tmp, name), _flat_arrays(state))
+            ckptr.wait_until_finished()
+
+    def add(self, name: str, state, config: Optional[dict] = None) -> None:
+        order = ["dit", "vae"] + (["image_encoder"] if self._expect_image else []) + ["text_encoder"]
+        done = list(self.params)
+        if name not in order or (name != "text_encoder" and order[len(done)] != name):
+            raise CheckpointError(f"model component {name!r} out of order (expected {order[len(done)]!r})")
+        self._save(name, state)
+        self.params[name] = param_count(state)
+        if name != "text_encoder":
+            self._fp.add(state)
+        if name in ENCODERS:
+            self.encoders[name] = {"config": config or {}, "params": self.params[name], "fingerprint": fingerprint(state)}
+
+    def add_file(self, name: str, data: bytes) -> None:
+        with open(os.path.join(self.tmp, name), "wb") as f:
+            f.write(data)
+        if name == "context.npy":
+            self.extra["context_sha256"] = hashlib.sha256(data).hexdigest()
+
+    def commit(self, model_config: ModelConfig, source: Optional[dict] = None) -> str:
+        missing = [n for n in ("dit", "vae") + (("image_encoder",) if self._expect_image else ()) if n not in self.params]
+        if missing:
+            raise CheckpointError(f"model directory incomplete: {', '.join(missing)} not written")
+        fp = self._fp.hexdigest()
+        dit_cfg = model_config.dit.replace(scan_layers=False, remat=False)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": model_config.name,
+            "variant": dit_cfg.variant,
+            "default_shift": model_config.default_shift,
+            "dit": _config_dict(dit_cfg),
+            "vae": _config_dict(model_config.vae),
+            "dtype": {"dit": dit_cfg.param_dtype, "vae": model_config.vae.param_dtype},
+            "params": {"dit": self.params["dit"], "vae": self.params["vae"]},
+            "fingerprint": fp,
+            "source": source or {},
+            **self.extra,
+        }
+        if self.encoders:
+            manifest["encoders"] = dict(sorted(self.encoders.items()))
+        try:
+            with open(os.path.join(self.tmp, MANIFEST), "w") as f:
+                json.dump(manifest, f, indent=2, sort_keys=True)
+                f.write("\n")
+            _replace_dir(self.tmp, self.out_dir)
+        except BaseException:
+            self.abort()
+            raise
+        return fp
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def save_model(out_dir: str, model_config: ModelConfig, dit_state, vae_state, *,
                source: Optional[dict] = None, overwrite: bool = False) -> str:
-    """Write a converted model directory atomically; returns its fingerprint.
+    """Write a converted model directory (DiT + VAE) atomically; returns its fingerprint.
 
     ``dit_state`` / ``vae_state`` are parameter States for ``model_config`` (a stacked DiT state
-    when ``model_config.dit.scan_layers``; it is stored unrolled). Everything is written to a
-    temporary sibling directory which is then renamed to ``out_dir``.
+    when ``model_config.dit.scan_layers``; it is stored unrolled). ``ModelWriter`` writes models
+    with encoders.
     """
-    import orbax.checkpoint as ocp
-
-    out_dir = os.path.abspath(out_dir)
-    check_output_dir(out_dir, overwrite)
-    dit_cfg = model_config.dit
-    if dit_cfg.scan_layers:
+    if model_config.dit.scan_layers:
         dit_state = unstack_layers(dit_state)
-    dit_cfg = dit_cfg.replace(scan_layers=False, remat=False)
-    fp = fingerprint(dit_state, vae_state)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "name": model_config.name,
-        "variant": dit_cfg.variant,
-        "default_shift": model_config.default_shift,
-        "dit": _config_dict(dit_cfg),
-        "vae": _config_dict(model_config.vae),
-        "dtype": {"dit": dit_cfg.param_dtype, "vae": model_config.vae.param_dtype},
-        "params": {"dit": param_count(dit_state), "vae": param_count(vae_state)},
-        "fingerprint": fp,
-        "source": source or {},
-    }
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(tmp, "dit"), _flat_arrays(dit_state))
-            ckptr.save(os.path.join(tmp, "vae"), _flat_arrays(vae_state))
-            ckptr.wait_until_finished()
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return fp
+    with ModelWriter(out_dir, overwrite=overwrite) as w:
+        w.add("dit", dit_state)
+        w.add("vae", vae_state)
+        return w.commit(model_config, source)
 
 
 def _replace_dir(tmp: str, out_dir: str) -> None:
@@ -446,6 +534,8 @@ class LoadedModel:
     vae: nnx.Module
     fingerprint: str
     path: str
+    image_encoder: Optional[nnx.Module] = None   # CLIP vision tower (models.clip), if the directory has one
+    text_encoder: Optional[dict] = None          # the manifest's text_encoder entry (loaded on demand)
 
 
 def _read_manifest(path: str) -> dict:
@@ -538,7 +628,15 @@ def load_model(path: str, *, scan_layers: Optional[bool] = None, remat: Optional
     g_vae, a_vae, r_vae = abstract_model(vae_factory(config.vae))
     dit_params = _restore(os.path.join(path, "dit"), a_dit, device, "DiT")
     vae_params = _restore(os.path.join(path, "vae"), a_vae, device, "VAE")
-    fp = fingerprint(dit_params, vae_params)
+    encoders = manifest.get("encoders") or {}
+    if not isinstance(encoders, dict) or set(encoders) - set(ENCODERS):
+        raise CheckpointError(f"{os.path.join(path, MANIFEST)}: bad encoders entry {sorted(encoders)!r}")
+    image_encoder, image_params = None, []
+    if "image_encoder" in encoders:
+        image_encoder = load_image_encoder(path, encoders["image_encoder"], device)
+        image_params = [nnx.state(image_encoder, nnx.Param)]
+    _check_context(path, manifest)
+    fp = fingerprint(dit_params, vae_params, *image_params)
     if fp != manifest["fingerprint"]:
         raise CheckpointError(f"fingerprint mismatch in {path}: weights give {fp[:16]}..., manifest says "
                               f"{str(manifest['fingerprint'])[:16]}... (modified or corrupted files)")
@@ -551,4 +649,50 @@ def load_model(path: str, *, scan_layers: Optional[bool] = None, remat: Optional
             dit_params = stack_layers(dit_params, dit_cfg.num_layers)
     dit = nnx.merge(g_dit, dit_params, r_dit)
     vae = nnx.merge(g_vae, vae_params, r_vae)
-    return LoadedModel(config, dit, vae, fp, path)
+    return LoadedModel(config, dit, vae, fp, path, image_encoder, encoders.get("text_encoder"))
+
+
+def _encoder_config(cls, entry, path: str, what: str):
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+        raise CheckpointError(f"{os.path.join(path, MANIFEST)}: the {what} entry has no config")
+    return _build_config(cls, entry["config"], os.path.join(path, MANIFEST), what)
+
+
+def _restore_encoder(path: str, name: str, entry: dict, factory, device) -> nnx.Module:
+    graph, abstract, rest = abstract_model(factory)
+    params = _restore(os.path.join(path, name), abstract, device, name.replace("_", " "))
+    if fingerprint(params) != entry.get("fingerprint"):
+        raise CheckpointError(f"fingerprint mismatch in {os.path.join(path, name)} (modified or corrupted files)")
+    return nnx.merge(graph, params, rest)
+
+
+def load_image_encoder(path: str, entry: dict, device=None) -> nnx.Module:
+    """The CLIP vision tower of a model directory (``models.clip.CLIPVisionTower``)."""
+    from gvc_jax.models.clip import CLIPVisionConfig, CLIPVisionTower
+
+    cfg = _encoder_config(CLIPVisionConfig, entry, path, "image_encoder")
+    return _restore_encoder(path, "image_encoder", entry, lambda: CLIPVisionTower(cfg, rngs=nnx.Rngs(0)), device)
+
+
+def load_text_encoder(path: str, entry: dict, device=None):
+    """The umT5 encoder and tokenizer of a model directory: (``UMT5Encoder``, ``TextTokenizer``)."""
+    from gvc_jax.models.tokenizer import TextTokenizer
+    from gvc_jax.models.umt5 import UMT5Config, UMT5Encoder
+
+    cfg = _encoder_config(UMT5Config, entry, path, "text_encoder")
+    return (_restore_encoder(path, "text_encoder", entry, lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)), device),
+            TextTokenizer.from_file(os.path.join(path, "tokenizer.json")))
+
+
+def _check_context(path: str, manifest: dict) -> None:
+    want = manifest.get("context_sha256")
+    cpath = os.path.join(path, "context.npy")
+    if want is None:
+        return
+    try:
+        with open(cpath, "rb") as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+    except OSError as e:
+        raise CheckpointError(f"{cpath}: cannot read the empty-prompt context: {e}") from None
+    if got != want:
+        raise CheckpointError(f"{cpath} does not match its sha256 in the manifest (modified or corrupted)")

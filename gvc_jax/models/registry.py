@@ -28,6 +28,8 @@ class CodecModel:
     fingerprint: str              # sha256 hex over all parameters
     text_context: np.ndarray      # [text_len, text_dim] conditioning text rows (empty prompt)
     path: Optional[str] = None
+    image_encoder: Optional["nnx.Module"] = None  # CLIP vision tower (models.clip), for DiTs with an image branch
+    text_encoder: Optional[dict] = None           # the manifest entry of the umT5 encoder (loaded for a prompt)
 
 
 def _empty_context(config: ModelConfig, path: Optional[str]) -> np.ndarray:
@@ -64,7 +66,7 @@ def load_checkpoint(path: str) -> CodecModel:
 
     loaded = load_model(path)
     return CodecModel(loaded.config.name, loaded.config, loaded.dit, loaded.vae, loaded.fingerprint,
-                      _empty_context(loaded.config, path), path)
+                      _empty_context(loaded.config, path), path, loaded.image_encoder, loaded.text_encoder)
 
 
 DTYPES = ("auto", "float32", "bfloat16")

@@ -1,0 +1,185 @@
+"""A whole release in one command, then I2V / FLF2V through the CLI with CLIP tokens and prompts.
+
+Tiny I2V and FLF2V DiTs, a tiny VAE (diffusers), a tiny umT5 and a tiny CLIP vision tower
+(transformers) and a tiny tokenizer (tokenizers) are laid out as a diffusers release directory,
+converted with ``python -m weights_convert release``, and used by ``gvc_jax.encode`` / ``decode``.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from gvc_jax import cli  # noqa: E402
+from gvc_jax import decode as decode_cli  # noqa: E402
+from gvc_jax import encode as encode_cli  # noqa: E402
+from gvc_jax.io import read_video, write_video  # noqa: E402
+from weights_convert.__main__ import main as convert_main  # noqa: E402
+
+COMMON = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, out_channels=4, text_dim=32,
+              freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+              eps=1e-6, rope_max_seq_len=32, in_channels=12, image_dim=24, added_kv_proj_dim=32)
+EXTRA = {"i2v": {}, "flf2v": dict(pos_embed_seq_len=34)}
+VAE_KW = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+              temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+FAST = ["-K", "512", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9", "--quiet",
+        "--anchor-codec", "webp", "--anchor-quality", "50"]
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def tiny_tokenizer(path):
+    """A T5-style Unigram tokenizer (pad 0, EOS 1, unk 2) over letters and a few words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(c, -3.0) for c in LETTERS] + [("\u2581" + w, -1.0) for w in ("a", "red", "bike", "the", "road")]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tok.save(str(path))
+    return len(vocab)
+
+
+def make_release(root, variant):
+    """A diffusers-layout release directory of tiny random models."""
+    torch.manual_seed(3)
+    dit = diffusers.WanTransformer3DModel(**COMMON, **EXTRA[variant]).eval()
+    dit.save_pretrained(root / "transformer")
+    diffusers.AutoencoderKLWan(**VAE_KW).eval().save_pretrained(root / "vae")
+    n_vocab = tiny_tokenizer(root / "tokenizer" / "tokenizer.json")
+    t5 = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        vocab_size=n_vocab + 4, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu"))
+    t5.eval().save_pretrained(root / "text_encoder")
+    clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2, image_size=32,
+        patch_size=8, hidden_act="gelu"))
+    clip.eval().save_pretrained(root / "image_encoder")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "WanImageToVideoPipeline"}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("release")
+    out = {}
+    for variant in ("i2v", "flf2v"):
+        src = make_release(root / f"Wan-tiny-{variant}", variant)
+        model = root / f"model-{variant}"
+        assert cli.run_main(convert_main, ["release", str(src), "--out", str(model), "--quiet"]) == 0
+        out[variant] = dict(src=src, model=model)
+    rng = np.random.default_rng(5)
+    frames = np.clip(rng.integers(0, 200, (1, 48, 64, 3)) + 5 * np.arange(17)[:, None, None, None], 0, 255)
+    out["clip"] = str(root / "in.npy")
+    write_video(out["clip"], frames.astype(np.uint8), 16.0)
+    return out
+
+
+def test_one_command_writes_every_part(work):
+    model = work["flf2v"]["model"]
+    manifest = json.loads((model / "gvc_model.json").read_text())
+    assert manifest["variant"] == "flf2v" and set(manifest["encoders"]) == {"image_encoder", "text_encoder"}
+    assert manifest["encoders"]["image_encoder"]["config"]["preprocess"] == "wan"
+    assert manifest["source"]["clip_preprocess"] == "wan"
+    for part in ("dit", "vae", "image_encoder", "text_encoder", "tokenizer.json", "context.npy"):
+        assert (model / part).exists(), part
+    rows = np.load(model / "context.npy")
+    assert rows.shape == (1, 32) and np.abs(rows).max() > 0  # the empty prompt is one token (EOS)
+
+
+def test_empty_prompt_context_is_the_umt5_output_of_eos(work):
+    t5 = transformers.UMT5EncoderModel.from_pretrained(work["i2v"]["src"] / "text_encoder").eval()
+    with torch.no_grad():
+        want = t5(input_ids=torch.tensor([[1]])).last_hidden_state[0].numpy()
+    np.testing.assert_allclose(np.load(work["i2v"]["model"] / "context.npy"), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["i2v", "flf2v"])
+def test_encode_decode_through_the_cli(work, variant, tmp_path, monkeypatch):
+    monkeypatch.setenv("GVC_JAX_CACHE", str(tmp_path / "cache"))
+    model = str(work[variant]["model"])
+    gvc, rec, js = str(tmp_path / "a.gvc"), str(tmp_path / "rec.npy"), str(tmp_path / "a.json")
+    assert cli.run_main(encode_cli.main, [work["clip"], "-o", gvc, "--model", model, "--variant", variant, *FAST,
+                                          "--prompt", "a red bike", "--decoded", rec, "--json", js]) == 0
+    report = json.load(open(js))
+    assert report["prompt"] == "a red bike" and report["anchor_bytes"] > 0
+    assert len(os.listdir(tmp_path / "cache" / "text")) == 1  # the prompt's rows, cached by hash
+    out = str(tmp_path / "out.npy")
+    assert cli.run_main(decode_cli.main, [gvc, "-o", out, "--model", model, "--quiet", "--strict"]) == 0
+    np.testing.assert_array_equal(read_video(out)[0], read_video(rec)[0])
+
+
+def test_image_tokens_come_from_the_decoded_anchors(work, tmp_path):
+    """Closed loop: CLIP sees the anchors as the decoder has them (coded), not the source frames."""
+    from gvc_jax.codec import anchors, bitstream, engine
+    from gvc_jax.codec.pipeline import encode_video
+    from gvc_jax.codec.schedule import SamplerConfig
+    from gvc_jax.codec.variants import FLF2V
+    from gvc_jax.models.registry import resolve_model
+
+    model = resolve_model(str(work["flf2v"]["model"]))
+    video = read_video(work["clip"])[0]
+    seen = []
+    original = engine.GopEngine.image_tokens
+
+    def spy(self, images):
+        seen.append([np.array(i) for i in images])
+        return original(self, images)
+
+    engine.GopEngine.image_tokens = spy
+    try:
+        sampler = SamplerConfig(steps=4, tail=1, g_scale=3.0, shift=3.0, K=256, atoms_per_frame=(3, 3, 3), seed=1)
+        enc = encode_video(video, 16.0, model, sampler, gop_frames=9,
+                           variant=FLF2V(anchor_codec="webp", anchor_quality=30))
+    finally:
+        engine.GopEngine.image_tokens = original
+    header, records = bitstream.read(enc.stream)
+    coded = [anchors.unpack_anchor(d, header.height, header.width) for r in records for _, d in r.side]
+    assert len(seen) == 2 and len(coded) == 3  # 2 GOPs, boundaries 0, 8, 16 coded once
+    np.testing.assert_array_equal(seen[0][0], coded[0])
+    np.testing.assert_array_equal(seen[0][1], coded[1])
+    np.testing.assert_array_equal(seen[1][0], coded[1])  # the shared boundary, decoded once
+    np.testing.assert_array_equal(seen[1][1], coded[2])
+    assert not np.array_equal(seen[0][0], video[0])  # webp at quality 30 is lossy
+
+
+def test_prompt_changes_the_reconstruction_and_needs_a_text_encoder(work, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GVC_JAX_CACHE", str(tmp_path / "cache"))
+    model = str(work["i2v"]["model"])
+    recs = []
+    for i, prompt in enumerate(("", "the road")):
+        rec = str(tmp_path / f"rec{i}.npy")
+        assert cli.run_main(encode_cli.main, [work["clip"], "-o", str(tmp_path / f"{i}.gvc"), "--model", model,
+                                              "--variant", "i2v", *FAST, "--prompt", prompt, "--decoded", rec]) == 0
+        recs.append(read_video(rec)[0])
+    assert not np.array_equal(recs[0], recs[1])
+    capsys.readouterr()
+    assert cli.run_main(encode_cli.main, [work["clip"], "-o", str(tmp_path / "x.gvc"), "--model", "preset:tiny",
+                                          "--prompt", "a red bike", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "text encoder" in err[0]
+    assert cli.run_main(encode_cli.main, [work["clip"], "-o", str(tmp_path / "x.gvc"), "--model", model,
+                                          "--prompt", "x" * 3000, "--quiet"]) == 2
+    assert "2048" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x.gvc")
+
+
+@pytest.mark.parametrize("part,needle", [("image_encoder", "CLIP image encoder"),
+                                         ("text_encoder", "umT5 text encoder"),
+                                         ("tokenizer", "umT5 tokenizer")])
+def test_a_missing_part_is_one_line_naming_it(work, tmp_path, capsys, part, needle):
+    import shutil
+
+    src = tmp_path / "rel"
+    shutil.copytree(work["i2v"]["src"], src)
+    shutil.rmtree(src / part)
+    capsys.readouterr()
+    assert cli.run_main(convert_main, ["release", str(src), "--out", str(tmp_path / "m"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "m").exists()

@@ -1,0 +1,252 @@
+"""One command for a whole Wan2.1 release: DiT, VAE, umT5 + tokenizer and, for I2V / FLF2V, the
+CLIP vision tower -> one model directory (``python -m weights_convert release DIR --out OUT``).
+
+Two layouts are recognised:
+
+- **diffusers** (``Wan-AI/Wan2.1-*-Diffusers``): ``transformer/``, ``vae/``, ``text_encoder/``,
+  ``tokenizer/tokenizer.json`` and, with an image branch, ``image_encoder/``;
+- **original** (``Wan-AI/Wan2.1-*``): ``config.json`` + ``diffusion_pytorch_model*.safetensors``,
+  ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth``, ``google/umt5-xxl/tokenizer.json`` and,
+  with an image branch, ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`` (umT5-XXL and
+  ViT-H/14 architectures; the DiT's from ``config.json``).
+
+Every part the release's variant needs is looked for before anything is read: a missing part is
+one error line naming it. The components are converted and written one after another
+(``checkpoint.ModelWriter``), each released before the next is read, so the peak host memory is
+about the largest component (the DiT for 14B, umT5-XXL for 1.3B), not the whole release. The
+empty prompt's umT5 rows are computed here and stored as ``context.npy``.
+"""
+from __future__ import annotations
+
+import gc
+import io
+import os
+import resource
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from gvc_jax.models.checkpoint import CheckpointError, ModelWriter, abstract_model, check_output_dir, unstack_layers
+from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig
+from weights_convert.convert import DTYPES, Progress, _read_json, convert_dit, convert_vae
+from weights_convert.sources import read_checkpoint, read_safetensors, renamed
+
+ORIGINAL_FILES = {
+    "vae": "Wan2.1_VAE.pth",
+    "text_encoder": "models_t5_umt5-xxl-enc-bf16.pth",
+    "tokenizer": os.path.join("google", "umt5-xxl", "tokenizer.json"),
+    "image_encoder": "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+}
+PREPROCESS_MODES = ("wan", "center_crop")
+
+
+@dataclass(frozen=True)
+class Release:
+    """Where each part of a release is (``image_encoder`` only for a DiT with an image branch)."""
+
+    layout: str
+    root: str
+    dit: str
+    dit_config: DiTConfig
+    vae: str
+    text_encoder: str
+    tokenizer: str
+    image_encoder: Optional[str]
+
+
+def _need(path: str, part: str, root: str, isdir: bool = False) -> str:
+    ok = os.path.isdir(path) if isdir else os.path.isfile(path)
+    if not ok:
+        raise CheckpointError(f"the release {root} has no {part} ({os.path.relpath(path, root)} is missing)")
+    return path
+
+
+def original_dit_config(cfg: dict, *, param_dtype: str = "float32") -> DiTConfig:
+    """An original Wan ``config.json`` (``WanModel``: model_type, dim, num_heads, in_dim, ...) -> DiTConfig."""
+    try:
+        model_type = cfg["model_type"]
+        dim, heads = int(cfg["dim"]), int(cfg["num_heads"])
+        kw = dict(num_attention_heads=heads, attention_head_dim=dim // heads, in_channels=int(cfg["in_dim"]),
+                  out_channels=int(cfg["out_dim"]), ffn_dim=int(cfg["ffn_dim"]), freq_dim=int(cfg["freq_dim"]),
+                  num_layers=int(cfg["num_layers"]), eps=float(cfg.get("eps", 1e-6)),
+                  text_len=int(cfg.get("text_len", 512)), text_dim=int(cfg.get("text_dim", 4096)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"not an original Wan DiT config.json (field {e} missing or invalid)") from None
+    if model_type not in ("t2v", "i2v", "flf2v"):
+        raise CheckpointError(f"config.json model_type {model_type!r} is not t2v, i2v or flf2v (Wan2.1)")
+    if dim % heads:
+        raise CheckpointError(f"config.json: dim {dim} is not a multiple of num_heads {heads}")
+    if model_type != "t2v":
+        kw.update(image_dim=1280, added_kv_proj_dim=dim)
+    if model_type == "flf2v":
+        kw.update(pos_embed_seq_len=2 * 257)
+    return DiTConfig(**kw, param_dtype=param_dtype)
+
+
+def find_release(root: str, *, dtype: str = "float32") -> Release:
+    """The parts of the release at ``root`` (either layout), or one CheckpointError naming a missing part."""
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise CheckpointError(f"release directory {root} does not exist")
+    if os.path.isdir(os.path.join(root, "transformer")):
+        tdir = os.path.join(root, "transformer")
+        _need(os.path.join(tdir, "config.json"), "DiT config", root)
+        try:
+            dit_cfg = DiTConfig.from_diffusers(_read_json(os.path.join(tdir, "config.json")), param_dtype=dtype)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"unsupported diffusers transformer config: {e}") from None
+        parts = dict(
+            vae=_need(os.path.join(root, "vae"), "VAE (vae/)", root, isdir=True),
+            text_encoder=_need(os.path.join(root, "text_encoder"), "umT5 text encoder (text_encoder/)", root,
+                               isdir=True),
+            tokenizer=_need(os.path.join(root, "tokenizer", "tokenizer.json"), "umT5 tokenizer", root))
+        image = None
+        if dit_cfg.image_dim is not None:
+            image = _need(os.path.join(root, "image_encoder"), "CLIP image encoder (image_encoder/), which "
+                          f"the {dit_cfg.variant} DiT needs", root, isdir=True)
+        return Release("diffusers", root, tdir, dit_cfg, image_encoder=image, **parts)
+    if os.path.isfile(os.path.join(root, "config.json")):
+        dit_cfg = original_dit_config(_read_json(os.path.join(root, "config.json")), param_dtype=dtype)
+        shards = [f for f in os.listdir(root) if f.startswith("diffusion_pytorch_model") and
+                  (f.endswith(".safetensors") or f.endswith(".safetensors.index.json"))]
+        if not shards:
+            raise CheckpointError(f"the release {root} has no DiT weights (diffusion_pytorch_model*.safetensors)")
+        parts = {k: _need(os.path.join(root, f), {"vae": "VAE", "text_encoder": "umT5 text encoder",
+                                                   "tokenizer": "umT5 tokenizer"}[k], root)
+                 for k, f in ORIGINAL_FILES.items() if k != "image_encoder"}
+        image = None
+        if dit_cfg.image_dim is not None:
+            image = _need(os.path.join(root, ORIGINAL_FILES["image_encoder"]),
+                          f"CLIP image encoder, which the {dit_cfg.variant} DiT needs", root)
+        return Release("original", root, root, dit_cfg, image_encoder=image, **parts)
+    raise CheckpointError(f"{root} is not a Wan2.1 release: neither transformer/ (diffusers layout) nor "
+                          "config.json (original layout) is there")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtype: str = "float32",
+                    encoder_dtype: Optional[str] = None, clip_preprocess: str = "wan", name: Optional[str] = None,
+                    overwrite: bool = False, progress: Progress = None, log=None) -> dict:
+    """Convert the release at ``root`` into the model directory ``out_dir``; returns a summary
+    {out, name, fingerprint, params, peak_rss_mib, parts}. ``encoder_dtype`` (default ``dtype``) is
+    the umT5 / CLIP parameter dtype; ``clip_preprocess``: "wan" (plain resize, the reference) or
+    "center_crop" (the diffusers pipelines), recorded in the model."""
+    from weights_convert import rules
+    from weights_convert.clip import convert_clip, read_clip_hf, read_clip_original
+    from weights_convert.umt5 import convert_umt5, read_umt5_hf, read_umt5_original
+
+    for what, d in (("dtype", dtype), ("vae_dtype", vae_dtype), ("encoder_dtype", encoder_dtype or dtype)):
+        if d not in DTYPES:
+            raise ValueError(f"{what} must be one of {', '.join(DTYPES)}, got {d!r}")
+    if clip_preprocess not in PREPROCESS_MODES:
+        raise ValueError(f"clip_preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {clip_preprocess!r}")
+    check_output_dir(out_dir, overwrite)
+    rel = find_release(root, dtype=dtype)
+    enc_dtype = encoder_dtype or dtype
+    say = log or (lambda msg: None)
+    peaks = {}
+
+    # Sources are opened (headers only) before anything is written, so bad files fail early.
+    if rel.layout == "diffusers":
+        vcfg_json = _read_json(os.path.join(rel.vae, "config.json"))
+        if vcfg_json.get("is_residual") or vcfg_json.get("patch_size"):
+            raise CheckpointError(f"{rel.vae}: a Wan2.2-style VAE; only the Wan2.1 VAE is supported")
+        vae_cfg = VAEConfig.from_diffusers(vcfg_json, param_dtype=vae_dtype)
+        dit_src, vae_src = read_safetensors(rel.dit), read_safetensors(rel.vae)
+        t5_cfg, t5_src = read_umt5_hf(rel.text_encoder, param_dtype=enc_dtype, dtype=enc_dtype)
+        t5_layout = "hf"
+    else:
+        from gvc_jax.models.configs import WAN_VAE
+        from gvc_jax.models.umt5 import UMT5_XXL
+
+        vae_cfg = WAN_VAE.replace(param_dtype=vae_dtype)
+        dit_raw, vae_raw = read_safetensors(rel.dit), read_checkpoint(rel.vae)
+        dit_src = renamed(dit_raw, rules.rename_dit(dit_raw, rel.dit_config))
+        vae_src = renamed(vae_raw, rules.rename_vae(vae_raw, vae_cfg))
+        t5_cfg = UMT5_XXL.replace(param_dtype=enc_dtype, dtype=enc_dtype)
+        t5_src, t5_layout = read_umt5_original(rel.text_encoder, t5_cfg), "hf"
+    if t5_cfg.d_model != rel.dit_config.text_dim:
+        raise CheckpointError(f"the umT5 encoder is {t5_cfg.d_model} wide, the DiT reads {rel.dit_config.text_dim}")
+    clip = None
+    if rel.image_encoder is not None:
+        if rel.layout == "diffusers":
+            clip_cfg, clip_src = read_clip_hf(rel.image_encoder, clip_preprocess)
+            clip_layout = "hf"
+        else:
+            from gvc_jax.models.clip import VIT_H_14
+
+            clip_cfg = VIT_H_14.replace(preprocess=clip_preprocess)
+            clip_src, clip_layout = read_clip_original(rel.image_encoder, clip_cfg), "original"
+        clip_cfg = clip_cfg.replace(param_dtype=enc_dtype, dtype=enc_dtype)
+        if clip_cfg.hidden_size != rel.dit_config.image_dim:
+            raise CheckpointError(f"the CLIP tower is {clip_cfg.hidden_size} wide, the DiT's image branch reads "
+                                  f"{rel.dit_config.image_dim}")
+        clip = (clip_cfg, clip_src, clip_layout)
+
+    with open(rel.tokenizer, "rb") as f:
+        tokenizer_json = f.read()
+    config = ModelConfig(name or f"{os.path.basename(rel.root.rstrip(os.sep))}", rel.dit_config, vae_cfg)
+    with ModelWriter(out_dir, overwrite=overwrite, image_encoder=clip is not None) as w:
+        say("DiT")
+        state = convert_dit(dit_src, rel.dit_config, progress=progress)
+        w.add("dit", unstack_layers(state) if rel.dit_config.scan_layers else state)
+        params = {"dit": w.params["dit"]}
+        del state
+        gc.collect()
+        peaks["dit"] = _peak_rss_mib()
+        say("VAE")
+        w.add("vae", convert_vae(vae_src, vae_cfg, progress=progress))
+        params["vae"] = w.params["vae"]
+        gc.collect()
+        peaks["vae"] = _peak_rss_mib()
+        if clip is not None:
+            say("CLIP image encoder")
+            clip_cfg, clip_src, clip_layout = clip
+            w.add("image_encoder", convert_clip(clip_src, clip_cfg, layout=clip_layout, progress=progress),
+                  clip_cfg.to_dict())
+            params["image_encoder"] = w.params["image_encoder"]
+            gc.collect()
+            peaks["image_encoder"] = _peak_rss_mib()
+        say("umT5 text encoder and the empty prompt's context")
+        t5_state = convert_umt5(t5_src, t5_cfg, layout=t5_layout, progress=progress)
+        w.add("text_encoder", t5_state, t5_cfg.to_dict())
+        params["text_encoder"] = w.params["text_encoder"]
+        context = _empty_prompt_rows(t5_cfg, t5_state, tokenizer_json)
+        del t5_state
+        gc.collect()
+        peaks["text_encoder"] = _peak_rss_mib()
+        buf = io.BytesIO()
+        np.save(buf, context)
+        w.add_file("context.npy", buf.getvalue())
+        w.add_file("tokenizer.json", tokenizer_json)
+        source = {"layout": f"release-{rel.layout}", "root": rel.root, "clip_preprocess": clip_preprocess
+                  if clip is not None else None}
+        fp = w.commit(config, source)
+    return {"out": os.path.abspath(out_dir), "name": config.name, "fingerprint": fp, "params": params,
+            "layout": rel.layout, "variant": rel.dit_config.variant, "peak_rss_mib": peaks}
+
+
+def _empty_prompt_rows(t5_cfg, t5_state, tokenizer_json: bytes) -> np.ndarray:
+    """The empty prompt's umT5 rows, only the token rows (``registry`` zero-pads them to text_len)."""
+    import tempfile
+
+    from flax import nnx
+
+    from gvc_jax.models.tokenizer import TextTokenizer
+    from gvc_jax.models.umt5 import text_context
+    from weights_convert.umt5 import umt5_factory
+
+    graph, _, rest = abstract_model(umt5_factory(t5_cfg))
+    encoder = nnx.merge(graph, t5_state, rest)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "tokenizer.json")
+        with open(path, "wb") as f:
+            f.write(tokenizer_json)
+        tokenizer = TextTokenizer.from_file(path)
+        n = len(tokenizer.encode(""))
+        rows = text_context(encoder, tokenizer, "")
+    return np.ascontiguousarray(rows[:n], np.float32)
