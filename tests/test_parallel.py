@@ -128,3 +128,9 @@ def test_two_processes_write_the_one_process_stream(tmp_path, variant):
     report = json.loads((tmp_path / "r0.json").read_text())
     assert report["devices"] == 4
     assert not (tmp_path / "r1.json").exists()  # only process 0 writes
+
+
+def test_a_batch_of_i2v_chains_runs_side_by_side_with_the_streams_of_each_video_alone(four_devices):
+    res = four_devices["batch"]
+    assert res["same_as_alone"] == [True, True, True]
+    assert res["chunk_sizes"] == [3, 2, 1]  # wave k: GOP k of every chain that has one, in one chunk
