@@ -169,17 +169,21 @@ def _options(options: Union[None, str, CodecOptions], overrides: dict) -> CodecO
 
 
 @functools.lru_cache(maxsize=4)
-def _load_named(spec: Optional[str]):
+def _load_named(spec: Optional[str], dit_sharding=None):
     from gvc_jax.models.registry import resolve_model
 
-    return resolve_model(spec, quiet=True)
+    return resolve_model(spec, quiet=True, dit_sharding=dit_sharding)
 
 
-def get_model(model=None, *, dtype: Optional[str] = None, attention: Optional[str] = None):
+def get_model(model=None, *, dtype: Optional[str] = None, attention: Optional[str] = None, mesh=None):
     """``None`` / a directory / ``"preset:NAME"`` (loaded once per process) or a ``CodecModel``;
-    ``dtype`` / ``attention`` set how its DiT runs (``registry.with_execution``; None: as stored)."""
+    ``dtype`` / ``attention`` set how its DiT runs (``registry.with_execution``; None: as stored).
+    ``mesh`` (a ``parallel.GopMesh`` with weight shards, one process): a model directory's DiT is
+    read straight onto its shards."""
     if model is None or isinstance(model, (str, os.PathLike)):
-        model = _load_named(None if model is None else os.fspath(model))
+        sharding = mesh.weight_sharding if mesh is not None and mesh.weight_shards > 1 \
+            and not mesh.distributed else None
+        model = _load_named(None if model is None else os.fspath(model), sharding)
     if dtype is None and attention is None:
         return model
     from gvc_jax.models.registry import with_execution

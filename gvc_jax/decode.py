@@ -46,7 +46,7 @@ def main(argv) -> int:
     with bitstream.naming(args.input):
         stream = bitstream.read_file(args.input)
         header, _ = bitstream.read_header(stream)
-    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention)
+    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
     writer = VideoWriter(args.output, header.fps_num / header.fps_den)
     sinks = [writer.write]
     reference = evaluator = None

@@ -139,7 +139,7 @@ def main(argv) -> int:
                                                              args.max_frames, args.resize)}
     if args.batch:
         return _main_batch(args, options, mesh)
-    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention)
+    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
     if args.prompt and not model.text_encoder:
         raise ValueError(f"--prompt needs a model with a text encoder; {model.name} has none "
                          "(convert its release with python -m weights_convert release ...)")
@@ -265,7 +265,7 @@ def _main_batch(args, options, mesh) -> int:
     if existing:
         raise ValueError(f"{existing[0]} exists (a batch never replaces streams; {len(existing)} would be)")
     cli.check_outputs(files=(args.json,))
-    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention)
+    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
     if args.prompt and not model.text_encoder:
         raise ValueError(f"--prompt needs a model with a text encoder; {model.name} has none")
     with contextlib.ExitStack() as stack:

@@ -146,6 +146,14 @@ class GopMesh:
         return jax.tree.map(lambda a: _global(a, NamedSharding(self.mesh, shard_spec(a.shape, self.weight_shards)))
                             if hasattr(a, "shape") else a, tree)
 
+    def weight_sharding(self, shape):
+        """Where a DiT tensor of ``shape`` lives (``shard_weights``'s layout): for loading a
+        checkpoint straight onto the shards (``checkpoint.load_model(dit_sharding=...)``)."""
+        if self.mesh is None:
+            return jax.sharding.SingleDeviceSharding(self.devices[0])
+        spec = shard_spec(tuple(shape), self.weight_shards) if self.weight_shards > 1 else P()
+        return NamedSharding(self.mesh, spec)
+
     def _on_mesh(self, tree):
         """Arrays not yet on the whole mesh, replicated onto it; weights already there keep their layout."""
         shared, everywhere = NamedSharding(self.mesh, P()), set(self.mesh.devices.flat)

@@ -58,7 +58,23 @@ def weight_sharding(video) -> dict:
     ref = encode_video(video, 25.0, model, SAMPLER, gop_frames=GOP, devices=1)
     dec = decode_video(enc.stream, model, devices=1)
     same = decode_video(enc.stream, model, devices=GopMesh(n, weight_shards=2))
-    return {"velocity_max_abs_diff": float(np.max(np.abs(np.asarray(u_plain) - np.asarray(u_split)))),
+    # read straight onto the shards from a model directory: each device gets only its part
+    import tempfile
+
+    from gvc_jax.models.checkpoint import save_model
+    from gvc_jax.models.registry import load_checkpoint
+
+    with tempfile.TemporaryDirectory() as d:
+        save_model(d + "/m", model.config, params, nnx.state(model.vae, nnx.Param))
+        loaded = load_checkpoint(d + "/m", dit_sharding=split.weight_sharding)
+    on_shards = [a for a in jax.tree.leaves(nnx.state(loaded.dit, nnx.Param)) if hasattr(a, "addressable_shards")]
+    loaded_per_device = max(sum(s.data.nbytes for a in on_shards for s in a.addressable_shards if s.device == dv)
+                            for dv in split.devices)
+    loaded_same = all(np.array_equal(np.asarray(a), np.asarray(b))
+                      for a, b in zip(on_shards, jax.tree.leaves(params)))
+    return {"loaded_on_shards_per_device": int(loaded_per_device), "loaded_on_shards_equal": bool(loaded_same),
+            "loaded_fingerprint_equal": loaded.fingerprint == model.fingerprint,
+            "velocity_max_abs_diff": float(np.max(np.abs(np.asarray(u_plain) - np.asarray(u_split)))),
             "velocity_max_abs": float(np.max(np.abs(np.asarray(u_plain)))),
             "param_bytes_total": int(total), "param_bytes_per_device": int(per_device),
             "split_leaves": sum(1 for a in leaves if not a.sharding.is_fully_replicated), "leaves": len(leaves),

@@ -134,3 +134,9 @@ def test_a_batch_of_i2v_chains_runs_side_by_side_with_the_streams_of_each_video_
     res = four_devices["batch"]
     assert res["same_as_alone"] == [True, True, True]
     assert res["chunk_sizes"] == [3, 2, 1]  # wave k: GOP k of every chain that has one, in one chunk
+
+
+def test_a_model_directory_loads_straight_onto_the_weight_shards(four_devices):
+    w = four_devices["weights"]
+    assert w["loaded_on_shards_equal"] and w["loaded_fingerprint_equal"]
+    assert w["loaded_on_shards_per_device"] == w["param_bytes_per_device"] < w["param_bytes_total"] / 3

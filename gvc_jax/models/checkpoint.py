@@ -580,9 +580,10 @@ def model_config_from_manifest(manifest: dict, mpath: str = MANIFEST) -> ModelCo
         raise CheckpointError(f"{mpath}: {e}") from None
 
 
-def _restore(ckpt_dir: str, abstract_params, device, what: str):
+def _restore(ckpt_dir: str, abstract_params, device, what: str, sharding: Optional[Callable] = None):
     """Restore one orbax checkpoint into the layout of ``abstract_params`` after checking that
-    its stored paths, shapes and dtypes match exactly."""
+    its stored paths, shapes and dtypes match exactly. ``sharding(shape)``: where each tensor goes
+    (each device reads only its part), default the one ``device``."""
     import orbax.checkpoint as ocp
 
     if not os.path.isdir(ckpt_dir):
@@ -601,8 +602,9 @@ def _restore(ckpt_dir: str, abstract_params, device, what: str):
             if want != got:
                 problems.append(f"parameter {k}: stored {got[0]} {got[1].name}, config needs {want[0]} {want[1].name}")
         raise_problems(problems, f"{what} ({ckpt_dir}) does not match its config")
-        sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-        target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in flat.items()}
+        single = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+        target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding(v.shape) if sharding else single)
+                  for k, v in flat.items()}
         try:
             arrays = ckptr.restore(ckpt_dir, target)
         except Exception as e:
@@ -611,12 +613,14 @@ def _restore(ckpt_dir: str, abstract_params, device, what: str):
 
 
 def load_model(path: str, *, scan_layers: Optional[bool] = None, remat: Optional[bool] = None,
-               dtype: Optional[str] = None, device=None) -> LoadedModel:
+               dtype: Optional[str] = None, device=None, dit_sharding: Optional[Callable] = None) -> LoadedModel:
     """Restore a converted model directory written by ``save_model``.
 
     Raises CheckpointError (one line) for a missing directory, a missing/corrupt manifest, missing
     orbax directories, parameters that do not match the stored config, or a fingerprint mismatch.
     ``scan_layers`` / ``remat`` / ``dtype`` override the DiT execution options (weights unchanged).
+    ``dit_sharding(shape)``: the sharding of each DiT tensor (e.g. ``parallel.GopMesh.weight_sharding``):
+    every tensor is read straight onto its shards, so the DiT is never whole on one device.
     """
     path = os.path.abspath(path)
     if not os.path.isdir(path):
@@ -626,7 +630,7 @@ def load_model(path: str, *, scan_layers: Optional[bool] = None, remat: Optional
     stored_dit = config.dit.replace(scan_layers=False, remat=False)
     g_dit, a_dit, r_dit = abstract_model(dit_factory(stored_dit))
     g_vae, a_vae, r_vae = abstract_model(vae_factory(config.vae))
-    dit_params = _restore(os.path.join(path, "dit"), a_dit, device, "DiT")
+    dit_params = _restore(os.path.join(path, "dit"), a_dit, device, "DiT", dit_sharding)
     vae_params = _restore(os.path.join(path, "vae"), a_vae, device, "VAE")
     encoders = manifest.get("encoders") or {}
     if not isinstance(encoders, dict) or set(encoders) - set(ENCODERS):

@@ -61,10 +61,11 @@ def init_preset(name: str, seed: int = 0) -> CodecModel:
     return CodecModel(f"preset:{name}", config, dit, vae, fp, _empty_context(config, None))
 
 
-def load_checkpoint(path: str) -> CodecModel:
+def load_checkpoint(path: str, dit_sharding=None) -> CodecModel:
+    """A converted model directory; ``dit_sharding(shape)``: read the DiT straight onto its shards."""
     from gvc_jax.models.checkpoint import load_model
 
-    loaded = load_model(path)
+    loaded = load_model(path, dit_sharding=dit_sharding)
     return CodecModel(loaded.config.name, loaded.config, loaded.dit, loaded.vae, loaded.fingerprint,
                       _empty_context(loaded.config, path), path, loaded.image_encoder, loaded.text_encoder)
 
@@ -113,9 +114,10 @@ def with_execution(model: CodecModel, *, dtype: Optional[str] = None, attention:
     return dataclasses.replace(model, config=config, dit=dit)
 
 
-def resolve_model(spec: Optional[str] = None, *, quiet: bool = False) -> CodecModel:
+def resolve_model(spec: Optional[str] = None, *, quiet: bool = False, dit_sharding=None) -> CodecModel:
     """``None`` -> embedded default model (or the random ``tiny`` preset with a notice if none is
-    shipped yet); ``preset:NAME`` -> random preset; anything else -> a converted checkpoint dir."""
+    shipped yet); ``preset:NAME`` -> random preset; anything else -> a converted checkpoint dir
+    (``dit_sharding``: as ``load_checkpoint``)."""
     if spec is None:
         if os.path.isdir(ASSET_DIR):
             return load_checkpoint(ASSET_DIR)
@@ -126,4 +128,4 @@ def resolve_model(spec: Optional[str] = None, *, quiet: bool = False) -> CodecMo
         return init_preset(FALLBACK_PRESET)
     if spec.startswith("preset:"):
         return init_preset(spec.split(":", 1)[1])
-    return load_checkpoint(spec)
+    return load_checkpoint(spec, dit_sharding)
