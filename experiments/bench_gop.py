@@ -118,24 +118,43 @@ def compile_trajectory(traj, args_):
 
 
 def abstract_run(args, model_cfg, sampler, latent_shape):
+    """Compile the trajectory with abstract weights; with ``--weight-shards S`` on a ``model`` mesh
+    axis of S devices (the DiT's matrices split as ``parallel.shard_spec``), so that
+    ``memory_analysis`` gives one device's share."""
+    import contextlib
+
     from gvc_jax.codec.trajectory import Picks, Trajectory
     from gvc_jax.codec.velocity import WanVelocity
     from gvc_jax.models.checkpoint import abstract_model, dit_factory
+    from gvc_jax.parallel import GopMesh
 
+    shards = getattr(args, "weight_shards", 1)
+    mesh = GopMesh(shards, weight_shards=shards)
+    place = mesh.weight_sharding if shards > 1 else (lambda shape: None)
+    shared = jax.sharding.NamedSharding(mesh.mesh, jax.sharding.PartitionSpec()) if shards > 1 else None
     graphdef, params, _ = abstract_model(dit_factory(model_cfg.dit))
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=place(a.shape)), params)
     velocity = WanVelocity(graphdef, model_cfg.dit)
     traj = Trajectory(velocity, sampler, latent_shape, velocity.time_features)
     f, h, w, c = latent_shape
     cfg = model_cfg.dit
-    cond = {"context": jax.ShapeDtypeStruct((cfg.text_len, cfg.text_dim), jnp.float32)}
+
+    def sds(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=shared)
+
+    cond = {"context": sds((cfg.text_len, cfg.text_dim), jnp.float32)}
     if cfg.in_channels > cfg.out_channels:
-        cond["y"] = jax.ShapeDtypeStruct((f, h, w, cfg.in_channels - cfg.out_channels), jnp.float32)
-    picks = Picks(jax.ShapeDtypeStruct((sampler.steps, f, traj.slots), jnp.int32),
-                  jax.ShapeDtypeStruct((sampler.steps, f, traj.slots), jnp.float32))
-    a = trajectory_args(traj, params, cond, jax.ShapeDtypeStruct(latent_shape, jnp.float32),
-                        jax.ShapeDtypeStruct((), jnp.bool_), picks, jax.ShapeDtypeStruct((f,), jnp.int32))
-    _, info = compile_trajectory(traj, a)
-    return info
+        cond["y"] = sds((f, h, w, cfg.in_channels - cfg.out_channels), jnp.float32)
+    if cfg.image_dim is not None:
+        cond["image_context"] = sds((cfg.pos_embed_seq_len or 257, cfg.image_dim), jnp.float32)
+    picks = Picks(sds((sampler.steps, f, traj.slots), jnp.int32), sds((sampler.steps, f, traj.slots), jnp.float32))
+    a = trajectory_args(traj, params, cond, sds(latent_shape, jnp.float32), sds((), jnp.bool_), picks,
+                        sds((f,), jnp.int32))
+    if shared is not None:
+        a = tuple(jax.device_put(x, shared) if isinstance(x, jax.Array) else x for x in a)
+    with jax.set_mesh(mesh.mesh) if shards > 1 else contextlib.nullcontext():
+        _, info = compile_trajectory(traj, a)
+    return {"weight_shards": shards, **info}
 
 
 def real_run(args, model_cfg, sampler, latent_shape, model=None):
@@ -230,6 +249,9 @@ def main(argv=None) -> int:
                    help="scan the DiT's layers (one compiled block; default on)")
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--abstract", action="store_true", help="compile only, with abstract shapes (no weights)")
+    p.add_argument("--weight-shards", type=int, default=1, metavar="S",
+                   help="with --abstract: split the DiT's matrices over S devices (memory_analysis per device; "
+                        "on a CPU use XLA_FLAGS=--xla_force_host_platform_device_count=S)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (it compiles one unrolled forward)")
     p.add_argument("--peak-tflops", type=float, default=None, help="chip peak for MFU when it is not in the table")
     p.add_argument("--json", help="write the results as JSON")
@@ -238,6 +260,10 @@ def main(argv=None) -> int:
         p.error("--runs must be >= 1")
     if (args.abstract or args.dtype != "float32") and not args.model.startswith("preset:"):
         p.error("--abstract and --dtype need a preset:NAME model")
+    if args.weight_shards != 1 and not args.abstract:
+        p.error("--weight-shards needs --abstract (the codec's --weight-shards runs real weights)")
+    if args.weight_shards < 1 or args.weight_shards > jax.device_count():
+        p.error(f"--weight-shards must be in [1, {jax.device_count()}] (the devices here)")
 
     model = None
     if args.model.startswith("preset:"):
