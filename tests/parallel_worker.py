@@ -7,6 +7,9 @@ import hashlib
 import json
 import sys
 
+import os
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/
+
 import gvc_jax  # noqa: F401  (XLA flags before jax)
 
 import jax
@@ -112,6 +115,23 @@ def batch(video) -> dict:
     return {"same_as_alone": [r.stream == a for r, a in zip(results, alone)], "chunk_sizes": chunks}
 
 
+def abstract_memory() -> dict:
+    """experiments/bench_gop.py --abstract on the tiny preset, whole and split over 4 devices."""
+    import argparse
+
+    from experiments.bench_gop import abstract_run
+    from gvc_jax.codec.schedule import latent_frames
+    from gvc_jax.models.configs import get_preset
+
+    cfg = get_preset("tiny")
+    latent = (latent_frames(GOP), 6, 8, cfg.vae.z_dim)
+    out = {}
+    for shards in (1, 4):
+        info = abstract_run(argparse.Namespace(weight_shards=shards), cfg, SAMPLER, latent)
+        out[shards] = info["memory_analysis"]["argument_size_in_bytes"]
+    return out
+
+
 def main() -> int:
     counts = sorted({1, 2, jax.local_device_count()})
     video, _ = read_video(sample_clip_path("bikes"), resize=(56, 40), max_frames=27)  # T2V: 3 GOPs
@@ -138,6 +158,7 @@ def main() -> int:
         out["cases"][name] = res
     out["weights"] = weight_sharding(video)
     out["batch"] = batch(video)
+    out["abstract"] = abstract_memory()
     print(json.dumps(out))
     return 0
 

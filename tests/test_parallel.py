@@ -140,3 +140,9 @@ def test_a_model_directory_loads_straight_onto_the_weight_shards(four_devices):
     w = four_devices["weights"]
     assert w["loaded_on_shards_equal"] and w["loaded_fingerprint_equal"]
     assert w["loaded_on_shards_per_device"] == w["param_bytes_per_device"] < w["param_bytes_total"] / 3
+
+
+def test_bench_gop_abstract_splits_the_weights_per_device(four_devices):
+    whole, split = four_devices["abstract"]["1"], four_devices["abstract"]["4"]
+    w = four_devices["weights"]  # the arguments shrink by exactly what splitting the weights saves
+    assert whole - split == w["param_bytes_total"] - w["param_bytes_per_device"] > 0
