@@ -18,7 +18,6 @@ missing key and any shape mismatch raises ``CheckpointError`` naming the key.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
@@ -173,16 +172,10 @@ def read_clip_hf(path: str, preprocess: str = "wan") -> Tuple[CLIPVisionConfig, 
     """(config, lazy tensors) of a transformers ``image_encoder/`` directory (config.json and one
     .safetensors file or an index). ``preprocess`` sets ``cfg.preprocess`` (Wan's reference
     resizes without cropping: "wan"; diffusers pipelines crop: "center_crop")."""
+    from weights_convert.convert import _read_json
+
     cpath = os.path.join(path, "config.json")
-    try:
-        with open(cpath) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{cpath} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{cpath} is not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{cpath} is not a JSON object")
+    d = _read_json(cpath)
     try:
         cfg = CLIPVisionConfig.from_hf(d, preprocess=preprocess)
     except (TypeError, ValueError) as e:

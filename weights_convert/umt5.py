@@ -15,7 +15,6 @@ embedding, relative-attention bias [buckets, heads]) are copied as they are.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
@@ -140,11 +139,9 @@ def read_umt5_hf(path: str, **over) -> tuple:
         raise CheckpointError(f"umT5 directory {path} does not exist")
     if not os.path.isfile(cpath):
         raise CheckpointError(f"{path} is not a transformers model directory: config.json is missing")
-    try:
-        with open(cpath) as f:
-            d = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cpath} is not readable JSON: {str(e).splitlines()[0]}") from None
+    from weights_convert.convert import _read_json
+
+    d = _read_json(cpath)
     try:
         cfg = UMT5Config.from_hf(d, **over)
     except (TypeError, ValueError) as e:
