@@ -170,6 +170,30 @@ class GopMesh:
                             stacked)
 
     @staticmethod
+    def share(values: list, wanted: Sequence[bool], shape: Sequence[int], dtype=np.uint8) -> list:
+        """Several processes: each holds the arrays (``shape``, ``dtype``) of its own GOPs of a chunk
+        (the others: None); -> the ``wanted`` ones on every process too (``process_allgather``)."""
+        from jax.experimental import multihost_utils
+
+        idx = [i for i, w in enumerate(wanted) if w]
+        if not idx:
+            return list(values)
+        buf = np.zeros((len(idx),) + tuple(shape), dtype)
+        have = np.zeros(len(idx), np.bool_)
+        for j, i in enumerate(idx):
+            if values[i] is not None:
+                buf[j], have[j] = np.asarray(values[i]), True
+        every = np.asarray(multihost_utils.process_allgather(buf)).reshape((-1,) + buf.shape)
+        owned = np.asarray(multihost_utils.process_allgather(have)).reshape(-1, len(idx))
+        out = list(values)
+        for j, i in enumerate(idx):
+            owners = np.nonzero(owned[:, j])[0]
+            if len(owners) != 1:
+                raise RuntimeError(f"GOP position {i} of the chunk was decoded by {len(owners)} processes, expected one")
+            out[i] = every[owners[0], j]
+        return out
+
+    @staticmethod
     def _local_part(out, g: int):
         """GOP position g's result, from the shard this process holds."""
         def part(x):

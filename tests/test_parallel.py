@@ -99,7 +99,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("variant", ["t2v", "flf2v"])
+@pytest.mark.parametrize("variant", ["t2v", "flf2v", "i2v"])
 def test_two_processes_write_the_one_process_stream(tmp_path, variant):
     from gvc_jax import cli
     from gvc_jax import encode as encode_cli
@@ -146,3 +146,32 @@ def test_bench_gop_abstract_splits_the_weights_per_device(four_devices):
     whole, split = four_devices["abstract"]["1"], four_devices["abstract"]["4"]
     w = four_devices["weights"]  # the arguments shrink by exactly what splitting the weights saves
     assert whole - split == w["param_bytes_total"] - w["param_bytes_per_device"] > 0
+
+
+def test_two_processes_code_a_batch_of_i2v_chains_like_one_process(tmp_path):
+    """Three I2V chains on 2 processes x 2 devices: a wave's third GOP runs on process 1, whose
+    decoded last frame process 0 then needs for that chain's next GOP (shared between processes)."""
+    from gvc_jax import cli
+    from gvc_jax import encode as encode_cli
+    from gvc_jax.io import quiet_fork, read_video, sample_clip_path, write_video
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    frames = read_video(sample_clip_path("bikes"), resize=(48, 32), max_frames=30)[0]
+    for i, n in enumerate((17, 9, 25)):
+        write_video(str(src / f"v{i}.npy"), frames[i:i + n], 16.0)
+    args = ["--batch", "--model", "preset:tiny-anchored", "-K", "256", "-M", "3", "--steps", "4", "--tail", "1",
+            "--gop-frames", "9", "--variant", "i2v", "--anchor-codec", "webp", "--quiet"]
+    assert cli.run_main(encode_cli.main, [str(src), "-o", str(tmp_path / "one"), *args]) == 0
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
+    with quiet_fork():
+        procs = [subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", str(src), "-o", str(tmp_path / "two"), *args,
+                                   "--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                                   "--process-id", str(i)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+    errs = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    for name in ("v0.gvc", "v1.gvc", "v2.gvc"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()

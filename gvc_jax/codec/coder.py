@@ -122,6 +122,10 @@ class DecodedContext:
                 return frames[frame - span.start]
         raise KeyError(f"source frame {frame} has not been decoded yet")
 
+    def needs(self, span: GopSpan) -> bool:
+        """Whether later GOPs condition on this GOP's decoded frames (I2V chains)."""
+        return span.index in self._last_use
+
     def add(self, span: GopSpan, frames: np.ndarray) -> None:
         if span.index in self._last_use:
             self._frames[span.index] = frames
@@ -292,6 +296,9 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
                 latents.append(latent)
                 sides.append(side)
             frames = engine.frames_many(latents)
+            if engine.mesh.distributed:  # frames later GOPs condition on: from their process to every process
+                frames = engine.mesh.share(frames, [context.needs(span) for span in chunk],
+                                          (engine.gop_frames, engine.height, engine.width, 3))
             for span, frame in zip(chunk, frames):
                 if frame is not None:
                     context.add(span, frame)
