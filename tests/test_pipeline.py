@@ -245,9 +245,11 @@ def test_model_conditioning_decides_what_t2v_may_run(video):
     assert init_preset("tiny").config.dit.conditioning == {"text"}
     with pytest.raises(VariantError, match="CLIP image tokens"):
         encode_video(video[:5], 25.0, m, SAMPLER.replace(atoms_per_frame=(2, 2)), gop_frames=5)
-    for name in ("i2v", "flf2v"):  # the anchored variants need CLIP tokens for such a model too (issue 12)
-        with pytest.raises(VariantError, match="CLIP image tokens"):
-            get_variant(name).check_model(m.config)
+    for name in ("i2v", "flf2v"):  # the anchored variants give it CLIP tokens, from the model's CLIP tower
+        get_variant(name).check_model(m.config)
+    with pytest.raises(VariantError, match="no CLIP image encoder"):  # a random preset has none
+        encode_video(video[:5], 25.0, m, SAMPLER.replace(atoms_per_frame=(2, 2)), gop_frames=5,
+                     variant=get_variant("flf2v", anchor_codec="webp"))
     with pytest.raises(VariantError, match="unknown variant"):
         get_variant("v2v")
 

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from flax import nnx
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -71,7 +72,12 @@ def work(tmp_path_factory):
     for variant in ("i2v", "flf2v"):
         src = make_release(root / f"Wan-tiny-{variant}", variant)
         model = root / f"model-{variant}"
-        assert cli.run_main(convert_main, ["release", str(src), "--out", str(model), "--quiet"]) == 0
+        if variant == "i2v":  # the command line, the DiT in one part of <= 1 MiB
+            assert cli.run_main(convert_main, ["release", str(src), "--out", str(model), "--quiet"]) == 0
+        else:  # the DiT written in parts of about 40 kB
+            from weights_convert.release import convert_release
+
+            out["flf2v_summary"] = convert_release(str(src), str(model), part_bytes=40_000)
         out[variant] = dict(src=src, model=model)
     rng = np.random.default_rng(5)
     frames = np.clip(rng.integers(0, 200, (1, 48, 64, 3)) + 5 * np.arange(17)[:, None, None, None], 0, 255)
@@ -90,6 +96,22 @@ def test_one_command_writes_every_part(work):
         assert (model / part).exists(), part
     rows = np.load(model / "context.npy")
     assert rows.shape == (1, 32) and np.abs(rows).max() > 0  # the empty prompt is one token (EOS)
+
+
+def test_the_dit_in_parts_is_the_same_model(work, tmp_path):
+    """Parts are consecutive leaves: the fingerprint and the weights equal a one-part conversion."""
+    from weights_convert.release import convert_release
+
+    from gvc_jax.models.checkpoint import load_model
+
+    parted = json.loads((work["flf2v"]["model"] / "gvc_model.json").read_text())
+    assert parted["parts"]["dit"] == work["flf2v_summary"]["dit_parts"] > 2
+    whole = convert_release(str(work["flf2v"]["src"]), str(tmp_path / "whole"), part_bytes=1 << 30)
+    assert whole["dit_parts"] == 1 and whole["fingerprint"] == parted["fingerprint"]
+    a, b = load_model(str(work["flf2v"]["model"])), load_model(str(tmp_path / "whole"))
+    for (pa, va), (pb, vb) in zip(nnx.state(a.dit, nnx.Param).flat_state(), nnx.state(b.dit, nnx.Param).flat_state()):
+        assert pa == pb
+        np.testing.assert_array_equal(np.asarray(va[...]), np.asarray(vb[...]))
 
 
 def test_empty_prompt_context_is_the_umt5_output_of_eos(work):

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CLIP input: plain bicubic resize to 224x224 as Wan's reference (default), or the "
                         "diffusers pipelines' shortest-edge resize + centre crop; recorded in the model")
     r.add_argument("--name", default=None, help="model name (default: the release directory's name)")
+    r.add_argument("--part-mib", type=int, default=1024, metavar="MIB",
+                   help="the DiT is converted and written in parts of about this many MiB (default 1024): "
+                        "the peak host memory holds one part, not the whole DiT")
     common(r)
 
     d = sub.add_parser("diffusers", help="diffusers pipeline layout (transformer/ and vae/ subfolders)",
@@ -83,6 +86,8 @@ def _progress(quiet: bool):
 
 
 def run(args) -> dict:
+    if getattr(args, "part_mib", 1) < 1:
+        raise ValueError("--part-mib must be >= 1")
     from weights_convert.convert import convert_diffusers, convert_original
 
     progress = _progress(args.quiet)
@@ -92,7 +97,8 @@ def run(args) -> dict:
         log = None if args.quiet else (lambda msg: print(f"converting {msg} ...", file=sys.stderr))
         return convert_release(args.src, args.out, dtype=args.dtype, vae_dtype=args.vae_dtype,
                                encoder_dtype=args.encoder_dtype, clip_preprocess=args.clip_preprocess,
-                               name=args.name, overwrite=args.overwrite, progress=progress, log=log)
+                               name=args.name, overwrite=args.overwrite, progress=progress, log=log,
+                               part_bytes=args.part_mib << 20)
     if args.layout == "diffusers":
         if not args.src and not (args.transformer and args.vae):
             raise ValueError("give SRC or both --transformer and --vae")

@@ -11,7 +11,7 @@ import os
 from typing import Callable, Iterable, Mapping, Optional
 
 from gvc_jax.models.checkpoint import (
-    CheckpointError, LazyTensor, abstract_model, check_output_dir, convert_state, dit_factory,
+    CheckpointError, LazyTensor, abstract_model, check_output_dir, convert_state, convert_state_parts, dit_factory,
     param_count, save_model, torch_to_flax, vae_factory,
 )
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig, get_preset
@@ -39,6 +39,14 @@ def convert_dit(source: Mapping[str, LazyTensor], cfg: DiTConfig, *, progress: P
     _, abstract, _ = abstract_model(dit_factory(cfg))
     return convert_state(source, abstract, _dit_key_to_path, torch_to_flax, what="DiT checkpoint",
                          progress=progress, device=device)
+
+
+def convert_dit_parts(source: Mapping[str, LazyTensor], cfg: DiTConfig, *, part_bytes: int,
+                      progress: Progress = None, device=None):
+    """``convert_dit`` as an iterator of States of about ``part_bytes`` each (``convert_state_parts``)."""
+    _, abstract, _ = abstract_model(dit_factory(cfg))
+    return convert_state_parts(source, abstract, _dit_key_to_path, torch_to_flax, part_bytes=part_bytes,
+                               what="DiT checkpoint", progress=progress, device=device)
 
 
 def convert_vae(source: Mapping[str, LazyTensor], cfg: VAEConfig, *, progress: Progress = None, device=None):

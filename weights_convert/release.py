@@ -12,9 +12,11 @@ Two layouts are recognised:
 
 Every part the release's variant needs is looked for before anything is read: a missing part is
 one error line naming it. The components are converted and written one after another
-(``checkpoint.ModelWriter``), each released before the next is read, so the peak host memory is
-about the largest component (the DiT for 14B, umT5-XXL for 1.3B), not the whole release. The
-empty prompt's umT5 rows are computed here and stored as ``context.npy``.
+(``checkpoint.ModelWriter``), each released before the next is read; the DiT is read, written and
+released in parts of ``part_bytes`` (``dit/part-NNN``), so the peak host memory is about the
+largest of a DiT part, the VAE, CLIP and the umT5 encoder (one file of the release, 11 GB in
+bf16 for umT5-XXL), not the release. The empty prompt's umT5 rows are computed here and stored
+as ``context.npy``.
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ from typing import Optional
 
 import numpy as np
 
-from gvc_jax.models.checkpoint import CheckpointError, ModelWriter, abstract_model, check_output_dir, unstack_layers
+from gvc_jax.models.checkpoint import CheckpointError, ModelWriter, abstract_model, check_output_dir
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig
-from weights_convert.convert import DTYPES, Progress, _read_json, convert_dit, convert_vae
+from weights_convert.convert import DTYPES, Progress, _read_json, convert_dit_parts, convert_vae
 from weights_convert.sources import read_checkpoint, read_safetensors, renamed
 
 ORIGINAL_FILES = {
@@ -39,6 +41,7 @@ ORIGINAL_FILES = {
     "image_encoder": "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
 }
 PREPROCESS_MODES = ("wan", "center_crop")
+PART_BYTES = 1 << 30  # DiT tensors per written part
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def _peak_rss_mib() -> float:
 
 def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtype: str = "float32",
                     encoder_dtype: Optional[str] = None, clip_preprocess: str = "wan", name: Optional[str] = None,
-                    overwrite: bool = False, progress: Progress = None, log=None) -> dict:
+                    overwrite: bool = False, progress: Progress = None, log=None, part_bytes: int = PART_BYTES) -> dict:
     """Convert the release at ``root`` into the model directory ``out_dir``; returns a summary
     {out, name, fingerprint, params, peak_rss_mib, parts}. ``encoder_dtype`` (default ``dtype``) is
     the umT5 / CLIP parameter dtype; ``clip_preprocess``: "wan" (plain resize, the reference) or
@@ -144,6 +147,8 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
             raise ValueError(f"{what} must be one of {', '.join(DTYPES)}, got {d!r}")
     if clip_preprocess not in PREPROCESS_MODES:
         raise ValueError(f"clip_preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {clip_preprocess!r}")
+    if not isinstance(part_bytes, int) or part_bytes < 1:
+        raise ValueError(f"part_bytes must be a positive integer, got {part_bytes!r}")
     check_output_dir(out_dir, overwrite)
     rel = find_release(root, dtype=dtype)
     enc_dtype = encoder_dtype or dtype
@@ -192,10 +197,9 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
     config = ModelConfig(name or f"{os.path.basename(rel.root.rstrip(os.sep))}", rel.dit_config, vae_cfg)
     with ModelWriter(out_dir, overwrite=overwrite, image_encoder=clip is not None) as w:
         say("DiT")
-        state = convert_dit(dit_src, rel.dit_config, progress=progress)
-        w.add("dit", unstack_layers(state) if rel.dit_config.scan_layers else state)
+        w.add("dit", convert_dit_parts(dit_src, rel.dit_config.replace(scan_layers=False), part_bytes=part_bytes,
+                                       progress=progress))
         params = {"dit": w.params["dit"]}
-        del state
         gc.collect()
         peaks["dit"] = _peak_rss_mib()
         say("VAE")
@@ -227,7 +231,8 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
                   if clip is not None else None}
         fp = w.commit(config, source)
     return {"out": os.path.abspath(out_dir), "name": config.name, "fingerprint": fp, "params": params,
-            "layout": rel.layout, "variant": rel.dit_config.variant, "peak_rss_mib": peaks}
+            "layout": rel.layout, "variant": rel.dit_config.variant, "peak_rss_mib": peaks,
+            "dit_parts": w.extra.get("parts", {}).get("dit", 1)}
 
 
 def _empty_prompt_rows(t5_cfg, t5_state, tokenizer_json: bytes) -> np.ndarray:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gvc_jax._memory import release_freed_memory
 from gvc_jax.codec import bitstream
 from gvc_jax.codec.engine import GopEngine
 from gvc_jax.codec.plan import GopPlan, GopSpan
@@ -38,27 +39,6 @@ from gvc_jax.codec.trajectory import Picks
 from gvc_jax.codec.variants import Variant
 
 
-def _release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS after each GOP (glibc ``malloc_trim``).
-
-    XLA's worker threads allocate and free a GOP's buffers in many malloc arenas; without a trim
-    the freed pages stay resident and the process grows by about 10 MB per GOP (measured), so
-    peak memory would grow with the video's length. Elsewhere this is a no-op.
-    """
-    if _LIBC[0] is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC[0] = lib.malloc_trim if hasattr(lib, "malloc_trim") else False
-        except OSError:
-            _LIBC[0] = False
-    if _LIBC[0]:
-        _LIBC[0](0)
-
-
-_LIBC: list = [None]
 
 
 class NonFiniteError(ValueError):
@@ -303,7 +283,7 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
                 if frame is not None:
                     context.add(span, frame)
                 context.release(span)
-            _release_freed_memory()
+            release_freed_memory()
             seconds = (time.perf_counter() - t0) / len(chunk)  # the chunk's wall time, shared by its GOPs
             for span, inp, anchor_side, result, latent, side, frame in zip(
                     chunk, inputs, anchor_sides, results, latents, sides, frames):

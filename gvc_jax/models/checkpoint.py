@@ -29,6 +29,7 @@ already in memory (tests, benchmarks).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -37,12 +38,13 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 from flax import nnx
 
+from gvc_jax._memory import release_freed_memory
 from gvc_jax.models import dit as dit_lib
 from gvc_jax.models import vae as vae_lib
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig
@@ -167,6 +169,43 @@ def convert_state(
     checked before any tensor is read and raised together as one CheckpointError, one line each.
     Arrays are cast to the leaf dtype on the host and placed on ``device`` (default device if None).
     """
+    flat, plan = _conversion_plan(source, abstract_state, key_to_path, transform, what, ignore)
+    values = _materialize(plan, flat, source, transform, device, progress)
+    return nnx.State.from_flat_path({p: v.replace(values[p]) for p, v in flat.items()})
+
+
+def convert_state_parts(source: Mapping[str, LazyTensor], abstract_state, key_to_path: Callable[[str], tuple],
+                        transform: Callable = torch_to_flax, *, part_bytes: int, what: str = "checkpoint",
+                        ignore: re.Pattern = STRAY_KEY, device=None,
+                        progress: Optional[Callable[[Iterable], Iterable]] = None) -> Iterator:
+    """``convert_state`` in parts: every problem is checked first, then the parameters are read and
+    yielded as States of consecutive leaves (in sorted path order) of about ``part_bytes`` each, so
+    only one part is held at a time. Concatenated in order the parts are ``convert_state``'s State
+    (same leaves, same fingerprint). A layer-stacked state is one part."""
+    flat, plan = _conversion_plan(source, abstract_state, key_to_path, transform, what, ignore)
+    if any(_is_stacked_leaf(leaf) for leaf in flat):
+        groups = [sorted(flat, key=path_str)]
+    else:
+        groups, size = [[]], 0
+        for leaf in sorted(flat, key=path_str):
+            nbytes = int(np.prod(flat[leaf].shape)) * _as_dtype(flat[leaf].dtype).itemsize
+            if groups[-1] and size + nbytes > part_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(leaf)
+            size += nbytes
+    by_leaf = {}
+    for item in plan:
+        by_leaf.setdefault(item[1], []).append(item)
+    for group in groups:
+        items = [it for leaf in group for it in by_leaf.get(leaf, ())]
+        values = _materialize(items, flat, source, transform, device, progress)
+        yield nnx.State.from_flat_path({p: flat[p].replace(values[p]) for p in group})
+        del values
+
+
+def _conversion_plan(source, abstract_state, key_to_path, transform, what, ignore):
+    """-> (flat abstract leaves, [(key, leaf, stack index, target shape)]); raises every problem."""
     flat = _flat_vars(abstract_state)
     plan, problems, seen = [], [], {}
     for key in sorted(source):
@@ -212,7 +251,11 @@ def convert_state(
                 if i not in got:
                     problems.append(f"missing parameter {path_str(leaf[:1] + (i,) + leaf[1:])} (no source key for it)")
     raise_problems(problems, what)
+    return flat, plan
 
+
+def _materialize(plan, flat, source, transform, device, progress) -> dict:
+    """Read, transform, cast and place the tensors of ``plan`` -> {leaf: array}."""
     values, stacks = {}, {}
     for key, leaf, idx, want in (progress(plan) if progress else plan):
         dtype = _as_dtype(flat[leaf].dtype)
@@ -229,7 +272,7 @@ def convert_state(
                 values[leaf] = jax.device_put(buf[0], device)
                 del stacks[leaf]
         del a
-    return nnx.State.from_flat_path({p: v.replace(values[p]) for p, v in flat.items()})
+    return values
 
 
 def in_memory_source(tensors: Mapping[str, np.ndarray]) -> dict:
@@ -327,11 +370,18 @@ class Fingerprint:
         self._h = hashlib.sha256(f"{FORMAT} fingerprint v1; {num_states} states\n".encode())
 
     def add(self, state) -> None:
+        self.begin_state()
+        self.add_leaves(state)
+
+    def begin_state(self) -> None:
         if self.added == self.num_states:
             raise ValueError(f"fingerprint of {self.num_states} states: one too many")
         self._h.update(f"state {self.added}\n".encode())
         self.added += 1
-        for name, value in _leaves(state):
+
+    def add_leaves(self, part) -> None:
+        """Leaves of the current state; parts must come in sorted path order (``convert_state_parts``)."""
+        for name, value in _leaves(part):
             a = np.ascontiguousarray(np.asarray(value))
             self._h.update(f"{name}\t{a.dtype.name}\t{list(a.shape)}\n".encode())
             raw = a.reshape(-1).view(np.uint8)
@@ -441,16 +491,36 @@ class ModelWriter:
             ckptr.wait_until_finished()
 
     def add(self, name: str, state, config: Optional[dict] = None) -> None:
+        """Write component ``name``: a parameter State, or an iterator of States of consecutive
+        leaves (``convert_state_parts``), each saved as ``name/part-NNN`` and released in turn."""
         order = ["dit", "vae"] + (["image_encoder"] if self._expect_image else []) + ["text_encoder"]
         done = list(self.params)
         if name not in order or (name != "text_encoder" and order[len(done)] != name):
             raise CheckpointError(f"model component {name!r} out of order (expected {order[len(done)]!r})")
-        self._save(name, state)
-        self.params[name] = param_count(state)
+        own = Fingerprint(1)
+        own.begin_state()
         if name != "text_encoder":
-            self._fp.add(state)
+            self._fp.begin_state()
+        if isinstance(state, nnx.State) or isinstance(state, Mapping):
+            parts, dirs = [state], [name]
+        else:
+            parts, dirs = state, None
+        count = n = 0
+        for part in parts:
+            self._save(dirs[0] if dirs else os.path.join(name, f"part-{n:03d}"), part)
+            count += param_count(part)
+            own.add_leaves(part)
+            if name != "text_encoder":
+                self._fp.add_leaves(part)
+            n += 1
+            del part
+            gc.collect()
+            release_freed_memory()
+        if dirs is None:
+            self.extra.setdefault("parts", {})[name] = n
+        self.params[name] = count
         if name in ENCODERS:
-            self.encoders[name] = {"config": config or {}, "params": self.params[name], "fingerprint": fingerprint(state)}
+            self.encoders[name] = {"config": config or {}, "params": count, "fingerprint": own.hexdigest()}
 
     def add_file(self, name: str, data: bytes) -> None:
         with open(os.path.join(self.tmp, name), "wb") as f:
@@ -580,20 +650,29 @@ def model_config_from_manifest(manifest: dict, mpath: str = MANIFEST) -> ModelCo
         raise CheckpointError(f"{mpath}: {e}") from None
 
 
-def _restore(ckpt_dir: str, abstract_params, device, what: str, sharding: Optional[Callable] = None):
-    """Restore one orbax checkpoint into the layout of ``abstract_params`` after checking that
-    its stored paths, shapes and dtypes match exactly. ``sharding(shape)``: where each tensor goes
-    (each device reads only its part), default the one ``device``."""
+def _restore(ckpt_dir: str, abstract_params, device, what: str, sharding: Optional[Callable] = None,
+             parts: Optional[int] = None):
+    """Restore one orbax checkpoint (or ``parts`` of them, ``ckpt_dir/part-NNN``, each with some
+    of the leaves) into the layout of ``abstract_params`` after checking that the stored paths,
+    shapes and dtypes match exactly. ``sharding(shape)``: where each tensor goes (each device
+    reads only its part), default the one ``device``."""
     import orbax.checkpoint as ocp
 
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"{what}: checkpoint directory {ckpt_dir} is missing")
+    dirs = [ckpt_dir] if parts is None else [os.path.join(ckpt_dir, f"part-{k:03d}") for k in range(parts)]
     flat = {path_str(p): v for p, v in abstract_params.flat_state()}
     with ocp.StandardCheckpointer() as ckptr:
-        try:
-            meta = ckptr.metadata(ckpt_dir).item_metadata.tree
-        except Exception as e:  # orbax raises many types for unreadable directories
-            raise CheckpointError(f"{what}: cannot read checkpoint {ckpt_dir}: {str(e).splitlines()[0][:200]}") from None
+        meta, owner = {}, {}
+        for d in dirs:
+            try:
+                tree = ckptr.metadata(d).item_metadata.tree
+            except Exception as e:  # orbax raises many types for unreadable directories
+                raise CheckpointError(f"{what}: cannot read checkpoint {d}: {str(e).splitlines()[0][:200]}") from None
+            for k, v in tree.items():
+                if k in meta:
+                    raise CheckpointError(f"{what}: parameter {k} is stored twice ({owner[k]}, {d})")
+                meta[k], owner[k] = v, d
         problems = [f"missing parameter {k}" for k in sorted(set(flat) - set(meta))]
         problems += [f"unexpected parameter {k}" for k in sorted(set(meta) - set(flat))]
         for k in sorted(set(flat) & set(meta)):
@@ -603,12 +682,14 @@ def _restore(ckpt_dir: str, abstract_params, device, what: str, sharding: Option
                 problems.append(f"parameter {k}: stored {got[0]} {got[1].name}, config needs {want[0]} {want[1].name}")
         raise_problems(problems, f"{what} ({ckpt_dir}) does not match its config")
         single = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-        target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding(v.shape) if sharding else single)
-                  for k, v in flat.items()}
-        try:
-            arrays = ckptr.restore(ckpt_dir, target)
-        except Exception as e:
-            raise CheckpointError(f"{what}: cannot restore {ckpt_dir}: {str(e).splitlines()[0][:200]}") from None
+        arrays = {}
+        for d in dirs:
+            target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding(v.shape) if sharding else single)
+                      for k, v in flat.items() if owner[k] == d}
+            try:
+                arrays.update(ckptr.restore(d, target))
+            except Exception as e:
+                raise CheckpointError(f"{what}: cannot restore {d}: {str(e).splitlines()[0][:200]}") from None
     return nnx.State.from_flat_path({p: v.replace(arrays[path_str(p)]) for p, v in abstract_params.flat_state()})
 
 
@@ -630,8 +711,12 @@ def load_model(path: str, *, scan_layers: Optional[bool] = None, remat: Optional
     stored_dit = config.dit.replace(scan_layers=False, remat=False)
     g_dit, a_dit, r_dit = abstract_model(dit_factory(stored_dit))
     g_vae, a_vae, r_vae = abstract_model(vae_factory(config.vae))
-    dit_params = _restore(os.path.join(path, "dit"), a_dit, device, "DiT", dit_sharding)
-    vae_params = _restore(os.path.join(path, "vae"), a_vae, device, "VAE")
+    parts = manifest.get("parts") or {}
+    if not isinstance(parts, dict) or any(not isinstance(n, int) or isinstance(n, bool) or n < 1
+                                          for n in parts.values()):
+        raise CheckpointError(f"{os.path.join(path, MANIFEST)}: bad parts entry {parts!r}")
+    dit_params = _restore(os.path.join(path, "dit"), a_dit, device, "DiT", dit_sharding, parts.get("dit"))
+    vae_params = _restore(os.path.join(path, "vae"), a_vae, device, "VAE", parts=parts.get("vae"))
     encoders = manifest.get("encoders") or {}
     if not isinstance(encoders, dict) or set(encoders) - set(ENCODERS):
         raise CheckpointError(f"{os.path.join(path, MANIFEST)}: bad encoders entry {sorted(encoders)!r}")
