@@ -178,11 +178,10 @@ def _load_named(spec: Optional[str], dit_sharding=None):
 def get_model(model=None, *, dtype: Optional[str] = None, attention: Optional[str] = None, mesh=None):
     """``None`` / a directory / ``"preset:NAME"`` (loaded once per process) or a ``CodecModel``;
     ``dtype`` / ``attention`` set how its DiT runs (``registry.with_execution``; None: as stored).
-    ``mesh`` (a ``parallel.GopMesh`` with weight shards, one process): a model directory's DiT is
-    read straight onto its shards."""
+    ``mesh`` (a ``parallel.GopMesh`` with weight shards): a model directory's DiT is read straight
+    onto its shards (with several processes, each reads the parts on its own devices)."""
     if model is None or isinstance(model, (str, os.PathLike)):
-        sharding = mesh.weight_sharding if mesh is not None and mesh.weight_shards > 1 \
-            and not mesh.distributed else None
+        sharding = mesh.weight_sharding if mesh is not None and mesh.weight_shards > 1 else None
         model = _load_named(None if model is None else os.fspath(model), sharding)
     if dtype is None and attention is None:
         return model

@@ -175,3 +175,38 @@ def test_two_processes_code_a_batch_of_i2v_chains_like_one_process(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     for name in ("v0.gvc", "v1.gvc", "v2.gvc"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_two_processes_read_a_model_directory_onto_split_weights(tmp_path):
+    """--weight-shards 2 on 2 processes x 2 devices: each process reads only its devices' parts of
+    the DiT (orbax into a global NamedSharding), and the stream equals one process on 4 devices."""
+    from flax import nnx
+
+    from gvc_jax.io import quiet_fork, read_video, sample_clip_path, write_video
+    from gvc_jax.models.checkpoint import save_model
+    from gvc_jax.models.registry import init_preset
+
+    m = init_preset("tiny")
+    model = str(tmp_path / "model")
+    save_model(model, m.config, nnx.state(m.dit, nnx.Param), nnx.state(m.vae, nnx.Param))
+    clip = str(tmp_path / "in.npy")
+    write_video(clip, read_video(sample_clip_path("bikes"), resize=(48, 32), max_frames=27)[0], 16.0)
+    args = ["--model", model, "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9",
+            "--weight-shards", "2", "--quiet"]
+
+    def env(n):
+        return {**os.environ, "JAX_PLATFORMS": "cpu",
+                "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"}
+
+    one = subprocess.run([sys.executable, "-m", "gvc_jax.encode", clip, "-o", str(tmp_path / "one.gvc"), *args],
+                         env=env(4), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    port = _free_port()
+    with quiet_fork():
+        procs = [subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", clip, "-o", str(tmp_path / "two.gvc"), *args,
+                                   "--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                                   "--process-id", str(i)],
+                                  env=env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+    errs = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    assert (tmp_path / "two.gvc").read_bytes() == (tmp_path / "one.gvc").read_bytes()

@@ -93,7 +93,7 @@ ESTIMATE_MARGIN = 1.7  # measured working set / raw terms, rounded up (see estim
 
 def available_bytes() -> int | None:
     """Memory the arrays can use: the accelerator's limit, or the host's available RAM (None: unknown)."""
-    dev = jax.devices()[0]
+    dev = jax.local_devices()[0]
     if dev.platform != "cpu":
         stats = dev.memory_stats() or {}
         return stats.get("bytes_limit")

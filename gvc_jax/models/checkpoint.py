@@ -362,6 +362,15 @@ def _leaves(state) -> list:
     return sorted(items, key=lambda kv: kv[0])
 
 
+def _on_host(value) -> np.ndarray:
+    """A parameter's values on the host; one split over several processes is gathered (one tensor at a time)."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(value)
+
+
 class Fingerprint:
     """``fingerprint`` computed state by state (``add``), so the states need not be held together."""
 
@@ -382,7 +391,7 @@ class Fingerprint:
     def add_leaves(self, part) -> None:
         """Leaves of the current state; parts must come in sorted path order (``convert_state_parts``)."""
         for name, value in _leaves(part):
-            a = np.ascontiguousarray(np.asarray(value))
+            a = np.ascontiguousarray(_on_host(value))
             self._h.update(f"{name}\t{a.dtype.name}\t{list(a.shape)}\n".encode())
             raw = a.reshape(-1).view(np.uint8)
             if sys.byteorder == "big" and a.dtype.itemsize > 1:
@@ -681,7 +690,7 @@ def _restore(ckpt_dir: str, abstract_params, device, what: str, sharding: Option
             if want != got:
                 problems.append(f"parameter {k}: stored {got[0]} {got[1].name}, config needs {want[0]} {want[1].name}")
         raise_problems(problems, f"{what} ({ckpt_dir}) does not match its config")
-        single = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+        single = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
         arrays = {}
         for d in dirs:
             target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding(v.shape) if sharding else single)
