@@ -103,8 +103,8 @@ def main(argv) -> int:
             raise ValueError("--num-processes must be >= 1")
         if args.process_id is not None and args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
             raise ValueError(f"--process-id must be in [0, {args.num_processes})")
-        if args.decoded or args.eval or args.compare or args.resume:
-            raise ValueError("--distributed writes only the stream: drop --decoded, --eval, --compare and --resume")
+        if args.decoded or args.eval or args.compare:
+            raise ValueError("--distributed writes only the stream: drop --decoded, --eval and --compare")
         from gvc_jax.parallel import init_distributed
 
         init_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -134,7 +134,7 @@ def main(argv) -> int:
     if args.resume:
         if not os.path.exists(args.input):
             raise ValueError(f"--resume needs an input file: {args.input} does not exist")
-        check_journal_path(args.output)
+        check_journal_path(args.output, jax_process_index())
         resume = {"resume": args.output, "resume_identity": (input_identity(args.input), args.start,
                                                              args.max_frames, args.resize)}
     if args.batch:
@@ -176,11 +176,16 @@ def main(argv) -> int:
                                    progress=cli.progress_printer(args.quiet), devices=mesh, prompt=args.prompt,
                                    **resume)
             seconds = time.perf_counter() - t0
-            if mesh.distributed and jax_process_index() != 0:  # every process holds the stream; one writes it
-                return 0
-            atomic_write_bytes(args.output, result.stream)
+            if jax_process_index() == 0:  # with several processes every one holds the stream; one writes it
+                atomic_write_bytes(args.output, result.stream)
+            if mesh.distributed:  # the journals go once the stream is safely written
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("gvc-jax: stream written")
             if result.journal is not None:
                 result.journal.remove()
+            if mesh.distributed and jax_process_index() != 0:
+                return 0
             if writer:
                 writer.commit()
         except BaseException:

@@ -210,3 +210,47 @@ def test_two_processes_read_a_model_directory_onto_split_weights(tmp_path):
     errs = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     assert (tmp_path / "two.gvc").read_bytes() == (tmp_path / "one.gvc").read_bytes()
+
+
+def test_two_processes_resume_a_killed_encode_to_the_same_bytes(tmp_path):
+    """--distributed --resume: both processes are SIGKILLed once GOP 0 of an I2V chain is journaled;
+    restarted, they skip it (every process reads every journal) and write the uninterrupted bytes."""
+    import signal
+    import time
+
+    from gvc_jax import cli
+    from gvc_jax import encode as encode_cli
+    from gvc_jax.io import quiet_fork, read_video, sample_clip_path, write_video
+
+    clip = str(tmp_path / "in.npy")
+    write_video(clip, read_video(sample_clip_path("bikes"), resize=(48, 32), max_frames=27)[0], 16.0)
+    args = ["--model", "preset:tiny-anchored", "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames",
+            "9", "--variant", "i2v", "--anchor-codec", "webp", "--quiet"]
+    ref = str(tmp_path / "one.gvc")
+    assert cli.run_main(encode_cli.main, [clip, "-o", ref, *args]) == 0
+    out = str(tmp_path / "two.gvc")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
+
+    def start(port):
+        with quiet_fork():
+            return [subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", clip, "-o", out, *args, "--resume",
+                                      "--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                                      "--process-id", str(i), "--json", str(tmp_path / f"r{i}.json")],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+
+    procs = start(_free_port())
+    journal, deadline = out + ".resume", time.time() + 300
+    while time.time() < deadline and not (os.path.exists(journal) and os.path.getsize(journal) > 41):
+        time.sleep(0.02)  # 41 bytes: the journal's header; more: GOP 0 is in
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert os.path.getsize(journal) > 41 and not os.path.exists(out)
+    procs = start(_free_port())
+    errs = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    with open(out, "rb") as f, open(ref, "rb") as g:
+        assert f.read() == g.read()
+    assert 0 in json.loads((tmp_path / "r0.json").read_text())["resumed_gops"]
+    assert not any(n.startswith("two.gvc.resume") for n in os.listdir(tmp_path))  # every journal removed

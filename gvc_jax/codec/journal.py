@@ -12,6 +12,10 @@ path, size and modification time). A journal with another key is refused (never 
 or replaced). Besides the record, an entry holds the decoded frames of the GOP that later GOPs
 condition on (I2V: its last frame), so a resumed chain does not have to decode the GOPs before it.
 
+With several processes (``encode --distributed --resume``) each process journals the GOPs it codes
+in its own file (``OUTPUT.resume`` for process 0, ``OUTPUT.resume.I`` for process I) and reads
+every process's journal when it starts, so a restarted job skips what any process finished.
+
 Layout: ``b"GVCRESUM"``, u8 version, 32-byte key; then entries ``u32 gop, u32 record length,
 record, u16 frame count, per frame (u32 source frame, u16 H, u16 W, u32 n, n bytes zlib of the
 uint8 H x W x 3 pixels), u32 CRC-32 of the entry``. A torn last entry (the process died while
@@ -37,8 +41,8 @@ class JournalError(ValueError):
     """A resume journal that belongs to another run, or a file in its place that is not one."""
 
 
-def journal_path(output: str) -> str:
-    return os.fspath(output) + SUFFIX
+def journal_path(output: str, process: int = 0) -> str:
+    return os.fspath(output) + SUFFIX + (f".{process}" if process else "")
 
 
 def run_key(*parts) -> bytes:
@@ -56,9 +60,9 @@ def input_identity(path) -> tuple:
     return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
 
-def check_journal_path(output: str) -> None:
+def check_journal_path(output: str, process: int = 0) -> None:
     """Before any work: refuse a file in the journal's place that is not a journal."""
-    path = journal_path(output)
+    path = journal_path(output, process)
     if os.path.lexists(path):
         ok = os.path.isfile(path) and not os.path.islink(path)
         if ok:
@@ -113,6 +117,15 @@ def _decode_entries(data: bytes, pos: int) -> Tuple[Dict[int, Entry], int]:
         entries[gop] = Entry(gop, bytes(record), frames)
 
 
+def _read_journal(path: str, key: bytes) -> Tuple[Dict[int, "Entry"], int]:
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < _HEAD or data[len(MAGIC)] != VERSION or data[len(MAGIC) + 1:_HEAD] != key:
+        raise JournalError(f"{path} is the journal of a different encode (other input, settings or "
+                           f"model); delete it to start over, or rerun the command that made it")
+    return _decode_entries(data, _HEAD)
+
+
 class Journal:
     """``OUTPUT.resume``: open (continuing a journal with the same key) or start one."""
 
@@ -122,17 +135,18 @@ class Journal:
         self._file = None
 
     @classmethod
-    def open(cls, output: str, key: bytes) -> "Journal":
-        """The journal of ``output`` for the run ``key``: its finished GOPs, ready to append."""
-        j = cls(journal_path(output), key)
-        check_journal_path(output)
+    def open(cls, output: str, key: bytes, process: int = 0, processes: int = 1) -> "Journal":
+        """The journal of ``output`` for the run ``key``: its finished GOPs, ready to append.
+        With ``processes`` > 1: process ``process``'s own journal, and in ``entries`` the finished
+        GOPs of every process's journal (read now, before anyone appends: the caller syncs)."""
+        j = cls(journal_path(output, process), key)
+        check_journal_path(output, process)
+        for other in range(processes):
+            if other != process and os.path.isfile(journal_path(output, other)):
+                j.entries.update(_read_journal(journal_path(output, other), key)[0])
         if os.path.lexists(j.path):
-            with open(j.path, "rb") as f:
-                data = f.read()
-            if len(data) < _HEAD or data[len(MAGIC)] != VERSION or data[len(MAGIC) + 1:_HEAD] != key:
-                raise JournalError(f"{j.path} is the journal of a different encode (other input, settings or "
-                                   f"model); delete it to start over, or rerun the command that made it")
-            j.entries, end = _decode_entries(data, _HEAD)
+            entries, end = _read_journal(j.path, key)
+            j.entries.update(entries)
             j._file = open(j.path, "r+b")
             j._file.truncate(end)  # drop a torn last entry
             j._file.seek(end)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -99,9 +100,9 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     condition on its umT5 embedding (the model's text encoder; "" = the empty-prompt context).
     """
     mesh = GopMesh.of(devices)
-    if mesh.distributed and (sink is not None or resume is not None):
-        raise ValueError("with several processes the encoder writes only the stream (no --decoded, --eval, "
-                         "--compare or --resume yet)")
+    if mesh.distributed and sink is not None:
+        raise ValueError("with several processes the encoder writes only the stream (no --decoded, --eval "
+                         "or --compare)")
     var, plan = plan_for(model, variant, reader.num_frames, gop_frames)
     flags = 0
     if gop_atoms is not None:
@@ -122,7 +123,8 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     check_memory(model, height, width, gop_frames, mesh.size)
     model = with_prompt(model, header.prompt)
     # before any model work: a journal of another run is refused here
-    journal = None if resume is None else Journal.open(resume, run_key(header, var, gop_atoms, tuple(resume_identity)))
+    journal = None if resume is None else open_journal(resume, run_key(header, var, gop_atoms, tuple(resume_identity)),
+                                                       mesh, plan.num_gops)
     engine = GopEngine(model, sampler, height, width, gop_frames, mesh)
     frames = GopFrames(reader, plan)
     source = SearchTargets(lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE),
@@ -134,7 +136,8 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         finished = {g: bitstream.parse_record(header, g, e.record) for g, e in journal.entries.items()
                     if g < plan.num_gops}
         for g, rec in finished.items():
-            framed[g] = journal.entries[g].record
+            if not mesh.distributed or jax.process_index() == 0:  # gathered: one process holds each record
+                framed[g] = journal.entries[g].record
             reports[g] = _record_report(header, g, rec, resumed=True)
         if sink is None:  # nothing wants their frames: later GOPs get what they need from the journal
             skip = {g: FinishedGop(rec, journal.entries[g].frames) for g, rec in finished.items()}
@@ -235,6 +238,22 @@ def encode_batch(readers: Sequence, model, sampler: SamplerConfig, *, variant="t
                 for g in mine]
         results.append(CodecResult(None, reader.fps, h, gops, bitstream.assemble(h, [framed[g] for g in mine])))
     return results
+
+
+def open_journal(output: str, key: bytes, mesh: GopMesh, num_gops: int) -> Journal:
+    """The resume journal of ``output``. With several processes: each its own file, every process
+    reading all of them before any appends (a barrier), and only the GOPs every process found count
+    as finished, so that all of them skip the same GOPs."""
+    if not mesh.distributed:
+        return Journal.open(output, key)
+    from jax.experimental import multihost_utils
+
+    journal = Journal.open(output, key, jax.process_index(), jax.process_count())
+    found = np.zeros(num_gops, np.bool_)
+    found[[g for g in journal.entries if g < num_gops]] = True
+    agreed = np.asarray(multihost_utils.process_allgather(found)).reshape(-1, num_gops).all(axis=0)
+    journal.entries = {g: e for g, e in journal.entries.items() if g < num_gops and agreed[g]}
+    return journal
 
 
 def _record_report(header: bitstream.Header, g: int, rec: bitstream.GopRecord, resumed: bool = False) -> GopReport:
