@@ -99,11 +99,32 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("variant", ["t2v", "flf2v"])  # I2V: the batch test below
+def _cpu_env(devices: int) -> dict:
+    return {**os.environ, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"}
+
+
+def _start_two(argv, extra=lambda i: []):
+    """``gvc_jax.encode ARGV --distributed`` as 2 processes x 2 CPU devices on localhost."""
+    from gvc_jax.io import quiet_fork
+
+    port = _free_port()
+    with quiet_fork():
+        return [subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", *argv, "--distributed", "--coordinator",
+                                  f"localhost:{port}", "--num-processes", "2", "--process-id", str(i), *extra(i)],
+                                 env=_cpu_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+
+
+def _finish(procs) -> None:
+    errs = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+
+
+@pytest.mark.parametrize("variant", ["flf2v"])  # T2V: the split-weights test; I2V: the batch test
 def test_two_processes_write_the_one_process_stream(tmp_path, variant):
     from gvc_jax import cli
     from gvc_jax import encode as encode_cli
-    from gvc_jax.io import quiet_fork, read_video, sample_clip_path, write_video
+    from gvc_jax.io import read_video, sample_clip_path, write_video
 
     clip = str(tmp_path / "in.npy")
     write_video(clip, read_video(sample_clip_path("bikes"), resize=(48, 32), max_frames=27)[0], 16.0)
@@ -113,16 +134,7 @@ def test_two_processes_write_the_one_process_stream(tmp_path, variant):
     ref = str(tmp_path / "one.gvc")
     assert cli.run_main(encode_cli.main, [clip, "-o", ref, *args]) == 0
     out = str(tmp_path / "two.gvc")
-    port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
-    with quiet_fork():
-        procs = [subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", clip, "-o", out, *args, "--distributed",
-                                   "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
-                                   "--json", str(tmp_path / f"r{i}.json")],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
-    errs = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    _finish(_start_two([clip, "-o", out, *args], lambda i: ["--json", str(tmp_path / f"r{i}.json")]))
     with open(out, "rb") as f, open(ref, "rb") as g:
         assert f.read() == g.read()  # 3 GOPs over 2 processes x 2 devices: the same bytes
     report = json.loads((tmp_path / "r0.json").read_text())
@@ -153,7 +165,7 @@ def test_two_processes_code_a_batch_of_i2v_chains_like_one_process(tmp_path):
     decoded last frame process 0 then needs for that chain's next GOP (shared between processes)."""
     from gvc_jax import cli
     from gvc_jax import encode as encode_cli
-    from gvc_jax.io import quiet_fork, read_video, sample_clip_path, write_video
+    from gvc_jax.io import read_video, sample_clip_path, write_video
 
     src = tmp_path / "videos"
     src.mkdir()
@@ -163,16 +175,7 @@ def test_two_processes_code_a_batch_of_i2v_chains_like_one_process(tmp_path):
     args = ["--batch", "--model", "preset:tiny-anchored", "-K", "256", "-M", "3", "--steps", "4", "--tail", "1",
             "--gop-frames", "9", "--variant", "i2v", "--anchor-codec", "webp", "--quiet"]
     assert cli.run_main(encode_cli.main, [str(src), "-o", str(tmp_path / "one"), *args]) == 0
-    port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
-    with quiet_fork():
-        procs = [subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", str(src), "-o", str(tmp_path / "two"), *args,
-                                   "--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2",
-                                   "--process-id", str(i)],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
-    errs = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    _finish(_start_two([str(src), "-o", str(tmp_path / "two"), *args]))
     for name in ("v0.gvc", "v1.gvc", "v2.gvc"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
@@ -182,7 +185,7 @@ def test_two_processes_read_a_model_directory_onto_split_weights(tmp_path):
     the DiT (orbax into a global NamedSharding), and the stream equals one process on 4 devices."""
     from flax import nnx
 
-    from gvc_jax.io import quiet_fork, read_video, sample_clip_path, write_video
+    from gvc_jax.io import read_video, sample_clip_path, write_video
     from gvc_jax.models.checkpoint import save_model
     from gvc_jax.models.registry import init_preset
 
@@ -194,21 +197,10 @@ def test_two_processes_read_a_model_directory_onto_split_weights(tmp_path):
     args = ["--model", model, "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9",
             "--weight-shards", "2", "--quiet"]
 
-    def env(n):
-        return {**os.environ, "JAX_PLATFORMS": "cpu",
-                "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"}
-
     one = subprocess.run([sys.executable, "-m", "gvc_jax.encode", clip, "-o", str(tmp_path / "one.gvc"), *args],
-                         env=env(4), capture_output=True, text=True, timeout=600)
+                         env=_cpu_env(4), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    port = _free_port()
-    with quiet_fork():
-        procs = [subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", clip, "-o", str(tmp_path / "two.gvc"), *args,
-                                   "--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2",
-                                   "--process-id", str(i)],
-                                  env=env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
-    errs = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    _finish(_start_two([clip, "-o", str(tmp_path / "two.gvc"), *args]))
     assert (tmp_path / "two.gvc").read_bytes() == (tmp_path / "one.gvc").read_bytes()
 
 
@@ -220,7 +212,7 @@ def test_two_processes_resume_a_killed_encode_to_the_same_bytes(tmp_path):
 
     from gvc_jax import cli
     from gvc_jax import encode as encode_cli
-    from gvc_jax.io import quiet_fork, read_video, sample_clip_path, write_video
+    from gvc_jax.io import read_video, sample_clip_path, write_video
 
     clip = str(tmp_path / "in.npy")
     write_video(clip, read_video(sample_clip_path("bikes"), resize=(48, 32), max_frames=27)[0], 16.0)
@@ -229,17 +221,10 @@ def test_two_processes_resume_a_killed_encode_to_the_same_bytes(tmp_path):
     ref = str(tmp_path / "one.gvc")
     assert cli.run_main(encode_cli.main, [clip, "-o", ref, *args]) == 0
     out = str(tmp_path / "two.gvc")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
+    def start():
+        return _start_two([clip, "-o", out, *args, "--resume"], lambda i: ["--json", str(tmp_path / f"r{i}.json")])
 
-    def start(port):
-        with quiet_fork():
-            return [subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", clip, "-o", out, *args, "--resume",
-                                      "--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2",
-                                      "--process-id", str(i), "--json", str(tmp_path / f"r{i}.json")],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
-
-    procs = start(_free_port())
+    procs = start()
     journal, deadline = out + ".resume", time.time() + 300
     while time.time() < deadline and not (os.path.exists(journal) and os.path.getsize(journal) > 41):
         time.sleep(0.02)  # 41 bytes: the journal's header; more: GOP 0 is in
@@ -247,9 +232,7 @@ def test_two_processes_resume_a_killed_encode_to_the_same_bytes(tmp_path):
         p.send_signal(signal.SIGKILL)
         p.wait()
     assert os.path.getsize(journal) > 41 and not os.path.exists(out)
-    procs = start(_free_port())
-    errs = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    _finish(start())
     with open(out, "rb") as f, open(ref, "rb") as g:
         assert f.read() == g.read()
     assert 0 in json.loads((tmp_path / "r0.json").read_text())["resumed_gops"]
