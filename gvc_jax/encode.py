@@ -139,10 +139,7 @@ def main(argv) -> int:
                                                              args.max_frames, args.resize)}
     if args.batch:
         return _main_batch(args, options, mesh)
-    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
-    if args.prompt and not model.text_encoder:
-        raise ValueError(f"--prompt needs a model with a text encoder; {model.name} has none "
-                         "(convert its release with python -m weights_convert release ...)")
+    model = _model(args, mesh)
     with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as reader:
         gop = options.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
         sampler = options.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
@@ -219,6 +216,15 @@ def main(argv) -> int:
     return 0
 
 
+def _model(args, mesh):
+    """The model of ``--model`` (its DiT read onto ``mesh``'s weight shards); refuses a ``--prompt`` it cannot take."""
+    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
+    if args.prompt and not model.text_encoder:
+        raise ValueError(f"--prompt needs a model with a text encoder; {model.name} has none "
+                         "(convert its release with python -m weights_convert release ...)")
+    return model
+
+
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".y4m", ".gif", ".npy")
 
 
@@ -270,9 +276,7 @@ def _main_batch(args, options, mesh) -> int:
     if existing:
         raise ValueError(f"{existing[0]} exists (a batch never replaces streams; {len(existing)} would be)")
     cli.check_outputs(files=(args.json,))
-    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
-    if args.prompt and not model.text_encoder:
-        raise ValueError(f"--prompt needs a model with a text encoder; {model.name} has none")
+    model = _model(args, mesh)
     with contextlib.ExitStack() as stack:
         readers = [stack.enter_context(VideoReader(v, start=args.start, max_frames=args.max_frames, resize=args.resize))
                    for v in videos]

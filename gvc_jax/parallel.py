@@ -143,8 +143,7 @@ class GopMesh:
         replicated over ``gop``; without weight shards, the same as ``replicate``."""
         if self.mesh is None or self.weight_shards == 1:
             return self.replicate(tree)
-        return jax.tree.map(lambda a: _global(a, NamedSharding(self.mesh, shard_spec(a.shape, self.weight_shards)))
-                            if hasattr(a, "shape") else a, tree)
+        return jax.tree.map(lambda a: _global(a, self.weight_sharding(a.shape)) if hasattr(a, "shape") else a, tree)
 
     def weight_sharding(self, shape):
         """Where a DiT tensor of ``shape`` lives (``shard_weights``'s layout): for loading a

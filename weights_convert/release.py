@@ -163,7 +163,6 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
         vae_cfg = VAEConfig.from_diffusers(vcfg_json, param_dtype=vae_dtype)
         dit_src, vae_src = read_safetensors(rel.dit), read_safetensors(rel.vae)
         t5_cfg, t5_src = read_umt5_hf(rel.text_encoder, param_dtype=enc_dtype, dtype=enc_dtype)
-        t5_layout = "hf"
     else:
         from gvc_jax.models.configs import WAN_VAE
         from gvc_jax.models.umt5 import UMT5_XXL
@@ -173,7 +172,7 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
         dit_src = renamed(dit_raw, rules.rename_dit(dit_raw, rel.dit_config))
         vae_src = renamed(vae_raw, rules.rename_vae(vae_raw, vae_cfg))
         t5_cfg = UMT5_XXL.replace(param_dtype=enc_dtype, dtype=enc_dtype)
-        t5_src, t5_layout = read_umt5_original(rel.text_encoder, t5_cfg), "hf"
+        t5_src = read_umt5_original(rel.text_encoder, t5_cfg)  # renamed to the transformers keys
     if t5_cfg.d_model != rel.dit_config.text_dim:
         raise CheckpointError(f"the umT5 encoder is {t5_cfg.d_model} wide, the DiT reads {rel.dit_config.text_dim}")
     clip = None
@@ -192,53 +191,40 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
                                   f"{rel.dit_config.image_dim}")
         clip = (clip_cfg, clip_src, clip_layout)
 
-    with open(rel.tokenizer, "rb") as f:
-        tokenizer_json = f.read()
-    config = ModelConfig(name or f"{os.path.basename(rel.root.rstrip(os.sep))}", rel.dit_config, vae_cfg)
+    config = ModelConfig(name or os.path.basename(rel.root.rstrip(os.sep)), rel.dit_config, vae_cfg)
     with ModelWriter(out_dir, overwrite=overwrite, image_encoder=clip is not None) as w:
-        say("DiT")
-        w.add("dit", convert_dit_parts(dit_src, rel.dit_config.replace(scan_layers=False), part_bytes=part_bytes,
-                                       progress=progress))
-        params = {"dit": w.params["dit"]}
-        gc.collect()
-        peaks["dit"] = _peak_rss_mib()
-        say("VAE")
-        w.add("vae", convert_vae(vae_src, vae_cfg, progress=progress))
-        params["vae"] = w.params["vae"]
-        gc.collect()
-        peaks["vae"] = _peak_rss_mib()
-        if clip is not None:
-            say("CLIP image encoder")
-            clip_cfg, clip_src, clip_layout = clip
-            w.add("image_encoder", convert_clip(clip_src, clip_cfg, layout=clip_layout, progress=progress),
-                  clip_cfg.to_dict())
-            params["image_encoder"] = w.params["image_encoder"]
+        def write(name, what, state, cfg=None):
+            say(what)
+            w.add(name, state, cfg)
             gc.collect()
-            peaks["image_encoder"] = _peak_rss_mib()
-        say("umT5 text encoder and the empty prompt's context")
-        t5_state = convert_umt5(t5_src, t5_cfg, layout=t5_layout, progress=progress)
-        w.add("text_encoder", t5_state, t5_cfg.to_dict())
-        params["text_encoder"] = w.params["text_encoder"]
-        context = _empty_prompt_rows(t5_cfg, t5_state, tokenizer_json)
+            peaks[name] = _peak_rss_mib()
+
+        write("dit", "DiT", convert_dit_parts(dit_src, rel.dit_config.replace(scan_layers=False),
+                                              part_bytes=part_bytes, progress=progress))
+        write("vae", "VAE", convert_vae(vae_src, vae_cfg, progress=progress))
+        if clip is not None:
+            clip_cfg, clip_src, clip_layout = clip
+            write("image_encoder", "CLIP image encoder",
+                  convert_clip(clip_src, clip_cfg, layout=clip_layout, progress=progress), clip_cfg.to_dict())
+        t5_state = convert_umt5(t5_src, t5_cfg, layout="hf", progress=progress)
+        context = _empty_prompt_rows(t5_cfg, t5_state, rel.tokenizer)
+        write("text_encoder", "umT5 text encoder and the empty prompt's context", t5_state, t5_cfg.to_dict())
         del t5_state
-        gc.collect()
-        peaks["text_encoder"] = _peak_rss_mib()
         buf = io.BytesIO()
         np.save(buf, context)
         w.add_file("context.npy", buf.getvalue())
-        w.add_file("tokenizer.json", tokenizer_json)
+        with open(rel.tokenizer, "rb") as f:
+            w.add_file("tokenizer.json", f.read())
         source = {"layout": f"release-{rel.layout}", "root": rel.root, "clip_preprocess": clip_preprocess
                   if clip is not None else None}
         fp = w.commit(config, source)
-    return {"out": os.path.abspath(out_dir), "name": config.name, "fingerprint": fp, "params": params,
+    return {"out": os.path.abspath(out_dir), "name": config.name, "fingerprint": fp, "params": dict(w.params),
             "layout": rel.layout, "variant": rel.dit_config.variant, "peak_rss_mib": peaks,
             "dit_parts": w.extra.get("parts", {}).get("dit", 1)}
 
 
-def _empty_prompt_rows(t5_cfg, t5_state, tokenizer_json: bytes) -> np.ndarray:
+def _empty_prompt_rows(t5_cfg, t5_state, tokenizer_path: str) -> np.ndarray:
     """The empty prompt's umT5 rows, only the token rows (``registry`` zero-pads them to text_len)."""
-    import tempfile
-
     from flax import nnx
 
     from gvc_jax.models.tokenizer import TextTokenizer
@@ -246,12 +232,6 @@ def _empty_prompt_rows(t5_cfg, t5_state, tokenizer_json: bytes) -> np.ndarray:
     from weights_convert.umt5 import umt5_factory
 
     graph, _, rest = abstract_model(umt5_factory(t5_cfg))
-    encoder = nnx.merge(graph, t5_state, rest)
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "tokenizer.json")
-        with open(path, "wb") as f:
-            f.write(tokenizer_json)
-        tokenizer = TextTokenizer.from_file(path)
-        n = len(tokenizer.encode(""))
-        rows = text_context(encoder, tokenizer, "")
-    return np.ascontiguousarray(rows[:n], np.float32)
+    tokenizer = TextTokenizer.from_file(tokenizer_path)
+    rows = text_context(nnx.merge(graph, t5_state, rest), tokenizer, "")
+    return np.ascontiguousarray(rows[:len(tokenizer.encode(""))], np.float32)

@@ -147,14 +147,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         for out in code_gops(plan, var, engine, source, progress=progress, stage="encode", skip=skip):
             g = out.span.index
             if out.inputs.record is None:
-                atoms = tuple(int(m) for m in out.inputs.atoms)
-                framed[g] = bitstream.record_bytes(header, g, bitstream.GopRecord(
-                    picks=picks_to_record(out.picks, sampler.stochastic_steps, atoms),
-                    latent_hash=latent_hash(out.latent), side=out.side,
-                    atoms_per_frame=atoms if flags & bitstream.FLAG_GOP_ATOMS else None))
-                mse = float(jnp.mean((out.latent - out.inputs.target) ** 2))
-                reports[g] = GopReport(g, out.seconds, atoms, latent_mse=mse,
-                                       side_bytes=tuple((tag, len(data)) for tag, data in out.side))
+                framed[g], reports[g] = _coded_record(header, g, out)
                 if journal is not None:
                     keep = context_frames(plan, var, out.span)
                     journal.add(g, framed[g], {f: out.frames[f - out.span.start] for f in keep})
@@ -220,14 +213,7 @@ def encode_batch(readers: Sequence, model, sampler: SamplerConfig, *, variant="t
                                                         SIZE_MULTIPLE))
     framed, reports = [b""] * plan.num_gops, {}
     for out in code_gops(plan, var, engine, source, progress=progress, stage="encode"):
-        span, h = out.span, headers[out.span.stream]
-        atoms = tuple(int(m) for m in out.inputs.atoms)
-        framed[span.index] = bitstream.record_bytes(h, span.in_stream, bitstream.GopRecord(
-            picks=picks_to_record(out.picks, sampler.stochastic_steps, atoms), latent_hash=latent_hash(out.latent),
-            side=out.side))
-        reports[span.index] = GopReport(span.in_stream, out.seconds, atoms,
-                                        latent_mse=float(jnp.mean((out.latent - out.inputs.target) ** 2)),
-                                        side_bytes=tuple((tag, len(data)) for tag, data in out.side))
+        framed[out.span.index], reports[out.span.index] = _coded_record(headers[out.span.stream], out.span.in_stream, out)
     if mesh.distributed:
         framed = gather_records(framed)
     results = []
@@ -254,6 +240,17 @@ def open_journal(output: str, key: bytes, mesh: GopMesh, num_gops: int) -> Journ
     agreed = np.asarray(multihost_utils.process_allgather(found)).reshape(-1, num_gops).all(axis=0)
     journal.entries = {g: e for g, e in journal.entries.items() if g < num_gops and agreed[g]}
     return journal
+
+
+def _coded_record(header: bitstream.Header, g: int, out) -> tuple:
+    """GOP ``g`` of ``header``'s stream, just coded (``out``): -> (framed record, report)."""
+    atoms = tuple(int(m) for m in out.inputs.atoms)
+    record = bitstream.GopRecord(picks=picks_to_record(out.picks, header.stochastic_steps, atoms),
+                                 latent_hash=latent_hash(out.latent), side=out.side,
+                                 atoms_per_frame=atoms if header.per_gop_atoms else None)
+    report = GopReport(g, out.seconds, atoms, latent_mse=float(jnp.mean((out.latent - out.inputs.target) ** 2)),
+                       side_bytes=tuple((tag, len(data)) for tag, data in out.side))
+    return bitstream.record_bytes(header, g, record), report
 
 
 def _record_report(header: bitstream.Header, g: int, rec: bitstream.GopRecord, resumed: bool = False) -> GopReport:

@@ -510,13 +510,10 @@ class ModelWriter:
         own.begin_state()
         if name != "text_encoder":
             self._fp.begin_state()
-        if isinstance(state, nnx.State) or isinstance(state, Mapping):
-            parts, dirs = [state], [name]
-        else:
-            parts, dirs = state, None
+        whole = isinstance(state, Mapping)  # an nnx.State; else an iterator of parts
         count = n = 0
-        for part in parts:
-            self._save(dirs[0] if dirs else os.path.join(name, f"part-{n:03d}"), part)
+        for part in ([state] if whole else state):
+            self._save(name if whole else os.path.join(name, f"part-{n:03d}"), part)
             count += param_count(part)
             own.add_leaves(part)
             if name != "text_encoder":
@@ -525,7 +522,7 @@ class ModelWriter:
             del part
             gc.collect()
             release_freed_memory()
-        if dirs is None:
+        if not whole:
             self.extra.setdefault("parts", {})[name] = n
         self.params[name] = count
         if name in ENCODERS:
@@ -731,7 +728,7 @@ def load_model(path: str, *, scan_layers: Optional[bool] = None, remat: Optional
         raise CheckpointError(f"{os.path.join(path, MANIFEST)}: bad encoders entry {sorted(encoders)!r}")
     image_encoder, image_params = None, []
     if "image_encoder" in encoders:
-        image_encoder = load_image_encoder(path, encoders["image_encoder"], device)
+        image_encoder = load_image_encoder(path, encoders["image_encoder"], device, verify=False)  # in `fp`
         image_params = [nnx.state(image_encoder, nnx.Param)]
     _check_context(path, manifest)
     fp = fingerprint(dit_params, vae_params, *image_params)
@@ -756,20 +753,22 @@ def _encoder_config(cls, entry, path: str, what: str):
     return _build_config(cls, entry["config"], os.path.join(path, MANIFEST), what)
 
 
-def _restore_encoder(path: str, name: str, entry: dict, factory, device) -> nnx.Module:
+def _restore_encoder(path: str, name: str, entry: dict, factory, device, verify: bool = True) -> nnx.Module:
+    """``verify``: check the encoder's own fingerprint (off where the model's fingerprint covers it)."""
     graph, abstract, rest = abstract_model(factory)
     params = _restore(os.path.join(path, name), abstract, device, name.replace("_", " "))
-    if fingerprint(params) != entry.get("fingerprint"):
+    if verify and fingerprint(params) != entry.get("fingerprint"):
         raise CheckpointError(f"fingerprint mismatch in {os.path.join(path, name)} (modified or corrupted files)")
     return nnx.merge(graph, params, rest)
 
 
-def load_image_encoder(path: str, entry: dict, device=None) -> nnx.Module:
+def load_image_encoder(path: str, entry: dict, device=None, verify: bool = True) -> nnx.Module:
     """The CLIP vision tower of a model directory (``models.clip.CLIPVisionTower``)."""
     from gvc_jax.models.clip import CLIPVisionConfig, CLIPVisionTower
 
     cfg = _encoder_config(CLIPVisionConfig, entry, path, "image_encoder")
-    return _restore_encoder(path, "image_encoder", entry, lambda: CLIPVisionTower(cfg, rngs=nnx.Rngs(0)), device)
+    return _restore_encoder(path, "image_encoder", entry, lambda: CLIPVisionTower(cfg, rngs=nnx.Rngs(0)), device,
+                            verify)
 
 
 def load_text_encoder(path: str, entry: dict, device=None):
