@@ -66,6 +66,37 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
+def add_distributed_args(p: argparse.ArgumentParser, share: str) -> None:
+    """``--distributed`` and its settings; ``share``: what each process does (for the help)."""
+    d = p.add_argument_group("several hosts (jax.distributed)")
+    d.add_argument("--distributed", action="store_true",
+                   help=f"run as one of several processes: {share}. Cloud TPU: no other flag (detected); "
+                        "GPU / CPU clusters: the flags below or the usual environment variables")
+    d.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
+    d.add_argument("--num-processes", type=int, default=None, metavar="N")
+    d.add_argument("--process-id", type=int, default=None, metavar="I")
+
+
+def start_distributed(args) -> bool:
+    """Validate the flags of ``add_distributed_args``; with ``--distributed`` join the other
+    processes (``parallel.init_distributed``) before any JAX work. -> whether this process writes
+    the outputs (process 0, or the only process)."""
+    if (args.coordinator or args.num_processes is not None or args.process_id is not None) and not args.distributed:
+        raise ValueError("--coordinator, --num-processes and --process-id need --distributed")
+    if not args.distributed:
+        return True
+    if args.num_processes is not None and args.num_processes < 1:
+        raise ValueError("--num-processes must be >= 1")
+    if args.process_id is not None and args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
+        raise ValueError(f"--process-id must be in [0, {args.num_processes})")
+    from gvc_jax.parallel import init_distributed
+
+    init_distributed(args.coordinator, args.num_processes, args.process_id)
+    import jax
+
+    return jax.process_index() == 0
+
+
 def entry_point(main: Callable[[List[str]], int]) -> None:
     """``python -m ...``: run ``main`` with SIGTERM handled like Ctrl-C; exit with its status.
 

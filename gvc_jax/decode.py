@@ -3,6 +3,8 @@
 The decoder replays the encoder's trajectory with the atoms named in the stream; it checks
 the model fingerprint and each GOP's final-latent hash (a mismatch is reported as drift).
 Decoded frames are written as each GOP finishes; the output appears (atomically) at the end.
+With ``--distributed`` (the same command on every host) the GOPs of each wave are decoded on the
+devices of every process and process 0 writes the video.
 
 As a Python function: ``from gvc_jax import decode; frames = decode("clip.gvc")``
 (see ``gvc_jax.api.decode``).
@@ -28,11 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, metavar="VIDEO", help="report PSNR, MS-SSIM and LPIPS against this video")
     p.add_argument("--strict", action="store_true", help="fail (exit 2) if a GOP's decoded latent differs from the encoder's")
     p.add_argument("--ignore-fingerprint", action="store_true", help="decode even if the model differs from the encoder's")
+    cli.add_distributed_args(p, "each decodes its share of every wave (every process reads the stream), "
+                                "process 0 writes the video and the report")
     return p
 
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
+    writes = cli.start_distributed(args)  # process 0 (or the only one) writes the outputs
     from gvc_jax.codec import bitstream
     from gvc_jax.codec.pipeline import decode_stream
     from gvc_jax.evaluation import RunningEval
@@ -47,11 +52,11 @@ def main(argv) -> int:
         stream = bitstream.read_file(args.input)
         header, _ = bitstream.read_header(stream)
     model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
-    writer = VideoWriter(args.output, header.fps_num / header.fps_den)
-    sinks = [writer.write]
+    writer = VideoWriter(args.output, header.fps_num / header.fps_den) if writes else None
+    sinks = [writer.write] if writer else []
     reference = evaluator = None
     try:
-        if args.reference:
+        if args.reference and writes:
             reference = VideoReader(args.reference, max_frames=header.num_frames,
                                     resize=(header.orig_width, header.orig_height))
             if reference.num_frames != header.num_frames:
@@ -69,13 +74,17 @@ def main(argv) -> int:
                                    sink=lambda chunk: [s(chunk) for s in sinks],
                                    progress=cli.progress_printer(args.quiet), devices=mesh)
         seconds = time.perf_counter() - t0
-        writer.commit()
+        if writer:
+            writer.commit()
     except BaseException:
-        writer.abort()
+        if writer:
+            writer.abort()
         raise
     finally:
         if reference is not None:
             reference.close()
+    if not writes:
+        return 0
     h = result.header
     frames, height, width = h.num_frames, h.orig_height, h.orig_width
     drifted = [g.index for g in result.gops if g.drift]

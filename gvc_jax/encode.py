@@ -34,14 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --resume after an interruption codes only the unfinished GOPs (same bytes). The "
                         "journal is removed when the stream is written; pass --resume on the first run too")
     cli.add_model_args(p)
-    d = p.add_argument_group("several hosts (jax.distributed)")
-    d.add_argument("--distributed", action="store_true",
-                   help="run as one of several processes: each codes its share of every wave, process 0 writes "
-                        "the stream. Cloud TPU: no other flag (detected); GPU / CPU clusters: the flags below "
-                        "or the usual environment variables")
-    d.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
-    d.add_argument("--num-processes", type=int, default=None, metavar="N")
-    d.add_argument("--process-id", type=int, default=None, metavar="I")
+    cli.add_distributed_args(p, "each codes its share of every wave, process 0 writes the stream, the report "
+                                "and --decoded / --compare")
     g = p.add_argument_group("rate and sampler")
     g.add_argument("--preset", default="default", choices=tuple(api.PRESETS), help="option preset the flags below override (default %(default)s)")
     g.add_argument("--target-bpp", type=float, default=None, metavar="BPP",
@@ -96,18 +90,7 @@ OPTION_FIELDS = ("atoms", "codebook_size", "codebook", "steps", "tail", "g_scale
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
-    if (args.coordinator or args.num_processes is not None or args.process_id is not None) and not args.distributed:
-        raise ValueError("--coordinator, --num-processes and --process-id need --distributed")
-    if args.distributed:
-        if args.num_processes is not None and args.num_processes < 1:
-            raise ValueError("--num-processes must be >= 1")
-        if args.process_id is not None and args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
-            raise ValueError(f"--process-id must be in [0, {args.num_processes})")
-        if args.decoded or args.eval or args.compare:
-            raise ValueError("--distributed writes only the stream: drop --decoded, --eval and --compare")
-        from gvc_jax.parallel import init_distributed
-
-        init_distributed(args.coordinator, args.num_processes, args.process_id)
+    writes = cli.start_distributed(args)  # process 0 (or the only one) writes the outputs
     from gvc_jax.codec.pipeline import encode_stream, rate_breakdown
     from gvc_jax.evaluation import RunningEval, TeeReader
     from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes, save_side_by_side
@@ -138,27 +121,30 @@ def main(argv) -> int:
         resume = {"resume": args.output, "resume_identity": (input_identity(args.input), args.start,
                                                              args.max_frames, args.resize)}
     if args.batch:
-        return _main_batch(args, options, mesh)
+        return _main_batch(args, options, mesh, writes)
     model = _model(args, mesh)
     with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as reader:
         gop = options.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
         sampler = options.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
         frames, height, width, fps = reader.num_frames, reader.height, reader.width, reader.fps
+        # with several processes every one takes part in gathering the frames; process 0 uses them
+        wants_frames = bool(args.decoded or args.eval or args.compare)
         sinks, source = [], reader
-        evaluator = RunningEval() if args.eval else None
+        evaluator = RunningEval() if args.eval and writes else None
         compare = {"orig": None, "dec": None}
-        if evaluator or args.compare:
+        comparing = bool(args.compare) and writes
+        if evaluator or comparing:
             def on_source(chunk):
                 if evaluator:
                     evaluator.reference(chunk)
-                if args.compare and compare["orig"] is None:
+                if comparing and compare["orig"] is None:
                     compare["orig"] = chunk.copy()
             source = TeeReader(reader, on_source)
             if evaluator:
                 sinks.append(evaluator.decoded)
-            if args.compare:
+            if comparing:
                 sinks.append(lambda chunk: compare.__setitem__("dec", chunk.copy()) if compare["dec"] is None else None)
-        writer = VideoWriter(args.decoded, fps) if args.decoded else None
+        writer = VideoWriter(args.decoded, fps) if args.decoded and writes else None
         if writer:
             sinks.append(writer.write)
         variant = options.variant_object()
@@ -169,11 +155,11 @@ def main(argv) -> int:
         try:
             t0 = time.perf_counter()
             result = encode_stream(source, model, sampler, variant=variant, gop_frames=gop, **target,
-                                   sink=(lambda chunk: [s(chunk) for s in sinks]) if sinks else None,
+                                   sink=(lambda chunk: [s(chunk) for s in sinks]) if wants_frames else None,
                                    progress=cli.progress_printer(args.quiet), devices=mesh, prompt=args.prompt,
                                    **resume)
             seconds = time.perf_counter() - t0
-            if jax_process_index() == 0:  # with several processes every one holds the stream; one writes it
+            if writes:  # with several processes every one holds the stream; one writes it
                 atomic_write_bytes(args.output, result.stream)
             if mesh.distributed:  # the journals go once the stream is safely written
                 from jax.experimental import multihost_utils
@@ -181,7 +167,7 @@ def main(argv) -> int:
                 multihost_utils.sync_global_devices("gvc-jax: stream written")
             if result.journal is not None:
                 result.journal.remove()
-            if mesh.distributed and jax_process_index() != 0:
+            if not writes:
                 return 0
             if writer:
                 writer.commit()
@@ -253,14 +239,13 @@ def batch_inputs(path: str) -> list:
     return videos
 
 
-def _main_batch(args, options, mesh) -> int:
+def _main_batch(args, options, mesh, writes: bool) -> int:
     """``--batch``: every video of a directory / list file, one stream each, coded in one run."""
     import contextlib
 
     from gvc_jax.codec.pipeline import encode_batch, rate_breakdown
     from gvc_jax.io import VideoReader, atomic_write_bytes
     from gvc_jax.metrics import bpp
-    from jax import process_index as jax_process_index
 
     unsupported = [flag for flag, on in (("--decoded", args.decoded), ("--eval", args.eval),
                                          ("--compare", args.compare), ("--resume", args.resume),
@@ -286,7 +271,7 @@ def _main_batch(args, options, mesh) -> int:
         results = encode_batch(readers, model, sampler, variant=options.variant_object(), gop_frames=gop,
                                progress=cli.progress_printer(args.quiet), devices=mesh, prompt=args.prompt)
         seconds = time.perf_counter() - t0
-    if mesh.distributed and jax_process_index() != 0:
+    if not writes:
         return 0
     os.makedirs(args.output, exist_ok=True)
     rows = []

@@ -104,13 +104,13 @@ def _cpu_env(devices: int) -> dict:
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"}
 
 
-def _start_two(argv, extra=lambda i: []):
-    """``gvc_jax.encode ARGV --distributed`` as 2 processes x 2 CPU devices on localhost."""
+def _start_two(argv, extra=lambda i: [], tool="gvc_jax.encode"):
+    """``TOOL ARGV --distributed`` as 2 processes x 2 CPU devices on localhost."""
     from gvc_jax.io import quiet_fork
 
     port = _free_port()
     with quiet_fork():
-        return [subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", *argv, "--distributed", "--coordinator",
+        return [subprocess.Popen([sys.executable, "-m", tool, *argv, "--distributed", "--coordinator",
                                   f"localhost:{port}", "--num-processes", "2", "--process-id", str(i), *extra(i)],
                                  env=_cpu_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
 
@@ -132,14 +132,23 @@ def test_two_processes_write_the_one_process_stream(tmp_path, variant):
     args = ["--model", model, "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9",
             "--variant", variant, "--anchor-codec", "webp", "--quiet"]
     ref = str(tmp_path / "one.gvc")
-    assert cli.run_main(encode_cli.main, [clip, "-o", ref, *args]) == 0
+    assert cli.run_main(encode_cli.main, [clip, "-o", ref, *args, "--decoded", str(tmp_path / "one.npy")]) == 0
     out = str(tmp_path / "two.gvc")
-    _finish(_start_two([clip, "-o", out, *args], lambda i: ["--json", str(tmp_path / f"r{i}.json")]))
+    _finish(_start_two([clip, "-o", out, *args, "--decoded", str(tmp_path / "two.npy"), "--eval"],
+                       lambda i: ["--json", str(tmp_path / f"r{i}.json")]))
     with open(out, "rb") as f, open(ref, "rb") as g:
         assert f.read() == g.read()  # 3 GOPs over 2 processes x 2 devices: the same bytes
+    one = np.load(tmp_path / "one.npy")
+    assert np.array_equal(np.load(tmp_path / "two.npy"), one)  # every GOP's frames gathered on process 0
     report = json.loads((tmp_path / "r0.json").read_text())
-    assert report["devices"] == 4
+    assert report["devices"] == 4 and report["psnr"] > 5
     assert not (tmp_path / "r1.json").exists()  # only process 0 writes
+    # and decoded on both processes: process 0 writes the video of the one-process decoder, no drift
+    _finish(_start_two([out, "-o", str(tmp_path / "dec.npy"), "--model", model, "--strict", "--quiet",
+                        "--json", str(tmp_path / "d.json")], tool="gvc_jax.decode"))
+    assert np.array_equal(np.load(tmp_path / "dec.npy"), one)
+    decoded = json.loads((tmp_path / "d.json").read_text())
+    assert decoded["devices"] == 4 and decoded["drifted_gops"] == []
 
 
 def test_a_batch_of_i2v_chains_runs_side_by_side_with_the_streams_of_each_video_alone(four_devices):

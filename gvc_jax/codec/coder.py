@@ -34,7 +34,7 @@ from gvc_jax._memory import release_freed_memory
 from gvc_jax.codec import bitstream
 from gvc_jax.codec.engine import GopEngine
 from gvc_jax.codec.plan import GopPlan, GopSpan
-from gvc_jax.codec.records import record_to_picks
+from gvc_jax.codec.records import LATENT_HASH_BYTES, latent_hash, record_to_picks
 from gvc_jax.codec.trajectory import Picks
 from gvc_jax.codec.variants import Variant
 
@@ -70,12 +70,13 @@ class GopInput:
 @dataclass
 class GopOutput:
     span: GopSpan
-    latent: jax.Array                  # the latent decoded to frames (after side payloads)
-    picks: Picks
+    latent: Optional[jax.Array]        # the latent decoded to frames (after side payloads);
+    picks: Optional[Picks]             # both None for another process's GOP (``code_gops(gather=True)``)
     side: tuple
     frames: np.ndarray                 # uint8 [span.length, H, W, 3] at the coded size
     inputs: GopInput
     seconds: float
+    digest: bytes                      # ``records.latent_hash`` of ``latent``
 
 
 class DecodedContext:
@@ -223,7 +224,7 @@ class FinishedGop:
 
 def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
               progress: Optional[Progress] = None, stage: str = "code",
-              skip: Optional[Dict[int, FinishedGop]] = None) -> Iterator[GopOutput]:
+              skip: Optional[Dict[int, FinishedGop]] = None, gather: bool = False) -> Iterator[GopOutput]:
     """Walk the plan wave by wave; yield each GOP's result as soon as it is done.
 
     A wave is coded in chunks of up to ``engine.mesh.size`` GOPs, one per device (``parallel``):
@@ -233,6 +234,11 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
 
     ``skip``: GOPs that are not run and not yielded (a resumed encode without a sink): only what
     later GOPs need of them enters the context (their anchor payloads and ``context_frames``).
+
+    With several processes each yields only the GOPs it ran, unless ``gather``: then every GOP's
+    frames and latent digest reach every process (``GopMesh.share``, a chunk at a time) and every
+    GOP is yielded everywhere, another process's with ``latent`` and ``picks`` None (decoding, or
+    an encoder that writes the reconstruction, on several hosts). All processes must agree on it.
     """
     progress = progress or Progress()
     skip = skip or {}
@@ -276,18 +282,24 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
                 latents.append(latent)
                 sides.append(side)
             frames = engine.frames_many(latents)
+            digests = [None if latent is None else latent_hash(latent) for latent in latents]
             if engine.mesh.distributed:  # frames later GOPs condition on: from their process to every process
-                frames = engine.mesh.share(frames, [context.needs(span) for span in chunk],
+                frames = engine.mesh.share(frames, [gather or context.needs(span) for span in chunk],
                                           (engine.gop_frames, engine.height, engine.width, 3))
+                if gather:
+                    digests = [bytes(d) for d in engine.mesh.share(
+                        [None if d is None else np.frombuffer(d, np.uint8) for d in digests],
+                        [True] * len(chunk), (LATENT_HASH_BYTES,))]
             for span, frame in zip(chunk, frames):
                 if frame is not None:
                     context.add(span, frame)
                 context.release(span)
             release_freed_memory()
             seconds = (time.perf_counter() - t0) / len(chunk)  # the chunk's wall time, shared by its GOPs
-            for span, inp, anchor_side, result, latent, side, frame in zip(
-                    chunk, inputs, anchor_sides, results, latents, sides, frames):
+            for span, inp, anchor_side, result, latent, side, frame, digest in zip(
+                    chunk, inputs, anchor_sides, results, latents, sides, frames, digests):
                 done += 1
-                if result is not None:
-                    yield GopOutput(span, latent, result[1], tuple(anchor_side) + tuple(side), frame, inp, seconds)
+                if result is not None or gather:
+                    yield GopOutput(span, latent, None if result is None else result[1],
+                                    tuple(anchor_side) + tuple(side), frame, inp, seconds, digest)
                 progress.gop(stage, done, plan.num_gops)

@@ -19,7 +19,7 @@ from gvc_jax.codec.coder import (FinishedGop, GopOutput, Progress, ResumedTarget
 from gvc_jax.codec.journal import Journal, run_key
 from gvc_jax.codec.engine import GeometryError, GopEngine, check_geometry, check_memory
 from gvc_jax.codec.plan import ArrayReader, GopFrames, GopPlan
-from gvc_jax.codec.records import latent_hash, picks_to_record
+from gvc_jax.codec.records import picks_to_record
 from gvc_jax.codec.schedule import SamplerConfig
 from gvc_jax.codec.variants import get_variant
 from gvc_jax.io import fps_fraction
@@ -98,11 +98,11 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     the journal is bound to it and to every setting. ``result.journal`` is open on return: remove
     it once the stream is safely written. ``prompt``: a text prompt, stored in the header; both sides
     condition on its umT5 embedding (the model's text encoder; "" = the empty-prompt context).
+    With several processes (``jax.distributed``) each codes its share of every wave and every one
+    returns the whole stream; a ``sink`` then gets every GOP's frames (gathered a chunk at a time),
+    so either every process passes one or none does.
     """
     mesh = GopMesh.of(devices)
-    if mesh.distributed and sink is not None:
-        raise ValueError("with several processes the encoder writes only the stream (no --decoded, --eval "
-                         "or --compare)")
     var, plan = plan_for(model, variant, reader.num_frames, gop_frames)
     flags = 0
     if gop_atoms is not None:
@@ -144,16 +144,18 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         else:             # replay them from their records (the decoder's path) for their frames
             source = ResumedTargets(source, header, finished, var)
     try:
-        for out in code_gops(plan, var, engine, source, progress=progress, stage="encode", skip=skip):
+        for out in code_gops(plan, var, engine, source, progress=progress, stage="encode", skip=skip,
+                             gather=sink is not None):
             g = out.span.index
-            if out.inputs.record is None:
+            if out.inputs.record is not None:  # replayed from the journal (by whichever process ran it)
+                if out.digest != out.inputs.record.latent_hash:
+                    raise DriftError(f"GOP {g}: replaying the resume journal's record did not reproduce the first "
+                                     f"run's latent (another platform or dtype?); delete {journal.path} to start over")
+            elif out.latent is not None:  # coded here (else: another process's GOP, gathered for the sink)
                 framed[g], reports[g] = _coded_record(header, g, out)
                 if journal is not None:
                     keep = context_frames(plan, var, out.span)
                     journal.add(g, framed[g], {f: out.frames[f - out.span.start] for f in keep})
-            elif latent_hash(out.latent) != out.inputs.record.latent_hash:
-                raise DriftError(f"GOP {g}: replaying the resume journal's record did not reproduce the first "
-                                 f"run's latent (another platform or dtype?); delete {journal.path} to start over")
             emit(out)
     except BaseException:
         if journal is not None:
@@ -246,7 +248,7 @@ def _coded_record(header: bitstream.Header, g: int, out) -> tuple:
     """GOP ``g`` of ``header``'s stream, just coded (``out``): -> (framed record, report)."""
     atoms = tuple(int(m) for m in out.inputs.atoms)
     record = bitstream.GopRecord(picks=picks_to_record(out.picks, header.stochastic_steps, atoms),
-                                 latent_hash=latent_hash(out.latent), side=out.side,
+                                 latent_hash=out.digest, side=out.side,
                                  atoms_per_frame=atoms if header.per_gop_atoms else None)
     report = GopReport(g, out.seconds, atoms, latent_mse=float(jnp.mean((out.latent - out.inputs.target) ** 2)),
                        side_bytes=tuple((tag, len(data)) for tag, data in out.side))
@@ -302,10 +304,10 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
                   sink: Optional[Sink] = None, progress: Optional[Progress] = None,
                   devices: Optional[int] = None) -> CodecResult:
     """A ``.gvc`` stream -> frames into ``sink``; raises ``bitstream.BitstreamError`` if malformed.
-    ``devices``: as for ``encode_stream`` (any count decodes any stream)."""
+    ``devices``: as for ``encode_stream`` (any count decodes any stream). With several processes
+    each decodes its share of every wave and every process gets every GOP's frames and report, in
+    order (gathered a chunk at a time, so a drift under ``strict`` stops all of them at one GOP)."""
     mesh = GopMesh.of(devices)
-    if mesh.distributed:
-        raise ValueError("decoding with several processes is not supported yet: decode on one host")
     header, records = bitstream.open_stream(stream)
     if check_fingerprint:
         check_model(header, model)
@@ -324,8 +326,9 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
     engine = GopEngine(model, header.sampler, header.height, header.width, header.gop_frames, mesh)
     emit = _emitter(plan, header.orig_height, header.orig_width, sink)
     reports = []
-    for out in code_gops(plan, var, engine, StreamPicks(header, records, var), progress=progress, stage="decode"):
-        drift = latent_hash(out.latent) != out.inputs.record.latent_hash
+    for out in code_gops(plan, var, engine, StreamPicks(header, records, var), progress=progress, stage="decode",
+                         gather=True):
+        drift = out.digest != out.inputs.record.latent_hash
         if drift and strict:
             raise DriftError(f"GOP {out.span.index}: decoded latent differs from the encoder's (hash mismatch)")
         reports.append(GopReport(out.span.index, out.seconds, tuple(int(m) for m in out.inputs.atoms), drift=drift))

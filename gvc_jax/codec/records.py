@@ -15,9 +15,12 @@ import numpy as np
 from gvc_jax.codec.trajectory import Picks
 
 
+LATENT_HASH_BYTES = 8
+
+
 def latent_hash(latent) -> bytes:
     """8-byte digest of a final latent's float32 bytes."""
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(latent, np.float32)).tobytes()).digest()[:8]
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(latent, np.float32)).tobytes()).digest()[:LATENT_HASH_BYTES]
 
 
 def picks_to_record(picks: Picks, stochastic_steps: int, atoms_per_frame: Sequence[int]) -> tuple:
