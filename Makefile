@@ -25,8 +25,11 @@ venv-dev: $(BIN)/.dev
 demo: $(BIN)/.runtime
 	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(BIN)/python -m gvc_jax.demo
 
+# TEST_WORKERS pytest-xdist processes, each taking whole test files (module fixtures run once);
+# TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: $(BIN)/.dev
-	JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
