@@ -234,8 +234,17 @@ class Codebook:
 class HadamardCodebook(Codebook):
     """Union of ``bases`` randomised Walsh-Hadamard bases: one FWHT per basis gives all K products."""
 
-    def _basis_key(self, key, b: int):
-        return key if b == 0 else jax.random.fold_in(key, _TAG_HADAMARD_BASIS + b)
+    def _basis_keys(self, key):
+        """[bases] keys: basis 0's is ``key`` itself, basis b >= 1's ``fold_in(key, TAG + b)``.
+
+        The bases are then handled by one ``vmap`` (not a Python loop), so the compiled program has
+        the size of a single basis whatever ``K / P`` is (a small latent frame and K = 16384 gave
+        16 unrolled transforms and a minute of XLA compile on CPU); the values are unchanged.
+        """
+        b = jnp.arange(self.bases, dtype=jnp.uint32)
+        folded = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(key, _TAG_HADAMARD_BASIS + i)))(b)
+        data = jnp.where((b == 0)[:, None], jax.random.key_data(key)[None, :], folded)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
     def _had_signs(self, key) -> jax.Array:
         """[P] float32 +-1 sign diagonal."""
@@ -266,27 +275,21 @@ class HadamardCodebook(Codebook):
         indices = jnp.asarray(indices, dtype=jnp.int32)
         cols = jnp.arange(self.D, dtype=jnp.uint32)
         basis = indices // self.P
-        out = jnp.zeros((indices.shape[0], self.D), jnp.float32)
-        for b in range(self.bases):
-            kb = self._basis_key(key, b)
-            d = self._had_signs(kb)[: self.D]
-            rows = self._had_rows(kb, indices - b * self.P)
-            parity = jax.lax.population_count(rows[:, None] & cols[None, :]) & jnp.uint32(1)
-            atoms_b = jnp.where(parity == 0, 1.0, -1.0).astype(jnp.float32) * d[None, :]
-            out = jnp.where((basis == b)[:, None], atoms_b, out)
-        return out
+
+        def atom(kb, local):
+            row = self._had_rows(kb, local[None])[0]
+            parity = jax.lax.population_count(row & cols) & jnp.uint32(1)
+            return jnp.where(parity == 0, 1.0, -1.0).astype(jnp.float32) * self._had_signs(kb)[: self.D]
+        return jax.vmap(atom)(self._basis_keys(key)[basis], indices - basis * self.P)
 
     def inner_products(self, key, residual) -> jax.Array:
-        """[K] inner products via one FWHT of d_b * pad(residual) per basis b."""
+        """[K] inner products via one FWHT of d_b * pad(residual) per basis b (vmapped over b)."""
         r = jnp.pad(residual.astype(jnp.float32), (0, self.P - self.D))
-        out = []
-        for b in range(self.bases):
-            kb = self._basis_key(key, b)
+
+        def basis_products(kb):
             y = fwht(self._had_signs(kb) * r)
-            n = min(self.P, self.K - b * self.P)
-            rows = self._had_rows(kb, jnp.arange(n, dtype=jnp.uint32))
-            out.append(y[rows.astype(jnp.int32)])
-        return out[0] if len(out) == 1 else jnp.concatenate(out)
+            return y[self._had_rows(kb, jnp.arange(self.P, dtype=jnp.uint32)).astype(jnp.int32)]
+        return jax.vmap(basis_products)(self._basis_keys(key)).reshape(-1)[: self.K]
 
     def _search(self, key, residual, M: int):
         ips = self.inner_products(key, residual)
@@ -295,12 +298,12 @@ class HadamardCodebook(Codebook):
 
     def _combine(self, key, indices, coeffs):
         basis = indices // self.P
-        z = jnp.zeros((self.P,), jnp.float32)
-        for b in range(self.bases):
-            kb = self._basis_key(key, b)
-            rows = self._had_rows(kb, indices - b * self.P).astype(jnp.int32)
+
+        def basis_noise(b, kb):
+            rows = self._had_rows(kb, (indices - b * self.P).astype(jnp.uint32)).astype(jnp.int32)
             v = jnp.zeros((self.P,), jnp.float32).at[rows].add(jnp.where(basis == b, coeffs, 0.0))
-            z = z + fwht(v) * self._had_signs(kb)  # integer-valued: exact in float32
+            return fwht(v) * self._had_signs(kb)  # integer-valued: exact in float32, as is their sum
+        z = jnp.sum(jax.vmap(basis_noise)(jnp.arange(self.bases, dtype=jnp.int32), self._basis_keys(key)), axis=0)
         z = z[: self.D]
         return _unit_std_exact(z) if coeffs.shape[0] < 4096 else _unit_std_float(z)
 
