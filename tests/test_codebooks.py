@@ -267,3 +267,16 @@ def test_hadamard_multi_basis_extends_single_basis():
     a_big = np.asarray(ATOMS(big, KEY, jnp.arange(200)))
     np.testing.assert_array_equal(a_big[:64], a_small)
     assert np.unique(np.abs(a_big @ a_big.T)[np.triu_indices(200, 1)] < 48).all()  # no repeated atom
+
+
+def test_hadamard_program_size_does_not_grow_with_the_number_of_bases():
+    """The bases are one vmap, not an unrolled loop: 16 bases lower to about the program of one."""
+    def program_lines(K):
+        cb = get_codebook("hadamard", K, 48)  # P = 64
+        r = jnp.zeros((48,), jnp.float32)
+        idx, c = jnp.arange(8, dtype=jnp.int32), jnp.ones((8,), jnp.float32)
+        lower = lambda f, *a: len(jax.jit(f).lower(*a).as_text().splitlines())
+        return (lower(lambda k, r: cb.inner_products(k, r), KEY, r) + lower(lambda k, i, c: cb.combine(k, i, c), KEY, idx, c)
+                + lower(lambda k, i: cb.atoms(k, i), KEY, idx))
+    one, sixteen = program_lines(64), program_lines(16 * 64)
+    assert sixteen < 1.5 * one, (one, sixteen)

@@ -275,12 +275,12 @@ class HadamardCodebook(Codebook):
         indices = jnp.asarray(indices, dtype=jnp.int32)
         cols = jnp.arange(self.D, dtype=jnp.uint32)
         basis = indices // self.P
-
-        def atom(kb, local):
-            row = self._had_rows(kb, local[None])[0]
-            parity = jax.lax.population_count(row & cols) & jnp.uint32(1)
-            return jnp.where(parity == 0, 1.0, -1.0).astype(jnp.float32) * self._had_signs(kb)[: self.D]
-        return jax.vmap(atom)(self._basis_keys(key)[basis], indices - basis * self.P)
+        keys = self._basis_keys(key)
+        signs = jax.vmap(self._had_signs)(keys)[:, : self.D]  # [bases, D], once per basis
+        rows = jax.vmap(lambda kb: self._had_rows(kb, indices - basis * self.P))(keys)  # [bases, n]
+        row = jnp.take_along_axis(rows, basis[None, :], axis=0)[0]
+        parity = jax.lax.population_count(row[:, None] & cols[None, :]) & jnp.uint32(1)
+        return jnp.where(parity == 0, 1.0, -1.0).astype(jnp.float32) * signs[basis]
 
     def inner_products(self, key, residual) -> jax.Array:
         """[K] inner products via one FWHT of d_b * pad(residual) per basis b (vmapped over b)."""
