@@ -20,6 +20,12 @@ upsampling), and HEVC / VVC / AV1 decoding is bit-exact by specification, so a d
 a pure function of the payload bytes. Pillow's WebP / AVIF convert colours inside libwebp /
 libavif (deterministic, but the library's own arithmetic).
 
+Decoding is bounded by the expected picture size, whatever the payload declares: ffmpeg decoders
+get ``-max_pixels`` (HEVC, VVC and dav1d refuse a larger picture from its headers, before any
+frame buffer exists), ffmpeg's output is read incrementally and the process killed past the
+bytes one expected frame can take, and WebP / AVIF sizes are read from the headers before any
+pixel is decoded. A payload of another size is a one-line ``BitstreamError``.
+
 Bytes that carry nothing are stripped: x265's version SEI (``info=0``), the leading Annex-B start
 code and the zero_byte of 4-byte start codes (HEVC / VVC), AV1's temporal-delimiter OBU; all are
 restored (or not needed) on decode.
@@ -29,7 +35,11 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
+import struct
 import subprocess
+import threading
+import warnings
 from typing import Dict, Tuple
 
 import numpy as np
@@ -132,40 +142,140 @@ def _ffmpeg_components(kind: str) -> frozenset:
                      if len(line.split()) > 1 and len(line.split()[0]) == 6)
 
 
-def _run_ffmpeg(args, data: bytes) -> bytes:
-    """Run ffmpeg with ``data`` on stdin; stdout, or RuntimeError (failure / killed after the timeout)."""
+_STDERR_KEEP = 1 << 16  # bytes of ffmpeg's stderr kept for the error message
+_Y4M_HEADROOM = 4096  # the y4m stream and frame headers of one decoded picture
+_SIZE_REFUSED = re.compile(r"(?:Picture|Frame) size (\d+)x(\d+) exceeds")
+
+
+def _max_pixels(height: int, width: int) -> int:
+    """ffmpeg's ``-max_pixels`` for an expected HxW picture: its frame buffers are checked with the
+    width aligned up to the SIMD stride (at most 64), so allow that much slack, nothing more."""
+    return (width + 64) * (height + 64)
+
+
+def _ffmpeg_failure(stderr: bytes, returncode: int) -> str:
+    """One line for a failed ffmpeg run: a size refusal if there is one, else its last stderr line."""
+    text = stderr.decode(errors="replace")
+    refused = _SIZE_REFUSED.search(text)
+    if refused:
+        return f"the payload declares a {refused.group(1)}x{refused.group(2)} picture"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return f"ffmpeg failed: {lines[-1] if lines else f'exit status {returncode}'}"
+
+
+def _run_ffmpeg(args, data: bytes, max_out: int, inspect=None) -> bytes:
+    """Run ffmpeg with ``data`` on stdin; its stdout, or RuntimeError (failure, more than ``max_out``
+    bytes of output, or more than FFMPEG_TIMEOUT_S seconds: ffmpeg is killed as soon as either
+    limit is passed, so this never holds more than ``max_out`` + one read of output).
+    ``inspect(output so far)``, called after each read, may raise to stop ffmpeg there."""
     env = dict(os.environ, SVT_LOG="1")  # SVT-AV1 logs banners to stderr unless told otherwise
+    proc = subprocess.Popen([_ffmpeg(), *_FFMPEG_QUIET, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    stderr = bytearray()
+    expired = threading.Event()
+
+    def feed():
+        try:
+            proc.stdin.write(data)
+        except OSError:  # ffmpeg stopped reading (it failed, or was killed): its exit says why
+            pass
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+    def drain():
+        for chunk in iter(lambda: proc.stderr.read1(1 << 16), b""):
+            stderr.extend(chunk)
+            del stderr[:-_STDERR_KEEP]
+
+    def expire():
+        expired.set()
+        proc.kill()
+
+    helpers = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
+    timer = threading.Timer(FFMPEG_TIMEOUT_S, expire)
+    timer.daemon = True
+    out = bytearray()
     try:
-        proc = subprocess.run([_ffmpeg(), *_FFMPEG_QUIET, *args], input=data, capture_output=True,
-                              timeout=FFMPEG_TIMEOUT_S, env=env)  # run() kills the child on timeout
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"ffmpeg took more than {FFMPEG_TIMEOUT_S} s and was killed") from None
+        for t in helpers:
+            t.start()
+        timer.start()
+        while len(out) <= max_out:
+            chunk = proc.stdout.read1(min(1 << 20, max_out + 1 - len(out)))
+            if not chunk:
+                break
+            out += chunk
+            if inspect is not None:
+                inspect(out)
+        if len(out) > max_out:
+            proc.kill()
+    except BaseException:  # e.g. KeyboardInterrupt: do not leave ffmpeg running
+        proc.kill()
+        raise
+    finally:
+        proc.wait()  # bounded: the timer kills ffmpeg at the deadline
+        timer.cancel()
+        for t in helpers:
+            t.join(timeout=5)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+    if expired.is_set():
+        raise RuntimeError(f"ffmpeg took more than {FFMPEG_TIMEOUT_S} s and was killed")
+    if len(out) > max_out:
+        raise RuntimeError(f"ffmpeg's output passed the {max_out} bytes expected and it was stopped")
     if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise RuntimeError(f"ffmpeg failed: {lines[-1] if lines else f'exit status {proc.returncode}'}")
-    return proc.stdout
+        raise RuntimeError(_ffmpeg_failure(bytes(stderr), proc.returncode))
+    return bytes(out)
 
 
-def _parse_y4m(raw: bytes, height: int, width: int) -> np.ndarray:
-    """The first frame of a yuv4mpegpipe stream as flat 8-bit yuv420p; RuntimeError if not HxW 4:2:0."""
-    head, sep, rest = raw.partition(b"\n")
+def _y4m_header(raw: bytes, height: int, width: int) -> Tuple[int, int] | None:
+    """Check a yuv4mpegpipe stream's header line against HxW 4:2:0 (RuntimeError if it differs):
+    (bytes per sample, bit shift to 8 bits), or None while the line is incomplete."""
+    head, sep, _ = bytes(raw[:_Y4M_HEADROOM]).partition(b"\n")
+    if not sep:
+        if len(raw) >= _Y4M_HEADROOM:
+            raise RuntimeError("the decoder produced no frame")
+        return None
     tags = head.split()
-    if not sep or not tags or tags[0] != b"YUV4MPEG2":
+    if not tags or tags[0] != b"YUV4MPEG2":
         raise RuntimeError("the decoder produced no frame")
     fields = {t[:1]: t[1:] for t in tags[1:]}
-    size = (int(fields.get(b"W", b"0")), int(fields.get(b"H", b"0")))
+    try:
+        size = (int(fields.get(b"W", b"0")), int(fields.get(b"H", b"0")))
+    except ValueError:
+        raise RuntimeError("the decoder produced no frame") from None
     if size != (width, height):
         raise RuntimeError(f"decoded a {size[0]}x{size[1]} picture, expected {width}x{height}")
     colour = fields.get(b"C", b"420jpeg")
     if not colour.startswith(b"420"):
         raise RuntimeError(f"decoded chroma format {colour.decode(errors='replace')}, expected 4:2:0")
-    deep = colour.startswith(b"420p")  # 420p9 / 420p10 / 420p12 ...: 16-bit little-endian samples
-    shift = int(colour[4:]) - 8 if deep else 0
+    if not colour.startswith(b"420p"):
+        return 1, 0
+    try:  # 420p9 / 420p10 / 420p12 ...: 16-bit little-endian samples
+        depth = int(colour[4:])
+    except ValueError:
+        raise RuntimeError(f"decoded chroma format {colour.decode(errors='replace')}, expected 4:2:0") from None
+    if not 8 < depth <= 16:
+        raise RuntimeError(f"decoded bit depth {depth}, expected 8 to 16")
+    return 2, depth - 8
+
+
+def _parse_y4m(raw: bytes, height: int, width: int) -> np.ndarray:
+    """The first frame of a yuv4mpegpipe stream as flat 8-bit yuv420p; RuntimeError if not HxW 4:2:0."""
+    layout = _y4m_header(raw, height, width)
+    if layout is None:
+        raise RuntimeError("the decoder produced no frame")
+    width_bytes, shift = layout
     count = height * width * 3 // 2
-    frame_head, sep, body = rest.partition(b"\n")
-    if not sep or not frame_head.startswith(b"FRAME") or len(body) < count * (2 if deep else 1):
+    frame_head, sep, body = raw.partition(b"\n")[2].partition(b"\n")
+    if not sep or not frame_head.startswith(b"FRAME") or len(body) < count * width_bytes:
         raise RuntimeError("the decoded frame is incomplete")
-    if not deep:
+    if width_bytes == 1:
         return np.frombuffer(body, np.uint8, count)
     wide = np.frombuffer(body, "<u2", count).astype(np.int64)
     return np.clip((wide + ((1 << shift) >> 1)) >> shift, 0, 255)
@@ -201,14 +311,23 @@ class FfmpegIntra(AnchorCodec):
         raw = yuv.tobytes() if self.depth == 8 else (yuv.astype("<u2") << (self.depth - 8)).tobytes()
         args = ["-f", "rawvideo", "-pix_fmt", pix, "-s", f"{w}x{h}", "-i", "-", "-frames:v", "1",
                 "-c:v", self.encoder, *self.options(self.native(quality)), "-f", self.demuxer, "-"]
-        return self.compact(_run_ffmpeg(args, raw))
+        return self.compact(_run_ffmpeg(args, raw, max_out=2 * len(raw) + (1 << 20)))
 
     def decode(self, data: bytes, height: int, width: int) -> np.ndarray:
         if not data:
             raise RuntimeError("empty stream")
-        args = ["-err_detect", "explode", "-f", self.demuxer, "-c:v", self.decoder(), "-i", "-",
+        # -max_pixels: the decoder refuses a larger picture from its headers, before allocating it;
+        # the output cap: one frame of at most 16-bit samples, whatever ffmpeg does
+        args = ["-err_detect", "explode", "-f", self.demuxer, "-c:v", self.decoder(),
+                "-max_pixels", str(_max_pixels(height, width)), "-i", "-",
                 "-frames:v", "1", "-strict", "-1", "-f", "yuv4mpegpipe", "-"]
-        raw = _run_ffmpeg(args, self.expand(data))
+        try:
+            raw = _run_ffmpeg(args, self.expand(data), max_out=_Y4M_HEADROOM + 3 * height * width,
+                              inspect=lambda out: _y4m_header(out, height, width))
+        except RuntimeError as err:
+            if str(err).startswith("the payload declares"):
+                raise RuntimeError(f"{err}, expected {width}x{height}") from None
+            raise
         return yuv420_to_rgb(_parse_y4m(raw, height, width), height, width)
 
     def compact(self, stream: bytes) -> bytes:
@@ -279,10 +398,36 @@ class PillowStill(AnchorCodec):
     def decode(self, data: bytes, height: int, width: int) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(io.BytesIO(data), formats=[self.fmt]) as im:
+        if self.fmt == "WEBP":  # libwebp allocates the canvas when Pillow opens the file: check first
+            size = webp_size(data)
+            if size is None:
+                raise RuntimeError("not a WebP image with a VP8 / VP8L / VP8X header")
+            if size != (width, height):
+                raise RuntimeError(f"the payload declares a {size[0]}x{size[1]} picture, expected {width}x{height}")
+        with warnings.catch_warnings():  # a huge declared size is refused below, not warned about
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=[self.fmt])  # headers only, no pixels yet
+        with im:
             if im.size != (width, height):  # checked before pixels are decoded
-                raise RuntimeError(f"decoded a {im.size[0]}x{im.size[1]} image, expected {width}x{height}")
+                raise RuntimeError(f"the payload declares a {im.size[0]}x{im.size[1]} picture, "
+                                   f"expected {width}x{height}")
             return np.array(im.convert("RGB"), np.uint8)
+
+
+def webp_size(data: bytes) -> Tuple[int, int] | None:
+    """(width, height) of a WebP file from its first chunk's header (no decoding), or None."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame: 14-bit sizes
+        w, h = struct.unpack_from("<HH", data, 26)
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit sizes minus one
+        bits = struct.unpack_from("<I", data, 21)[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: 24-bit canvas sizes minus one
+        return (int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1)
+    return None
 
 
 ANCHOR_CODECS: Dict[str, AnchorCodec] = {

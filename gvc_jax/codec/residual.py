@@ -6,7 +6,7 @@ latent frame ([h, w, C]) and both sides add the dequantised ``r`` before VAE dec
 Payload::
 
     u8 format (1)   u8 C
-    per channel:    f16 step   u8 mode   [mode * c int8 predictor coefficients]
+    per channel:    f16 step (in STEP_RANGE, as on the encoder)   u8 mode   [mode * c int8 predictor coefficients]
                     varint A (max |e|)   [u8 k, only if A > 0]
     then:           the range coder's 32-bit words, little-endian
 
@@ -34,6 +34,9 @@ from gvc_jax.codec.ranks import BitstreamError
 
 FORMAT = 1
 DEFAULT_STEP = 0.25
+STEP_RANGE = (1e-4, 1000.0)  # the quantiser steps an encoder may use, checked again on read
+# ... as stored (float16-rounded; rounding is monotonic, so every accepted step stays inside)
+STORED_STEP_RANGE = tuple(float(np.float16(v)) for v in STEP_RANGE)
 MAX_LEVEL = 1 << 15  # |q| bound: a step this small relative to the residual is not a useful setting
 _K_VALUES = np.arange(1, 256)
 COEF_SHIFT = 6  # predictor coefficients are int8 in units of 1/64
@@ -48,8 +51,8 @@ def check_step(step, channels: int | None = None) -> np.ndarray:
     s = np.atleast_1d(np.asarray(step, np.float64))
     if s.ndim != 1 or (channels is not None and len(s) not in (1, channels)):
         raise ResidualError(f"residual step must be a number or one per channel ({channels}), got shape {s.shape}")
-    if not np.all(np.isfinite(s)) or np.any(s <= 0) or np.any(s > 1000) or np.any(s < 1e-4):
-        raise ResidualError(f"residual step must be in [1e-4, 1000], got {step!r}")
+    if not np.all(np.isfinite(s)) or np.any(s < STEP_RANGE[0]) or np.any(s > STEP_RANGE[1]):
+        raise ResidualError(f"residual step must be in [{STEP_RANGE[0]:g}, {STEP_RANGE[1]:g}], got {step!r}")
     s = s.astype(np.float16).astype(np.float32)
     return s if channels is None else np.broadcast_to(s, (channels,)).copy()
 
@@ -171,8 +174,9 @@ def decode_residual(payload: bytes, shape: Sequence[int]) -> np.ndarray:
     params = []
     for c in range(channels):
         step = struct.unpack("<e", cur.take(2, f"residual step {c}"))[0]
-        if not (math.isfinite(step) and step > 0):
-            raise BitstreamError(f"residual payload: channel {c} step {step} is not positive")
+        if not (math.isfinite(step) and STORED_STEP_RANGE[0] <= step <= STORED_STEP_RANGE[1]):
+            raise BitstreamError(f"residual payload: channel {c} step {step:g} is outside the encoder's range "
+                                 f"[{STEP_RANGE[0]:g}, {STEP_RANGE[1]:g}]")
         mode = cur.u8(f"residual prediction mode {c}")
         if mode > 2 or (mode and not c):
             raise BitstreamError(f"residual payload: channel {c} has prediction mode {mode}")
@@ -221,7 +225,7 @@ def baseline_8bit_zlib(residual) -> Tuple[bytes, np.ndarray]:
 def step_for_mse(residual, target_mse: float) -> float:
     """The uniform step whose reconstruction MSE is closest to ``target_mse`` from below (bisection)."""
     r = np.asarray(residual, np.float32)
-    lo, hi = 1e-4, 1000.0
+    lo, hi = STEP_RANGE
     for _ in range(60):
         mid = math.sqrt(lo * hi)
         mse = float(np.mean((reconstruct(r, mid) - r) ** 2))
