@@ -258,9 +258,11 @@ def rate_target(opts: CodecOptions, variant, model, reader, gop_frames: int, lat
 
 
 def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprint: bool = True,
-           progress=None, devices: Optional[int] = None) -> np.ndarray:
+           progress=None, devices: Optional[int] = None, conceal: bool = False,
+           allow_drift: bool = False) -> np.ndarray:
     """A ``.gvc`` stream (bytes or a path) -> uint8 frames [F, H, W, 3] at the original size.
-    ``devices``: as for ``encode`` (a stream decodes on any number of devices)."""
+    ``devices``: as for ``encode`` (a stream decodes on any number of devices). ``conceal`` and
+    ``allow_drift``: see ``codec.pipeline.decode_stream`` (damaged records, version-1 drift)."""
     from gvc_jax.codec.pipeline import decode_video
     from gvc_jax.parallel import check_devices
 
@@ -270,7 +272,7 @@ def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprin
 
         stream_or_path = read_file(stream_or_path)
     return decode_video(stream_or_path, get_model(model), strict=strict, check_fingerprint=check_fingerprint,
-                        progress=progress, devices=devices).video
+                        progress=progress, devices=devices, conceal=conceal, allow_drift=allow_drift).video
 
 
 def _open_input(video_or_path, *, fps, start, max_frames, resize):

@@ -42,7 +42,7 @@ def run_main(main: Callable[[List[str]], int], argv=None) -> int:
         if "--debug" in argv or not isinstance(exc, user_error_types()):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {printable(msg)}", file=sys.stderr)
         return 2
 
 
@@ -75,26 +75,70 @@ def add_distributed_args(p: argparse.ArgumentParser, share: str) -> None:
     d.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
     d.add_argument("--num-processes", type=int, default=None, metavar="N")
     d.add_argument("--process-id", type=int, default=None, metavar="I")
+    d.add_argument("--init-timeout", type=float, default=DEFAULT_INIT_TIMEOUT_S, metavar="SECONDS",
+                   help="give up (exit 2 with a one-line error) if the processes have not all joined within "
+                        "this many seconds (default %(default)g)")
+
+
+DEFAULT_INIT_TIMEOUT_S = 60.0
+MAX_INIT_TIMEOUT_S = 86400.0
+
+
+def parse_coordinator(text: str) -> tuple:
+    """``HOST:PORT`` (IPv6 hosts in brackets, ``[::1]:1234``) -> (host, port); ValueError if malformed."""
+    host, sep, port = str(text).rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    ok_host = bool(host) and len(host) <= 253 and all(c.isalnum() or c in ".-_:" for c in host)
+    if not sep or not ok_host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"--coordinator must be HOST:PORT with a port in [1, 65535], got {text!r}")
+    return host, int(port)
 
 
 def start_distributed(args) -> bool:
     """Validate the flags of ``add_distributed_args``; with ``--distributed`` join the other
-    processes (``parallel.init_distributed``) before any JAX work. -> whether this process writes
-    the outputs (process 0, or the only process)."""
-    if (args.coordinator or args.num_processes is not None or args.process_id is not None) and not args.distributed:
+    processes (``parallel.init_distributed``) before any JAX work, exiting with status 2 and a
+    one-line error if they have not all joined within ``--init-timeout`` seconds. -> whether this
+    process writes the outputs (process 0, or the only process)."""
+    given = args.coordinator or args.num_processes is not None or args.process_id is not None
+    if given and not args.distributed:
         raise ValueError("--coordinator, --num-processes and --process-id need --distributed")
+    timeout = args.init_timeout
+    if not (timeout == timeout and 0 < timeout <= MAX_INIT_TIMEOUT_S):  # also refuses nan
+        raise ValueError(f"--init-timeout must be in (0, {MAX_INIT_TIMEOUT_S:g}] seconds, got {timeout}")
     if not args.distributed:
         return True
+    if args.coordinator is not None:
+        parse_coordinator(args.coordinator)
     if args.num_processes is not None and args.num_processes < 1:
         raise ValueError("--num-processes must be >= 1")
     if args.process_id is not None and args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
         raise ValueError(f"--process-id must be in [0, {args.num_processes})")
+    if args.process_id is not None and args.process_id < 0:
+        raise ValueError("--process-id must be >= 0")
+    import threading
+
     from gvc_jax.parallel import init_distributed
 
-    init_distributed(args.coordinator, args.num_processes, args.process_id)
+    joined = threading.Event()
+
+    def give_up() -> None:  # JAX's own deadline aborts the process with a C++ stack trace
+        if not joined.wait(timeout):
+            where = f" at {args.coordinator}" if args.coordinator else ""
+            print(f"error: the processes did not all join{where} within --init-timeout {timeout:g} s "
+                  "(unreachable coordinator, or a process that did not start)", file=sys.stderr, flush=True)
+            os._exit(2)
+
+    threading.Thread(target=give_up, name="gvc-init-timeout", daemon=True).start()
+    init_distributed(args.coordinator, args.num_processes, args.process_id,
+                     timeout=int(timeout) + INIT_TIMEOUT_MARGIN_S)
+    joined.set()
     import jax
 
     return jax.process_index() == 0
+
+
+INIT_TIMEOUT_MARGIN_S = 30  # JAX's own deadline comes after ours, so that ours is the one that ends it
 
 
 def entry_point(main: Callable[[List[str]], int]) -> None:
@@ -206,7 +250,18 @@ def progress_printer(quiet: bool):
     return Bars()
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (escape sequences, newlines, ...) shown escaped, so that a
+    string from a stream or a file cannot drive the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _fmt(v: object) -> str:
+    if isinstance(v, str):
+        return printable(v)
     if isinstance(v, float):
         return f"{v:.6g}"
     if isinstance(v, (list, tuple)):
@@ -248,21 +303,46 @@ def parse_size(text: str):
     return w, h
 
 
-def check_outputs(files=(), videos=()) -> None:
-    """Validate output paths before any work starts: ``files`` (a stream, JSON, PNG) need an
-    existing writable parent and must not be a directory; ``videos`` must be writable by
-    ``io.VideoWriter`` (known format; an existing directory is never replaced). No two outputs
-    may be the same path. ``None`` and ``-`` (stdout) are skipped."""
-    from gvc_jax.io import check_output
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: the same path, a symlink to it, or a hard link."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
-    seen = set()
+
+def check_not_input(output: str, inputs=()) -> None:
+    """ValueError if ``output`` is one of ``inputs`` (``same_file``) or inside an input directory
+    (a frame directory, a model directory): an output is never written onto what is read."""
+    for i in inputs:
+        if not i or i == "-":
+            continue
+        if same_file(output, i):
+            raise ValueError(f"output {output} is the input {i}; refusing to overwrite an input")
+        if os.path.isdir(i) and os.path.realpath(output).startswith(os.path.join(os.path.realpath(i), "")):
+            raise ValueError(f"output {output} is inside the input directory {i}; refusing to write there")
+
+
+def check_outputs(files=(), videos=(), inputs=()) -> None:
+    """Validate output paths before any work starts: ``files`` (a stream, JSON, PNG, a journal)
+    need an existing parent in which a file can really be created (a probe file is made and
+    removed) and must not be a directory; ``videos`` must be writable by ``io.VideoWriter`` (known
+    format; an existing directory is never replaced). No output may be an input (``inputs``), the
+    same path, a symlink or a hard link to one, and no two outputs may be one file. ``None`` and
+    ``-`` (stdout) are skipped."""
+    from gvc_jax.io import check_output, probe_writable
+
+    seen: List[str] = []
     for p, is_video in [(p, False) for p in files] + [(p, True) for p in videos]:
         if not p or p == "-":
             continue
-        key = os.path.realpath(p)
-        if key in seen:
+        p = os.fspath(p)
+        check_not_input(p, inputs)
+        if any(same_file(p, q) for q in seen):
             raise ValueError(f"{p} is named as two different outputs")
-        seen.add(key)
+        seen.append(p)
         if is_video:
             check_output(p)
             continue
@@ -271,5 +351,4 @@ def check_outputs(files=(), videos=()) -> None:
         parent = os.path.dirname(os.path.abspath(p))
         if not os.path.isdir(parent):
             raise OSError(f"output directory {parent} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise OSError(f"output directory {parent} is not writable")
+        probe_writable(parent)

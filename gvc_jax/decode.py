@@ -14,6 +14,7 @@ from __future__ import annotations
 import gvc_jax  # noqa: F401  (environment before jax)
 
 import argparse
+import os
 import sys
 import time
 
@@ -30,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, metavar="VIDEO", help="report PSNR, MS-SSIM and LPIPS against this video")
     p.add_argument("--strict", action="store_true", help="fail (exit 2) if a GOP's decoded latent differs from the encoder's")
     p.add_argument("--ignore-fingerprint", action="store_true", help="decode even if the model differs from the encoder's")
+    p.add_argument("--conceal", action="store_true",
+                   help="conceal GOPs whose records are damaged or missing (a cut file) instead of failing: "
+                        "they repeat the last frame decoded before them; the report lists them and the exit "
+                        "status is 3 when any GOP was concealed")
+    p.add_argument("--allow-drift", action="store_true",
+                   help="accept GOPs whose decoded latent differs from the encoder's while other GOPs reproduce "
+                        "theirs exactly (by default an error: platform noise changes every GOP, a wrong record one)")
     cli.add_distributed_args(p, "each decodes its share of every wave (every process reads the stream), "
                                 "process 0 writes the video and the report")
     return p
@@ -38,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     writes = cli.start_distributed(args)  # process 0 (or the only one) writes the outputs
+    if args.conceal and args.distributed:
+        raise ValueError("--conceal is not available with --distributed")
     from gvc_jax.codec import bitstream
     from gvc_jax.codec.pipeline import decode_stream
     from gvc_jax.evaluation import RunningEval
@@ -45,7 +55,8 @@ def main(argv) -> int:
     from gvc_jax.metrics import bpp
     from gvc_jax.parallel import GopMesh
 
-    cli.check_outputs(files=(args.json,), videos=(args.output,))
+    cli.check_outputs(files=(args.json,), videos=(args.output,),
+                      inputs=(args.input, args.reference, args.model if args.model and os.path.isdir(args.model) else None))
     mesh = GopMesh(args.devices, args.weight_shards)
     devices = len(mesh.devices)
     with bitstream.naming(args.input):
@@ -72,7 +83,8 @@ def main(argv) -> int:
         with bitstream.naming(args.input):
             result = decode_stream(stream, model, check_fingerprint=not args.ignore_fingerprint, strict=args.strict,
                                    sink=lambda chunk: [s(chunk) for s in sinks],
-                                   progress=cli.progress_printer(args.quiet), devices=mesh)
+                                   progress=cli.progress_printer(args.quiet), devices=mesh,
+                                   conceal=args.conceal, allow_drift=args.allow_drift)
         seconds = time.perf_counter() - t0
         if writer:
             writer.commit()
@@ -87,7 +99,11 @@ def main(argv) -> int:
         return 0
     h = result.header
     frames, height, width = h.num_frames, h.orig_height, h.orig_width
-    drifted = [g.index for g in result.gops if g.drift]
+    if result.concealed:
+        after = f"; GOPs {result.affected} are conditioned on concealed frames" if result.affected else ""
+        print(f"warning: GOPs {result.concealed} were damaged or missing and are concealed (frame freeze){after}",
+              file=sys.stderr)
+    drifted = [g.index for g in result.gops if g.drift and g.index not in result.affected]
     if drifted:
         print(f"warning: GOPs {drifted} decoded to a latent that differs from the encoder's "
               f"(different platform or model?); the video may differ from the encoder's reconstruction",
@@ -96,10 +112,15 @@ def main(argv) -> int:
               "width": width, "height": height, "fps": result.fps, "bytes": len(stream),
               "bpp": bpp(len(stream), frames, width, height), "seconds": seconds, "drifted_gops": drifted,
               "devices": devices, "weight_shards": mesh.weight_shards}
+    if args.conceal:
+        report.update({"concealed_gops": result.concealed, "affected_gops": result.affected})
     if evaluator:
         report.update(evaluator.result())
     cli.emit_report(report, args.json)
-    return 0
+    return EXIT_CONCEALED if result.concealed else 0
+
+
+EXIT_CONCEALED = 3  # decode --conceal wrote the whole video, but some GOPs are concealed
 
 
 cli.callable_module(__name__, api.decode)

@@ -95,7 +95,7 @@ def main(argv) -> int:
     from gvc_jax.evaluation import RunningEval, TeeReader
     from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes, save_side_by_side
     from gvc_jax.metrics import bpp
-    from gvc_jax.codec.journal import check_journal_path, input_identity
+    from gvc_jax.codec.journal import check_journal_path, input_identity, journal_path
     from gvc_jax.parallel import GopMesh
     from jax import process_index as jax_process_index
 
@@ -110,7 +110,13 @@ def main(argv) -> int:
     check_prompt(args.prompt)
     if args.compare and not args.compare.lower().endswith(".png"):
         raise ValueError(f"--compare must name a .png file, got {args.compare}")
-    cli.check_outputs(files=(args.output, args.compare, args.json), videos=(args.decoded,))
+    inputs = (args.input, args.model if args.model and os.path.isdir(args.model) else None)
+    if args.batch:
+        _check_batch_outputs(args, inputs)
+    else:
+        journal = journal_path(args.output, 0) if args.resume else None
+        cli.check_outputs(files=(args.output, args.compare, args.json, journal), videos=(args.decoded,),
+                          inputs=inputs)
     mesh = GopMesh(args.devices, args.weight_shards)
     devices = len(mesh.devices)
     resume = {}
@@ -239,6 +245,32 @@ def batch_inputs(path: str) -> list:
     return videos
 
 
+def _batch_files(args) -> tuple:
+    """-> (the batch's videos, their output streams ``OUTPUT/NAME.gvc``)."""
+    videos = batch_inputs(args.input)
+    return videos, [os.path.join(args.output, os.path.splitext(os.path.basename(v))[0] + ".gvc") for v in videos]
+
+
+def _check_batch_outputs(args, inputs) -> None:
+    """Before any work: the output directory, its streams (new, none of them an input) and --json."""
+    videos, outputs = _batch_files(args)
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--batch needs an output directory, {args.output} is a file")
+    existing = [o for o in outputs if os.path.lexists(o)]
+    if existing:
+        raise ValueError(f"{existing[0]} exists (a batch never replaces streams; {len(existing)} would be)")
+    inputs = tuple(inputs) + tuple(videos)
+    for out in outputs:
+        cli.check_not_input(out, inputs)
+    parent = os.path.abspath(args.output)
+    while not os.path.isdir(parent):  # the directories that do not exist yet are created
+        parent = os.path.dirname(parent)
+    from gvc_jax.io import probe_writable
+
+    probe_writable(parent)
+    cli.check_outputs(files=(args.json,), inputs=inputs + tuple(outputs))
+
+
 def _main_batch(args, options, mesh, writes: bool) -> int:
     """``--batch``: every video of a directory / list file, one stream each, coded in one run."""
     import contextlib
@@ -253,14 +285,7 @@ def _main_batch(args, options, mesh, writes: bool) -> int:
                                          ("--free-first-frame", args.free_first_frame)) if on]
     if unsupported:
         raise ValueError(f"--batch writes only the streams: drop {', '.join(unsupported)}")
-    videos = batch_inputs(args.input)
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ValueError(f"--batch needs an output directory, {args.output} is a file")
-    outputs = [os.path.join(args.output, os.path.splitext(os.path.basename(v))[0] + ".gvc") for v in videos]
-    existing = [o for o in outputs if os.path.exists(o)]
-    if existing:
-        raise ValueError(f"{existing[0]} exists (a batch never replaces streams; {len(existing)} would be)")
-    cli.check_outputs(files=(args.json,))
+    videos, outputs = _batch_files(args)
     model = _model(args, mesh)
     with contextlib.ExitStack() as stack:
         readers = [stack.enter_context(VideoReader(v, start=args.start, max_frames=args.max_frames, resize=args.resize))

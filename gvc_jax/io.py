@@ -577,8 +577,21 @@ def _check_target(path: str, kind: str) -> None:
 def _check_writable(directory: str) -> None:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"output directory {directory} does not exist")
+    probe_writable(directory)
+
+
+def probe_writable(directory: str) -> None:
+    """Really create (and remove) a file in ``directory``, named like this process's temporaries:
+    a permission check alone passes where creating fails (``/proc``, read-only mounts, root)."""
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"output directory {directory} is not writable")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".probe.pid{os.getpid()}.", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise PermissionError(f"cannot create files in output directory {directory}: "
+                              f"{err.strerror or err}") from None
+    os.close(fd)
+    os.remove(tmp)
 
 
 def check_output(path) -> None:

@@ -52,14 +52,16 @@ def _stack(items: Sequence) -> object:
 
 
 def init_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-                     process_id: Optional[int] = None) -> None:
+                     process_id: Optional[int] = None, timeout: int = 300) -> None:
     """``jax.distributed.initialize`` before any JAX work. Cloud TPU: no arguments (detected);
     GPU clusters: ``HOST:PORT``, the process count and this process's id, or the usual environment
-    variables (SLURM / Open MPI). CPU processes (tests, laptops) exchange data through gloo."""
+    variables (SLURM / Open MPI). CPU processes (tests, laptops) exchange data through gloo.
+    ``timeout``: seconds to wait for every process to join (JAX then aborts the process; the
+    command-line tools end it earlier with a one-line error, ``cli.start_distributed``)."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kw = {k: v for k, v in (("coordinator_address", coordinator), ("num_processes", num_processes),
                             ("process_id", process_id)) if v is not None}
-    jax.distributed.initialize(**kw)
+    jax.distributed.initialize(**kw, initialization_timeout=int(timeout))
 
 
 def _global(x, sharding):

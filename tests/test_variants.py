@@ -80,7 +80,10 @@ def test_i2v_chain_with_tail_residual(model, video, encoded):
 def test_decoder_uses_only_the_stream(model, video, encoded):
     """Closed loop: the decoder's conditioning is the stream's anchor payloads. Swap GOP 1's
     boundary for another validly coded image and its output changes; GOP 0 (whose anchors are
-    untouched) decodes exactly as before."""
+    untouched) decodes exactly as before. GOP 1's latent then misses its hash while GOP 0's
+    matches, which is a wrong record, not platform noise: an error unless ``allow_drift``."""
+    from gvc_jax.codec.pipeline import DriftError
+
     from gvc_jax.codec.anchors import pack_anchor
 
     enc = encoded["flf2v"]
@@ -88,7 +91,9 @@ def test_decoder_uses_only_the_stream(model, video, encoded):
     grey = pack_anchor("webp", 60, np.full((h.height, h.width, 3), 128, np.uint8))
     r = records[1]
     records[1] = bitstream.GopRecord(r.picks, r.latent_hash, ((ANCHOR_TAG, grey),), r.atoms_per_frame)
-    out = decode_video(bitstream.write(h, records), model).video
+    with pytest.raises(DriftError, match="wrong record"):
+        decode_video(bitstream.write(h, records), model)
+    out = decode_video(bitstream.write(h, records), model, allow_drift=True).video
     np.testing.assert_array_equal(out[:8], enc.video[:8])  # GOP 0 up to the changed boundary (frame 16)
     assert not np.array_equal(out[9:17], enc.video[9:17])
 

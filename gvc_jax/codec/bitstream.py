@@ -654,10 +654,13 @@ def read_file(path) -> bytes:
 
 class Records(Sequence):
     """A stream's GOP records, parsed when indexed. Their framing and CRCs were checked when the
-    stream was opened; a record's content (picks, side payloads) is checked when it is parsed."""
+    stream was opened; a record's content (picks, side payloads) is checked when it is parsed.
+    ``lost``: the GOPs whose records were damaged or missing (``open_stream(conceal=True)`` only);
+    indexing one raises ``BitstreamError``."""
 
-    def __init__(self, header: Header, data: bytes, spans: np.ndarray) -> None:
+    def __init__(self, header: Header, data: bytes, spans: np.ndarray, lost: tuple = ()) -> None:
         self._header, self._data, self._spans = header, data, spans
+        self.lost = tuple(lost)
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -667,6 +670,8 @@ class Records(Sequence):
             return [self[i] for i in range(*g.indices(len(self)))]
         g = range(len(self))[g]
         start, length = (int(v) for v in self._spans[g])
+        if start < 0:
+            raise BitstreamError(f"GOP {g}: the record is damaged or missing")
         return _parse_body(self._header, self._data, g, start, length)
 
 
@@ -676,28 +681,105 @@ def read(data: bytes) -> tuple[Header, list[GopRecord]]:
     return h, list(records)
 
 
-def open_stream(data: bytes) -> tuple[Header, Records]:
+def _min_record_bytes(h: Header, left: int) -> int:
+    """A cheap lower bound on one framed record (no big-int work): 4 (CRC) + 1 (length) + 8 (hash)
+    + 1 (side count) bytes plus its atom counts (v2) or the sign bits of its picks; the exact pick
+    bytes when ``left`` could hold that many records anyway."""
+    if h.per_gop_atoms:
+        return 14 + h.latent_frames + h.stochastic_steps * h.latent_frames // 8
+    min_record = 14 + h.stochastic_steps * sum(h.atoms_per_frame) // 8  # sign bits: no big-int work yet
+    if h.num_gops * min_record <= left:
+        min_record = 14 + (payload_bits(h) + 7) // 8
+    return min_record
+
+
+CONCEAL_MIN_FRACTION = 4       # --conceal: the file must hold 1/4 of the bytes its header implies
+RESYNC_BUDGET = 8              # --conceal: CRC work while resynchronising, in multiples of the file size
+RESYNC_LOOKAHEAD = 4           # --conceal: how many GOP indices a resynchronised record may skip
+
+
+def open_stream(data: bytes, conceal: bool = False) -> tuple[Header, Records]:
     """Check a .gvc stream's header and the framing and CRC of every record (cheap: no unranking),
-    returning the records to parse one at a time: memory and parse time per GOP, not per stream."""
+    returning the records to parse one at a time: memory and parse time per GOP, not per stream.
+
+    ``conceal``: a record that fails its CRC or its framing, or is missing because the file was cut
+    short, is listed in ``records.lost`` instead of failing the stream; reading resumes at the next
+    record that frames and checks (after the damaged one's declared length, else found by a bounded
+    scan). The header itself must be intact, and the file must still hold at least
+    ``1/CONCEAL_MIN_FRACTION`` of the bytes its header implies, so that concealment never costs more
+    than the file justifies."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BitstreamError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
     cur = _Cursor(data)
     h = _parse_header(cur)
-    # Cheap lower bound before any big-int work: every record holds at least 4 (CRC) + 1 (length)
-    # + 8 (hash) + 1 (side count) bytes plus its atom counts (v2) or the sign bits of its picks.
-    if h.per_gop_atoms:
-        min_record = 14 + h.latent_frames + h.stochastic_steps * h.latent_frames // 8
-    else:
-        min_record = 14 + h.stochastic_steps * sum(h.atoms_per_frame) // 8  # sign bits: no big-int work yet
-        if h.num_gops * min_record <= cur.left:
-            min_record = 14 + (payload_bits(h) + 7) // 8
-    if h.num_gops * min_record > cur.left:
-        raise BitstreamError(f"truncated stream: {h.num_gops} GOPs need at least {h.num_gops * min_record} "
-                             f"bytes, {cur.left} left")
-    spans = np.empty((h.num_gops, 2), np.int64)
-    for g in range(h.num_gops):
-        spans[g] = _frame_record(h, cur, g)
-    if cur.left:
-        raise BitstreamError(f"{cur.left} unexpected trailing bytes after the last GOP")
-    return h, Records(h, data, spans)
+    min_record = _min_record_bytes(h, cur.left)
+    need = h.num_gops * min_record
+    if conceal and need > CONCEAL_MIN_FRACTION * cur.left:
+        raise BitstreamError(f"truncated stream: {h.num_gops} GOPs need at least {need} bytes, {cur.left} left: "
+                             f"less than 1/{CONCEAL_MIN_FRACTION} of the stream is there, too little to conceal")
+    if not conceal and need > cur.left:
+        raise BitstreamError(f"truncated stream: {h.num_gops} GOPs need at least {need} bytes, {cur.left} left")
+    spans = np.full((h.num_gops, 2), -1, np.int64)
+    if not conceal:
+        for g in range(h.num_gops):
+            spans[g] = _frame_record(h, cur, g)
+        if cur.left:
+            raise BitstreamError(f"{cur.left} unexpected trailing bytes after the last GOP")
+        return h, Records(h, data, spans)
+    lost, budget, g = [], RESYNC_BUDGET * len(data), 0
+    while g < h.num_gops:
+        start = cur.pos
+        try:
+            spans[g] = _frame_record(h, cur, g)
+            g += 1
+            continue
+        except BitstreamError:
+            pass
+        found, budget = _resync(h, data, start, g, budget)
+        if found is None:  # nothing further checks out: the rest is lost
+            lost.extend(range(g, h.num_gops))
+            break
+        pos, j = found
+        lost.extend(range(g, j))
+        cur.pos, g = pos, j
+    return h, Records(h, data, spans, lost)
+
+
+def _resync(h: Header, data: bytes, start: int, g: int, budget: int):
+    """GOP ``g``'s record at ``start`` is damaged: -> ((position, GOP index) of the next record
+    that frames and checks, or None, budget left). First after the damaged record's declared
+    length (a flipped bit in its body), then at every later offset, trying the next
+    ``RESYNC_LOOKAHEAD`` GOP indices, while ``budget`` bytes of CRC work remain."""
+    def frames_at(pos: int, j: int) -> bool:
+        nonlocal budget
+        cur = _Cursor(data, pos)
+        try:
+            n = cur.varint("length")
+        except BitstreamError:
+            return False
+        if n + 4 > cur.left or budget <= 0:
+            return False
+        budget -= n
+        try:
+            _frame_record(h, _Cursor(data, pos), j)
+        except BitstreamError:
+            return False
+        return True
+
+    candidates = range(g + 1, min(g + 1 + RESYNC_LOOKAHEAD, h.num_gops))
+    cur = _Cursor(data, start)
+    try:
+        n = cur.varint("length")
+        after = cur.pos + 4 + n
+        if after <= len(data) and any(frames_at(after, j) for j in candidates[:1]):
+            return (after, g + 1), budget
+    except BitstreamError:
+        pass
+    for pos in range(start + 1, len(data)):
+        if budget <= 0:
+            break
+        for j in candidates:
+            if frames_at(pos, j):
+                return (pos, j), budget
+    return None, budget

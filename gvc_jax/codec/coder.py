@@ -65,6 +65,7 @@ class GopInput:
     picks: Optional[Picks] = None      # decoder: dense picks read from the stream
     side: tuple = ()                   # decoder: the record's side payloads
     record: Optional[bitstream.GopRecord] = None
+    concealed: bool = False            # decoder: the record is lost; the GOP is concealed, not run
 
 
 @dataclass
@@ -159,14 +160,23 @@ def anchor_payloads(variant: Variant, side) -> tuple:
 class StreamPicks:
     """Decoder picks: read each GOP's atoms and side payloads from the stream's records."""
 
-    def __init__(self, header: bitstream.Header, records: Sequence[bitstream.GopRecord], variant: Variant):
+    def __init__(self, header: bitstream.Header, records: Sequence[bitstream.GopRecord], variant: Variant,
+                 conceal: bool = False):
         self.header = header
         self.records = records
         self.variant = variant
+        self.conceal = conceal   # a record that is lost or does not parse: conceal its GOP
 
     def gop_input(self, span: GopSpan, engine: GopEngine) -> GopInput:
-        rec = self.records[span.index]
-        self.variant.check_side(span.index, rec.side)
+        if span.index in getattr(self.records, "lost", ()):
+            return GopInput(atoms=engine.trajectory.check_atoms(None), concealed=True)
+        try:
+            rec = self.records[span.index]
+            self.variant.check_side(span.index, rec.side)
+        except bitstream.BitstreamError:
+            if not self.conceal:
+                raise
+            return GopInput(atoms=engine.trajectory.check_atoms(None), concealed=True)
         apf = self.header.atoms_per_frame if rec.atoms_per_frame is None else rec.atoms_per_frame
         m = engine.trajectory.check_atoms(apf)
         picks = record_to_picks(rec.picks, self.header.steps, len(m), engine.trajectory.slots)
@@ -214,6 +224,30 @@ def context_frames(plan: GopPlan, variant: Variant, span: GopSpan) -> Tuple[int,
     return tuple(sorted(f for f in later - coded if span.start <= f < span.stop))
 
 
+CONCEAL_GRAY = 128  # a concealed GOP with nothing decoded before it
+
+
+def conceal_gop(span: GopSpan, variant: Variant, context: DecodedContext, engine: GopEngine,
+                previous: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """The frames of a GOP whose record is lost (``decode --conceal``): its first frame's decoded
+    pixels repeated (frame freeze). For FLF2V and I2V that is the boundary frame the GOP shares with
+    the previous one (the previous record's anchor, or the previous GOP's decoded last frame); the
+    anchors the lost record carried are replaced by the same pixels, so later GOPs still decode
+    (conditioned on the concealed frame: their latents drift, and are reported). For T2V: the last
+    frame of the previous GOP (``previous``), else None until it is known; gray with nothing before.
+    -> uint8 [span.length, H, W, 3] at the coded size."""
+    try:
+        ref = context.pixels(span.start)
+    except KeyError:
+        ref = previous
+    if ref is None:
+        if not span.anchors and span.index and previous is None:
+            return None  # T2V: the previous GOP of this chunk is not decoded yet
+        ref = np.full((engine.height, engine.width, 3), CONCEAL_GRAY, np.uint8)
+    context.add_anchors({f: ref for f in variant.coded_anchors(span)})
+    return np.repeat(ref[None], span.length, axis=0)
+
+
 @dataclass
 class FinishedGop:
     """A GOP a resumed encode does not run: its record and its ``context_frames`` pixels."""
@@ -244,6 +278,7 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
     skip = skip or {}
     context = DecodedContext(plan)
     done = 0
+    last_frame = None  # the last real frame of the latest GOP (what a concealed T2V GOP repeats)
     progress.gop(stage, 0, plan.num_gops)
     for wave in plan.waves():
         for span in wave:
@@ -258,18 +293,28 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
             t0 = time.perf_counter()
             inputs = [source.gop_input(span, engine) for span in chunk]
             source.prepare(inputs, engine)
-            anchor_sides, conds = [], []
+            anchor_sides, conds, concealed = [], [], {}
             for span, inp in zip(chunk, inputs):
+                if inp.concealed:  # no record: frames from what was decoded before it (``conceal_gop``)
+                    concealed[span.index] = conceal_gop(span, variant, context, engine)
+                    anchor_sides.append(())
+                    conds.append(None)
+                    continue
                 anchor_side = source.anchors(variant, span, inp)  # every process: later GOPs may share them
                 context.add_anchors(variant.read_anchors(span, anchor_side, engine))
                 anchor_sides.append(anchor_side)
                 conds.append(variant.condition(span, context, engine))  # all: the programs need every shape
-            results = engine.run_many([span.in_stream for span in chunk], conds, [inp.atoms for inp in inputs],
-                                      targets=[inp.target for inp in inputs], picks=[inp.picks for inp in inputs],
-                                      on_step=progress.step)
+            ran = [i for i, inp in enumerate(inputs) if not inp.concealed]
+            results = [None] * len(chunk)
+            if ran:
+                for i, result in zip(ran, engine.run_many(
+                        [chunk[i].in_stream for i in ran], [conds[i] for i in ran], [inputs[i].atoms for i in ran],
+                        targets=[inputs[i].target for i in ran], picks=[inputs[i].picks for i in ran],
+                        on_step=progress.step)):
+                    results[i] = result
             latents, sides = [], []
             for span, inp, result in zip(chunk, inputs, results):
-                if result is None:  # another process's GOP
+                if result is None:  # another process's GOP, or a concealed one
                     latents.append(None)
                     sides.append(())
                     continue
@@ -281,7 +326,13 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
                                          f"(the sampler settings or the model weights are unusable)")
                 latents.append(latent)
                 sides.append(side)
-            frames = engine.frames_many(latents)
+            frames = engine.frames_many(latents) if ran or engine.mesh.distributed else [None] * len(chunk)
+            frames = [concealed.get(span.index, frame) for span, frame in zip(chunk, frames)]
+            for k, span in enumerate(chunk):  # no earlier frame to repeat when it was concealed: the one before
+                if span.index in concealed and frames[k] is None:
+                    frames[k] = conceal_gop(span, variant, context, engine, previous=last_frame)
+                if frames[k] is not None:
+                    last_frame = frames[k][span.stop - span.start - 1]
             digests = [None if latent is None else latent_hash(latent) for latent in latents]
             if engine.mesh.distributed:  # frames later GOPs condition on: from their process to every process
                 frames = engine.mesh.share(frames, [gather or context.needs(span) for span in chunk],
@@ -299,7 +350,7 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
             for span, inp, anchor_side, result, latent, side, frame, digest in zip(
                     chunk, inputs, anchor_sides, results, latents, sides, frames, digests):
                 done += 1
-                if result is not None or gather:
+                if result is not None or gather or inp.concealed:
                     yield GopOutput(span, latent, None if result is None else result[1],
                                     tuple(anchor_side) + tuple(side), frame, inp, seconds, digest)
                 progress.gop(stage, done, plan.num_gops)

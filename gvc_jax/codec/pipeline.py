@@ -60,6 +60,8 @@ class CodecResult:
     gops: List[GopReport] = field(default_factory=list)
     stream: bytes = b""
     journal: Optional[Journal] = None   # encoder with ``resume``: the open journal (remove it when written)
+    concealed: List[int] = field(default_factory=list)  # decoder with ``conceal``: GOPs whose record was lost
+    affected: List[int] = field(default_factory=list)   # ... and GOPs conditioned on a concealed one
 
 
 def _emitter(plan: GopPlan, height: int, width: int, sink: Optional[Sink]):
@@ -302,21 +304,34 @@ def check_model(header: bitstream.Header, model) -> None:
 
 def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, strict: bool = False,
                   sink: Optional[Sink] = None, progress: Optional[Progress] = None,
-                  devices: Optional[int] = None) -> CodecResult:
+                  devices: Optional[int] = None, conceal: bool = False, allow_drift: bool = False) -> CodecResult:
     """A ``.gvc`` stream -> frames into ``sink``; raises ``bitstream.BitstreamError`` if malformed.
     ``devices``: as for ``encode_stream`` (any count decodes any stream). With several processes
     each decodes its share of every wave and every process gets every GOP's frames and report, in
-    order (gathered a chunk at a time, so a drift under ``strict`` stops all of them at one GOP)."""
+    order (gathered a chunk at a time, so a drift under ``strict`` stops all of them at one GOP).
+
+    Drift (a GOP's decoded latent differs from the encoder's hash): ``strict`` makes any drift an
+    error. Otherwise drift is platform noise (a warning, listed in the reports) only while it is
+    systematic: another instruction set, accelerator or dtype changes the last bits of *every*
+    GOP, so when one GOP reproduces its latent exactly, a GOP that does not has a wrong record (a
+    swapped or duplicated version-1 record, whose CRC is not bound to its position) and the decode
+    fails, unless ``allow_drift``.
+
+    ``conceal``: a GOP whose record is damaged or missing (a cut file) is concealed instead of
+    failing the decode (``coder.conceal_gop``): listed in ``result.concealed``; the GOPs that
+    condition on a concealed one (an I2V chain, an FLF2V neighbour) drift, which is expected and
+    is listed in ``result.affected`` but not an error."""
     mesh = GopMesh.of(devices)
-    header, records = bitstream.open_stream(stream)
+    if conceal and mesh.distributed:
+        raise ValueError("concealment is not available with several processes (decode without --distributed)")
+    header, records = bitstream.open_stream(stream, conceal=conceal)
     if check_fingerprint:
         check_model(header, model)
+    var = _stream_variant(header, model)
     try:
-        var, plan = plan_for(model, header.variant, header.num_frames, header.gop_frames)
+        var, plan = plan_for(model, var, header.num_frames, header.gop_frames)
     except ValueError as err:
         raise bitstream.BitstreamError(f"the stream cannot be decoded with this model: {err}") from None
-    if plan.num_gops != header.num_gops:
-        raise bitstream.BitstreamError(f"header says {header.num_gops} GOPs, the frame count implies {plan.num_gops}")
     try:
         check_geometry(model, header.height, header.width, header.gop_frames)
     except GeometryError as err:
@@ -325,15 +340,49 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
     model = with_prompt(model, header.prompt)
     engine = GopEngine(model, header.sampler, header.height, header.width, header.gop_frames, mesh)
     emit = _emitter(plan, header.orig_height, header.orig_width, sink)
-    reports = []
-    for out in code_gops(plan, var, engine, StreamPicks(header, records, var), progress=progress, stage="decode",
-                         gather=True):
+    reports, concealed, affected, replaced = [], [], [], set()
+    exact, drifted = [], []  # GOPs (not conditioned on concealed frames) that reproduce / miss their hash
+    source = StreamPicks(header, records, var, conceal=conceal)
+    for out in code_gops(plan, var, engine, source, progress=progress, stage="decode", gather=True):
+        span = out.span
+        if out.inputs.concealed:
+            concealed.append(span.index)
+            replaced.update(range(span.start, span.stop))
+            reports.append(GopReport(span.index, out.seconds, (), drift=False))
+            emit(out)
+            continue
+        downstream = bool(replaced.intersection(span.anchors)) or any(d in concealed or d in affected
+                                                                      for d in span.depends_on)
+        if downstream:
+            affected.append(span.index)
         drift = out.digest != out.inputs.record.latent_hash
-        if drift and strict:
-            raise DriftError(f"GOP {out.span.index}: decoded latent differs from the encoder's (hash mismatch)")
-        reports.append(GopReport(out.span.index, out.seconds, tuple(int(m) for m in out.inputs.atoms), drift=drift))
+        if not downstream:
+            if drift and strict:
+                raise DriftError(f"GOP {span.index}: decoded latent differs from the encoder's (hash mismatch)")
+            (drifted if drift else exact).append(span.index)
+            if drifted and exact and not allow_drift:
+                raise DriftError(
+                    f"GOP {drifted[0]}: decoded latent differs from the encoder's while GOP {exact[0]} reproduces it "
+                    f"exactly, so this is a wrong record, not another platform (platform differences change every "
+                    f"GOP); decode with --allow-drift to accept it")
+        reports.append(GopReport(span.index, out.seconds, tuple(int(m) for m in out.inputs.atoms), drift=drift))
         emit(out)
-    return CodecResult(None, header.fps_num / header.fps_den, header, reports, bytes(stream))
+    result = CodecResult(None, header.fps_num / header.fps_den, header, reports, bytes(stream))
+    result.concealed, result.affected = concealed, affected
+    return result
+
+
+def _stream_variant(header: bitstream.Header, model):
+    """The stream's variant, its GOP count checked against the header's before any plan is built
+    (a small file declaring 2^24 frames costs nothing)."""
+    try:
+        var = get_variant(header.variant)
+        count = var.gop_count(header.num_frames, header.gop_frames)
+    except ValueError as err:
+        raise bitstream.BitstreamError(f"the stream cannot be decoded with this model: {err}") from None
+    if count != header.num_gops:
+        raise bitstream.BitstreamError(f"header says {header.num_gops} GOPs, the frame count implies {count}")
+    return var
 
 
 def rate_breakdown(result: CodecResult) -> dict:
@@ -371,10 +420,11 @@ def encode_video(video: np.ndarray, fps: float, model, sampler: SamplerConfig, *
 
 
 def decode_video(stream: bytes, model, *, check_fingerprint: bool = True, strict: bool = False,
-                 progress: Optional[Progress] = None, devices: Optional[int] = None) -> CodecResult:
-    """A ``.gvc`` stream -> uint8 [F, H, W, 3] (``result.video``)."""
+                 progress: Optional[Progress] = None, devices: Optional[int] = None, conceal: bool = False,
+                 allow_drift: bool = False) -> CodecResult:
+    """A ``.gvc`` stream -> uint8 [F, H, W, 3] (``result.video``); options as ``decode_stream``."""
     chunks, sink = _collector()
     result = decode_stream(stream, model, check_fingerprint=check_fingerprint, strict=strict, sink=sink,
-                           progress=progress, devices=devices)
+                           progress=progress, devices=devices, conceal=conceal, allow_drift=allow_drift)
     result.video = np.concatenate(chunks)
     return result

@@ -53,6 +53,14 @@ def check_gop_frames(gop_frames: int, temporal_stride: int = 4) -> None:
         raise ValueError(f"GOP length must be {temporal_stride}k+1 frames (e.g. 33), got {gop_frames}")
 
 
+def gop_count(num_frames: int, gop_frames: int, hop: int) -> int:
+    """The number of GOPs ``GopPlan.split`` makes, computed without building them (for checking
+    a stream's header before its plan is built)."""
+    if num_frames <= gop_frames:
+        return 1
+    return 1 + -(-(num_frames - gop_frames) // hop)
+
+
 @dataclass(frozen=True)
 class GopPlan:
     """The GOPs of a video and their dependencies."""

@@ -61,10 +61,20 @@ class Variant:
             raise VariantError(f"model {model_config.name} needs CLIP image tokens, which variant {self.name} "
                                f"does not provide")
 
+    def hop(self, gop_frames: int) -> int:
+        """Frames from one GOP's start to the next's."""
+        return gop_frames
+
+    def gop_count(self, num_frames: int, gop_frames: int) -> int:
+        """The GOPs ``plan`` makes, without building the plan."""
+        from gvc_jax.codec.plan import gop_count
+
+        return gop_count(num_frames, gop_frames, self.hop(gop_frames))
+
     def plan(self, num_frames: int, gop_frames: int, temporal_stride: int = 4):
         from gvc_jax.codec.plan import GopPlan
 
-        return GopPlan.split(num_frames, gop_frames, temporal_stride=temporal_stride)
+        return GopPlan.split(num_frames, gop_frames, hop=self.hop(gop_frames), temporal_stride=temporal_stride)
 
     def condition(self, span, context, engine) -> dict:
         """The GOP's ``cond`` pytree. ``context`` holds the decoded frames of its dependencies."""
@@ -131,12 +141,15 @@ class AnchoredVariant(Variant):
     provides = frozenset({"text", "latent", "image"})
     chain: ClassVar[bool] = False
 
+    def hop(self, gop_frames: int) -> int:
+        return gop_frames - 1
+
     def plan(self, num_frames: int, gop_frames: int, temporal_stride: int = 4):
         from gvc_jax.codec.plan import GopPlan
 
         if gop_frames < 2:
             raise VariantError(f"variant {self.name} needs GOPs of at least 5 frames")
-        plan = GopPlan.split(num_frames, gop_frames, hop=gop_frames - 1, chain=self.chain,
+        plan = GopPlan.split(num_frames, gop_frames, hop=self.hop(gop_frames), chain=self.chain,
                              temporal_stride=temporal_stride)
         spans = tuple(dataclasses.replace(s, anchors=self.anchor_frames(s)) for s in plan.spans)
         return dataclasses.replace(plan, spans=spans)
