@@ -6,19 +6,19 @@ original layout is first renamed to diffusers keys with the regex rules in ``rul
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Callable, Iterable, Mapping, Optional
 
 from gvc_jax.models.checkpoint import (
     CheckpointError, LazyTensor, abstract_model, check_output_dir, convert_state, convert_state_parts, dit_factory,
-    param_count, save_model, torch_to_flax, vae_factory,
+    param_count, read_json_object, save_model, torch_to_flax, vae_factory,
 )
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig, get_preset
 from weights_convert import rules
 from weights_convert.sources import read_checkpoint, read_safetensors, renamed
 
 DTYPES = ("float32", "bfloat16")
+MAX_CONFIG_BYTES = 16 << 20  # a config.json (a few kB)
 Progress = Optional[Callable[[Iterable], Iterable]]
 
 
@@ -57,16 +57,8 @@ def convert_vae(source: Mapping[str, LazyTensor], cfg: VAEConfig, *, progress: P
 
 
 def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
-    return d
+    """A JSON object from a regular file of at most 16 MiB (``checkpoint.read_json_object``)."""
+    return read_json_object(path, "config file", MAX_CONFIG_BYTES)
 
 
 def _check_preset(name: Optional[str], dit: DiTConfig, vae: VAEConfig) -> str:
@@ -113,7 +105,7 @@ def convert_diffusers(transformer_dir: str, vae_dir: str, out_dir: str, *, dtype
         dit_cfg = DiTConfig.from_diffusers(tcfg, param_dtype=dtype)
         vae_cfg = VAEConfig.from_diffusers(vcfg, param_dtype=vae_dtype)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"unsupported diffusers config: {e}") from None
+        raise CheckpointError(f"unsupported diffusers config ({transformer_dir}, {vae_dir}): {e}") from None
     name = _check_preset(preset, dit_cfg, vae_cfg)
     dit_src = read_safetensors(transformer_dir)
     vae_src = read_safetensors(vae_dir)

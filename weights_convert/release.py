@@ -29,7 +29,10 @@ from typing import Optional
 
 import numpy as np
 
-from gvc_jax.models.checkpoint import CheckpointError, ModelWriter, abstract_model, check_output_dir
+from gvc_jax.models.checkpoint import (
+    MAX_TOKENIZER_BYTES, CheckpointError, ModelWriter, abstract_model, check_output_dir, check_regular_file,
+    read_regular,
+)
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig
 from weights_convert.convert import DTYPES, Progress, _read_json, convert_dit_parts, convert_vae
 from weights_convert.sources import read_checkpoint, read_safetensors, renamed
@@ -59,32 +62,49 @@ class Release:
 
 
 def _need(path: str, part: str, root: str, isdir: bool = False) -> str:
-    ok = os.path.isdir(path) if isdir else os.path.isfile(path)
-    if not ok:
+    if isdir:
+        if not os.path.isdir(path):
+            raise CheckpointError(f"the release {root} has no {part} ({os.path.relpath(path, root)} is missing)")
+        return path
+    if not os.path.lexists(path) or os.path.isdir(path):
         raise CheckpointError(f"the release {root} has no {part} ({os.path.relpath(path, root)} is missing)")
+    check_regular_file(path, part)  # not a FIFO or a device (also behind a symlink)
     return path
 
 
-def original_dit_config(cfg: dict, *, param_dtype: str = "float32") -> DiTConfig:
-    """An original Wan ``config.json`` (``WanModel``: model_type, dim, num_heads, in_dim, ...) -> DiTConfig."""
-    try:
-        model_type = cfg["model_type"]
-        dim, heads = int(cfg["dim"]), int(cfg["num_heads"])
-        kw = dict(num_attention_heads=heads, attention_head_dim=dim // heads, in_channels=int(cfg["in_dim"]),
-                  out_channels=int(cfg["out_dim"]), ffn_dim=int(cfg["ffn_dim"]), freq_dim=int(cfg["freq_dim"]),
-                  num_layers=int(cfg["num_layers"]), eps=float(cfg.get("eps", 1e-6)),
-                  text_len=int(cfg.get("text_len", 512)), text_dim=int(cfg.get("text_dim", 4096)))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"not an original Wan DiT config.json (field {e} missing or invalid)") from None
+def original_dit_config(cfg: dict, *, param_dtype: str = "float32", source: str = "config.json") -> DiTConfig:
+    """An original Wan ``config.json`` (``WanModel``: model_type, dim, num_heads, in_dim, ...) -> DiTConfig;
+    every field type- and range-checked (one CheckpointError line naming ``source``)."""
+    def num(name, default=None, kind=int):
+        v = cfg.get(name, default)
+        if v is None:
+            raise CheckpointError(f"{source}: not an original Wan DiT config (field {name!r} missing)")
+        ok = isinstance(v, int) if kind is int else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok:
+            raise CheckpointError(f"{source}: field {name!r} must be {'an integer' if kind is int else 'a number'}, "
+                                  f"got {str(v)[:40]!r}")
+        return v
+
+    model_type = cfg.get("model_type")
+    dim, heads = num("dim"), num("num_heads")
+    if heads < 1 or dim < 1:
+        raise CheckpointError(f"{source}: dim {dim} and num_heads {heads} must be positive")
+    kw = dict(num_attention_heads=heads, attention_head_dim=dim // heads, in_channels=num("in_dim"),
+              out_channels=num("out_dim"), ffn_dim=num("ffn_dim"), freq_dim=num("freq_dim"),
+              num_layers=num("num_layers"), eps=float(num("eps", 1e-6, float)),
+              text_len=num("text_len", 512), text_dim=num("text_dim", 4096))
     if model_type not in ("t2v", "i2v", "flf2v"):
-        raise CheckpointError(f"config.json model_type {model_type!r} is not t2v, i2v or flf2v (Wan2.1)")
+        raise CheckpointError(f"{source}: model_type {str(model_type)[:40]!r} is not t2v, i2v or flf2v (Wan2.1)")
     if dim % heads:
-        raise CheckpointError(f"config.json: dim {dim} is not a multiple of num_heads {heads}")
+        raise CheckpointError(f"{source}: dim {dim} is not a multiple of num_heads {heads}")
     if model_type != "t2v":
         kw.update(image_dim=1280, added_kv_proj_dim=dim)
     if model_type == "flf2v":
         kw.update(pos_embed_seq_len=2 * 257)
-    return DiTConfig(**kw, param_dtype=param_dtype)
+    try:
+        return DiTConfig(**kw, param_dtype=param_dtype)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
 
 
 def find_release(root: str, *, dtype: str = "float32") -> Release:
@@ -97,8 +117,11 @@ def find_release(root: str, *, dtype: str = "float32") -> Release:
         _need(os.path.join(tdir, "config.json"), "DiT config", root)
         try:
             dit_cfg = DiTConfig.from_diffusers(_read_json(os.path.join(tdir, "config.json")), param_dtype=dtype)
+        except CheckpointError:
+            raise
         except (TypeError, ValueError) as e:
-            raise CheckpointError(f"unsupported diffusers transformer config: {e}") from None
+            raise CheckpointError(f"{os.path.join(tdir, 'config.json')}: unsupported diffusers transformer config: "
+                                  f"{e}") from None
         parts = dict(
             vae=_need(os.path.join(root, "vae"), "VAE (vae/)", root, isdir=True),
             text_encoder=_need(os.path.join(root, "text_encoder"), "umT5 text encoder (text_encoder/)", root,
@@ -110,7 +133,8 @@ def find_release(root: str, *, dtype: str = "float32") -> Release:
                           f"the {dit_cfg.variant} DiT needs", root, isdir=True)
         return Release("diffusers", root, tdir, dit_cfg, image_encoder=image, **parts)
     if os.path.isfile(os.path.join(root, "config.json")):
-        dit_cfg = original_dit_config(_read_json(os.path.join(root, "config.json")), param_dtype=dtype)
+        cpath = os.path.join(root, "config.json")
+        dit_cfg = original_dit_config(_read_json(cpath), param_dtype=dtype, source=cpath)
         shards = [f for f in os.listdir(root) if f.startswith("diffusion_pytorch_model") and
                   (f.endswith(".safetensors") or f.endswith(".safetensors.index.json"))]
         if not shards:
@@ -160,7 +184,11 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
         vcfg_json = _read_json(os.path.join(rel.vae, "config.json"))
         if vcfg_json.get("is_residual") or vcfg_json.get("patch_size"):
             raise CheckpointError(f"{rel.vae}: a Wan2.2-style VAE; only the Wan2.1 VAE is supported")
-        vae_cfg = VAEConfig.from_diffusers(vcfg_json, param_dtype=vae_dtype)
+        try:
+            vae_cfg = VAEConfig.from_diffusers(vcfg_json, param_dtype=vae_dtype)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{os.path.join(rel.vae, 'config.json')}: unsupported diffusers VAE config: "
+                                  f"{e}") from None
         dit_src, vae_src = read_safetensors(rel.dit), read_safetensors(rel.vae)
         t5_cfg, t5_src = read_umt5_hf(rel.text_encoder, param_dtype=enc_dtype, dtype=enc_dtype)
     else:
@@ -213,8 +241,7 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
         buf = io.BytesIO()
         np.save(buf, context)
         w.add_file("context.npy", buf.getvalue())
-        with open(rel.tokenizer, "rb") as f:
-            w.add_file("tokenizer.json", f.read())
+        w.add_file("tokenizer.json", read_regular(rel.tokenizer, "umT5 tokenizer", MAX_TOKENIZER_BYTES))
         source = {"layout": f"release-{rel.layout}", "root": rel.root, "clip_preprocess": clip_preprocess
                   if clip is not None else None}
         fp = w.commit(config, source)

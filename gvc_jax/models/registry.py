@@ -32,16 +32,17 @@ class CodecModel:
     text_encoder: Optional[dict] = None           # the manifest entry of the umT5 encoder (loaded for a prompt)
 
 
-def _empty_context(config: ModelConfig, path: Optional[str]) -> np.ndarray:
-    """The empty-prompt text context: ``context.npy`` next to the checkpoint if present, else zeros.
+def _empty_context(config: ModelConfig, rows: Optional[np.ndarray] = None) -> np.ndarray:
+    """The empty-prompt text context [text_len, text_dim]: ``rows`` (a converted model's
+    ``context.npy``, [n <= text_len, text_dim], read and checked by ``checkpoint.read_context``)
+    zero-padded, or zeros.
 
-    Wan's umT5 embedding of the empty prompt is one non-zero row followed by zero padding; a
-    converted model may ship it as ``context.npy`` ([n, text_dim], n <= 512), zero-padded here.
+    Wan's umT5 embedding of the empty prompt is one non-zero row followed by zero padding.
     """
     cfg = config.dit
     ctx = np.zeros((cfg.text_len, cfg.text_dim), np.float32)
-    if path and os.path.exists(os.path.join(path, "context.npy")):
-        rows = np.load(os.path.join(path, "context.npy")).astype(np.float32)
+    if rows is not None:
+        rows = np.asarray(rows, np.float32)
         if rows.ndim != 2 or rows.shape[1] != cfg.text_dim or rows.shape[0] > cfg.text_len:
             raise ValueError(f"context.npy has shape {rows.shape}, expected [<= {cfg.text_len}, {cfg.text_dim}]")
         ctx[: rows.shape[0]] = rows
@@ -62,12 +63,15 @@ def init_preset(name: str, seed: int = 0) -> CodecModel:
 
 
 def load_checkpoint(path: str, dit_sharding=None) -> CodecModel:
-    """A converted model directory; ``dit_sharding(shape)``: read the DiT straight onto its shards."""
+    """A converted model directory (relative or absolute: the model's ``path`` is absolute, so a
+    later read of its text encoder does not depend on the working directory);
+    ``dit_sharding(shape)``: read the DiT straight onto its shards."""
     from gvc_jax.models.checkpoint import load_model
 
     loaded = load_model(path, dit_sharding=dit_sharding)
     return CodecModel(loaded.config.name, loaded.config, loaded.dit, loaded.vae, loaded.fingerprint,
-                      _empty_context(loaded.config, path), path, loaded.image_encoder, loaded.text_encoder)
+                      _empty_context(loaded.config, loaded.context), loaded.path, loaded.image_encoder,
+                      loaded.text_encoder)
 
 
 DTYPES = ("auto", "float32", "bfloat16")
