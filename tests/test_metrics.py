@@ -1,4 +1,5 @@
-"""Tests for gvc_jax.metrics: PSNR, MS-SSIM (vs independent code), LPIPS (vs a PyTorch forward), VMAF, bpp."""
+"""Tests for gvc_jax.metrics: PSNR, MS-SSIM (vs independent code), LPIPS (vs a PyTorch forward), tLP, the
+flow-warping error, VMAF, bpp, evaluate (DISTS: tests/test_dists.py)."""
 import math
 
 import numpy as np
@@ -14,6 +15,14 @@ def _clip(frames=3, size=64, seed=0) -> np.ndarray:
     img = np.kron(coarse, np.ones((1, 8, 8, 1)))
     img = img + 0.1 * rng.random(img.shape)
     return (20 + 180 * (img - img.min()) / (img.max() - img.min())).astype(np.uint8)
+
+
+def _moving(frames=5, h=72, w=96, dy=2, dx=3) -> np.ndarray:
+    """A camera pan over scikit-image's astronaut (CC0): uint8 [F, h, w, 3], (dy, dx) px per frame."""
+    from skimage import data, transform
+
+    big = np.rint(transform.resize(data.astronaut(), (256, 256), anti_aliasing=True) * 255).astype(np.uint8)
+    return np.stack([big[8 + dy * t : 8 + dy * t + h, 8 + dx * t : 8 + dx * t + w] for t in range(frames)])
 
 
 def _noisy(x, sigma, seed=1):
@@ -167,15 +176,52 @@ def test_lpips_astronaut_vs_blur_pinned():
     assert M.lpips(ref, blur) == pytest.approx(0.320953, abs=1e-3)
 
 
+# ----------------------------------------------------------------------------- temporal: tLP, warping error
+
+
+def test_tlp_self_zero_rises_when_shuffled():
+    x = _moving(frames=5)
+    assert M.tlp(x, x) == 0.0
+    per = M.tlp_per_pair(x, x[[0, 3, 1, 4, 2]])  # shuffled frames: big jumps where the original moves a little
+    assert per.shape == (4,) and np.all(per > 0.02)
+    assert M.tlp(x, x[[0, 3, 1, 4, 2]]) == pytest.approx(per.mean())
+    # TecoGAN's definition, written out: |LPIPS(d_t, d_t+1) - LPIPS(r_t, r_t+1)|
+    y = _noisy(x, 20)
+    expected = [abs(M.lpips(y[t], y[t + 1]) - M.lpips(x[t], x[t + 1])) for t in range(4)]
+    np.testing.assert_allclose(M.tlp_per_pair(x, y), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        M.tlp(x[:1], x[:1])
+
+
+def test_warp_error_static_zero_rises_with_flicker():
+    frame = _moving(frames=1)[0]
+    static = np.repeat(frame[None], 4, axis=0)
+    assert M.warp_error(static, static) < 1e-6
+    gains = np.array([1.0, 0.85, 1.1, 0.9]).reshape(4, 1, 1, 1)
+    flicker = np.clip(static * gains, 0, 255).astype(np.uint8)  # brightness flicker, no motion
+    assert M.warp_error(static, flicker) > 0.04
+    assert M.warp_error(static / 255.0, flicker / 255.0) == pytest.approx(M.warp_error(static, flicker), abs=1e-6)
+    # a panning scene: the flow (estimated on the reference) follows the motion, so the reference
+    # itself warps almost exactly, and per-frame noise (temporal incoherence) raises the error
+    pan = _moving(frames=4)
+    floor = M.warp_error(pan, pan)
+    assert floor < 0.005
+    assert M.warp_error(pan, _noisy(pan, 10)) > floor + 0.01
+    assert M.warp_error(pan, _noisy(pan, 10), power=2) < M.warp_error(pan, _noisy(pan, 10))  # squared, in [0, 1]
+    with pytest.raises(ValueError, match="at least 2"):
+        M.warp_error(pan[:1], pan[:1])
+
+
 # ----------------------------------------------------------------------------- VMAF, bpp, evaluate
 
 
 def test_vmaf_identical_high_degraded_lower():
-    x = _clip(frames=3, size=64)
+    x = _moving(frames=16, h=48, w=64)  # a tiny 64x48 clip: 16 frames of a panning still
+    assert M.VMAF_MODEL == "vmaf_v0.6.1"
     same = M.vmaf(x, x, fps=16)
     worse = M.vmaf(x, _noisy(x, 25), fps=16)
-    assert same > 95.0
-    assert worse < same - 10.0
+    assert same >= 99.0
+    assert worse < same - 5.0
 
 
 def test_bpp_formula():
@@ -191,5 +237,17 @@ def test_evaluate():
     out = M.evaluate(x, y, metrics=("psnr", "ms_ssim"))
     assert set(out) == {"psnr", "ms_ssim"}
     assert out["psnr"] == pytest.approx(M.psnr(x, y)) and out["ms_ssim"] == pytest.approx(M.ms_ssim(x, y))
-    with pytest.raises(ValueError, match="unknown metric"):
+    with pytest.raises(ValueError, match="unknown metric") as err:
         M.evaluate(x, y, metrics=("psnr", "fid"))
+    message = str(err.value)
+    assert "\n" not in message and "'fid'" in message and "dists" in message and "warp" in message
+    with pytest.raises(ValueError, match="unknown metric"):
+        M.evaluate(x, y, metrics="fid")  # a bare name is one metric, not its letters
+
+
+def test_evaluate_registers_new_metrics():
+    assert {"dists", "tlp", "warp", "vmaf"} <= set(M.METRICS)
+    x = _moving(frames=3, h=48, w=64)
+    y = _noisy(x, 10)
+    out = M.evaluate(x, y, metrics=("tlp", "warp"))
+    assert out["tlp"] == pytest.approx(M.tlp(x, y)) and out["warp"] == pytest.approx(M.warp_error(x, y))
