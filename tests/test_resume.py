@@ -86,23 +86,38 @@ def test_journal_of_another_run_is_refused_and_kept(clip, tmp_path, capsys):
     assert open(path, "rb").read() == before and not os.path.exists(out)
 
 
+def unit_expect(num_gops=3, height=6, width=4, context=None):
+    """An ``Expect`` for journals written by hand: records ``record-G``, GOP 0 holding frame 8."""
+    context = {0: (8,)} if context is None else context
+
+    def record(g, data):
+        if data != b"record-%d" % g:
+            raise ValueError(f"not record-{g}")
+    return jrnl.Expect(num_gops, height, width, lambda g: context.get(g, ()), record)
+
+
+SOURCE = bytes(range(16))  # a source-frame digest
+
+
 def test_journal_keeps_whole_entries_and_drops_a_torn_one(tmp_path):
     out = str(tmp_path / "x.gvc")
-    j = jrnl.Journal.open(out, b"k" * 32)
+    expect = unit_expect()
+    j = jrnl.Journal.open(out, b"k" * 32, expect)
     frame = np.arange(6 * 4 * 3, dtype=np.uint8).reshape(6, 4, 3)
-    j.add(0, b"record-0", {8: frame})
-    j.add(1, b"record-1")
+    j.add(0, b"record-0", {8: frame}, source=SOURCE)
+    j.add(1, b"record-1", source=SOURCE)
     j.close()
     with open(jrnl.journal_path(out), "ab") as f:
         f.write(b"\x00\x00\x00\x02\x00\x00\x00\x10torn")  # a write cut short by a kill
-    j = jrnl.Journal.open(out, b"k" * 32)
+    j = jrnl.Journal.open(out, b"k" * 32, expect)
     assert sorted(j.entries) == [0, 1] and j.entries[1].record == b"record-1"
+    assert j.entries[0].source == SOURCE
     np.testing.assert_array_equal(j.entries[0].frames[8], frame)
-    j.add(2, b"record-2")
+    j.add(2, b"record-2", source=SOURCE)
     j.close()
-    assert sorted(jrnl.Journal.open(out, b"k" * 32).entries) == [0, 1, 2]  # appended after the cut
+    assert sorted(jrnl.Journal.open(out, b"k" * 32, expect).entries) == [0, 1, 2]  # appended after the cut
     with pytest.raises(jrnl.JournalError, match="different encode"):
-        jrnl.Journal.open(out, b"q" * 32)
+        jrnl.Journal.open(out, b"q" * 32, expect)
 
 
 def test_a_file_in_the_journals_place_is_never_touched(clip, tmp_path, capsys):

@@ -193,8 +193,9 @@ class StreamPicks:
 
 
 class ResumedTargets:
-    """A resumed encode's picks: the GOPs a resume journal holds are replayed from their records
-    (the decoder's path, so their frames are exactly the first run's), the rest are searched."""
+    """A resumed encode's picks: the journalled GOPs in ``finished`` are replayed from their records
+    (the decoder's path, so their frames are exactly the first run's once the caller has checked
+    each replayed latent against its record's hash), the rest are searched."""
 
     def __init__(self, search: SearchTargets, header: bitstream.Header, finished: dict, variant: Variant):
         self.search = search
@@ -204,10 +205,22 @@ class ResumedTargets:
         return self.search if inputs.record is None else self.replay
 
     def gop_input(self, span: GopSpan, engine: GopEngine) -> GopInput:
-        return (self.replay if span.index in self.replay.records else self.search).gop_input(span, engine)
+        if span.index in self.replay.records:
+            self.search.frames(span)  # read in order (a resumed encode checks them against the journal) first
+            return self.replay.gop_input(span, engine)
+        return self.search.gop_input(span, engine)
 
     def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:
-        self.search.prepare([i for i in inputs if i.record is None], engine)
+        searched = [i for i in inputs if i.record is None]
+        if not searched:  # a chunk of replays only (the same on every process)
+            return
+        # every GOP keeps its place in the chunk (with several processes a target is made where its
+        # GOP runs): a replayed GOP's place gets a searched GOP's frames, and its target is dropped
+        stand_in = searched[0].frames
+        for inp, target in zip(inputs, engine.target_latents([stand_in if i.record is not None else i.frames
+                                                              for i in inputs])):
+            if inp.record is None:
+                inp.target = target
 
     def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
         return self._of(inputs).anchors(variant, span, inputs)
@@ -250,7 +263,8 @@ def conceal_gop(span: GopSpan, variant: Variant, context: DecodedContext, engine
 
 @dataclass
 class FinishedGop:
-    """A GOP a resumed encode does not run: its record and its ``context_frames`` pixels."""
+    """A GOP a resumed encode does not run: its record and its journalled ``context_frames`` pixels
+    (unverified: only a replayed GOP, whose latent is checked, may condition on them; else empty)."""
 
     record: bitstream.GopRecord
     frames: dict

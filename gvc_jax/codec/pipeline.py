@@ -15,8 +15,8 @@ import numpy as np
 
 from gvc_jax.codec import bitstream
 from gvc_jax.codec.coder import (FinishedGop, GopOutput, Progress, ResumedTargets, SearchTargets, StreamPicks,
-                                 code_gops, context_frames)
-from gvc_jax.codec.journal import Journal, run_key
+                                 anchor_payloads, code_gops, context_frames)
+from gvc_jax.codec.journal import Expect, Journal, JournalError, SourceCheck, run_key
 from gvc_jax.codec.engine import GeometryError, GopEngine, check_geometry, check_memory
 from gvc_jax.codec.plan import ArrayReader, GopFrames, GopPlan
 from gvc_jax.codec.records import picks_to_record
@@ -124,12 +124,33 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     check_geometry(model, height, width, gop_frames)
     check_memory(model, height, width, gop_frames, mesh.size)
     model = with_prompt(model, header.prompt)
-    # before any model work: a journal of another run is refused here
-    journal = None if resume is None else open_journal(resume, run_key(header, var, gop_atoms, tuple(resume_identity)),
-                                                       mesh, plan.num_gops)
+    # before any model work: a journal of another run, or an entry that does not fit this encode, is refused here
+    journal = None
+    if resume is not None:
+        contexts = {}
+
+        def context_of(g: int) -> tuple:  # the frames GOP g's entry must hold
+            if g not in contexts:
+                contexts[g] = context_frames(plan, var, plan.spans[g])
+            return contexts[g]
+
+        def check_record(g: int, data: bytes) -> None:  # GOP g's record, with the payloads its GOP takes
+            rec = bitstream.parse_record(header, g, data)
+            var.check_side(g, rec.side)
+            anchors = len(anchor_payloads(var, rec.side))
+            if anchors != len(var.coded_anchors(plan.spans[g])):
+                raise bitstream.BitstreamError(f"GOP {g}: {anchors} anchor payloads, variant {var.name} needs "
+                                               f"{len(var.coded_anchors(plan.spans[g]))}")
+
+        longest = (bitstream.payload_bits(header) + 7) // 8 + bitstream.MAX_SIDE_BYTES + (1 << 16)  # framed record
+        journal = open_journal(resume, run_key(header, var, gop_atoms, tuple(resume_identity)), mesh,
+                               Expect(plan.num_gops, height, width, context_of, check_record, longest))
     engine = GopEngine(model, sampler, height, width, gop_frames, mesh)
     frames = GopFrames(reader, plan)
-    source = SearchTargets(lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE),
+    read = lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE)  # noqa: E731
+    # resumed: the journalled GOPs' frames are read too, and checked against their entries
+    checked = None if journal is None else SourceCheck(read, plan.spans, journal)
+    source = SearchTargets(read if checked is None else checked,
                            None if gop_atoms is None else (lambda span: gop_atoms[span.index]))
     emit = _emitter(plan, reader.height, reader.width, sink)
     framed, reports = [b""] * plan.num_gops, {}  # each GOP's record, serialised as it is done
@@ -141,24 +162,38 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
             if not mesh.distributed or jax.process_index() == 0:  # gathered: one process holds each record
                 framed[g] = journal.entries[g].record
             reports[g] = _record_report(header, g, rec, resumed=True)
-        if sink is None:  # nothing wants their frames: later GOPs get what they need from the journal
-            skip = {g: FinishedGop(rec, journal.entries[g].frames) for g, rec in finished.items()}
-        else:             # replay them from their records (the decoder's path) for their frames
-            source = ResumedTargets(source, header, finished, var)
+        if sink is None:
+            # a journalled GOP that a GOP coded now conditions on is replayed from its record (the
+            # decoder's path, checked against the record's latent hash): journalled frames never
+            # reach a coded GOP; only such a replay takes them (of the GOP before it) as context,
+            # and a change to them fails its latent check. The other journalled GOPs are skipped.
+            replay = {d for s in plan.spans if s.index not in finished for d in s.depends_on if d in finished}
+            feeds = {d for r in replay for d in plan.spans[r].depends_on}
+            skip = {g: FinishedGop(rec, journal.entries[g].frames if g in feeds else {})
+                    for g, rec in finished.items() if g not in replay}
+        else:  # the sink wants their frames: replay them all
+            replay = set(finished)
+        if replay:
+            source = ResumedTargets(source, header, {g: finished[g] for g in replay}, var)
     try:
         for out in code_gops(plan, var, engine, source, progress=progress, stage="encode", skip=skip,
                              gather=sink is not None):
             g = out.span.index
             if out.inputs.record is not None:  # replayed from the journal (by whichever process ran it)
                 if out.digest != out.inputs.record.latent_hash:
-                    raise DriftError(f"GOP {g}: replaying the resume journal's record did not reproduce the first "
-                                     f"run's latent (another platform or dtype?); delete {journal.path} to start over")
+                    where = journal.entries[g].path
+                    raise JournalError(f"GOP {g}: replaying the record journalled in {where} did not reproduce the "
+                                       f"first run's latent (the journal was altered, or another platform or dtype); "
+                                       f"delete {where} to start over")
             elif out.latent is not None:  # coded here (else: another process's GOP, gathered for the sink)
                 framed[g], reports[g] = _coded_record(header, g, out)
                 if journal is not None:
                     keep = context_frames(plan, var, out.span)
-                    journal.add(g, framed[g], {f: out.frames[f - out.span.start] for f in keep})
+                    journal.add(g, framed[g], {f: out.frames[f - out.span.start] for f in keep},
+                                source=checked.digest(g))
             emit(out)
+        if checked is not None:
+            checked.finish()  # the journalled GOPs after the last coded one: their frames checked too
     except BaseException:
         if journal is not None:
             journal.close()
@@ -230,19 +265,22 @@ def encode_batch(readers: Sequence, model, sampler: SamplerConfig, *, variant="t
     return results
 
 
-def open_journal(output: str, key: bytes, mesh: GopMesh, num_gops: int) -> Journal:
-    """The resume journal of ``output``. With several processes: each its own file, every process
-    reading all of them before any appends (a barrier), and only the GOPs every process found count
-    as finished, so that all of them skip the same GOPs."""
+def open_journal(output: str, key: bytes, mesh: GopMesh, expect) -> Journal:
+    """The resume journal of ``output``, every entry verified against ``expect`` (``journal.Expect``).
+    With several processes: each its own file, every process reading all of them before any cuts,
+    starts or appends to its own (a barrier), and only the GOPs every process found count as
+    finished, so that all of them skip the same GOPs."""
     if not mesh.distributed:
-        return Journal.open(output, key)
+        return Journal.open(output, key, expect)
     from jax.experimental import multihost_utils
 
-    journal = Journal.open(output, key, jax.process_index(), jax.process_count())
+    num_gops = expect.num_gops
+    journal = Journal.read(output, key, expect, jax.process_index(), jax.process_count())
     found = np.zeros(num_gops, np.bool_)
     found[[g for g in journal.entries if g < num_gops]] = True
     agreed = np.asarray(multihost_utils.process_allgather(found)).reshape(-1, num_gops).all(axis=0)
     journal.entries = {g: e for g, e in journal.entries.items() if g < num_gops and agreed[g]}
+    journal.begin()  # after the gather: every process has read every journal before any is cut or started
     return journal
 
 
