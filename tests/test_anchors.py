@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gvc_jax.codec import anchors as A
-from gvc_jax.codec.ranks import BitstreamError
+from gvc_jax.codec.bits import BitstreamError
 
 
 @pytest.fixture(scope="module")

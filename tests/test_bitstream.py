@@ -311,7 +311,7 @@ def _valid():
 
 def _fix_record_crc(data, rec_start, g=0):
     """Recompute the CRC of GOP g's record starting at rec_start (its varint length is intact)."""
-    cur = bs._Cursor(data, rec_start)
+    cur = bs.Cursor(data, rec_start)
     n = cur.varint("len")
     body = data[cur.pos + 4:cur.pos + 4 + n]
     return data[:cur.pos] + struct.pack(">I", crc_at(g, body)) + data[cur.pos + 4:]
@@ -333,7 +333,7 @@ def test_read_errors_specific():
         with pytest.raises(BitstreamError, match=msg):
             bs.read(d)
     # CRC of GOP 1 broken: error names GOP 1.
-    cur = bs._Cursor(data, hl)
+    cur = bs.Cursor(data, hl)
     n0 = cur.varint("len")
     rec1 = cur.pos + 4 + n0
     d = bytearray(data)
@@ -454,7 +454,7 @@ def _fix_crcs(data, hl):
         d[hl - 4:hl] = struct.pack(">I", zlib.crc32(bytes(d[:hl - 4])))
     pos, g = hl, 0
     while pos < len(d):
-        cur = bs._Cursor(bytes(d), pos)
+        cur = bs.Cursor(bytes(d), pos)
         try:
             n = cur.varint("len")
         except BitstreamError:
@@ -590,7 +590,7 @@ def test_fuzz_fields_with_recomputed_crcs():
         _check(_raw_header(fields) + stream[hl:], stats)
         # payload side: overwrite one byte of a record body (atom counts, picks, side count / length)
         d = bytearray(stream)
-        cur = bs._Cursor(stream, hl)
+        cur = bs.Cursor(stream, hl)
         n = cur.varint("len")
         body_start = cur.pos + 4
         j = body_start + 8 + int(rng.integers(0, max(1, n - 8)))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from gvc_jax.codec import ranks
-from gvc_jax.codec.ranks import BitReader, BitstreamError, BitWriter, rank_subset, subset_rank_bits, unrank_subset
+from gvc_jax.codec.bits import BitReader, BitstreamError, BitWriter
+from gvc_jax.codec.ranks import rank_subset, subset_rank_bits, unrank_subset
 
 
 def _bits_reference(K, M):

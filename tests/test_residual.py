@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gvc_jax.codec import residual as R
-from gvc_jax.codec.ranks import BitstreamError
+from gvc_jax.codec.bits import BitstreamError
 
 SHAPE = (6, 8, 16)
 

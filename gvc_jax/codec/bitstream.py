@@ -38,9 +38,10 @@ from typing import Sequence
 
 import numpy as np
 
-from gvc_jax.codec.ranks import BitReader, BitstreamError, BitWriter, rank_subset, subset_rank_bits, unrank_subset
+from gvc_jax.codec.bits import BitReader, BitstreamError, BitWriter, Cursor, encode_varint
+from gvc_jax.codec.ranks import rank_subset, subset_rank_bits, unrank_subset
 from gvc_jax.codec.schedule import CODEBOOK_KINDS, MAX_K, MAX_STEPS, SamplerConfig  # noqa: F401 (format limits)
-from gvc_jax.codec.variants import VARIANT_NAMES as VARIANTS
+from gvc_jax.temporal import is_valid, latent_frames
 
 __all__ = [
     "BitstreamError", "MAGIC", "FORMAT_VERSION", "VARIANTS", "CODEBOOK_KINDS", "Header", "GopRecord",
@@ -48,6 +49,7 @@ __all__ = [
     "FLAG_X0_CACHE", "FLAG_PROMPT", "MAX_PROMPT_BYTES", "check_prompt",
 ]
 
+VARIANTS = ("t2v", "i2v", "flf2v")  # the header's variant byte indexes this (``codec.variants`` implements them)
 MAGIC = b"GVC"
 FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
@@ -65,7 +67,6 @@ MAX_GOPS = 1_000_000
 MAX_GOP_FRAMES = 4097     # 4k+1, i.e. at most 1025 latent frames per GOP
 MAX_SIDE_PAYLOADS = 255
 MAX_SIDE_BYTES = 1 << 26  # side payload bytes a GOP may carry (anchor images, residuals): 64 MiB
-_VARINT_MAX_BYTES = 10    # values < 2**70; anything longer is malformed
 HASH_BYTES = 8
 FINGERPRINT_BYTES = 8
 
@@ -158,62 +159,6 @@ class GopRecord:
         return True
 
 
-# ----------------------------------------------------------------------------------- varints
-
-def encode_varint(n: int) -> bytes:
-    """Unsigned LEB128: 7 bits per byte, least significant group first, high bit = more."""
-    n = int(n)
-    if n < 0:
-        raise ValueError(f"varint must be >= 0, got {n}")
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-class _Cursor:
-    """Bounds-checked byte reader over a bytes object; every read names what it was reading."""
-
-    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
-        self.data = data
-        self.pos = pos
-        self.end = len(data) if end is None else end
-
-    @property
-    def left(self) -> int:
-        return self.end - self.pos
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or n > self.left:
-            raise BitstreamError(f"truncated stream: {what} needs {n} bytes, {self.left} left")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def varint(self, what: str) -> int:
-        value, shift = 0, 0
-        for i in range(_VARINT_MAX_BYTES):
-            if self.pos >= self.end:
-                raise BitstreamError(f"truncated stream: varint {what} runs past the end")
-            b = self.data[self.pos]
-            self.pos += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                if b == 0 and i > 0:
-                    raise BitstreamError(f"non-canonical varint for {what}")
-                return value
-        raise BitstreamError(f"varint {what} longer than {_VARINT_MAX_BYTES} bytes")
-
-
 # ----------------------------------------------------------------------------------- validation
 
 def _is_int(x: object) -> bool:
@@ -279,11 +224,11 @@ def validate_header(h: Header) -> None:
         raise bad(f"num_frames={h.num_frames} not in [1, {MAX_FRAMES}]")
     if h.fps_num <= 0 or h.fps_den <= 0 or h.fps_num >= 1 << 32 or h.fps_den >= 1 << 32:
         raise bad(f"fps {h.fps_num}/{h.fps_den} must have both terms in [1, 2**32)")
-    if not (1 <= h.gop_frames <= MAX_GOP_FRAMES and h.gop_frames % 4 == 1):
+    if not (1 <= h.gop_frames <= MAX_GOP_FRAMES and is_valid(h.gop_frames)):
         raise bad(f"gop_frames={h.gop_frames} must be 4k+1 in [1, {MAX_GOP_FRAMES}]")
     if not 1 <= h.num_gops <= min(h.num_frames, MAX_GOPS):
         raise bad(f"num_gops={h.num_gops} must be in [1, min(num_frames={h.num_frames}, {MAX_GOPS})]")
-    want = (h.gop_frames - 1) // 4 + 1
+    want = latent_frames(h.gop_frames)
     if h.latent_frames != want:
         raise bad(f"atoms_per_frame has {h.latent_frames} entries, gop_frames={h.gop_frames} has {want} latent frames")
     if h.flags & ~KNOWN_FLAGS[h.version] or not 0 <= h.flags < 1 << 32:
@@ -343,7 +288,7 @@ def header_bytes(header: Header) -> int:
     return len(_encode_header_fields(header))
 
 
-def _parse_header(cur: _Cursor) -> Header:
+def _parse_header(cur: Cursor) -> Header:
     start = cur.pos
     if cur.left < len(MAGIC) or cur.data[cur.pos:cur.pos + len(MAGIC)] != MAGIC:
         raise BitstreamError("not a .gvc stream (bad magic)")
@@ -365,7 +310,7 @@ def _parse_header(cur: _Cursor) -> Header:
     shift, g_scale = struct.unpack(">ff", cur.take(8, "shift and g_scale"))
     K = cur.varint("K")
     n_lat = cur.varint("latent frame count")
-    if n_lat > (MAX_GOP_FRAMES - 1) // 4 + 1:
+    if n_lat > latent_frames(MAX_GOP_FRAMES):
         raise BitstreamError(f"invalid header: {n_lat} latent frames per GOP exceeds the format limit")
     apf = tuple(cur.varint(f"atoms_per_frame[{f}]") for f in range(n_lat))
     seed = cur.varint("seed")
@@ -516,7 +461,7 @@ def _decode_picks(h: Header, data: bytes, g: int, apf) -> tuple:
     return tuple(steps)
 
 
-def _frame_record(h: Header, cur: _Cursor, g: int) -> tuple[int, int]:
+def _frame_record(h: Header, cur: Cursor, g: int) -> tuple[int, int]:
     """Step over GOP g's record, checking its length and its position-bound CRC: -> (start, length)
     of its body. Cheap (no big-int work), so a whole stream's structure is checked up front."""
     body_len = cur.varint(f"GOP {g} record length")
@@ -532,7 +477,7 @@ def _frame_record(h: Header, cur: _Cursor, g: int) -> tuple[int, int]:
 
 def _parse_body(h: Header, data: bytes, g: int, body_start: int, body_len: int) -> GopRecord:
     """GOP g's record body -> GopRecord: atom counts, picks (unranked) and side payloads."""
-    bc = _Cursor(data, body_start, body_start + body_len)
+    bc = Cursor(data, body_start, body_start + body_len)
     latent_hash = bc.take(HASH_BYTES, f"GOP {g} latent hash")
     apf = tuple(h.atoms_per_frame)
     if h.per_gop_atoms:
@@ -583,7 +528,7 @@ def record_bytes(header: Header, g: int, rec: GopRecord) -> bytes:
 def parse_record(header: Header, g: int, framed: bytes) -> GopRecord:
     """The inverse of ``record_bytes``: GOP g's framed record (length, CRC, body) -> GopRecord."""
     framed = bytes(framed)
-    cur = _Cursor(framed)
+    cur = Cursor(framed)
     start, length = _frame_record(header, cur, g)
     if cur.left:
         raise BitstreamError(f"GOP {g}: {cur.left} unexpected bytes after the record")
@@ -607,7 +552,7 @@ def assemble(header: Header, framed: Sequence[bytes]) -> bytes:
 
 def read_header(data: bytes) -> tuple[Header, int]:
     """Parse and validate just the header: -> (header, its size in bytes)."""
-    cur = _Cursor(bytes(data))
+    cur = Cursor(bytes(data))
     h = _parse_header(cur)
     return h, cur.pos
 
@@ -711,7 +656,7 @@ def open_stream(data: bytes, conceal: bool = False) -> tuple[Header, Records]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BitstreamError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
-    cur = _Cursor(data)
+    cur = Cursor(data)
     h = _parse_header(cur)
     min_record = _min_record_bytes(h, cur.left)
     need = h.num_gops * min_record
@@ -753,7 +698,7 @@ def _resync(h: Header, data: bytes, start: int, g: int, budget: int):
     ``RESYNC_LOOKAHEAD`` GOP indices, while ``budget`` bytes of CRC work remain."""
     def frames_at(pos: int, j: int) -> bool:
         nonlocal budget
-        cur = _Cursor(data, pos)
+        cur = Cursor(data, pos)
         try:
             n = cur.varint("length")
         except BitstreamError:
@@ -762,13 +707,13 @@ def _resync(h: Header, data: bytes, start: int, g: int, budget: int):
             return False
         budget -= n
         try:
-            _frame_record(h, _Cursor(data, pos), j)
+            _frame_record(h, Cursor(data, pos), j)
         except BitstreamError:
             return False
         return True
 
     candidates = range(g + 1, min(g + 1 + RESYNC_LOOKAHEAD, h.num_gops))
-    cur = _Cursor(data, start)
+    cur = Cursor(data, start)
     try:
         n = cur.varint("length")
         after = cur.pos + 4 + n

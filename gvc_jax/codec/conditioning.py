@@ -21,6 +21,7 @@ import numpy as np
 from einops import rearrange
 
 from gvc_jax.models.configs import DiTConfig
+from gvc_jax.temporal import is_valid
 
 
 class ConditioningError(ValueError):
@@ -29,7 +30,7 @@ class ConditioningError(ValueError):
 
 def frame_mask(pixel_frames: int, visible: Sequence[int] = (), temporal_stride: int = 4) -> np.ndarray:
     """[F_lat, stride] float32 mask of the visible pixel frames (indices into the GOP)."""
-    if pixel_frames < 1 or (pixel_frames - 1) % temporal_stride:
+    if not is_valid(pixel_frames, temporal_stride):
         raise ConditioningError(f"a GOP has {temporal_stride}k+1 frames, got {pixel_frames}")
     m = np.zeros((pixel_frames,), np.float32)
     for i in visible:

@@ -24,6 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from gvc_jax.temporal import check_frames
+
 
 @dataclass(frozen=True)
 class GopSpan:
@@ -49,8 +51,7 @@ class GopSpan:
 
 
 def check_gop_frames(gop_frames: int, temporal_stride: int = 4) -> None:
-    if gop_frames < 1 or (gop_frames - 1) % temporal_stride:
-        raise ValueError(f"GOP length must be {temporal_stride}k+1 frames (e.g. 33), got {gop_frames}")
+    check_frames(gop_frames, temporal_stride, "a GOP")
 
 
 def gop_count(num_frames: int, gop_frames: int, hop: int) -> int:

@@ -1,4 +1,4 @@
-"""Combinatorial-rank coding of index subsets, and MSB-first bit writing / reading.
+"""Combinatorial-rank coding of index subsets (the bits themselves: ``codec.bits``).
 
 A codebook pick for one (step, latent frame) is a subset of M atom indices out of K. Any such
 subset is coded by its rank in the combinatorial number system, an integer in [0, C(K, M)),
@@ -15,11 +15,7 @@ Pure Python ints and numpy only (no jax): the bitstream is parsed before any mod
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
-
-
-class BitstreamError(ValueError):
-    """A malformed, truncated or corrupted .gvc stream (re-exported by ``codec.bitstream``)."""
+from typing import Sequence
 
 
 def _check_km(K: int, M: int) -> None:
@@ -177,84 +173,3 @@ def unrank_subset(rank: int, K: int, M: int) -> list[int]:
         r -= v
         hi = c - 1
     return out
-
-
-class BitWriter:
-    """Accumulates bits MSB first; ``getvalue()`` zero-pads the last byte."""
-
-    def __init__(self) -> None:
-        self._out = bytearray()
-        self._acc = 0  # pending bits (fewer than 8 between calls)
-        self._acc_bits = 0
-        self.bit_length = 0
-
-    def write(self, value: int, nbits: int) -> None:
-        """Append ``value`` as an unsigned ``nbits``-bit integer, most significant bit first."""
-        value, nbits = int(value), int(nbits)
-        if nbits < 0:
-            raise ValueError(f"nbits must be >= 0, got {nbits}")
-        if value < 0 or value.bit_length() > nbits:
-            raise ValueError(f"value {value} does not fit in {nbits} unsigned bits")
-        if nbits == 0:
-            return
-        acc = (self._acc << nbits) | value
-        acc_bits = self._acc_bits + nbits
-        nbytes = acc_bits // 8
-        if nbytes:
-            rest = acc_bits - 8 * nbytes
-            self._out += (acc >> rest).to_bytes(nbytes, "big")
-            acc &= (1 << rest) - 1
-            acc_bits = rest
-        self._acc, self._acc_bits = acc, acc_bits
-        self.bit_length += nbits
-
-    def write_bits(self, bits: Iterable[int]) -> None:
-        """Append single bits (each 0 or 1), first element first."""
-        value, n = 0, 0
-        for b in bits:
-            b = int(b)
-            if b not in (0, 1):
-                raise ValueError(f"bits must be 0 or 1, got {b}")
-            value = (value << 1) | b
-            n += 1
-        self.write(value, n)
-
-    def getvalue(self) -> bytes:
-        """All bits written so far, zero-padded to a whole byte."""
-        if self._acc_bits:
-            return bytes(self._out) + bytes([(self._acc << (8 - self._acc_bits)) & 0xFF])
-        return bytes(self._out)
-
-
-class BitReader:
-    """Reads MSB-first bits from bytes; reading past the end raises ``BitstreamError``."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = bytes(data)
-        self._pos = 0  # bit position
-        self._nbits = 8 * len(self._data)
-
-    @property
-    def bits_left(self) -> int:
-        return self._nbits - self._pos
-
-    @property
-    def position(self) -> int:
-        """Bits read so far."""
-        return self._pos
-
-    def read(self, nbits: int) -> int:
-        """Next ``nbits`` bits as an unsigned int (0 when nbits == 0)."""
-        nbits = int(nbits)
-        if nbits < 0:
-            raise ValueError(f"nbits must be >= 0, got {nbits}")
-        if nbits > self.bits_left:
-            raise BitstreamError(f"truncated bit payload: need {nbits} bits, {self.bits_left} left")
-        if nbits == 0:
-            return 0
-        start, end = self._pos, self._pos + nbits
-        b0, b1 = start // 8, (end + 7) // 8
-        chunk = int.from_bytes(self._data[b0:b1], "big")
-        chunk >>= 8 * b1 - end
-        self._pos = end
-        return chunk & ((1 << nbits) - 1)

@@ -30,7 +30,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from gvc_jax.codec.ranks import BitstreamError
+from gvc_jax.codec.bits import BitstreamError, Cursor
 
 FORMAT = 1
 DEFAULT_STEP = 0.25
@@ -163,10 +163,8 @@ def decode_residual(payload: bytes, shape: Sequence[int]) -> np.ndarray:
     """Payload -> the dequantised residual [h, w, C]; BitstreamError on anything malformed."""
     import constriction
 
-    from gvc_jax.codec.bitstream import _Cursor
-
     h, w, channels = (int(v) for v in shape)
-    cur = _Cursor(bytes(payload))
+    cur = Cursor(bytes(payload))
     if cur.u8("residual format") != FORMAT:
         raise BitstreamError("residual payload: unknown format")
     if cur.u8("residual channel count") != channels:

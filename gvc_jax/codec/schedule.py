@@ -18,6 +18,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from gvc_jax.codec.codebooks import KINDS as CODEBOOK_KINDS  # the stream's codebook byte indexes these
+from gvc_jax.temporal import latent_frames  # noqa: F401  (re-exported for the sampler's users)
 
 DEFAULT_STEPS = 20
 DEFAULT_TAIL = 3
@@ -53,11 +54,6 @@ def f32(x: float) -> float:
     """Round a Python float to the nearest float32, the precision the header stores."""
     with np.errstate(over="ignore"):
         return float(np.float32(x))
-
-
-def latent_frames(frames: int, temporal_stride: int = 4) -> int:
-    """Latent frames of a ``stride*k + 1``-frame clip."""
-    return (int(frames) - 1) // temporal_stride + 1
 
 
 def atom_capacity(max_atoms: int, K: int) -> int:

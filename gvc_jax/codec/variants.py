@@ -18,9 +18,8 @@ from typing import ClassVar, Dict, FrozenSet, Optional, Tuple
 
 import numpy as np
 
-from gvc_jax.codec.ranks import BitstreamError
-
-VARIANT_NAMES = ("t2v", "i2v", "flf2v")  # stream order: the header's variant byte indexes this
+from gvc_jax.codec.bits import BitstreamError
+from gvc_jax.codec.bitstream import VARIANTS as VARIANT_NAMES  # the format's code table
 
 
 class VariantError(ValueError):

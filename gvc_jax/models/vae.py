@@ -33,6 +33,7 @@ from einops import rearrange
 from flax import nnx
 
 from gvc_jax.models.configs import VAEConfig
+from gvc_jax.temporal import latent_frames  # noqa: F401  (re-exported: the VAE's frame rule)
 
 CACHE_T = 2  # frames kept by every temporal-kernel-3 causal conv
 
@@ -343,14 +344,6 @@ class Decoder(nnx.Module):
 
 
 # ----------------------------------------------------------------------------- model
-
-def latent_frames(num_frames: int, temporal_stride: int = 4) -> int:
-    """Latent frame count for ``num_frames = 1 + temporal_stride * k`` pixel frames."""
-    if num_frames < 1 or (num_frames - 1) % temporal_stride:
-        raise ValueError(f"the VAE needs {temporal_stride}k+1 frames (1, {1 + temporal_stride}, "
-                         f"{1 + 2 * temporal_stride}, ...), got {num_frames}")
-    return (num_frames - 1) // temporal_stride + 1
-
 
 class WanVAE(nnx.Module):
     """Wan2.1 causal video VAE. ``encode`` -> posterior mode (not normalised); ``decode`` -> [-1, 1]."""
