@@ -58,7 +58,10 @@ try:
 except BitstreamError as e:
     error = str(e)
 print(json.dumps({"error": error, "seconds": time.perf_counter() - t0,
-                  "self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec from the parent
+                  # (here a big pytest worker); VmHWM is this process's own peak
+                  "self_mb": next(int(l.split()[1]) for l in open("/proc/self/status")
+                                  if l.startswith("VmHWM:")) / 1024,
                   "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
