@@ -1,10 +1,11 @@
-# Two entry points (see README): `make demo` runs the codec on a sample clip, `make test` runs the tests.
+# Two entry points (see README): `make demo` runs the codec on a sample clip, `make test` runs the tests
+# (`make lint`: ruff and mypy on gvc_jax/ and weights_convert/, configured in pyproject.toml; CI runs it first).
 # Each creates .venv and installs what it needs on first use.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv venv-dev clean
+.PHONY: demo lint test venv venv-dev clean
 
 $(BIN)/.runtime: requirements.txt setup.cfg
 	$(PY) -m venv $(VENV)
@@ -24,6 +25,11 @@ venv-dev: $(BIN)/.dev
 
 demo: $(BIN)/.runtime
 	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(BIN)/python -m gvc_jax.demo
+
+# Static checks (ruff: lint and import order; mypy: types), configured in pyproject.toml.
+lint: $(BIN)/.dev
+	$(BIN)/python -m ruff check gvc_jax weights_convert
+	$(BIN)/python -m mypy gvc_jax weights_convert
 
 # TEST_WORKERS pytest-xdist processes, each taking whole test files (module fixtures run once);
 # TEST_WORKERS=0 runs everything in this process.

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import types
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 
 class Terminated(BaseException):
@@ -209,6 +209,8 @@ def _start_watchdog(grace: float = INTERRUPT_GRACE_S) -> None:
 
 
 class _CallableModule(types.ModuleType):
+    __api__: Callable
+
     def __call__(self, *args, **kwargs):
         return self.__api__(*args, **kwargs)
 
@@ -218,6 +220,7 @@ def callable_module(name: str, fn: Callable) -> None:
     works whether ``gvc_jax.encode`` names the command-line module or the function."""
     mod = sys.modules[name]
     mod.__class__ = _CallableModule
+    assert isinstance(mod, _CallableModule)
     mod.__api__ = fn
 
 
@@ -230,9 +233,9 @@ def progress_printer(quiet: bool):
     from tqdm import tqdm
 
     class Bars(Progress):
-        def __init__(self):
+        def __init__(self) -> None:
             self.bars: Dict[str, "tqdm"] = {}
-            self.current = None
+            self.current: Optional["tqdm"] = None
 
         def gop(self, stage: str, done: int, total: int) -> None:
             bar = self.bars.get(stage)

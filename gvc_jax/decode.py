@@ -11,13 +11,12 @@ As a Python function: ``from gvc_jax import decode; frames = decode("clip.gvc")`
 """
 from __future__ import annotations
 
-import gvc_jax  # noqa: F401  (environment before jax)
-
 import argparse
 import os
 import sys
 import time
 
+import gvc_jax  # noqa: F401  (environment before jax)
 from gvc_jax import api, cli
 
 
@@ -28,9 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="output video (.mp4, .mkv, .y4m, .npy, or a new or empty directory for PNG frames)")
     cli.add_model_args(p)
-    p.add_argument("--reference", default=None, metavar="VIDEO", help="report PSNR, MS-SSIM and LPIPS against this video")
-    p.add_argument("--strict", action="store_true", help="fail (exit 2) if a GOP's decoded latent differs from the encoder's")
-    p.add_argument("--ignore-fingerprint", action="store_true", help="decode even if the model differs from the encoder's")
+    p.add_argument("--reference", default=None, metavar="VIDEO",
+                   help="report PSNR, MS-SSIM and LPIPS against this video")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 2) if a GOP's decoded latent differs from the encoder's")
+    p.add_argument("--ignore-fingerprint", action="store_true",
+                   help="decode even if the model differs from the encoder's")
     p.add_argument("--conceal", action="store_true",
                    help="conceal GOPs whose records are damaged or missing (a cut file) instead of failing: "
                         "they repeat the last frame decoded before them; the report lists them and the exit "
@@ -55,8 +57,8 @@ def main(argv) -> int:
     from gvc_jax.metrics import bpp
     from gvc_jax.parallel import GopMesh
 
-    cli.check_outputs(files=(args.json,), videos=(args.output,),
-                      inputs=(args.input, args.reference, args.model if args.model and os.path.isdir(args.model) else None))
+    model_dir = args.model if args.model and os.path.isdir(args.model) else None
+    cli.check_outputs(files=(args.json,), videos=(args.output,), inputs=(args.input, args.reference, model_dir))
     mesh = GopMesh(args.devices, args.weight_shards)
     devices = len(mesh.devices)
     with bitstream.naming(args.input):
@@ -79,10 +81,15 @@ def main(argv) -> int:
                 evaluator.reference(reference.read(len(chunk)))
                 evaluator.decoded(chunk)
             sinks.append(evaluate)
+
+        def sink(chunk) -> None:
+            for s in sinks:
+                s(chunk)
+
         t0 = time.perf_counter()
         with bitstream.naming(args.input):
             result = decode_stream(stream, model, check_fingerprint=not args.ignore_fingerprint, strict=args.strict,
-                                   sink=lambda chunk: [s(chunk) for s in sinks],
+                                   sink=sink,
                                    progress=cli.progress_printer(args.quiet), devices=mesh,
                                    conceal=args.conceal, allow_drift=args.allow_drift)
         seconds = time.perf_counter() - t0

@@ -8,12 +8,12 @@ decoded videos and one side-by-side PNG (original, then one row per variant) und
 """
 from __future__ import annotations
 
-import gvc_jax  # noqa: F401
-
 import argparse
 import os
 import time
+from typing import Any
 
+import gvc_jax  # noqa: F401
 from gvc_jax import cli
 from gvc_jax.codec import schedule
 
@@ -21,7 +21,7 @@ from gvc_jax.codec import schedule
 # boundary frames; I2V the coded first frame, twice the atoms on the last latent frame (it
 # conditions the next GOP) and the tail residual. Anchors at quality 20: with the toy default
 # model, higher anchor quality buys almost nothing (docs/anchor_codecs.md).
-DEMO_SETTINGS = {
+DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "t2v": {},
     "flf2v": {"anchor_quality": 20},
     "i2v": {"anchor_quality": 20, "tail_atoms": 2 * schedule.DEFAULT_M},
@@ -62,9 +62,9 @@ def print_rows(rows) -> None:
     keys = list(rows[0])
     cells = [[cli._fmt(r[k]) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
+    print("  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True)))
     for c in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths, strict=True)))
 
 
 def main(argv) -> int:
@@ -72,7 +72,8 @@ def main(argv) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clip", default="bigbuckbunny", help="shipped sample clip (bigbuckbunny, bikes)")
     p.add_argument("--frames", type=int, default=33, help="frames to code (default %(default)s)")
-    p.add_argument("--resize", type=cli.parse_size, default=(256, 144), metavar="WxH", help="working size (default 256x144)")
+    p.add_argument("--resize", type=cli.parse_size, default=(256, 144), metavar="WxH",
+                   help="working size (default 256x144)")
     p.add_argument("--variants", nargs="+", default=list(DEMO_SETTINGS), choices=tuple(DEMO_SETTINGS),
                    help="variants to run (default: all three)")
     p.add_argument("-M", "--atoms", type=int, default=schedule.DEFAULT_M, help="atoms per latent frame and step")

@@ -10,12 +10,12 @@ As a Python function: ``from gvc_jax import encode; stream = encode("clip.mp4", 
 """
 from __future__ import annotations
 
-import gvc_jax  # noqa: F401  (environment before jax)
-
 import argparse
 import os
 import time
+from typing import Any, Callable, Dict, List, Union
 
+import gvc_jax  # noqa: F401  (environment before jax)
 from gvc_jax import api, cli
 from gvc_jax.codec import schedule
 
@@ -37,16 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_distributed_args(p, "each codes its share of every wave, process 0 writes the stream, the report "
                                 "and --decoded / --compare")
     g = p.add_argument_group("rate and sampler")
-    g.add_argument("--preset", default="default", choices=tuple(api.PRESETS), help="option preset the flags below override (default %(default)s)")
+    g.add_argument("--preset", default="default", choices=tuple(api.PRESETS),
+                   help="option preset the flags below override (default %(default)s)")
     g.add_argument("--target-bpp", type=float, default=None, metavar="BPP",
                    help="choose M (and M_tail in proportion) to land just under this rate, anchors included "
                         "(i2v: the tail residual comes on top; the report says how close it got)")
-    g.add_argument("-M", "--atoms", type=int, default=None, help=f"atoms per latent frame and step (the rate knob; default {schedule.DEFAULT_M})")
-    g.add_argument("-K", "--codebook-size", type=int, default=None, help=f"codebook size (default {schedule.DEFAULT_K})")
-    g.add_argument("--codebook", default=None, choices=schedule.CODEBOOK_KINDS, help=f"atom kind (default {schedule.DEFAULT_CODEBOOK})")
+    g.add_argument("-M", "--atoms", type=int, default=None,
+                   help=f"atoms per latent frame and step (the rate knob; default {schedule.DEFAULT_M})")
+    g.add_argument("-K", "--codebook-size", type=int, default=None,
+                   help=f"codebook size (default {schedule.DEFAULT_K})")
+    g.add_argument("--codebook", default=None, choices=schedule.CODEBOOK_KINDS,
+                   help=f"atom kind (default {schedule.DEFAULT_CODEBOOK})")
     g.add_argument("--steps", type=int, default=None, help=f"sampling steps T (default {schedule.DEFAULT_STEPS})")
-    g.add_argument("--tail", type=int, default=None, help=f"deterministic final steps (default {schedule.DEFAULT_TAIL})")
-    g.add_argument("--g-scale", type=float, default=None, help=f"SDE diffusion scale (default {schedule.DEFAULT_G_SCALE})")
+    g.add_argument("--tail", type=int, default=None,
+                   help=f"deterministic final steps (default {schedule.DEFAULT_TAIL})")
+    g.add_argument("--g-scale", type=float, default=None,
+                   help=f"SDE diffusion scale (default {schedule.DEFAULT_G_SCALE})")
     g.add_argument("--shift", type=float, default=None, help="time-grid shift (default: 5.0 above 480p, else 3.0)")
     g.add_argument("--seed", type=int, default=None, help="codebook / initial-noise seed (default 0)")
     g.add_argument("--x0-cache", default=None, metavar="SPEC",
@@ -71,33 +77,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report bpp without the first anchor frame's bytes (the published I2V accounting); "
                         "the report labels it")
     v = p.add_argument_group("input")
-    v.add_argument("--gop-frames", type=int, default=None, help="frames per GOP, 4k+1 (default 33, or fewer for a shorter clip)")
+    v.add_argument("--gop-frames", type=int, default=None,
+                   help="frames per GOP, 4k+1 (default 33, or fewer for a shorter clip)")
     v.add_argument("--max-frames", type=int, default=None, help="encode at most this many frames")
     v.add_argument("--start", type=int, default=0, help="first frame to encode (default 0)")
     v.add_argument("--resize", type=cli.parse_size, default=None, metavar="WxH", help="resize frames before coding")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval", action="store_true", help="report PSNR, MS-SSIM and LPIPS of the reconstruction")
     e.add_argument("--decoded", default=None, metavar="VIDEO", help="also write the reconstruction (e.g. out.mp4)")
-    e.add_argument("--compare", default=None, metavar="PNG", help="also write a side-by-side image of the first GOP's original and decoded frames")
+    e.add_argument("--compare", default=None, metavar="PNG",
+                   help="also write a side-by-side image of the first GOP's original and decoded frames")
     return p
 
 
 # Flags that override fields of the chosen CodecOptions preset (argparse dest == field name).
 OPTION_FIELDS = ("atoms", "codebook_size", "codebook", "steps", "tail", "g_scale", "shift", "seed", "variant",
-                 "gop_frames", "tail_atoms", "tail_frames", "anchor_codec", "anchor_quality", "residual_step", "target_bpp",
-                 "x0_cache")
+                 "gop_frames", "tail_atoms", "tail_frames", "anchor_codec", "anchor_quality", "residual_step",
+                 "target_bpp", "x0_cache")
 
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     writes = cli.start_distributed(args)  # process 0 (or the only one) writes the outputs
+    from jax import process_index as jax_process_index
+
+    from gvc_jax.codec.journal import check_journal_path, input_identity, journal_path
     from gvc_jax.codec.pipeline import encode_stream, rate_breakdown
     from gvc_jax.evaluation import RunningEval, TeeReader
     from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes, save_side_by_side
     from gvc_jax.metrics import bpp
-    from gvc_jax.codec.journal import check_journal_path, input_identity, journal_path
     from gvc_jax.parallel import GopMesh
-    from jax import process_index as jax_process_index
 
     overrides = {name: getattr(args, name) for name in OPTION_FIELDS if getattr(args, name) is not None}
     options = api.CodecOptions.preset(args.preset, **overrides)  # validates every codec option
@@ -135,9 +144,10 @@ def main(argv) -> int:
         frames, height, width, fps = reader.num_frames, reader.height, reader.width, reader.fps
         # with several processes every one takes part in gathering the frames; process 0 uses them
         wants_frames = bool(args.decoded or args.eval or args.compare)
-        sinks, source = [], reader
+        sinks: List[Callable[[Any], object]] = []
+        source: Union[VideoReader, TeeReader] = reader
         evaluator = RunningEval() if args.eval and writes else None
-        compare = {"orig": None, "dec": None}
+        compare: Dict[str, Any] = {"orig": None, "dec": None}
         comparing = bool(args.compare) and writes
         if evaluator or comparing:
             def on_source(chunk):
@@ -158,10 +168,15 @@ def main(argv) -> int:
         if options.target_bpp is not None:
             with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as again:
                 target = api.rate_target(options, variant, model, again, gop, len(sampler.atoms_per_frame))
+
+        def sink(chunk) -> None:
+            for s in sinks:
+                s(chunk)
+
         try:
             t0 = time.perf_counter()
             result = encode_stream(source, model, sampler, variant=variant, gop_frames=gop, **target,
-                                   sink=(lambda chunk: [s(chunk) for s in sinks]) if wants_frames else None,
+                                   sink=sink if wants_frames else None,
                                    progress=cli.progress_printer(args.quiet), devices=mesh, prompt=args.prompt,
                                    **resume)
             seconds = time.perf_counter() - t0
@@ -187,7 +202,8 @@ def main(argv) -> int:
         "width": width, "height": height, "fps": fps, "gops": len(result.gops), "bytes": size,
         "bpp": bpp(size, frames, width, height), "kbps": 8 * size / 1000 / (frames / fps),
         "seconds": seconds, "seconds_per_gop": [round(g.seconds, 3) for g in result.gops],
-        "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant, "prompt": args.prompt, "devices": devices, "weight_shards": mesh.weight_shards,
+        "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant, "prompt": args.prompt,
+        "devices": devices, "weight_shards": mesh.weight_shards,
         "resumed_gops": [g.index for g in result.gops if g.resumed],
         **rate_breakdown(result), "atoms_per_frame": list(result.header.atoms_per_frame),
     }
@@ -300,7 +316,7 @@ def _main_batch(args, options, mesh, writes: bool) -> int:
         return 0
     os.makedirs(args.output, exist_ok=True)
     rows = []
-    for video, out, reader, result in zip(videos, outputs, readers, results):
+    for video, out, reader, result in zip(videos, outputs, readers, results, strict=False):
         atomic_write_bytes(out, result.stream)
         size = len(result.stream)
         rows.append({"input": video, "output": out, "frames": reader.num_frames, "gops": len(result.gops),

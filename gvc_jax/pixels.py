@@ -60,7 +60,7 @@ def resize_frames(frames, size: tuple[int, int]) -> np.ndarray:
         return frames
     out = np.empty((frames.shape[0], h, w, 3), np.uint8)
     for i, fr in enumerate(frames):
-        out[i] = np.asarray(Image.fromarray(fr).resize((w, h), Image.BICUBIC, reducing_gap=None))
+        out[i] = np.asarray(Image.fromarray(fr).resize((w, h), Image.Resampling.BICUBIC, reducing_gap=None))
     return out
 
 

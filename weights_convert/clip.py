@@ -25,7 +25,12 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from gvc_jax.models.checkpoint import (
-    CheckpointError, LazyTensor, abstract_model, convert_state, raise_problems, torch_to_flax,
+    CheckpointError,
+    LazyTensor,
+    abstract_model,
+    convert_state,
+    raise_problems,
+    torch_to_flax,
 )
 from gvc_jax.models.clip import CLIPVisionConfig, hf_key_to_path, hf_keys, tower_factory
 from weights_convert.rules import Rule, rename_keys

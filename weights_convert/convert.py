@@ -10,8 +10,18 @@ import os
 from typing import Callable, Iterable, Mapping, Optional
 
 from gvc_jax.models.checkpoint import (
-    CheckpointError, LazyTensor, abstract_model, check_output_dir, convert_state, convert_state_parts, dit_factory,
-    param_count, read_json_object, save_model, torch_to_flax, vae_factory,
+    CheckpointError,
+    LazyTensor,
+    abstract_model,
+    check_output_dir,
+    convert_state,
+    convert_state_parts,
+    dit_factory,
+    param_count,
+    read_json_object,
+    save_model,
+    torch_to_flax,
+    vae_factory,
 )
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig, get_preset
 from weights_convert import rules
@@ -100,7 +110,8 @@ def convert_diffusers(transformer_dir: str, vae_dir: str, out_dir: str, *, dtype
     tcfg = _read_json(os.path.join(transformer_dir, "config.json"))
     vcfg = _read_json(os.path.join(vae_dir, "config.json"))
     if vcfg.get("is_residual") or vcfg.get("patch_size"):
-        raise CheckpointError(f"{vae_dir}: this is a Wan2.2-style VAE (is_residual/patch_size); only the Wan2.1 VAE is supported")
+        raise CheckpointError(f"{vae_dir}: this is a Wan2.2-style VAE (is_residual/patch_size); "
+                              "only the Wan2.1 VAE is supported")
     try:
         dit_cfg = DiTConfig.from_diffusers(tcfg, param_dtype=dtype)
         vae_cfg = VAEConfig.from_diffusers(vcfg, param_dtype=vae_dtype)

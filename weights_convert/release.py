@@ -30,7 +30,12 @@ from typing import Optional
 import numpy as np
 
 from gvc_jax.models.checkpoint import (
-    MAX_TOKENIZER_BYTES, CheckpointError, ModelWriter, abstract_model, check_output_dir, check_regular_file,
+    MAX_TOKENIZER_BYTES,
+    CheckpointError,
+    ModelWriter,
+    abstract_model,
+    check_output_dir,
+    check_regular_file,
     read_regular,
 )
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig

@@ -7,11 +7,12 @@ tensor's byte range. Every input is treated as hostile: only regular files are o
 or devices, also behind symlinks), the header length is bounded (100 MB and the file size) and the
 header is checked against the safetensors schema (``parse_safetensors_header``) before any tensor
 is read; an index json is a bounded regular file whose shards are plain file names next to it.
-Each problem is one ``CheckpointError`` line naming the file and the key. ``.pth`` files go through ``torch.load(weights_only=True, mmap=True)``,
-never unrestricted pickle.
+Each problem is one ``CheckpointError`` line naming the file and the key. ``.pth`` files go through
+``torch.load(weights_only=True, mmap=True)``, never unrestricted pickle.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import math
@@ -22,7 +23,11 @@ from typing import Dict, Mapping
 import numpy as np
 
 from gvc_jax.models.checkpoint import (
-    CheckpointError, LazyTensor, check_regular_file, open_regular, read_json_object,
+    CheckpointError,
+    LazyTensor,
+    check_regular_file,
+    open_regular,
+    read_json_object,
 )
 
 _ST_DTYPES = {
@@ -69,7 +74,8 @@ def parse_safetensors_header(header, data_size: int, path: str) -> Dict[str, tup
     for key, info in header.items():
         where = f"{path}: tensor {_show(key)}"
         if key == "__metadata__":
-            if not isinstance(info, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in info.items()):
+            if not isinstance(info, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in info.items()):
                 raise CheckpointError(f"{path}: __metadata__ must be an object of strings, got {_show(info)}")
             continue
         if not isinstance(info, dict):
@@ -108,7 +114,8 @@ def read_safetensors_file(path: str) -> Dict[str, LazyTensor]:
         try:
             head = f.read(8)
             if len(head) != 8:
-                raise CheckpointError(f"{path} is not a safetensors file: {size} bytes, shorter than its 8-byte header length")
+                raise CheckpointError(
+                    f"{path} is not a safetensors file: {size} bytes, shorter than its 8-byte header length")
             (n,) = struct.unpack("<Q", head)
             if n > min(MAX_HEADER_BYTES, size - 8):
                 raise CheckpointError(f"{path} is not a safetensors file: header length {n:,} is more than "
@@ -125,10 +132,11 @@ def read_safetensors_file(path: str) -> Dict[str, LazyTensor]:
                               f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
     base = 8 + n
     out = {}
-    for key, (dtype, shape, begin, end) in parse_safetensors_header(header, size - base, path).items():
+    for key, (dtype, shape, begin, _end) in parse_safetensors_header(header, size - base, path).items():
         npd = _np_dtype(dtype)
+        count = math.prod(shape)
 
-        def read(path=path, off=base + begin, npd=npd, shape=shape, count=math.prod(shape)):
+        def read(path=path, off=base + begin, npd=npd, shape=shape, count=count):
             # bf16 (ml_dtypes) has no byte-order variant; read it as little-endian uint16 bits.
             raw = np.dtype(f"<u{npd.itemsize}") if npd.itemsize > 1 else np.dtype(np.uint8)
             with open_regular(path, "checkpoint file") as (f, size):
@@ -216,7 +224,8 @@ def read_torch(path: str) -> Dict[str, LazyTensor]:
     out = {}
     for key, t in sd.items():
         dtype = str(t.dtype).replace("torch.", "")
-        out[key] = LazyTensor(tuple(t.shape), dtype, lambda t=t: to_numpy(t), origin=f"{os.path.basename(path)}:{key}")
+        out[key] = LazyTensor(tuple(t.shape), dtype, functools.partial(to_numpy, t),
+                              origin=f"{os.path.basename(path)}:{key}")
     return out
 
 

@@ -23,7 +23,12 @@ import numpy as np
 from flax import nnx
 
 from gvc_jax.models.checkpoint import (
-    CheckpointError, LazyTensor, abstract_model, convert_state, path_str, torch_to_flax,
+    CheckpointError,
+    LazyTensor,
+    abstract_model,
+    convert_state,
+    path_str,
+    torch_to_flax,
 )
 from gvc_jax.models.umt5 import UMT5Config, UMT5Encoder, hf_key_to_path, is_embedding_key
 from weights_convert.rules import Rule, rename_keys

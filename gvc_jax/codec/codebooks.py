@@ -22,8 +22,8 @@ registered in ``CODEBOOKS``; ``Codebook(kind, K, D)`` and :func:`get_codebook` b
   ``fold_in(key, k)``; 64 signs per threefry call (both output words). Streaming search
   (``lax.scan`` over blocks of atoms, shared with ``gaussian`` in ``_StreamedCodebook``).
 - ``gaussian`` (:class:`GaussianCodebook`): atom k = ``jax.random.normal(fold_in(key, k), (D,))``
-  (the published method, fp32). Streaming search. Its bits are those of ``jax_threefry_partitionable=True`` (JAX's default);
-  the other setting is refused.
+  (the published method, fp32). Streaming search. Its bits are those of ``jax_threefry_partitionable=True``
+  (JAX's default); the other setting is refused.
 
 Atom k's values depend only on (key, kind, D, k): never on block sizes or on which indices are
 requested together. Raw bits come from the threefry2x32 hash with explicit counters, so they do not
@@ -376,7 +376,8 @@ class GaussianCodebook(_StreamedCodebook):
     """Atom k = ``jax.random.normal(fold_in(key, k), (D,))`` (partitionable threefry bits)."""
 
     def _atom(self, key, k) -> jax.Array:
-        if not jax.config.jax_threefry_partitionable:
+        # jax adds each flag to its Config class as a property at run time, unseen by type checkers
+        if not jax.config.jax_threefry_partitionable:  # type: ignore[attr-defined]
             raise RuntimeError("gaussian codebook atoms are defined with jax_threefry_partitionable=True")
         return jax.random.normal(jax.random.fold_in(key, k), (self.D,), dtype=jnp.float32)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +37,6 @@ from gvc_jax.codec.plan import GopPlan, GopSpan
 from gvc_jax.codec.records import LATENT_HASH_BYTES, latent_hash, record_to_picks
 from gvc_jax.codec.trajectory import Picks
 from gvc_jax.codec.variants import Variant
-
-
 
 
 class NonFiniteError(ValueError):
@@ -123,6 +121,12 @@ class DecodedContext:
             del self._anchors[frame]
 
 
+def _source_frames(inputs: GopInput) -> np.ndarray:
+    """An encoder GOP's source frames (``SearchTargets.gop_input`` always gives them)."""
+    assert inputs.frames is not None
+    return inputs.frames
+
+
 class SearchTargets:
     """Encoder picks: search the codebook against the target latent of each GOP's source frames.
 
@@ -142,7 +146,7 @@ class SearchTargets:
     def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:
         """The target latents of a chunk's GOPs, VAE-encoded one GOP per device (several processes:
         None for the GOPs of the others)."""
-        for inp, target in zip(inputs, engine.target_latents([inp.frames for inp in inputs])):
+        for inp, target in zip(inputs, engine.target_latents([_source_frames(inp) for inp in inputs]), strict=False):
             inp.target = target
 
     def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
@@ -160,7 +164,8 @@ def anchor_payloads(variant: Variant, side) -> tuple:
 class StreamPicks:
     """Decoder picks: read each GOP's atoms and side payloads from the stream's records."""
 
-    def __init__(self, header: bitstream.Header, records: Sequence[bitstream.GopRecord], variant: Variant,
+    def __init__(self, header: bitstream.Header,
+                 records: Union[Sequence[bitstream.GopRecord], Mapping[int, bitstream.GopRecord]], variant: Variant,
                  conceal: bool = False):
         self.header = header
         self.records = records
@@ -216,9 +221,9 @@ class ResumedTargets:
             return
         # every GOP keeps its place in the chunk (with several processes a target is made where its
         # GOP runs): a replayed GOP's place gets a searched GOP's frames, and its target is dropped
-        stand_in = searched[0].frames
-        for inp, target in zip(inputs, engine.target_latents([stand_in if i.record is not None else i.frames
-                                                              for i in inputs])):
+        stand_in = _source_frames(searched[0])
+        for inp, target in zip(inputs, engine.target_latents([stand_in if i.record is not None else _source_frames(i)
+                                                              for i in inputs]), strict=False):
             if inp.record is None:
                 inp.target = target
 
@@ -249,6 +254,7 @@ def conceal_gop(span: GopSpan, variant: Variant, context: DecodedContext, engine
     (conditioned on the concealed frame: their latents drift, and are reported). For T2V: the last
     frame of the previous GOP (``previous``), else None until it is known; gray with nothing before.
     -> uint8 [span.length, H, W, 3] at the coded size."""
+    ref: Optional[np.ndarray]
     try:
         ref = context.pixels(span.start)
     except KeyError:
@@ -307,8 +313,10 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
             t0 = time.perf_counter()
             inputs = [source.gop_input(span, engine) for span in chunk]
             source.prepare(inputs, engine)
-            anchor_sides, conds, concealed = [], [], {}
-            for span, inp in zip(chunk, inputs):
+            anchor_sides: list[tuple] = []
+            conds: list[Any] = []  # a GOP's conditioning dict; None for a concealed GOP (never run)
+            concealed: dict[int, Optional[np.ndarray]] = {}
+            for span, inp in zip(chunk, inputs, strict=True):
                 if inp.concealed:  # no record: frames from what was decoded before it (``conceal_gop``)
                     concealed[span.index] = conceal_gop(span, variant, context, engine)
                     anchor_sides.append(())
@@ -324,10 +332,11 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
                 for i, result in zip(ran, engine.run_many(
                         [chunk[i].in_stream for i in ran], [conds[i] for i in ran], [inputs[i].atoms for i in ran],
                         targets=[inputs[i].target for i in ran], picks=[inputs[i].picks for i in ran],
-                        on_step=progress.step)):
+                        on_step=progress.step), strict=False):
                     results[i] = result
-            latents, sides = [], []
-            for span, inp, result in zip(chunk, inputs, results):
+            latents: list[Optional[jax.Array]] = []
+            sides: list[tuple] = []
+            for span, inp, result in zip(chunk, inputs, results, strict=True):
                 if result is None:  # another process's GOP, or a concealed one
                     latents.append(None)
                     sides.append(())
@@ -341,12 +350,13 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
                 latents.append(latent)
                 sides.append(side)
             frames = engine.frames_many(latents) if ran or engine.mesh.distributed else [None] * len(chunk)
-            frames = [concealed.get(span.index, frame) for span, frame in zip(chunk, frames)]
+            frames = [concealed.get(span.index, frame) for span, frame in zip(chunk, frames, strict=False)]
             for k, span in enumerate(chunk):  # no earlier frame to repeat when it was concealed: the one before
                 if span.index in concealed and frames[k] is None:
                     frames[k] = conceal_gop(span, variant, context, engine, previous=last_frame)
-                if frames[k] is not None:
-                    last_frame = frames[k][span.stop - span.start - 1]
+                frame = frames[k]
+                if frame is not None:
+                    last_frame = frame[span.stop - span.start - 1]
             digests = [None if latent is None else latent_hash(latent) for latent in latents]
             if engine.mesh.distributed:  # frames later GOPs condition on: from their process to every process
                 frames = engine.mesh.share(frames, [gather or context.needs(span) for span in chunk],
@@ -355,14 +365,14 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
                     digests = [bytes(d) for d in engine.mesh.share(
                         [None if d is None else np.frombuffer(d, np.uint8) for d in digests],
                         [True] * len(chunk), (LATENT_HASH_BYTES,))]
-            for span, frame in zip(chunk, frames):
+            for span, frame in zip(chunk, frames, strict=False):
                 if frame is not None:
                     context.add(span, frame)
                 context.release(span)
             release_freed_memory()
             seconds = (time.perf_counter() - t0) / len(chunk)  # the chunk's wall time, shared by its GOPs
             for span, inp, anchor_side, result, latent, side, frame, digest in zip(
-                    chunk, inputs, anchor_sides, results, latents, sides, frames, digests):
+                    chunk, inputs, anchor_sides, results, latents, sides, frames, digests, strict=False):
                 done += 1
                 if result is not None or gather or inp.concealed:
                     yield GopOutput(span, latent, None if result is None else result[1],

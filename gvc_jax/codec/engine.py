@@ -19,8 +19,8 @@ from gvc_jax.codec.conditioning import build_condition
 from gvc_jax.codec.schedule import SamplerConfig, latent_frames
 from gvc_jax.codec.trajectory import Picks, Trajectory
 from gvc_jax.codec.velocity import WanVelocity
-from gvc_jax.parallel import GopMesh
 from gvc_jax.models.vae import denormalize_latent, normalize_latent
+from gvc_jax.parallel import GopMesh
 from gvc_jax.pixels import from_model_range, to_model_range
 
 
@@ -120,7 +120,8 @@ def check_memory(model, height: int, width: int, gop_frames: int, devices: int =
     if have is not None and need * side_by_side > have:
         what = f"{side_by_side} GOPs side by side need" if side_by_side > 1 else "needs"
         raise MemoryLimitError(f"a {width}x{height} GOP of {gop_frames} frames {what} about "
-                               f"{need * side_by_side / 2**30:.1f} GiB, this machine has {have / 2**30:.1f} GiB available"
+                               f"{need * side_by_side / 2**30:.1f} GiB, "
+                               f"this machine has {have / 2**30:.1f} GiB available"
                                + (" (use fewer --devices)" if side_by_side > 1 else ""))
 
 
@@ -159,7 +160,7 @@ class GopEngine:
         self._decode_many = self.mesh.map(
             ("vae_decode", vae_graph, vae_cfg), functools.partial(_vae_decode_one, vae_graph, vae_cfg), (False, True),
             plain=lambda params, latent: self._decode(params, latent[None])[0])
-        self._unconditioned = None
+        self._unconditioned: Optional[dict] = None
 
     def condition(self, **kw) -> dict:
         """``conditioning.build_condition`` for this model and geometry, as device arrays."""

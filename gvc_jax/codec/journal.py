@@ -64,7 +64,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -108,7 +108,7 @@ def frames_digest(frames: np.ndarray) -> bytes:
     if a.dtype != np.uint8:
         raise TypeError(f"source frames must be uint8, got {a.dtype}")
     h = hashlib.sha256(repr(a.shape).encode())
-    h.update(memoryview(a).cast("B"))
+    h.update(a.data.cast("B"))  # a.data: memoryview(a)
     return h.digest()[:DIGEST_BYTES]
 
 
@@ -210,7 +210,7 @@ def _parse_body(path: str, gop: int, body: bytes, expect: Expect) -> Entry:
         expect.record(gop, record)
     except (ValueError, struct.error) as err:
         why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise bad(f"holds a record that is not GOP {gop}'s ({why})")
+        raise bad(f"holds a record that is not GOP {gop}'s ({why})") from err
     (count,) = struct.unpack_from(">H", body, pos)
     pos += 2
     want = tuple(expect.context(gop))
@@ -233,7 +233,7 @@ def _parse_body(path: str, gop: int, body: bytes, expect: Expect) -> Entry:
         try:
             _inflate(z, h, w)  # bounded by the coded size; dropped: kept compressed until it is used
         except ValueError as err:
-            raise bad(f"frame {f} {err}")
+            raise bad(f"frame {f} {err}") from err
         packed[f] = (h, w, z)
     if pos != len(body):
         raise bad(f"has {len(body) - pos} bytes after its frames")
@@ -317,7 +317,7 @@ class Journal:
     def __init__(self, path: str, key: bytes, expect: Optional[Expect] = None):
         self.path, self.key, self.expect = os.fspath(path), key, expect
         self.entries: Dict[int, Entry] = {}
-        self._file = None
+        self._file: Optional[IO[bytes]] = None
         self._end: Optional[int] = None   # end of the own file's last whole entry (None: no file yet)
         self._size = 0
 
@@ -331,7 +331,7 @@ class Journal:
         for other in range(processes):
             path = journal_path(output, other)
             if other != process and os.path.isfile(path):
-                for g, e in _read_journal(path, key, expect)[0].items():
+                for e in _read_journal(path, key, expect)[0].values():
                     j._merge(e)
         if os.path.lexists(j.path):
             entries, j._end, j._size = _read_journal(j.path, key, expect)
@@ -372,11 +372,13 @@ class Journal:
         source frames (``frames_digest``)."""
         packed = _pack_frames(dict(frames or {}))
         entry = Entry(gop, bytes(record), bytes(source), packed, self.path)
+        assert self._file is not None, "Journal.add before begin()"
         self._file.write(_encode_entry(gop, entry.record, entry.source, packed))
         self._sync()
         self.entries[gop] = entry
 
     def _sync(self) -> None:
+        assert self._file is not None  # opened by begin()
         self._file.flush()
         os.fsync(self._file.fileno())
 

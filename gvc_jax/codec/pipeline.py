@@ -7,17 +7,26 @@ to a sink as soon as their GOP is done, so peak memory does not grow with the vi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gvc_jax.codec import bitstream
-from gvc_jax.codec.coder import (FinishedGop, GopOutput, Progress, ResumedTargets, SearchTargets, StreamPicks,
-                                 anchor_payloads, code_gops, context_frames)
-from gvc_jax.codec.journal import Expect, Journal, JournalError, SourceCheck, run_key
+from gvc_jax.codec.coder import (
+    FinishedGop,
+    GopOutput,
+    Progress,
+    ResumedTargets,
+    SearchTargets,
+    StreamPicks,
+    anchor_payloads,
+    code_gops,
+    context_frames,
+)
 from gvc_jax.codec.engine import GeometryError, GopEngine, check_geometry, check_memory
+from gvc_jax.codec.journal import Expect, Journal, JournalError, SourceCheck, run_key
 from gvc_jax.codec.plan import ArrayReader, GopFrames, GopPlan
 from gvc_jax.codec.records import picks_to_record
 from gvc_jax.codec.schedule import SamplerConfig
@@ -84,7 +93,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
                   gop_atoms: Optional[Sequence[Sequence[int]]] = None, sink: Optional[Sink] = None,
                   progress: Optional[Progress] = None, target_bytes: Optional[int] = None,
                   side_lengths: Sequence[Sequence[int]] = (), atoms_pattern=None,
-                  devices: Optional[int] = None, resume: Optional[str] = None,
+                  devices: Union[int, GopMesh, None] = None, resume: Optional[str] = None,
                   resume_identity: tuple = (), prompt: str = "") -> CodecResult:
     """Frames from ``reader`` (``num_frames``, ``height``, ``width``, ``fps``, ``read(n)``) -> a stream.
 
@@ -111,7 +120,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         gop_atoms = [tuple(int(m) for m in a) for a in gop_atoms]
         if len(gop_atoms) != plan.num_gops or any(len(a) != len(sampler.atoms_per_frame) for a in gop_atoms):
             raise ValueError(f"gop_atoms needs {plan.num_gops} GOPs x {len(sampler.atoms_per_frame)} latent frames")
-        sampler = sampler.replace(atoms_per_frame=tuple(max(col) for col in zip(*gop_atoms)))
+        sampler = sampler.replace(atoms_per_frame=tuple(max(col) for col in zip(*gop_atoms, strict=True)))
         flags = bitstream.FLAG_GOP_ATOMS if any(a != sampler.atoms_per_frame for a in gop_atoms) else 0
     header = stream_header(reader, model, sampler, var, plan, flags, prompt)
     height, width = header.height, header.width
@@ -150,8 +159,9 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     read = lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE)  # noqa: E731
     # resumed: the journalled GOPs' frames are read too, and checked against their entries
     checked = None if journal is None else SourceCheck(read, plan.spans, journal)
-    source = SearchTargets(read if checked is None else checked,
+    search = SearchTargets(read if checked is None else checked,
                            None if gop_atoms is None else (lambda span: gop_atoms[span.index]))
+    source: Union[SearchTargets, ResumedTargets] = search
     emit = _emitter(plan, reader.height, reader.width, sink)
     framed, reports = [b""] * plan.num_gops, {}  # each GOP's record, serialised as it is done
     skip = {}
@@ -174,13 +184,14 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         else:  # the sink wants their frames: replay them all
             replay = set(finished)
         if replay:
-            source = ResumedTargets(source, header, {g: finished[g] for g in replay}, var)
+            source = ResumedTargets(search, header, {g: finished[g] for g in replay}, var)
     try:
         for out in code_gops(plan, var, engine, source, progress=progress, stage="encode", skip=skip,
                              gather=sink is not None):
             g = out.span.index
             if out.inputs.record is not None:  # replayed from the journal (by whichever process ran it)
                 if out.digest != out.inputs.record.latent_hash:
+                    assert journal is not None  # only a resumed encode replays records
                     where = journal.entries[g].path
                     raise JournalError(f"GOP {g}: replaying the record journalled in {where} did not reproduce the "
                                        f"first run's latent (the journal was altered, or another platform or dtype); "
@@ -188,6 +199,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
             elif out.latent is not None:  # coded here (else: another process's GOP, gathered for the sink)
                 framed[g], reports[g] = _coded_record(header, g, out)
                 if journal is not None:
+                    assert checked is not None  # made with the journal
                     keep = context_frames(plan, var, out.span)
                     journal.add(g, framed[g], {f: out.frames[f - out.span.start] for f in keep},
                                 source=checked.digest(g))
@@ -235,7 +247,7 @@ def encode_batch(readers: Sequence, model, sampler: SamplerConfig, *, variant="t
     mesh = GopMesh.of(devices)
     var = get_variant(variant) if isinstance(variant, str) else variant
     plans = [plan_for(model, var, r.num_frames, gop_frames)[1] for r in readers]
-    headers = [stream_header(r, model, sampler, var, p, 0, prompt) for r, p in zip(readers, plans)]
+    headers = [stream_header(r, model, sampler, var, p, 0, prompt) for r, p in zip(readers, plans, strict=True)]
     sizes = {(h.width, h.height) for h in headers}
     if len(sizes) != 1:
         raise ValueError(f"a batch codes videos of one coded size, got {sorted(sizes)} (use --resize WxH)")
@@ -247,16 +259,17 @@ def encode_batch(readers: Sequence, model, sampler: SamplerConfig, *, variant="t
     model = with_prompt(model, prompt)
     plan, _ = GopPlan.batch(plans)
     engine = GopEngine(model, sampler, height, width, gop_frames, mesh)
-    frames = [GopFrames(r, p) for r, p in zip(readers, plans)]
+    frames = [GopFrames(r, p) for r, p in zip(readers, plans, strict=True)]
     source = SearchTargets(lambda span: pad_to_multiple(frames[span.stream](plans[span.stream].spans[span.in_stream]),
                                                         SIZE_MULTIPLE))
     framed, reports = [b""] * plan.num_gops, {}
     for out in code_gops(plan, var, engine, source, progress=progress, stage="encode"):
-        framed[out.span.index], reports[out.span.index] = _coded_record(headers[out.span.stream], out.span.in_stream, out)
+        framed[out.span.index], reports[out.span.index] = _coded_record(
+            headers[out.span.stream], out.span.in_stream, out)
     if mesh.distributed:
         framed = gather_records(framed)
     results = []
-    for v, (reader, h) in enumerate(zip(readers, headers)):
+    for v, (reader, h) in enumerate(zip(readers, headers, strict=True)):
         mine = [s.index for s in plan.spans if s.stream == v]
         gops = [reports.get(g) or _record_report(h, plan.spans[g].in_stream,
                                                  bitstream.parse_record(h, plan.spans[g].in_stream, framed[g]))
@@ -278,7 +291,7 @@ def open_journal(output: str, key: bytes, mesh: GopMesh, expect) -> Journal:
     journal = Journal.read(output, key, expect, jax.process_index(), jax.process_count())
     found = np.zeros(num_gops, np.bool_)
     found[[g for g in journal.entries if g < num_gops]] = True
-    agreed = np.asarray(multihost_utils.process_allgather(found)).reshape(-1, num_gops).all(axis=0)
+    agreed = np.asarray(np.asarray(multihost_utils.process_allgather(found)).reshape(-1, num_gops).all(axis=0))
     journal.entries = {g: e for g, e in journal.entries.items() if g < num_gops and agreed[g]}
     journal.begin()  # after the gather: every process has read every journal before any is cut or started
     return journal
@@ -342,7 +355,8 @@ def check_model(header: bitstream.Header, model) -> None:
 
 def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, strict: bool = False,
                   sink: Optional[Sink] = None, progress: Optional[Progress] = None,
-                  devices: Optional[int] = None, conceal: bool = False, allow_drift: bool = False) -> CodecResult:
+                  devices: Union[int, GopMesh, None] = None, conceal: bool = False,
+                  allow_drift: bool = False) -> CodecResult:
     """A ``.gvc`` stream -> frames into ``sink``; raises ``bitstream.BitstreamError`` if malformed.
     ``devices``: as for ``encode_stream`` (any count decodes any stream). With several processes
     each decodes its share of every wave and every process gets every GOP's frames and report, in
@@ -378,8 +392,12 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
     model = with_prompt(model, header.prompt)
     engine = GopEngine(model, header.sampler, header.height, header.width, header.gop_frames, mesh)
     emit = _emitter(plan, header.orig_height, header.orig_width, sink)
-    reports, concealed, affected, replaced = [], [], [], set()
-    exact, drifted = [], []  # GOPs (not conditioned on concealed frames) that reproduce / miss their hash
+    reports: List[GopReport] = []
+    concealed: List[int] = []
+    affected: List[int] = []
+    replaced: set[int] = set()
+    exact: List[int] = []  # GOPs (not conditioned on concealed frames) that reproduce / miss their hash
+    drifted: List[int] = []
     source = StreamPicks(header, records, var, conceal=conceal)
     for out in code_gops(plan, var, engine, source, progress=progress, stage="decode", gather=True):
         span = out.span
@@ -393,6 +411,7 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
                                                                       for d in span.depends_on)
         if downstream:
             affected.append(span.index)
+        assert out.inputs.record is not None  # a GOP that is not concealed was read from its record
         drift = out.digest != out.inputs.record.latent_hash
         if not downstream:
             if drift and strict:
@@ -440,7 +459,7 @@ def rate_breakdown(result: CodecResult) -> dict:
             "overhead_bytes": total - picks - anchors - residual, "first_anchor_bytes": first}
 
 
-def _collector():
+def _collector() -> Tuple[List[np.ndarray], Sink]:
     chunks: List[np.ndarray] = []
     return chunks, chunks.append
 

@@ -31,7 +31,8 @@ def stream_bytes(header: bitstream.Header, side_lengths: Sequence[Sequence[int]]
     return total
 
 
-def atoms_pattern(latent_frames: int, tail_frames: int = 0, tail_ratio: float = 1.0) -> Callable[[int], Tuple[int, ...]]:
+def atoms_pattern(latent_frames: int, tail_frames: int = 0,
+                  tail_ratio: float = 1.0) -> Callable[[int], Tuple[int, ...]]:
     """M -> atoms per latent frame: M everywhere, ``round(tail_ratio * M)`` on the last ``tail_frames``."""
     def pattern(m: int) -> Tuple[int, ...]:
         tail = max(1, round(tail_ratio * m))
@@ -57,7 +58,8 @@ def fit_atoms(header: bitstream.Header, budget_bytes: int, side_lengths: Sequenc
 
     if size(pattern(1)) > budget_bytes:
         raise RateError(f"even one atom per latent frame needs {size(pattern(1))} bytes, over the budget of "
-                        f"{budget_bytes} bytes (anchors and overhead: {size(pattern(1)) - _pick_bytes(header, pattern(1))})")
+                        f"{budget_bytes} bytes "
+                        f"(anchors and overhead: {size(pattern(1)) - _pick_bytes(header, pattern(1))})")
     lo, hi = 1, cap
     while lo < hi:  # largest valid M with size <= budget (size grows with M)
         mid = (lo + hi + 1) // 2

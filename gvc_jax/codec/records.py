@@ -14,7 +14,6 @@ import numpy as np
 
 from gvc_jax.codec.trajectory import Picks
 
-
 LATENT_HASH_BYTES = 8
 
 

@@ -181,7 +181,8 @@ class Trajectory:
             raise ValueError("conds, gops, atoms, targets and picks need one entry per GOP")
         # several processes: another process's GOPs have neither (placeholders of the right shape)
         distributed = mesh is not None and mesh.distributed
-        if any((t is None) == (p is None) and not (distributed and t is None) for t, p in zip(targets, picks)):
+        if any((t is None) == (p is None) and not (distributed and t is None)
+               for t, p in zip(targets, picks, strict=True)):
             raise ValueError("give exactly one of a target (encode) or picks (decode) per GOP")
         atoms = [jnp.asarray(self.check_atoms(a)) for a in atoms]
         use_search = [jnp.asarray(p is None) for p in picks]
@@ -209,8 +210,9 @@ class Trajectory:
         return [None if o is None else tuple(o) for o in out]
 
     def _fn_each(self, params, conds, targets, use_search, picks, atoms, gops, seed, tables, listeners):
-        return [self._fn(params, c, t, u, p, a, g, seed, tables, l)
-                for c, t, u, p, a, g, l in zip(conds, targets, use_search, picks, atoms, gops, listeners)]
+        return [self._fn(params, c, t, u, p, a, g, seed, tables, lis)
+                for c, t, u, p, a, g, lis in zip(conds, targets, use_search, picks, atoms, gops, listeners,
+                                                 strict=False)]
 
     def _mapped(self, mesh):
         """The chunk program on ``mesh``: ``_trajectory`` per device (compiled once per structure)."""

@@ -69,7 +69,9 @@ def _pick_config(cls, data_dir: str, resize, max_frames):
     for cfg in cls.BUILDER_CONFIGS:
         if cfg.name == name:
             return cfg
-    res, cap = common.parse_config_name(name)
+    parsed = common.parse_config_name(name)
+    assert parsed is not None  # a canonical name: config_name's, or a prepared one that parsed
+    res, cap = parsed
     return common.make_config(res, cap)
 
 

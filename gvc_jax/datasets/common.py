@@ -68,7 +68,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -125,7 +125,7 @@ def _natural_key(text: str):
 
 def list_files(root: str) -> list[str]:
     """All regular files under ``root`` (recursive, hidden entries skipped), natural order."""
-    out = []
+    out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
@@ -178,6 +178,7 @@ def discover_clips(
             clips.append(src if new_name == src.name else dataclasses.replace(src, name=new_name))
     for src in clips:
         if src.kind == "yuv":
+            assert src.width is not None and src.height is not None  # parse_filename gives a "yuv" clip its size
             yuv420_num_frames(src.path, src.width, src.height)  # validates
         elif os.path.getsize(src.path) == 0:
             raise DatasetError(f"{dataset}: {src.path} is an empty file")
@@ -320,6 +321,7 @@ def iter_clip_chunks(
         chunk_frames: frames per chunk (None: :func:`auto_chunk_frames` of the output size).
     """
     if src.kind == "yuv":
+        assert src.width is not None and src.height is not None  # a "yuv" clip has its size (ClipSource)
         total = yuv420_num_frames(src.path, src.width, src.height)
         stop = total if max_frames is None else min(total, max_frames)
         out_h, out_w = (src.height, src.width) if resize is None else (resize[1], resize[0])
@@ -472,7 +474,8 @@ DEFAULT_CONFIGS = (
 )
 
 
-class VideoClipsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+# tfds has no type information: mypy checks the class keyword against object.__init_subclass__
+class VideoClipsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
     """tfds builder of a local video test set: files from the manual dir -> array_record records.
 
     Subclasses set ``name``, ``DESCRIPTION``, ``HOMEPAGE``, ``CITATION``, ``EXPECTED_FILES`` and
@@ -537,7 +540,7 @@ class VideoClipsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         record = 0
         for clip_index, src in enumerate(sources):
             fps = video_fps(src)
-            entry = {"name": src.name, "source": src.filename, "fps": fps, "first_record": record}
+            entry: dict[str, Any] = {"name": src.name, "source": src.filename, "fps": fps, "first_record": record}
             num_frames = 0
             for start, frames in iter_clip_chunks(
                 src, max_frames=cfg.max_frames, resize=cfg.resolution, chunk_frames=cfg.chunk_frames

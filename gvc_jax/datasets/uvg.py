@@ -26,9 +26,8 @@ import os
 import re
 import warnings
 
-from gvc_jax.datasets.common import VIDEO_SUFFIXES, ClipSource, VideoClipsBuilder
-
 from gvc_jax.datasets import UVG_CLASSIC  # noqa: F401  (re-exported)
+from gvc_jax.datasets.common import VIDEO_SUFFIXES, ClipSource, VideoClipsBuilder
 
 _YUV_RE = re.compile(r"^(?P<name>.+?)_(?P<w>\d+)x(?P<h>\d+)_(?P<fps>\d+(?:\.\d+)?)fps_420_8bit_YUV\.yuv$", re.I)
 _SIZED_RE = re.compile(r"^(?P<name>.+?)_(?P<w>\d+)x(?P<h>\d+)(?:_.*)?$")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
+from typing import Literal, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +65,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "auto", *, inte
     if concrete == "chunked":
         out = _chunked(q, k, v, block_elems)
     elif concrete in ("xla", "cudnn"):
-        out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(hd), implementation=concrete)
+        out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(hd),
+                                           implementation=cast(Literal["xla", "cudnn"], concrete))
     else:
         out = _splash(q, k, v, interpret=interpret)
     return rearrange(out.astype(q.dtype), "b q n h -> b q (n h)")

@@ -38,6 +38,7 @@ already in memory (tests, benchmarks).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
@@ -49,7 +50,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, cast
 
 import jax
 import numpy as np
@@ -288,7 +289,7 @@ def convert_state(
     transform: Callable[[str, np.ndarray, Sequence[int]], np.ndarray] = torch_to_flax,
     *,
     what: str = "checkpoint",
-    ignore: re.Pattern = STRAY_KEY,
+    ignore: Optional[re.Pattern] = STRAY_KEY,
     device=None,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
 ):
@@ -307,7 +308,7 @@ def convert_state(
 
 def convert_state_parts(source: Mapping[str, LazyTensor], abstract_state, key_to_path: Callable[[str], tuple],
                         transform: Callable = torch_to_flax, *, part_bytes: int, what: str = "checkpoint",
-                        ignore: re.Pattern = STRAY_KEY, device=None,
+                        ignore: Optional[re.Pattern] = STRAY_KEY, device=None,
                         progress: Optional[Callable[[Iterable], Iterable]] = None) -> Iterator:
     """``convert_state`` in parts: every problem is checked first, then the parameters are read and
     yielded as States of consecutive leaves (in sorted path order) of about ``part_bytes`` each, so
@@ -325,7 +326,7 @@ def convert_state_parts(source: Mapping[str, LazyTensor], abstract_state, key_to
                 size = 0
             groups[-1].append(leaf)
             size += nbytes
-    by_leaf = {}
+    by_leaf: dict[tuple, list] = {}
     for item in plan:
         by_leaf.setdefault(item[1], []).append(item)
     for group in groups:
@@ -387,7 +388,8 @@ def _conversion_plan(source, abstract_state, key_to_path, transform, what, ignor
 
 def _materialize(plan, flat, source, transform, device, progress) -> dict:
     """Read, transform, cast and place the tensors of ``plan`` -> {leaf: array}."""
-    values, stacks = {}, {}
+    values: dict[tuple, Any] = {}
+    stacks: dict[tuple, list] = {}  # leaf -> [stacked host array, layers filled]
     for key, leaf, idx, want in (progress(plan) if progress else plan):
         dtype = _as_dtype(flat[leaf].dtype)
         a = np.asarray(transform(key, source[key].load(), want)).astype(dtype, copy=False)
@@ -408,12 +410,15 @@ def _materialize(plan, flat, source, transform, device, progress) -> dict:
 
 def in_memory_source(tensors: Mapping[str, np.ndarray]) -> dict:
     """A state dict already in memory (numpy arrays, torch layout) as a ``convert_state`` source."""
-    return {k: LazyTensor(tuple(np.shape(v)), str(np.asarray(v).dtype), lambda v=v: np.asarray(v), origin=k)
+    return {k: LazyTensor(tuple(np.shape(v)), str(np.asarray(v).dtype), functools.partial(np.asarray, v), origin=k)
             for k, v in tensors.items()}
 
 
-def load_state_dict(model: nnx.Module, tensors: Mapping[str, np.ndarray],
-                    key_to_path: Callable[[str], tuple], *, what: str) -> nnx.Module:
+_M = TypeVar("_M", bound=nnx.Module)
+
+
+def load_state_dict(model: _M, tensors: Mapping[str, np.ndarray],
+                    key_to_path: Callable[[str], tuple], *, what: str) -> _M:
     """Copy an in-memory torch-layout state dict into ``model`` in place (the converter's rules and
     checks: ``convert_state``); raises ``CheckpointError`` listing every problem. Returns ``model``."""
     state = convert_state(in_memory_source(tensors), nnx.state(model, nnx.Param), key_to_path, what=what)
@@ -447,7 +452,8 @@ def stack_layers(state, num_layers: int):
     import jax.numpy as jnp
 
     flat = _flat_vars(state)
-    out, groups = {}, {}
+    out: dict[tuple, Any] = {}
+    groups: dict[tuple, dict[int, Any]] = {}
     for p, v in flat.items():
         if len(p) > 2 and p[0] == "blocks" and isinstance(p[1], int):
             groups.setdefault(("blocks",) + p[2:], {})[p[1]] = v
@@ -527,7 +533,7 @@ class Fingerprint:
             raw = a.reshape(-1).view(np.uint8)
             if sys.byteorder == "big" and a.dtype.itemsize > 1:
                 raw = a.reshape(-1).view(f">u{a.dtype.itemsize}").astype(f"<u{a.dtype.itemsize}").view(np.uint8)
-            self._h.update(raw)
+            self._h.update(raw.data)  # raw.data: memoryview(raw)
 
     def hexdigest(self) -> str:
         if self.added != self.num_states:
@@ -556,10 +562,16 @@ def abstract_model(factory: Callable[[], nnx.Module]):
     Non-parameter variables (if a module keeps any) are computed for real with a jitted
     constructor whose parameter initialisers are dead code.
     """
-    graphdef, params, rest = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
+    graphdef, params, rest = _split_params(nnx.eval_shape(factory))
     if len(rest.flat_state()):
-        rest = jax.jit(lambda: nnx.split(factory(), nnx.Param, ...)[2])()
+        rest = jax.jit(lambda: _split_params(factory())[2])()
     return graphdef, params, rest
+
+
+def _split_params(node: nnx.Module) -> Tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """``nnx.split(node, nnx.Param, ...)``: (graphdef, params, every other variable). Flax annotates a
+    split with two or more filters as variable-length; with two it is exactly these three."""
+    return cast("Tuple[nnx.GraphDef, nnx.State, nnx.State]", nnx.split(node, nnx.Param, ...))
 
 
 def dit_factory(cfg: DiTConfig):
@@ -613,7 +625,9 @@ class ModelWriter:
         self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out_dir)}.tmp-", dir=parent)
         self._fp = Fingerprint(3 if image_encoder else 2)
         self._expect_image = image_encoder
-        self.params, self.encoders, self.extra = {}, {}, {}
+        self.params: dict[str, int] = {}  # component -> parameter count
+        self.encoders: dict[str, dict] = {}
+        self.extra: dict[str, Any] = {}
 
     def __enter__(self):
         return self
@@ -666,7 +680,8 @@ class ModelWriter:
             self.extra["context_sha256"] = hashlib.sha256(data).hexdigest()
 
     def commit(self, model_config: ModelConfig, source: Optional[dict] = None) -> str:
-        missing = [n for n in ("dit", "vae") + (("image_encoder",) if self._expect_image else ()) if n not in self.params]
+        expected = ("dit", "vae") + (("image_encoder",) if self._expect_image else ())
+        missing = [n for n in expected if n not in self.params]
         if missing:
             raise CheckpointError(f"model directory incomplete: {', '.join(missing)} not written")
         fp = self._fp.hexdigest()
@@ -922,7 +937,8 @@ def _restore(ckpt_dir: str, abstract_params, device, what: str, sharding: Option
     flat = {path_str(p): v for p, v in abstract_params.flat_state()}
     dirs = _component_dirs(ckpt_dir, what, parts, len(flat))
     with ocp.StandardCheckpointer() as ckptr:
-        meta, owner = {}, {}
+        meta: dict[str, Any] = {}
+        owner: dict[str, str] = {}
         for d in dirs:
             try:
                 tree = ckptr.metadata(d).item_metadata.tree

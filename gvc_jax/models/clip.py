@@ -21,7 +21,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +100,8 @@ class CLIPVisionConfig:
         g = {**_HF_DEFAULTS, **{k: v for k, v in d.items() if k in _HF_DEFAULTS}}
         if int(g.pop("num_channels")) != 3:
             raise ValueError(f"num_channels must be 3, got {d.get('num_channels')}")
-        kw = {k: (float(v) if k == "layer_norm_eps" else v if k == "hidden_act" else int(v)) for k, v in g.items()}
+        kw: dict[str, Any] = {k: (float(v) if k == "layer_norm_eps" else v if k == "hidden_act" else int(v))
+                              for k, v in g.items()}
         kw.update(over)
         return cls(**kw)
 
@@ -151,8 +152,8 @@ class CLIPAttention(nnx.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = lin(), lin(), lin(), lin()
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, l, d = x.shape
-        split = lambda t: t.reshape(b, l, self.heads, d // self.heads)  # noqa: E731
+        b, n, d = x.shape
+        split = lambda t: t.reshape(b, n, self.heads, d // self.heads)  # noqa: E731
         out = attend(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), self.attention)
         return self.out_proj(out)
 
@@ -293,7 +294,7 @@ def _preprocess_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     top, left = (nh - size) // 2, (nw - size) // 2
     out = []
     for f in frames:
-        r = np.asarray(Image.fromarray(f).resize((nw, nh), resample=Image.BICUBIC))
+        r = np.asarray(Image.fromarray(f).resize((nw, nh), resample=Image.Resampling.BICUBIC))
         r = r[top:top + size, left:left + size]
         out.append(_normalise((r.astype(np.float64) * (1 / 255)).astype(np.float32)))
     return np.stack(out)

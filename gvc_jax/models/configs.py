@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
 
 # Wan2.1 VAE per-channel latent statistics (hard-coded in the reference WanVAE wrapper,
 # ``latents_mean`` / ``latents_std`` in the diffusers config).
@@ -61,9 +61,10 @@ def check_int(owner: str, name: str, v, low: int, high: int) -> int:
     a value out of range."""
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise ValueError(f"{owner}.{name} must be an integer in [{low}, {high}], got {_show(v)}")
-    if not low <= v <= high:
-        raise ValueError(f"{owner}.{name} must be in [{low}, {high}], got {int(v)}")
-    return int(v)
+    n = int(v)
+    if not low <= n <= high:
+        raise ValueError(f"{owner}.{name} must be in [{low}, {high}], got {n}")
+    return n
 
 
 def check_real(owner: str, name: str, v, low: float, high: float, *, open_low: bool = False) -> float:
@@ -251,7 +252,7 @@ class VAEConfig:
     @classmethod
     def from_diffusers(cls, cfg: dict, **overrides) -> "VAEConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
+        kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
         kw.update(overrides)
         return cls(**kw)
 

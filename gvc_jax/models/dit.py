@@ -25,8 +25,8 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
-from gvc_jax.models.configs import DiTConfig
 from gvc_jax.models.attention import attend, check_implementation
+from gvc_jax.models.configs import DiTConfig
 from gvc_jax.models.rope import apply_rope, rope_tables_in_graph
 
 F32 = jnp.float32
@@ -117,9 +117,9 @@ class WanAttention(nnx.Module):
         self.norm_q = _rms_norm(dim, eps, rngs)
         self.norm_k = _rms_norm(dim, eps, rngs)
         if added_kv_proj_dim is not None:
-            self.add_k_proj = lin(added_kv_proj_dim, dim)
-            self.add_v_proj = lin(added_kv_proj_dim, dim)
-            self.norm_added_k = _rms_norm(dim, eps, rngs)
+            self.add_k_proj: Optional[nnx.Linear] = lin(added_kv_proj_dim, dim)
+            self.add_v_proj: Optional[nnx.Linear] = lin(added_kv_proj_dim, dim)
+            self.norm_added_k: Optional[nnx.RMSNorm] = _rms_norm(dim, eps, rngs)
         else:
             self.add_k_proj = self.add_v_proj = self.norm_added_k = None
 
@@ -148,6 +148,7 @@ class WanAttention(nnx.Module):
         if ctx_img is not None:
             if self.add_k_proj is None:
                 raise DiTInputError("image context given but this model has no image k/v projections")
+            assert self.add_v_proj is not None and self.norm_added_k is not None  # set with add_k_proj
             k_img = self._split(self.norm_added_k(self.add_k_proj(ctx_img).astype(F32)).astype(self.dtype))
             v_img = self._split(self.add_v_proj(ctx_img))
             out = out + self._attend(q, k_img, v_img)
@@ -361,7 +362,10 @@ class WanDiT(nnx.Module):
         if context.shape[1] < cfg.text_len:
             context = jnp.pad(context, ((0, 0), (0, cfg.text_len - context.shape[1]), (0, 0)))
         ctx = emb.text_embedder(context.astype(self.dtype))                     # [B, 512, D]
-        ctx_img = emb.image_embedder(image_context) if image_context is not None else None
+        ctx_img = None
+        if image_context is not None:
+            assert emb.image_embedder is not None  # _check_inputs: image_context only with image_dim
+            ctx_img = emb.image_embedder(image_context)
 
         # Patchify -> blocks -> head.
         patches = self.patch_embedding(x.astype(self.dtype))                   # [B, F/pt, h/ph, w/pw, D]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from flax import nnx
@@ -101,7 +101,7 @@ def with_execution(model: CodecModel, *, dtype: Optional[str] = None, attention:
     from gvc_jax.models.checkpoint import abstract_model, dit_factory
 
     cfg = model.config.dit
-    changes = {}
+    changes: dict[str, Any] = {}
     if dtype is not None:
         d = compute_dtype(dtype)
         changes.update(dtype=d, param_dtype=d)

@@ -39,19 +39,19 @@ def rope_axis_tables(
     theta: float = 10000.0,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per-axis (cos, sin) float32 tables [(n_axis, d_axis/2)] for axes (f, h, w), built in float64."""
-    grid = tuple(int(g) for g in grid)
-    if len(grid) != 3 or min(grid) < 1:
-        raise RopeGridError(f"RoPE grid must be 3 positive sizes, got {grid}")
-    if max(grid) > max_seq_len:
-        raise RopeGridError(f"RoPE grid {grid} exceeds max_seq_len {max_seq_len}")
+    sizes = tuple(int(g) for g in grid)
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise RopeGridError(f"RoPE grid must be 3 positive sizes, got {sizes}")
+    if max(sizes) > max_seq_len:
+        raise RopeGridError(f"RoPE grid {sizes} exceeds max_seq_len {max_seq_len}")
     tables = []
-    for d_axis, n in zip(rope_axis_dims(head_dim), grid):
+    for d_axis, n in zip(rope_axis_dims(head_dim), sizes, strict=True):
         ang = _axis_angles(d_axis, np.arange(n), theta)
         tables.append((np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)))
     return tables
 
 
-def _broadcast_concat(xp, parts: list, grid: tuple[int, int, int]):
+def _broadcast_concat(xp, parts: list, grid: tuple[int, ...]):
     """[(n_f, a), (n_h, b), (n_w, c)] -> [L, a+b+c], tokens in (f, h, w) row-major order."""
     f, hh, ww = grid
     full = []
@@ -74,9 +74,9 @@ def rope_tables(
     complex pair j (channels 2j, 2j+1): first the time pairs, then height, then width.
     """
     tabs = rope_axis_tables(head_dim, grid, max_seq_len, theta)
-    grid = tuple(int(g) for g in grid)
-    return (_broadcast_concat(np, [c for c, _ in tabs], grid),
-            _broadcast_concat(np, [s for _, s in tabs], grid))
+    sizes = tuple(int(g) for g in grid)
+    return (_broadcast_concat(np, [c for c, _ in tabs], sizes),
+            _broadcast_concat(np, [s for _, s in tabs], sizes))
 
 
 def rope_tables_in_graph(
@@ -90,9 +90,9 @@ def rope_tables_in_graph(
     Keeps a [L, head_dim/2] constant out of compiled programs (16 MB at 32760 tokens).
     """
     tabs = rope_axis_tables(head_dim, grid, max_seq_len, theta)
-    grid = tuple(int(g) for g in grid)
-    return (_broadcast_concat(jnp, [jnp.asarray(c) for c, _ in tabs], grid),
-            _broadcast_concat(jnp, [jnp.asarray(s) for _, s in tabs], grid))
+    sizes = tuple(int(g) for g in grid)
+    return (_broadcast_concat(jnp, [jnp.asarray(c) for c, _ in tabs], sizes),
+            _broadcast_concat(jnp, [jnp.asarray(s) for _, s in tabs], sizes))
 
 
 def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
