@@ -45,10 +45,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import gvc_jax  # noqa: F401,E402  (XLA flags before jax)
-
 import numpy as np  # noqa: E402
 
+import gvc_jax  # noqa: F401,E402  (XLA flags before jax)
 from experiments import baselines as bl  # noqa: E402
 from experiments import bjontegaard as bd  # noqa: E402
 from experiments.rd_plot import plot_rd  # noqa: E402
@@ -244,30 +243,31 @@ class GvcRunner:
             self._model = resolve_model(self.model_spec)
         return self._model
 
-    def sampler(self, params: dict, height: int, width: int):
-        from gvc_jax.codec.schedule import DEFAULT_K, SamplerConfig, default_shift, latent_frames
+    @staticmethod
+    def options(params: dict):
+        """The point's ``CodecOptions`` (I2V: adaptive atoms, twice M on the last latent frame): the one
+        resolver that the command line and the API use too."""
+        from gvc_jax.api import CodecOptions
 
-        k = params.get("K")
-        k = DEFAULT_K if k is None else k  # Hadamard codebooks take any K (a union of bases when K > P)
+        m, variant = int(params["M"]), params.get("variant", "t2v")
         shift = params.get("shift")
-        shift = default_shift(height, width) if shift is None else float(shift)
-        m = int(params["M"])
-        if params.get("variant") == "i2v":  # adaptive atoms: twice M on the last latent frame
-            n = latent_frames(int(params["gop_frames"]))
-            m = (m,) * (n - 1) + (2 * m,)
-        return SamplerConfig.for_gop(int(params["gop_frames"]), m, steps=int(params["steps"]),
-                                     tail=int(params["tail"]), g_scale=float(params["g_scale"]), shift=shift,
-                                     K=int(k), codebook=params["codebook"], seed=int(params["seed"]))
+        return CodecOptions(variant=variant, atoms=m, tail_atoms=2 * m if variant == "i2v" else None,
+                            codebook_size=CodecOptions.codebook_size if params.get("K") is None else int(params["K"]),
+                            steps=int(params["steps"]), tail=int(params["tail"]), g_scale=float(params["g_scale"]),
+                            shift=None if shift is None else float(shift), codebook=params["codebook"],
+                            seed=int(params["seed"]), gop_frames=int(params["gop_frames"]))
+
+    def sampler(self, params: dict, height: int, width: int):
+        return self.options(params).sampler(height, width, int(params["gop_frames"]))
 
     def run(self, clip: Clip, params: dict, stream_path: str) -> dict:
         from gvc_jax.codec.pipeline import decode_video, encode_video
 
         try:
-            sampler = self.sampler(params, clip.frames.shape[1], clip.frames.shape[2])
+            options = self.options(params)
+            sampler = options.sampler(clip.frames.shape[1], clip.frames.shape[2], int(params["gop_frames"]))
             t0 = time.perf_counter()
-            from gvc_jax.api import CodecOptions
-
-            variant = CodecOptions(variant=params.get("variant", "t2v")).variant_object()
+            variant = options.variant_object()
             result = encode_video(clip.frames, clip.fps, self.model, sampler, gop_frames=int(params["gop_frames"]),
                                   variant=variant)
             seconds = time.perf_counter() - t0

@@ -27,6 +27,25 @@ from gvc_jax.codec.plan import check_gop_frames
 
 DEFAULT_GOP_FRAMES = 33
 
+# The command-line groups the codec options appear in (``cli.add_codec_args``).
+SAMPLER_GROUP = "rate and sampler"
+VARIANTS_GROUP = "variants (see README: Variants)"
+INPUT_GROUP = "input"
+
+
+def _option(default, *flags_and_group, help: str, **argparse_kw):
+    """A ``CodecOptions`` field and its command-line flag, declared together: ``flags`` (e.g.
+    ``"-M", "--atoms"``), the help group (last positional), the help text and argparse's ``type`` /
+    ``choices`` / ``metavar``. ``cli.add_codec_args`` builds the flags from these."""
+    *flags, group = flags_and_group
+    return dataclasses.field(default=default, metadata={"flags": tuple(flags), "group": group, "help": help,
+                                                        "argparse": argparse_kw})
+
+
+def option_fields() -> tuple:
+    """The ``CodecOptions`` fields, in declaration order (each with its flag metadata)."""
+    return dataclasses.fields(CodecOptions)
+
 
 @dataclass(frozen=True)
 class CodecOptions:
@@ -55,23 +74,46 @@ class CodecOptions:
     gop_frames:     frames per GOP, 4k+1 (None: 33, or the smallest 4k+1 that holds a shorter clip)
     """
 
-    variant: str = "t2v"
-    atoms: int = schedule.DEFAULT_M
-    tail_atoms: Optional[int] = None
-    tail_frames: int = 1
-    anchor_codec: Optional[str] = None
-    anchor_quality: Optional[int] = None
-    residual_step: Optional[float] = None
-    target_bpp: Optional[float] = None
-    codebook_size: int = schedule.DEFAULT_K
-    codebook: str = schedule.DEFAULT_CODEBOOK
-    steps: int = schedule.DEFAULT_STEPS
-    tail: int = schedule.DEFAULT_TAIL
-    g_scale: float = schedule.DEFAULT_G_SCALE
-    shift: Optional[float] = None
-    seed: int = 0
-    x0_cache: Union[str, Tuple[int, ...]] = "off"
-    gop_frames: Optional[int] = None
+    variant: str = _option("t2v", "--variant", VARIANTS_GROUP,
+                           help="t2v: no anchors, lowest rate; flf2v: coded boundary frames shared by "
+                                "neighbouring GOPs; i2v: coded first frame, a chain on decoded last frames, tail "
+                                "residual")
+    atoms: int = _option(schedule.DEFAULT_M, "-M", "--atoms", SAMPLER_GROUP, type=int,
+                         help="atoms per latent frame and stochastic step (the rate knob)")
+    tail_atoms: Optional[int] = _option(None, "--tail-atoms", VARIANTS_GROUP, type=int, metavar="M_TAIL",
+                                        help="atoms on the last --tail-frames latent frames (adaptive atoms; "
+                                             "default: -M)")
+    tail_frames: int = _option(1, "--tail-frames", VARIANTS_GROUP, type=int,
+                               help="latent frames that use --tail-atoms")
+    anchor_codec: Optional[str] = _option(None, "--anchor-codec", VARIANTS_GROUP,
+                                          help="still codec of anchor frames: x265, vvenc, svtav1, webp, avif "
+                                               "(default x265)")
+    anchor_quality: Optional[int] = _option(None, "--anchor-quality", VARIANTS_GROUP, type=int,
+                                            help="anchor quality 0-100 (higher: better, more bytes; default 30)")
+    residual_step: Optional[float] = _option(None, "--residual-step", VARIANTS_GROUP, type=float,
+                                             help="i2v tail-residual quantiser step, latent units (larger: fewer "
+                                                  "bytes; 0: no residual; default 0.25)")
+    target_bpp: Optional[float] = _option(None, "--target-bpp", SAMPLER_GROUP, type=float, metavar="BPP",
+                                          help="choose M (and M_tail in proportion) to land just under this rate, "
+                                               "anchors included (i2v: the tail residual comes on top; the report "
+                                               "says how close it got)")
+    codebook_size: int = _option(schedule.DEFAULT_K, "-K", "--codebook-size", SAMPLER_GROUP, type=int,
+                                 help="codebook size")
+    codebook: str = _option(schedule.DEFAULT_CODEBOOK, "--codebook", SAMPLER_GROUP, choices=schedule.CODEBOOK_KINDS,
+                            help="atom kind")
+    steps: int = _option(schedule.DEFAULT_STEPS, "--steps", SAMPLER_GROUP, type=int, help="sampling steps T")
+    tail: int = _option(schedule.DEFAULT_TAIL, "--tail", SAMPLER_GROUP, type=int, help="deterministic final steps")
+    g_scale: float = _option(schedule.DEFAULT_G_SCALE, "--g-scale", SAMPLER_GROUP, type=float,
+                             help="SDE diffusion scale")
+    shift: Optional[float] = _option(None, "--shift", SAMPLER_GROUP, type=float,
+                                     help="time-grid shift (default: 5.0 above 480p, else 3.0)")
+    seed: int = _option(0, "--seed", SAMPLER_GROUP, type=int, help="codebook / initial-noise seed")
+    x0_cache: Union[str, Tuple[int, ...]] = _option(
+        "off", "--x0-cache", SAMPLER_GROUP, metavar="SPEC",
+        help="skip the DiT on some steps, rebuilding the velocity from the previous clean estimate: off, alternate "
+             "(every odd step, ~2x fewer DiT calls) or step indices '3,5,9'; never two in a row; stored in the header")
+    gop_frames: Optional[int] = _option(None, "--gop-frames", INPUT_GROUP, type=int,
+                                        help="frames per GOP, 4k+1 (default 33, or fewer for a shorter clip)")
 
     def __post_init__(self):
         from gvc_jax.codec.bitstream import MAX_GOP_FRAMES
@@ -121,6 +163,14 @@ class CodecOptions:
         return dataclasses.replace(self, **overrides)
 
     @classmethod
+    def from_args(cls, args, preset: str = "default") -> "CodecOptions":
+        """The options a command line asked for: ``preset``, overridden by every codec flag given
+        (``args``: an argparse namespace from ``cli.add_codec_args``; flags left out are None)."""
+        given = {f.name: getattr(args, f.name) for f in option_fields()
+                 if getattr(args, f.name, None) is not None}
+        return cls.preset(preset, **given)
+
+    @classmethod
     def preset(cls, name: str, **overrides) -> "CodecOptions":
         if name not in PRESETS:
             raise ValueError(f"unknown options preset {name!r}; known: {', '.join(PRESETS)}")
@@ -139,7 +189,7 @@ class CodecOptions:
         gop_frames = gop_frames or self.gop_frames or DEFAULT_GOP_FRAMES
         n = schedule.latent_frames(gop_frames, temporal_stride)
         tail = min(self.tail_frames, n) if self.tail_atoms is not None else 0
-        atoms = (self.atoms,) * (n - tail) + (self.tail_atoms,) * tail
+        atoms = (self.atoms,) * (n - tail) + (self.atoms if self.tail_atoms is None else self.tail_atoms,) * tail
         return schedule.SamplerConfig.for_gop(
             gop_frames, atoms, temporal_stride=temporal_stride,
             steps=self.steps, tail=self.tail, g_scale=self.g_scale, shift=shift, K=self.codebook_size,
@@ -209,7 +259,6 @@ def encode_full(video_or_path, model=None, options=None, *, fps=None, start=0, m
     """As ``encode``, returning the full ``CodecResult`` (stream, header, per-GOP reports);
     ``sink(frames)`` receives the reconstruction GOP by GOP."""
     from gvc_jax.codec.pipeline import encode_stream
-
     from gvc_jax.parallel import check_devices
 
     opts = _options(options, overrides)
@@ -237,16 +286,20 @@ def rate_target(opts: CodecOptions, variant, model, reader, gop_frames: int, lat
 
     plan = variant.plan(reader.num_frames, gop_frames, model.config.vae.temporal_stride)
     needed = {f for span in plan.spans for f in variant.coded_anchors(span)}
-    images, done = {}, 0
+    images: dict = {}
+    done = 0
     while needed - set(images) and done < reader.num_frames:
         chunk = reader.read(min(64, reader.num_frames - done))
         for i, frame in enumerate(chunk):
             if done + i in needed:
                 images[done + i] = pad_to_multiple(frame[None], SIZE_MULTIPLE)[0]
         done += len(chunk)
-    lengths = []
+    lengths: list = []
     for span in plan.spans:
-        frames = np.zeros((span.length, *next(iter(images.values())).shape), np.uint8) if images else None
+        if not images:  # a variant without anchors: no side payloads
+            lengths.append([])
+            continue
+        frames = np.zeros((span.length, *next(iter(images.values())).shape), np.uint8)
         for f in variant.coded_anchors(span):
             frames[f - span.start] = images[f]
         lengths.append([len(d) for _, d in variant.make_anchors(span, frames)])
@@ -271,8 +324,10 @@ def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprin
         from gvc_jax.codec.bitstream import read_file
 
         stream_or_path = read_file(stream_or_path)
-    return decode_video(stream_or_path, get_model(model), strict=strict, check_fingerprint=check_fingerprint,
-                        progress=progress, devices=devices, conceal=conceal, allow_drift=allow_drift).video
+    result = decode_video(stream_or_path, get_model(model), strict=strict, check_fingerprint=check_fingerprint,
+                          progress=progress, devices=devices, conceal=conceal, allow_drift=allow_drift)
+    assert result.video is not None  # decode_video collects the frames
+    return result.video
 
 
 def _open_input(video_or_path, *, fps, start, max_frames, resize):

@@ -40,7 +40,7 @@ import struct
 import subprocess
 import threading
 import warnings
-from typing import Dict, Tuple
+from typing import Dict, Tuple, cast
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def yuv420_to_rgb(planes: np.ndarray, height: int, width: int) -> np.ndarray:
     y = planes[:n].reshape(height, width)
     cb = _upsample2(planes[n:n + q].reshape(height // 2, width // 2)) - 128
     cr = _upsample2(planes[n + q:n + 2 * q].reshape(height // 2, width // 2)) - 128
-    rgb = (y << 16)[..., None] + cb[..., None] * _INV[:, 0] + cr[..., None] * _INV[:, 1]
+    rgb = np.left_shift(y, 16)[..., None] + cb[..., None] * _INV[:, 0] + cr[..., None] * _INV[:, 1]
     return np.clip((rgb + (1 << 15)) >> 16, 0, 255).astype(np.uint8)
 
 
@@ -198,12 +198,13 @@ def _run_ffmpeg(args, data: bytes, max_out: int, inspect=None) -> bytes:
     timer = threading.Timer(FFMPEG_TIMEOUT_S, expire)
     timer.daemon = True
     out = bytearray()
+    stdout = cast(io.BufferedReader, proc.stdout)  # stdout=PIPE, buffered: a BufferedReader
     try:
         for t in helpers:
             t.start()
         timer.start()
         while len(out) <= max_out:
-            chunk = proc.stdout.read1(min(1 << 20, max_out + 1 - len(out)))
+            chunk = stdout.read1(min(1 << 20, max_out + 1 - len(out)))
             if not chunk:
                 break
             out += chunk
@@ -221,7 +222,8 @@ def _run_ffmpeg(args, data: bytes, max_out: int, inspect=None) -> bytes:
             t.join(timeout=5)
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             try:
-                pipe.close()
+                if pipe is not None:
+                    pipe.close()
             except OSError:
                 pass
     if expired.is_set():

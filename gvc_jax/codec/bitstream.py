@@ -149,10 +149,10 @@ class GopRecord:
             return False
         if len(self.picks) != len(other.picks):
             return False
-        for a_step, b_step in zip(self.picks, other.picks):
+        for a_step, b_step in zip(self.picks, other.picks, strict=True):
             if len(a_step) != len(b_step):
                 return False
-            for (ai, as_), (bi, bs) in zip(a_step, b_step):
+            for (ai, as_), (bi, bs) in zip(a_step, b_step, strict=True):
                 if not (np.array_equal(np.asarray(ai), np.asarray(bi))
                         and np.array_equal(np.asarray(as_), np.asarray(bs))):
                     return False
@@ -315,7 +315,7 @@ def _parse_header(cur: Cursor) -> Header:
     apf = tuple(cur.varint(f"atoms_per_frame[{f}]") for f in range(n_lat))
     seed = cur.varint("seed")
     flags = cur.varint("flags")
-    x0_cache = ()
+    x0_cache: tuple[int, ...] = ()
     if flags & FLAG_X0_CACHE:
         n_skip = cur.varint("x0-cache step count")
         if n_skip > steps // 2:
@@ -370,7 +370,7 @@ def _validate_record(h: Header, g: int, rec: GopRecord) -> None:
         raise bad(f"latent_hash must be {HASH_BYTES} bytes")
     apf = _record_atoms(h, rec)
     if len(apf) != h.latent_frames or any(not _is_int(m) or not 1 <= m <= cap
-                                          for m, cap in zip(apf, h.atoms_per_frame)):
+                                          for m, cap in zip(apf, h.atoms_per_frame, strict=True)):
         raise bad(f"atoms per frame {apf} must be {h.latent_frames} ints, each in [1, header's {h.atoms_per_frame}]")
     if not h.per_gop_atoms and apf != tuple(h.atoms_per_frame):
         raise bad(f"atoms per frame {apf} differ from the header's, but the header has no FLAG_GOP_ATOMS")
@@ -482,7 +482,7 @@ def _parse_body(h: Header, data: bytes, g: int, body_start: int, body_len: int) 
     apf = tuple(h.atoms_per_frame)
     if h.per_gop_atoms:
         apf = tuple(bc.varint(f"GOP {g} atoms_per_frame[{f}]") for f in range(h.latent_frames))
-        for f, (m, cap) in enumerate(zip(apf, h.atoms_per_frame)):
+        for f, (m, cap) in enumerate(zip(apf, h.atoms_per_frame, strict=True)):
             if not 1 <= m <= cap:
                 raise BitstreamError(f"GOP {g}: atoms_per_frame[{f}]={m} not in [1, header's {cap}]")
     if h.stochastic_steps * sum(apf) // 8 > bc.left:  # the sign bits alone do not fit: no big-int work
@@ -672,7 +672,8 @@ def open_stream(data: bytes, conceal: bool = False) -> tuple[Header, Records]:
         if cur.left:
             raise BitstreamError(f"{cur.left} unexpected trailing bytes after the last GOP")
         return h, Records(h, data, spans)
-    lost, budget, g = [], RESYNC_BUDGET * len(data), 0
+    lost: list[int] = []
+    budget, g = RESYNC_BUDGET * len(data), 0
     while g < h.num_gops:
         start = cur.pos
         try:
@@ -688,7 +689,7 @@ def open_stream(data: bytes, conceal: bool = False) -> tuple[Header, Records]:
         pos, j = found
         lost.extend(range(g, j))
         cur.pos, g = pos, j
-    return h, Records(h, data, spans, lost)
+    return h, Records(h, data, spans, tuple(lost))
 
 
 def _resync(h: Header, data: bytes, start: int, g: int, budget: int):

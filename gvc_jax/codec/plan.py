@@ -105,7 +105,9 @@ class GopPlan:
         """Several videos' plans as one: -> (plan, first global frame of each video)."""
         if not plans or len({p.gop_frames for p in plans}) != 1:
             raise ValueError("a batch needs at least one plan, all with the same GOP length")
-        spans, offsets, frames = [], [], 0
+        spans: List[GopSpan] = []
+        offsets: List[int] = []
+        frames = 0
         for v, plan in enumerate(plans):
             base = len(spans)
             offsets.append(frames)
@@ -169,7 +171,8 @@ class GopFrames:
     def __init__(self, reader, plan: GopPlan):
         self.reader = reader
         self.plan = plan
-        self._buf = None   # held frames, source indices [self._start, self._start + len(self._buf))
+        # held frames, source indices [self._start, self._start + len(self._buf))
+        self._buf: Optional[np.ndarray] = None
         self._start = 0
 
     def __call__(self, span: GopSpan) -> np.ndarray:
@@ -182,12 +185,14 @@ class GopFrames:
                 self._read(min(64, gap - done))
             self._buf, self._start, held = None, span.start, 0
         missing = span.stop - (self._start + held)
+        buf = self._buf
         if missing > 0:
             new = self._read(missing)
-            self._buf = new if self._buf is None else np.concatenate([self._buf, new])
-        clip = self._buf[span.start - self._start: span.stop - self._start]
+            buf = new if buf is None else np.concatenate([buf, new])
+        assert buf is not None  # a GOP has frames: read now, or held since the previous GOP
+        clip = buf[span.start - self._start: span.stop - self._start]
         nxt = self.plan.spans[span.index + 1].start if span.index + 1 < self.plan.num_gops else span.stop
-        rest = self._buf[min(nxt, span.stop) - self._start:]
+        rest = buf[min(nxt, span.stop) - self._start:]
         self._buf = rest.copy() if len(rest) else None
         self._start = min(nxt, span.stop)
         return pad_gop(clip, span)

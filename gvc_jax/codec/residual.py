@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -137,7 +137,8 @@ def encode_residual(residual, step) -> bytes:
     enc = constriction.stream.queue.RangeEncoder()
     for c in range(channels):
         target = levels[..., c].ravel()
-        best = (_code_bits(target)[0], 0, None, target)
+        best: Tuple[float, int, Optional[np.ndarray], np.ndarray] = (_code_bits(target)[0], 0, None, target)
+        coef: Optional[np.ndarray]
         for mode in (1, 2) if c else ():
             feats = _features(levels, c, mode)
             coef = _fit(feats, target)
@@ -148,7 +149,7 @@ def encode_residual(residual, step) -> bytes:
         _, mode, coef, e = best
         a = int(np.max(np.abs(e))) if e.size else 0
         head += struct.pack("<e", float(steps[c])) + bytes([mode])
-        if mode:
+        if coef is not None:  # mode 1 or 2: the predictor's coefficients
             head += coef.tobytes()
         head += encode_varint(a)
         if a:
@@ -198,6 +199,7 @@ def decode_residual(payload: bytes, shape: Sequence[int]) -> np.ndarray:
         for c, (_, mode, coef, a, k) in enumerate(params):
             e = np.asarray(dec.decode(_model(a, k), h * w), np.int64) - a if a else np.zeros(h * w, np.int64)
             if mode:
+                assert coef is not None  # read with every channel whose mode is not 0
                 e = e + _predict(_features(levels, c, mode), coef)
             if np.any(np.abs(e) > MAX_LEVEL):
                 raise BitstreamError(f"residual payload: channel {c} decodes to levels beyond {MAX_LEVEL}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, TypeGuard, cast
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def atom_capacity(max_atoms: int, K: int) -> int:
     return max(1, min(int(K), cap))
 
 
-def _is_int(x: object) -> bool:
+def _is_int(x: object) -> TypeGuard[int]:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
@@ -128,7 +128,7 @@ class SamplerConfig:
         """The config for GOPs of ``gop_frames`` frames with ``M`` atoms on every latent frame
         (or one M per latent frame)."""
         n = latent_frames(gop_frames, temporal_stride)
-        apf = (int(M),) * n if _is_int(M) else tuple(M)
+        apf = (int(M),) * n if _is_int(M) else tuple(cast(Sequence[int], M))
         if len(apf) != n:
             raise SamplerError(f"{len(apf)} atom counts for {n} latent frames")
         return cls(atoms_per_frame=apf, **fields)
@@ -165,9 +165,9 @@ def check_x0_cache(skips, steps: int) -> Tuple[int, ...]:
     out = tuple(int(s) for s in out)
     if any(not 1 <= s < steps for s in out):
         raise SamplerError(f"x0_cache steps must be in [1, steps={steps}), got {out}")
-    if any(b <= a for a, b in zip(out, out[1:])):
+    if any(b <= a for a, b in zip(out, out[1:], strict=False)):
         raise SamplerError(f"x0_cache steps must be strictly increasing, got {out}")
-    if any(b == a + 1 for a, b in zip(out, out[1:])):
+    if any(b == a + 1 for a, b in zip(out, out[1:], strict=False)):
         raise SamplerError(f"x0_cache must not skip two steps in a row, got {out}")
     return out
 

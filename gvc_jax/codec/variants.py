@@ -104,7 +104,8 @@ class Variant:
             return {}
         from gvc_jax.codec import anchors
 
-        return {f: anchors.unpack_anchor(data, engine.height, engine.width) for f, (_, data) in zip(wanted, side)}
+        return {f: anchors.unpack_anchor(data, engine.height, engine.width)
+                for f, (_, data) in zip(wanted, side, strict=True)}
 
     def anchored_condition(self, span, context, engine, positions) -> dict:
         """Conditioning on decoded anchor pixels at GOP ``positions`` (source frames
@@ -114,7 +115,7 @@ class Variant:
 
         video = np.zeros((engine.gop_frames, engine.height, engine.width, 3), np.float32)
         images = [context.pixels(frame) for frame in span.anchors]
-        for pos, image in zip(positions, images):
+        for pos, image in zip(positions, images, strict=True):
             video[pos] = to_model_range(image)
         tokens = engine.image_tokens(images) if "image" in engine.model.config.dit.conditioning else None
         return engine.condition(cond_latent=engine.latent_of(video), visible=positions, image_tokens=tokens)
@@ -142,6 +143,10 @@ class AnchoredVariant(Variant):
 
     def hop(self, gop_frames: int) -> int:
         return gop_frames - 1
+
+    def anchor_frames(self, span) -> Tuple[int, ...]:
+        """The source frames whose decoded pixels condition GOP ``span`` (each variant says which)."""
+        raise NotImplementedError
 
     def plan(self, num_frames: int, gop_frames: int, temporal_stride: int = 4):
         from gvc_jax.codec.plan import GopPlan

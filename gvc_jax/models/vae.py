@@ -221,6 +221,7 @@ class Resample(nnx.Module):
             self.resample = Conv2d(dim, dim, 2, ((0, 1), (0, 1)), init=init)
         else:
             self.resample = Conv2d(dim, dim // 2, 1, ((1, 1), (1, 1)), init=init)
+        self.time_conv: Optional[Conv3d]
         if mode == "downsample3d":
             self.time_conv = Conv3d(dim, dim, (3, 1, 1), (2, 1, 1), init=init)
         elif mode == "upsample3d":
@@ -265,7 +266,7 @@ class MidBlock(nnx.Module):
 def _run_list(blocks, x, caches):
     caches = caches if caches is not None else (None,) * len(blocks)
     out = []
-    for blk, c in zip(blocks, caches):
+    for blk, c in zip(blocks, caches, strict=False):
         x, c = blk(x, c)
         out.append(c)
     return x, tuple(out)
@@ -277,8 +278,8 @@ class Encoder(nnx.Module):
     def __init__(self, cfg: VAEConfig, *, init: Init):
         dims = [cfg.base_dim * u for u in (1, *cfg.dim_mult)]
         self.conv_in = Conv3d(3, dims[0], (3, 3, 3), init=init)
-        blocks = []
-        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+        blocks: list[nnx.Module] = []
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             for _ in range(cfg.num_res_blocks):
                 blocks.append(ResidualBlock(cin, cout, init=init))
                 cin = cout
@@ -323,7 +324,7 @@ class Decoder(nnx.Module):
         self.conv_in = Conv3d(cfg.z_dim, dims[0], (3, 3, 3), init=init)
         self.mid_block = MidBlock(dims[0], init=init)
         blocks = []
-        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             if i > 0:
                 cin //= 2  # the previous upsampler's spatial conv halved the channels
             mode = None
