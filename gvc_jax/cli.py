@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import types
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 
 class Terminated(BaseException):
@@ -64,6 +64,28 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON ('-' = stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def add_codec_args(p: argparse.ArgumentParser, groups: Optional[Dict[str, Any]] = None,
+                   only: Optional[Sequence[str]] = None) -> None:
+    """The flags of the ``CodecOptions`` fields (``only``: these fields), built from the fields'
+    declarations (``api._option``: flags, group, help, type), into ``groups`` (argument groups by
+    name, made as needed). Every flag defaults to None, so ``CodecOptions.from_args`` applies a preset
+    and then only the flags given; the help shows the field's default."""
+    from gvc_jax import api
+
+    groups = {} if groups is None else groups
+    base = api.CodecOptions()
+    for f in api.option_fields():
+        if only is not None and f.name not in only:
+            continue
+        meta = f.metadata
+        group = groups.get(meta["group"])
+        if group is None:
+            group = groups[meta["group"]] = p.add_argument_group(meta["group"])
+        default = getattr(base, f.name)
+        shown = "" if default is None else f" (default {default})"
+        group.add_argument(*meta["flags"], dest=f.name, default=None, help=meta["help"] + shown, **meta["argparse"])
 
 
 def add_distributed_args(p: argparse.ArgumentParser, share: str) -> None:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import gvc_jax  # noqa: F401
-from gvc_jax import cli
+from gvc_jax import api, cli
 from gvc_jax.codec import schedule
 
 # Each variant at settings that show its strength: T2V the lowest rate; FLF2V the two coded
@@ -28,8 +28,9 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def code_variant(video, fps, model, options, progress, out_dir, name):
-    """Encode, write, read back and decode one variant: -> (report row, decoded video)."""
+def code_variant(video, fps, model, options, progress, out_dir, name, devices=None):
+    """Encode, write, read back and decode one variant: -> (report row, decoded video).
+    ``devices``: a ``parallel.GopMesh`` (or a device count) both directions run on."""
     from gvc_jax.codec.pipeline import decode_video, encode_video, rate_breakdown
     from gvc_jax.io import atomic_write_bytes, write_video
     from gvc_jax.metrics import bpp, evaluate
@@ -39,14 +40,14 @@ def code_variant(video, fps, model, options, progress, out_dir, name):
     sampler = options.sampler(height, width, gop)
     t0 = time.perf_counter()
     enc = encode_video(video, fps, model, sampler, gop_frames=gop, variant=options.variant_object(),
-                       progress=progress)
+                       progress=progress, devices=devices)
     t_enc = time.perf_counter() - t0
     stream_path = os.path.join(out_dir, f"{name}.gvc")
     atomic_write_bytes(stream_path, enc.stream)
     with open(stream_path, "rb") as f:
         stream = f.read()
     t0 = time.perf_counter()
-    dec = decode_video(stream, model, progress=progress)
+    dec = decode_video(stream, model, progress=progress, devices=devices)
     t_dec = time.perf_counter() - t0
     write_video(os.path.join(out_dir, f"{name}_decoded.mp4"), dec.video, dec.fps)
     rate = rate_breakdown(enc)
@@ -76,31 +77,33 @@ def main(argv) -> int:
                    help="working size (default 256x144)")
     p.add_argument("--variants", nargs="+", default=list(DEMO_SETTINGS), choices=tuple(DEMO_SETTINGS),
                    help="variants to run (default: all three)")
-    p.add_argument("-M", "--atoms", type=int, default=schedule.DEFAULT_M, help="atoms per latent frame and step")
-    p.add_argument("--steps", type=int, default=schedule.DEFAULT_STEPS, help="sampling steps")
     p.add_argument("--out", default="out/demo", help="output directory (default %(default)s)")
     cli.add_model_args(p)
+    # every codec option but the variant (--variants) and a rate target: over each variant's demo settings
+    cli.add_codec_args(p, only=[f.name for f in api.option_fields() if f.name not in ("variant", "target_bpp")])
     args = p.parse_args(argv)
 
-    from gvc_jax.api import CodecOptions
     from gvc_jax.io import read_video, sample_clip_path, save_side_by_side
-    from gvc_jax.models.registry import resolve_model, with_execution
+    from gvc_jax.parallel import GopMesh
 
-    options = {v: CodecOptions(variant=v, atoms=args.atoms, steps=args.steps, **DEMO_SETTINGS[v])
+    given = {f.name: getattr(args, f.name) for f in api.option_fields() if getattr(args, f.name, None) is not None}
+    options = {v: api.CodecOptions(variant=v, **DEMO_SETTINGS[v]).replace(**given)
                for v in args.variants}  # validated before any work
     os.makedirs(args.out, exist_ok=True)
     video, fps = read_video(sample_clip_path(args.clip), max_frames=args.frames, resize=args.resize)
-    model = with_execution(resolve_model(args.model, quiet=args.quiet), dtype=args.dtype, attention=args.attention)
+    mesh = GopMesh(args.devices, args.weight_shards)
+    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
     frames, height, width = video.shape[:3]
     progress = cli.progress_printer(args.quiet)
     rows, decoded = [], []
     for v in args.variants:
-        row, dec = code_variant(video, fps, model, options[v], progress, args.out, f"{args.clip}_{v}")
+        row, dec = code_variant(video, fps, model, options[v], progress, args.out, f"{args.clip}_{v}", mesh)
         rows.append(row)
         decoded.append(dec)
     compare = os.path.join(args.out, f"{args.clip}_compare.png")
     save_side_by_side(compare, video, decoded)
-    print(f"{args.clip}, {frames} frames at {width}x{height}, model {model.name}")
+    print(f"{args.clip}, {frames} frames at {width}x{height}, model {model.name}, {len(mesh.devices)} device(s)"
+          + (f", weight shards {mesh.weight_shards}" if mesh.weight_shards > 1 else ""))
     print_rows(rows)
     if args.json:
         cli.write_json(args.json, {"clip": args.clip, "model": model.name, "frames": frames,

@@ -17,7 +17,6 @@ from typing import Any, Callable, Dict, List, Union
 
 import gvc_jax  # noqa: F401  (environment before jax)
 from gvc_jax import api, cli
-from gvc_jax.codec import schedule
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,49 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_model_args(p)
     cli.add_distributed_args(p, "each codes its share of every wave, process 0 writes the stream, the report "
                                 "and --decoded / --compare")
-    g = p.add_argument_group("rate and sampler")
-    g.add_argument("--preset", default="default", choices=tuple(api.PRESETS),
-                   help="option preset the flags below override (default %(default)s)")
-    g.add_argument("--target-bpp", type=float, default=None, metavar="BPP",
-                   help="choose M (and M_tail in proportion) to land just under this rate, anchors included "
-                        "(i2v: the tail residual comes on top; the report says how close it got)")
-    g.add_argument("-M", "--atoms", type=int, default=None,
-                   help=f"atoms per latent frame and step (the rate knob; default {schedule.DEFAULT_M})")
-    g.add_argument("-K", "--codebook-size", type=int, default=None,
-                   help=f"codebook size (default {schedule.DEFAULT_K})")
-    g.add_argument("--codebook", default=None, choices=schedule.CODEBOOK_KINDS,
-                   help=f"atom kind (default {schedule.DEFAULT_CODEBOOK})")
-    g.add_argument("--steps", type=int, default=None, help=f"sampling steps T (default {schedule.DEFAULT_STEPS})")
-    g.add_argument("--tail", type=int, default=None,
-                   help=f"deterministic final steps (default {schedule.DEFAULT_TAIL})")
-    g.add_argument("--g-scale", type=float, default=None,
-                   help=f"SDE diffusion scale (default {schedule.DEFAULT_G_SCALE})")
-    g.add_argument("--shift", type=float, default=None, help="time-grid shift (default: 5.0 above 480p, else 3.0)")
-    g.add_argument("--seed", type=int, default=None, help="codebook / initial-noise seed (default 0)")
-    g.add_argument("--x0-cache", default=None, metavar="SPEC",
-                   help="skip the DiT on some steps, rebuilding the velocity from the previous clean estimate: "
-                        "off, alternate (every odd step, ~2x fewer DiT calls) or step indices '3,5,9'; never two "
-                        "in a row; stored in the header (default off)")
-    g.add_argument("--prompt", default="", metavar="TEXT",
-                   help="text prompt both sides condition on (stored in the stream, UTF-8, at most 2048 bytes; "
-                        "needs a model converted with its umT5 text encoder; default: the empty prompt)")
-    a = p.add_argument_group("variants (see README: Variants)")
-    a.add_argument("--variant", default=None,
-                   help="t2v: no anchors, lowest rate; flf2v: coded boundary frames shared by neighbouring GOPs; "
-                        "i2v: coded first frame, a chain on decoded last frames, tail residual (default t2v)")
-    a.add_argument("--tail-atoms", type=int, default=None, metavar="M_TAIL",
-                   help="atoms on the last --tail-frames latent frames (adaptive atoms; default: -M)")
-    a.add_argument("--tail-frames", type=int, default=None, help="latent frames that use --tail-atoms (default 1)")
-    a.add_argument("--anchor-codec", default=None, help="still codec of anchor frames: x265, vvenc, svtav1, webp, avif")
-    a.add_argument("--anchor-quality", type=int, default=None, help="anchor quality 0-100 (higher: better, more bytes)")
-    a.add_argument("--residual-step", type=float, default=None,
-                   help="i2v tail-residual quantiser step, latent units (larger: fewer bytes; 0: no residual)")
-    a.add_argument("--free-first-frame", action="store_true",
-                   help="report bpp without the first anchor frame's bytes (the published I2V accounting); "
-                        "the report labels it")
-    v = p.add_argument_group("input")
-    v.add_argument("--gop-frames", type=int, default=None,
-                   help="frames per GOP, 4k+1 (default 33, or fewer for a shorter clip)")
+    groups = {name: p.add_argument_group(name) for name in (api.SAMPLER_GROUP, api.VARIANTS_GROUP, api.INPUT_GROUP)}
+    groups[api.SAMPLER_GROUP].add_argument("--preset", default="default", choices=tuple(api.PRESETS),
+                                           help="option preset the codec flags override (default %(default)s)")
+    groups[api.SAMPLER_GROUP].add_argument(
+        "--prompt", default="", metavar="TEXT",
+        help="text prompt both sides condition on (stored in the stream, UTF-8, at most 2048 bytes; needs a model "
+             "converted with its umT5 text encoder; default: the empty prompt)")
+    cli.add_codec_args(p, groups)  # every CodecOptions field, from its declaration
+    groups[api.VARIANTS_GROUP].add_argument(
+        "--free-first-frame", action="store_true",
+        help="report bpp without the first anchor frame's bytes (the published I2V accounting); the report labels it")
+    v = groups[api.INPUT_GROUP]
     v.add_argument("--max-frames", type=int, default=None, help="encode at most this many frames")
     v.add_argument("--start", type=int, default=0, help="first frame to encode (default 0)")
     v.add_argument("--resize", type=cli.parse_size, default=None, metavar="WxH", help="resize frames before coding")
@@ -88,12 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compare", default=None, metavar="PNG",
                    help="also write a side-by-side image of the first GOP's original and decoded frames")
     return p
-
-
-# Flags that override fields of the chosen CodecOptions preset (argparse dest == field name).
-OPTION_FIELDS = ("atoms", "codebook_size", "codebook", "steps", "tail", "g_scale", "shift", "seed", "variant",
-                 "gop_frames", "tail_atoms", "tail_frames", "anchor_codec", "anchor_quality", "residual_step",
-                 "target_bpp", "x0_cache")
 
 
 def main(argv) -> int:
@@ -108,8 +70,7 @@ def main(argv) -> int:
     from gvc_jax.metrics import bpp
     from gvc_jax.parallel import GopMesh
 
-    overrides = {name: getattr(args, name) for name in OPTION_FIELDS if getattr(args, name) is not None}
-    options = api.CodecOptions.preset(args.preset, **overrides)  # validates every codec option
+    options = api.CodecOptions.from_args(args, args.preset)  # validates every codec option
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be >= 1")
     if args.start < 0:

@@ -144,3 +144,35 @@ def test_anchored_variants_from_the_command_line(clip, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), (bad, err)
     assert not os.path.exists(tmp_path / "x.gvc")
+
+
+def test_codec_flags_are_generated_from_the_options():
+    """Every CodecOptions field has its flag (declared with the field, nowhere else); a preset is
+    overridden by exactly the flags given."""
+    from gvc_jax import api
+
+    parser = encode_cli.build_parser()
+    dests = {a.dest: a for a in parser._actions}
+    for f in api.option_fields():
+        assert f.name in dests and tuple(dests[f.name].option_strings) == f.metadata["flags"], f.name
+        assert dests[f.name].default is None
+    args = parser.parse_args(["in.mp4", "-o", "o.gvc", "--preset", "low-rate", "--steps", "7", "-K", "4096",
+                              "--variant", "i2v", "--x0-cache", "alternate"])
+    options = api.CodecOptions.from_args(args, args.preset)
+    assert options == api.CodecOptions.preset("low-rate", steps=7, codebook_size=4096, variant="i2v",
+                                               x0_cache="alternate")
+    assert options.atoms == 16  # from the preset: -M was not given
+
+
+def test_demo_honours_devices(tmp_path):
+    """The demo accepts --devices (and the codec flags) and uses them: two CPU devices."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-m", "gvc_jax.demo", "--model", "preset:tiny", "--frames", "17",
+                          "--resize", "64x48", "--steps", "3", "--tail", "1", "-K", "256", "-M", "2",
+                          "--gop-frames", "5", "--variants", "t2v", "--devices", "2", "--quiet",
+                          "--out", str(tmp_path / "demo"), "--json", str(tmp_path / "demo.json")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2 device(s)" in out.stdout
+    report = json.load(open(tmp_path / "demo.json"))
+    assert [r["bit_exact"] for r in report["variants"]] == [True]
