@@ -12,6 +12,7 @@ As a Python function: ``from gvc_jax import decode; frames = decode("clip.gvc")`
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -48,23 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     writes = cli.start_distributed(args)  # process 0 (or the only one) writes the outputs
-    if args.conceal and args.distributed:
-        raise ValueError("--conceal is not available with --distributed")
     from gvc_jax.codec import bitstream
-    from gvc_jax.codec.pipeline import decode_stream
-    from gvc_jax.evaluation import RunningEval
-    from gvc_jax.io import VideoReader, VideoWriter
-    from gvc_jax.metrics import bpp
     from gvc_jax.parallel import GopMesh
 
+    if args.conceal and args.distributed:
+        raise ValueError("--conceal is not available with --distributed")
     model_dir = args.model if args.model and os.path.isdir(args.model) else None
     cli.check_outputs(files=(args.json,), videos=(args.output,), inputs=(args.input, args.reference, model_dir))
     mesh = GopMesh(args.devices, args.weight_shards)
-    devices = len(mesh.devices)
     with bitstream.naming(args.input):
         stream = bitstream.read_file(args.input)
         header, _ = bitstream.read_header(stream)
     model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
+    result, seconds, evaluator = _decode_file(args, stream, header, model, mesh, writes)
+    if not writes:
+        return 0
+    cli.emit_report(_report(args, result, model, mesh, seconds, evaluator, len(stream)), args.json)
+    return EXIT_CONCEALED if result.concealed else 0
+
+
+def _decode_file(args, stream: bytes, header, model, mesh, writes: bool) -> tuple:
+    """Decode ``stream`` into ``args.output`` (process 0 writes it, atomically), measured against
+    ``--reference`` if given: -> (CodecResult, seconds, RunningEval or None)."""
+    from gvc_jax.codec import bitstream
+    from gvc_jax.codec.pipeline import decode_stream
+    from gvc_jax.evaluation import RunningEval
+    from gvc_jax.io import VideoReader, VideoWriter
+
     writer = VideoWriter(args.output, header.fps_num / header.fps_den) if writes else None
     sinks = [writer.write] if writer else []
     reference = evaluator = None
@@ -76,11 +87,7 @@ def main(argv) -> int:
                 raise ValueError(f"reference {args.reference} has {reference.num_frames} frames, "
                                  f"the stream {header.num_frames}")
             evaluator = RunningEval()
-
-            def evaluate(chunk):
-                evaluator.reference(reference.read(len(chunk)))
-                evaluator.decoded(chunk)
-            sinks.append(evaluate)
+            sinks.append(functools.partial(_evaluate, evaluator, reference))
 
         def sink(chunk) -> None:
             for s in sinks:
@@ -89,8 +96,7 @@ def main(argv) -> int:
         t0 = time.perf_counter()
         with bitstream.naming(args.input):
             result = decode_stream(stream, model, check_fingerprint=not args.ignore_fingerprint, strict=args.strict,
-                                   sink=sink,
-                                   progress=cli.progress_printer(args.quiet), devices=mesh,
+                                   sink=sink, progress=cli.progress_printer(args.quiet), devices=mesh,
                                    conceal=args.conceal, allow_drift=args.allow_drift)
         seconds = time.perf_counter() - t0
         if writer:
@@ -102,8 +108,18 @@ def main(argv) -> int:
     finally:
         if reference is not None:
             reference.close()
-    if not writes:
-        return 0
+    return result, seconds, evaluator
+
+
+def _evaluate(evaluator, reference, chunk) -> None:
+    evaluator.reference(reference.read(len(chunk)))
+    evaluator.decoded(chunk)
+
+
+def _report(args, result, model, mesh, seconds: float, evaluator, size: int) -> dict:
+    """The decoder's report (warnings for concealed and drifted GOPs on stderr)."""
+    from gvc_jax.metrics import bpp
+
     h = result.header
     frames, height, width = h.num_frames, h.orig_height, h.orig_width
     if result.concealed:
@@ -116,15 +132,14 @@ def main(argv) -> int:
               f"(different platform or model?); the video may differ from the encoder's reconstruction",
               file=sys.stderr)
     report = {"input": args.input, "output": args.output, "model": model.name, "frames": frames,
-              "width": width, "height": height, "fps": result.fps, "bytes": len(stream),
-              "bpp": bpp(len(stream), frames, width, height), "seconds": seconds, "drifted_gops": drifted,
-              "devices": devices, "weight_shards": mesh.weight_shards}
+              "width": width, "height": height, "fps": result.fps, "bytes": size,
+              "bpp": bpp(size, frames, width, height), "seconds": seconds, "drifted_gops": drifted,
+              "devices": len(mesh.devices), "weight_shards": mesh.weight_shards}
     if args.conceal:
         report.update({"concealed_gops": result.concealed, "affected_gops": result.affected})
     if evaluator:
         report.update(evaluator.result())
-    cli.emit_report(report, args.json)
-    return EXIT_CONCEALED if result.concealed else 0
+    return report
 
 
 EXIT_CONCEALED = 3  # decode --conceal wrote the whole video, but some GOPs are concealed

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Union
 
 import gvc_jax  # noqa: F401  (environment before jax)
@@ -61,22 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     writes = cli.start_distributed(args)  # process 0 (or the only one) writes the outputs
-    from jax import process_index as jax_process_index
-
-    from gvc_jax.codec.journal import check_journal_path, input_identity, journal_path
-    from gvc_jax.codec.pipeline import encode_stream, rate_breakdown
-    from gvc_jax.evaluation import RunningEval, TeeReader
-    from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes, save_side_by_side
-    from gvc_jax.metrics import bpp
     from gvc_jax.parallel import GopMesh
+
+    options = _checked_options(args)  # every option and output path, before any work
+    mesh = GopMesh(args.devices, args.weight_shards)
+    if args.batch:
+        return _main_batch(args, options, mesh, writes)
+    model = _model(args, mesh)
+    run = _encode_file(args, options, model, mesh, writes, _resume_settings(args))
+    if writes:
+        cli.emit_report(_report(args, options, model, mesh, run), args.json)
+    return 0
+
+
+def _checked_options(args) -> "api.CodecOptions":
+    """The run's CodecOptions; every other option and every output path checked (nothing read yet)."""
+    from gvc_jax.codec.bitstream import check_prompt
+    from gvc_jax.codec.journal import journal_path
 
     options = api.CodecOptions.from_args(args, args.preset)  # validates every codec option
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be >= 1")
     if args.start < 0:
         raise ValueError("--start must be >= 0")
-    from gvc_jax.codec.bitstream import check_prompt
-
     check_prompt(args.prompt)
     if args.compare and not args.compare.lower().endswith(".png"):
         raise ValueError(f"--compare must name a .png file, got {args.compare}")
@@ -87,41 +95,59 @@ def main(argv) -> int:
         journal = journal_path(args.output, 0) if args.resume else None
         cli.check_outputs(files=(args.output, args.compare, args.json, journal), videos=(args.decoded,),
                           inputs=inputs)
-    mesh = GopMesh(args.devices, args.weight_shards)
-    devices = len(mesh.devices)
-    resume = {}
-    if args.resume:
-        if not os.path.exists(args.input):
-            raise ValueError(f"--resume needs an input file: {args.input} does not exist")
-        check_journal_path(args.output, jax_process_index())
-        resume = {"resume": args.output, "resume_identity": (input_identity(args.input), args.start,
-                                                             args.max_frames, args.resize)}
-    if args.batch:
-        return _main_batch(args, options, mesh, writes)
-    model = _model(args, mesh)
+    return options
+
+
+def _resume_settings(args) -> dict:
+    """``encode_stream``'s resume arguments for ``--resume`` (the journal bound to the input)."""
+    if not args.resume:
+        return {}
+    from jax import process_index
+
+    from gvc_jax.codec.journal import check_journal_path, input_identity
+
+    if not os.path.exists(args.input):
+        raise ValueError(f"--resume needs an input file: {args.input} does not exist")
+    check_journal_path(args.output, process_index())
+    return {"resume": args.output,
+            "resume_identity": (input_identity(args.input), args.start, args.max_frames, args.resize)}
+
+
+@dataclass
+class _Run:
+    """What one file's encode gives the report."""
+
+    result: Any
+    frames: int
+    height: int
+    width: int
+    fps: float
+    seconds: float
+    evaluator: Any = None
+    compare: Dict[str, Any] = field(default_factory=dict)
+
+
+def _encode_file(args, options, model, mesh, writes: bool, resume: dict) -> _Run:
+    """Encode ``args.input`` to ``args.output`` (and --decoded; --eval / --compare collected), the
+    outputs written atomically by process 0, the resume journal removed once the stream is safe."""
+    from gvc_jax.codec.pipeline import encode_stream
+    from gvc_jax.evaluation import RunningEval, TeeReader
+    from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes
+
     with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as reader:
         gop = options.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
         sampler = options.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
-        frames, height, width, fps = reader.num_frames, reader.height, reader.width, reader.fps
+        run = _Run(None, reader.num_frames, reader.height, reader.width, reader.fps, 0.0,
+                   RunningEval() if args.eval and writes else None, {"orig": None, "dec": None})
         # with several processes every one takes part in gathering the frames; process 0 uses them
         wants_frames = bool(args.decoded or args.eval or args.compare)
         sinks: List[Callable[[Any], object]] = []
         source: Union[VideoReader, TeeReader] = reader
-        evaluator = RunningEval() if args.eval and writes else None
-        compare: Dict[str, Any] = {"orig": None, "dec": None}
         comparing = bool(args.compare) and writes
-        if evaluator or comparing:
-            def on_source(chunk):
-                if evaluator:
-                    evaluator.reference(chunk)
-                if comparing and compare["orig"] is None:
-                    compare["orig"] = chunk.copy()
-            source = TeeReader(reader, on_source)
-            if evaluator:
-                sinks.append(evaluator.decoded)
-            if comparing:
-                sinks.append(lambda chunk: compare.__setitem__("dec", chunk.copy()) if compare["dec"] is None else None)
-        writer = VideoWriter(args.decoded, fps) if args.decoded and writes else None
+        if run.evaluator or comparing:
+            source = TeeReader(reader, lambda chunk: _on_source(run, comparing, chunk))
+            sinks.append(lambda chunk: _on_decoded(run, comparing, chunk))
+        writer = VideoWriter(args.decoded, run.fps) if args.decoded and writes else None
         if writer:
             sinks.append(writer.write)
         variant = options.variant_object()
@@ -136,35 +162,54 @@ def main(argv) -> int:
 
         try:
             t0 = time.perf_counter()
-            result = encode_stream(source, model, sampler, variant=variant, gop_frames=gop, **target,
-                                   sink=sink if wants_frames else None,
-                                   progress=cli.progress_printer(args.quiet), devices=mesh, prompt=args.prompt,
-                                   **resume)
-            seconds = time.perf_counter() - t0
+            run.result = encode_stream(source, model, sampler, variant=variant, gop_frames=gop, **target,
+                                       sink=sink if wants_frames else None,
+                                       progress=cli.progress_printer(args.quiet), devices=mesh, prompt=args.prompt,
+                                       **resume)
+            run.seconds = time.perf_counter() - t0
             if writes:  # with several processes every one holds the stream; one writes it
-                atomic_write_bytes(args.output, result.stream)
-            if mesh.distributed:  # the journals go once the stream is safely written
-                from jax.experimental import multihost_utils
-
-                multihost_utils.sync_global_devices("gvc-jax: stream written")
-            if result.journal is not None:
-                result.journal.remove()
-            if not writes:
-                return 0
+                atomic_write_bytes(args.output, run.result.stream)
+            mesh.barrier("gvc-jax: stream written")  # the journals go once the stream is safely written
+            if run.result.journal is not None:
+                run.result.journal.remove()
             if writer:
                 writer.commit()
         except BaseException:
             if writer:
                 writer.abort()
             raise
+    return run
+
+
+def _on_source(run: _Run, comparing: bool, chunk) -> None:
+    if run.evaluator:
+        run.evaluator.reference(chunk)
+    if comparing and run.compare["orig"] is None:
+        run.compare["orig"] = chunk.copy()
+
+
+def _on_decoded(run: _Run, comparing: bool, chunk) -> None:
+    if run.evaluator:
+        run.evaluator.decoded(chunk)
+    if comparing and run.compare["dec"] is None:
+        run.compare["dec"] = chunk.copy()
+
+
+def _report(args, options, model, mesh, run: _Run) -> dict:
+    """The encoder's report (printed as a table, written with --json); writes --compare."""
+    from gvc_jax.codec.pipeline import rate_breakdown
+    from gvc_jax.io import save_side_by_side
+    from gvc_jax.metrics import bpp
+
+    result, frames, width, height, fps = run.result, run.frames, run.width, run.height, run.fps
     size = os.path.getsize(args.output)
     report = {
         "input": args.input, "output": args.output, "model": model.name, "frames": frames,
         "width": width, "height": height, "fps": fps, "gops": len(result.gops), "bytes": size,
         "bpp": bpp(size, frames, width, height), "kbps": 8 * size / 1000 / (frames / fps),
-        "seconds": seconds, "seconds_per_gop": [round(g.seconds, 3) for g in result.gops],
+        "seconds": run.seconds, "seconds_per_gop": [round(g.seconds, 3) for g in result.gops],
         "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant, "prompt": args.prompt,
-        "devices": devices, "weight_shards": mesh.weight_shards,
+        "devices": len(mesh.devices), "weight_shards": mesh.weight_shards,
         "resumed_gops": [g.index for g in result.gops if g.resumed],
         **rate_breakdown(result), "atoms_per_frame": list(result.header.atoms_per_frame),
     }
@@ -176,13 +221,13 @@ def main(argv) -> int:
         report.update({"accounting": "free first frame (published I2V): bpp excludes the first anchor",
                        "bytes_charged": charged, "bpp": bpp(charged, frames, width, height),
                        "bpp_all_bytes": bpp(size, frames, width, height)})
-    if evaluator:
-        report.update(evaluator.result())
+    if run.evaluator:
+        report.update(run.evaluator.result())
     if args.compare:
-        n = min(len(compare["orig"]), len(compare["dec"]))
-        save_side_by_side(args.compare, compare["orig"][:n], compare["dec"][:n])
-    cli.emit_report(report, args.json)
-    return 0
+        orig, dec = run.compare["orig"], run.compare["dec"]
+        n = min(len(orig), len(dec))
+        save_side_by_side(args.compare, orig[:n], dec[:n])
+    return report
 
 
 def _model(args, mesh):

@@ -172,6 +172,13 @@ class GopMesh:
         return jax.tree.map(lambda v: jax.make_array_from_callback(v.shape, sharding, lambda index: v[index]),
                             stacked)
 
+    def barrier(self, name: str) -> None:
+        """Wait until every process reaches ``name`` (with one process: nothing to wait for)."""
+        if self.distributed:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
+
     @staticmethod
     def share(values: list, wanted: Sequence[bool], shape: Sequence[int], dtype=np.uint8) -> list:
         """Several processes: each holds the arrays (``shape``, ``dtype``) of its own GOPs of a chunk
