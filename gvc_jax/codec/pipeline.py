@@ -130,9 +130,6 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         sampler = fit_sampler(header, int(target_bytes), side_lengths, atoms_pattern)
         header = header.replace(sampler=sampler)
     bitstream.validate_header(header)
-    check_geometry(model, height, width, gop_frames)
-    check_memory(model, height, width, gop_frames, mesh.size)
-    model = with_prompt(model, header.prompt)
     # before any model work: a journal of another run, or an entry that does not fit this encode, is refused here
     journal = None
     if resume is not None:
@@ -154,7 +151,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
         longest = (bitstream.payload_bits(header) + 7) // 8 + bitstream.MAX_SIDE_BYTES + (1 << 16)  # framed record
         journal = open_journal(resume, run_key(header, var, gop_atoms, tuple(resume_identity)), mesh,
                                Expect(plan.num_gops, height, width, context_of, check_record, longest))
-    engine = GopEngine(model, sampler, height, width, gop_frames, mesh)
+    engine = gop_engine(model, header, mesh)
     frames = GopFrames(reader, plan)
     read = lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE)  # noqa: E731
     # resumed: the journalled GOPs' frames are read too, and checked against their entries
@@ -253,12 +250,8 @@ def encode_batch(readers: Sequence, model, sampler: SamplerConfig, *, variant="t
         raise ValueError(f"a batch codes videos of one coded size, got {sorted(sizes)} (use --resize WxH)")
     for h in headers:
         bitstream.validate_header(h)
-    height, width = headers[0].height, headers[0].width
-    check_geometry(model, height, width, gop_frames)
-    check_memory(model, height, width, gop_frames, mesh.size)
-    model = with_prompt(model, prompt)
+    engine = gop_engine(model, headers[0], mesh)  # one coded size, sampler and prompt for all
     plan, _ = GopPlan.batch(plans)
-    engine = GopEngine(model, sampler, height, width, gop_frames, mesh)
     frames = [GopFrames(r, p) for r, p in zip(readers, plans, strict=True)]
     source = SearchTargets(lambda span: pad_to_multiple(frames[span.stream](plans[span.stream].spans[span.in_stream]),
                                                         SIZE_MULTIPLE))
@@ -312,6 +305,21 @@ def _record_report(header: bitstream.Header, g: int, rec: bitstream.GopRecord, r
     """The report of a GOP this run did not code itself (from a resume journal, or another process)."""
     return GopReport(g, 0.0, tuple(int(m) for m in rec.atoms_per_frame or header.atoms_per_frame),
                      side_bytes=tuple((tag, len(data)) for tag, data in rec.side), resumed=resumed)
+
+
+def gop_engine(model, header: bitstream.Header, mesh: GopMesh, *, decoding: bool = False) -> GopEngine:
+    """The checks both directions run last before any model work, then the engine: the header's
+    geometry against the model (its patch grid and RoPE range; decoding: a ``BitstreamError``) and
+    against the machine (memory per GOP on ``mesh``), and the prompt's text context."""
+    try:
+        check_geometry(model, header.height, header.width, header.gop_frames)
+    except GeometryError as err:
+        if decoding:
+            raise bitstream.BitstreamError(f"the stream cannot be decoded with this model: {err}") from None
+        raise
+    check_memory(model, header.height, header.width, header.gop_frames, mesh.size)
+    return GopEngine(with_prompt(model, header.prompt), header.sampler, header.height, header.width,
+                     header.gop_frames, mesh)
 
 
 def with_prompt(model, prompt: str):
@@ -384,13 +392,7 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
         var, plan = plan_for(model, var, header.num_frames, header.gop_frames)
     except ValueError as err:
         raise bitstream.BitstreamError(f"the stream cannot be decoded with this model: {err}") from None
-    try:
-        check_geometry(model, header.height, header.width, header.gop_frames)
-    except GeometryError as err:
-        raise bitstream.BitstreamError(f"the stream cannot be decoded with this model: {err}") from None
-    check_memory(model, header.height, header.width, header.gop_frames, mesh.size)
-    model = with_prompt(model, header.prompt)
-    engine = GopEngine(model, header.sampler, header.height, header.width, header.gop_frames, mesh)
+    engine = gop_engine(model, header, mesh, decoding=True)
     emit = _emitter(plan, header.orig_height, header.orig_width, sink)
     reports: List[GopReport] = []
     concealed: List[int] = []
