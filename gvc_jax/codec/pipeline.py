@@ -7,7 +7,7 @@ to a sink as soon as their GOP is done, so peak memory does not grow with the vi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -115,42 +115,12 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     """
     mesh = GopMesh.of(devices)
     var, plan = plan_for(model, variant, reader.num_frames, gop_frames)
-    flags = 0
     if gop_atoms is not None:
         gop_atoms = [tuple(int(m) for m in a) for a in gop_atoms]
-        if len(gop_atoms) != plan.num_gops or any(len(a) != len(sampler.atoms_per_frame) for a in gop_atoms):
-            raise ValueError(f"gop_atoms needs {plan.num_gops} GOPs x {len(sampler.atoms_per_frame)} latent frames")
-        sampler = sampler.replace(atoms_per_frame=tuple(max(col) for col in zip(*gop_atoms, strict=True)))
-        flags = bitstream.FLAG_GOP_ATOMS if any(a != sampler.atoms_per_frame for a in gop_atoms) else 0
-    header = stream_header(reader, model, sampler, var, plan, flags, prompt)
-    height, width = header.height, header.width
-    if target_bytes is not None:
-        from gvc_jax.codec.rate import fit_sampler
-
-        sampler = fit_sampler(header, int(target_bytes), side_lengths, atoms_pattern)
-        header = header.replace(sampler=sampler)
-    bitstream.validate_header(header)
+    header = _encoder_header(reader, model, sampler, var, plan, gop_atoms, prompt, target_bytes, side_lengths,
+                             atoms_pattern)
     # before any model work: a journal of another run, or an entry that does not fit this encode, is refused here
-    journal = None
-    if resume is not None:
-        contexts = {}
-
-        def context_of(g: int) -> tuple:  # the frames GOP g's entry must hold
-            if g not in contexts:
-                contexts[g] = context_frames(plan, var, plan.spans[g])
-            return contexts[g]
-
-        def check_record(g: int, data: bytes) -> None:  # GOP g's record, with the payloads its GOP takes
-            rec = bitstream.parse_record(header, g, data)
-            var.check_side(g, rec.side)
-            anchors = len(anchor_payloads(var, rec.side))
-            if anchors != len(var.coded_anchors(plan.spans[g])):
-                raise bitstream.BitstreamError(f"GOP {g}: {anchors} anchor payloads, variant {var.name} needs "
-                                               f"{len(var.coded_anchors(plan.spans[g]))}")
-
-        longest = (bitstream.payload_bits(header) + 7) // 8 + bitstream.MAX_SIDE_BYTES + (1 << 16)  # framed record
-        journal = open_journal(resume, run_key(header, var, gop_atoms, tuple(resume_identity)), mesh,
-                               Expect(plan.num_gops, height, width, context_of, check_record, longest))
+    journal = None if resume is None else _open_resume(resume, header, var, plan, gop_atoms, resume_identity, mesh)
     engine = gop_engine(model, header, mesh)
     frames = GopFrames(reader, plan)
     read = lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE)  # noqa: E731
@@ -160,28 +130,11 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
                            None if gop_atoms is None else (lambda span: gop_atoms[span.index]))
     source: Union[SearchTargets, ResumedTargets] = search
     emit = _emitter(plan, reader.height, reader.width, sink)
-    framed, reports = [b""] * plan.num_gops, {}  # each GOP's record, serialised as it is done
-    skip = {}
+    framed: List[bytes] = [b""] * plan.num_gops  # each GOP's record, serialised as it is done
+    reports: Dict[int, GopReport] = {}
+    skip: Dict[int, FinishedGop] = {}
     if journal is not None:
-        finished = {g: bitstream.parse_record(header, g, e.record) for g, e in journal.entries.items()
-                    if g < plan.num_gops}
-        for g, rec in finished.items():
-            if not mesh.distributed or jax.process_index() == 0:  # gathered: one process holds each record
-                framed[g] = journal.entries[g].record
-            reports[g] = _record_report(header, g, rec, resumed=True)
-        if sink is None:
-            # a journalled GOP that a GOP coded now conditions on is replayed from its record (the
-            # decoder's path, checked against the record's latent hash): journalled frames never
-            # reach a coded GOP; only such a replay takes them (of the GOP before it) as context,
-            # and a change to them fails its latent check. The other journalled GOPs are skipped.
-            replay = {d for s in plan.spans if s.index not in finished for d in s.depends_on if d in finished}
-            feeds = {d for r in replay for d in plan.spans[r].depends_on}
-            skip = {g: FinishedGop(rec, journal.entries[g].frames if g in feeds else {})
-                    for g, rec in finished.items() if g not in replay}
-        else:  # the sink wants their frames: replay them all
-            replay = set(finished)
-        if replay:
-            source = ResumedTargets(search, header, {g: finished[g] for g in replay}, var)
+        source, skip = _resumed(journal, header, plan, var, mesh, search, sink is not None, framed, reports)
     try:
         for out in code_gops(plan, var, engine, source, progress=progress, stage="encode", skip=skip,
                              gather=sink is not None):
@@ -214,6 +167,75 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
                 reports[g] = _record_report(header, g, bitstream.parse_record(header, g, framed[g]))
     stream = bitstream.assemble(header, framed)
     return CodecResult(None, reader.fps, header, [reports[g] for g in range(plan.num_gops)], stream, journal)
+
+
+def _encoder_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, gop_atoms, prompt: str,
+                    target_bytes, side_lengths, atoms_pattern) -> bitstream.Header:
+    """The validated header of an encode: per-GOP atoms (the header holds their maximum), then a
+    byte target's atoms (``rate.fit_sampler``)."""
+    flags = 0
+    if gop_atoms is not None:
+        if len(gop_atoms) != plan.num_gops or any(len(a) != len(sampler.atoms_per_frame) for a in gop_atoms):
+            raise ValueError(f"gop_atoms needs {plan.num_gops} GOPs x {len(sampler.atoms_per_frame)} latent frames")
+        sampler = sampler.replace(atoms_per_frame=tuple(max(col) for col in zip(*gop_atoms, strict=True)))
+        flags = bitstream.FLAG_GOP_ATOMS if any(a != sampler.atoms_per_frame for a in gop_atoms) else 0
+    header = stream_header(reader, model, sampler, var, plan, flags, prompt)
+    if target_bytes is not None:
+        from gvc_jax.codec.rate import fit_sampler
+
+        header = header.replace(sampler=fit_sampler(header, int(target_bytes), side_lengths, atoms_pattern))
+    bitstream.validate_header(header)
+    return header
+
+
+def _open_resume(resume: str, header: bitstream.Header, var, plan: GopPlan, gop_atoms, resume_identity,
+                 mesh: GopMesh) -> Journal:
+    """The resume journal of output ``resume``, bound to this run and every entry checked against its plan."""
+    contexts: Dict[int, tuple] = {}
+
+    def context_of(g: int) -> tuple:  # the frames GOP g's entry must hold
+        if g not in contexts:
+            contexts[g] = context_frames(plan, var, plan.spans[g])
+        return contexts[g]
+
+    def check_record(g: int, data: bytes) -> None:  # GOP g's record, with the payloads its GOP takes
+        rec = bitstream.parse_record(header, g, data)
+        var.check_side(g, rec.side)
+        anchors = len(anchor_payloads(var, rec.side))
+        if anchors != len(var.coded_anchors(plan.spans[g])):
+            raise bitstream.BitstreamError(f"GOP {g}: {anchors} anchor payloads, variant {var.name} needs "
+                                           f"{len(var.coded_anchors(plan.spans[g]))}")
+
+    longest = (bitstream.payload_bits(header) + 7) // 8 + bitstream.MAX_SIDE_BYTES + (1 << 16)  # framed record
+    return open_journal(resume, run_key(header, var, gop_atoms, tuple(resume_identity)), mesh,
+                        Expect(plan.num_gops, header.height, header.width, context_of, check_record, longest))
+
+
+def _resumed(journal: Journal, header: bitstream.Header, plan: GopPlan, var, mesh: GopMesh,
+             search: SearchTargets, wants_frames: bool, framed: list, reports: dict) -> tuple:
+    """The journal's finished GOPs into ``framed`` / ``reports``: -> (pick source, GOPs to skip).
+
+    Without a sink a journalled GOP that a GOP coded now conditions on is replayed from its record
+    (the decoder's path, checked against the record's latent hash): journalled frames never reach
+    a coded GOP; only such a replay takes them (of the GOP before it) as context, and a change to
+    them fails its latent check. The other journalled GOPs are skipped. With a sink (it wants their
+    frames) every journalled GOP is replayed."""
+    finished = {g: bitstream.parse_record(header, g, e.record) for g, e in journal.entries.items()
+                if g < plan.num_gops}
+    for g, rec in finished.items():
+        if not mesh.distributed or jax.process_index() == 0:  # gathered: one process holds each record
+            framed[g] = journal.entries[g].record
+        reports[g] = _record_report(header, g, rec, resumed=True)
+    skip: Dict[int, FinishedGop] = {}
+    if wants_frames:
+        replay = set(finished)
+    else:
+        replay = {d for s in plan.spans if s.index not in finished for d in s.depends_on if d in finished}
+        feeds = {d for r in replay for d in plan.spans[r].depends_on}
+        skip = {g: FinishedGop(rec, journal.entries[g].frames if g in feeds else {})
+                for g, rec in finished.items() if g not in replay}
+    source = ResumedTargets(search, header, {g: finished[g] for g in replay}, var) if replay else search
+    return source, skip
 
 
 def stream_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, flags: int = 0,
