@@ -300,11 +300,30 @@ def print_table(rows: Dict[str, object]) -> None:
         print(f"{k:<{width}}  {_fmt(v)}")
 
 
-def emit_report(report: Dict[str, object], json_dest: str | None) -> None:
-    """Print the report as a table (lists: one value per GOP); write it as JSON if asked."""
+def emit_report(report: Dict[str, object], json_dest: str | None, details: Optional[dict] = None) -> None:
+    """Print the report as a table (lists: one value per GOP); write it as JSON if asked, with
+    ``details`` (e.g. per-frame metric values) in the JSON only."""
     print_table(report)
     if json_dest:
-        write_json(json_dest, report)
+        write_json(json_dest, {**report, **(details or {})})
+
+
+def add_metrics_arg(p, when: str) -> None:
+    """``--metrics LIST`` (``evaluation.parse_metrics``), used ``when`` (for the help)."""
+    from gvc_jax.evaluation import DEFAULT_METRICS, STREAMING
+
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help=f"comma-separated metrics {when}: {', '.join(m.replace('_', '-') for m in STREAMING)} "
+                        f"(default {','.join(m.replace('_', '-') for m in DEFAULT_METRICS)}; DISTS only on frames "
+                        f"of 32x32 or more); per-frame values go in --json")
+
+
+def evaluator_for(metrics_arg: Optional[str], height: int, width: int):
+    """The ``RunningEval`` of a ``--metrics`` value for frames of ``height`` x ``width``."""
+    from gvc_jax.evaluation import DEFAULT_METRICS, RunningEval, fit_metrics, parse_metrics
+
+    names = DEFAULT_METRICS if metrics_arg is None else parse_metrics(metrics_arg)
+    return RunningEval(fit_metrics(names, height, width, requested=metrics_arg is not None))
 
 
 def write_json(dest: str, payload: dict) -> None:

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output video (.mp4, .mkv, .y4m, .npy, or a new or empty directory for PNG frames)")
     cli.add_model_args(p)
     p.add_argument("--reference", default=None, metavar="VIDEO",
-                   help="report PSNR, MS-SSIM and LPIPS against this video")
+                   help="report the quality against this video (--metrics; default PSNR, MS-SSIM, LPIPS, DISTS)")
+    cli.add_metrics_arg(p, "with --reference")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 2) if a GOP's decoded latent differs from the encoder's")
     p.add_argument("--ignore-fingerprint", action="store_true",
@@ -50,10 +51,15 @@ def main(argv) -> int:
     args = build_parser().parse_args(argv)
     writes = cli.start_distributed(args)  # process 0 (or the only one) writes the outputs
     from gvc_jax.codec import bitstream
+    from gvc_jax.evaluation import parse_metrics
     from gvc_jax.parallel import GopMesh
 
     if args.conceal and args.distributed:
         raise ValueError("--conceal is not available with --distributed")
+    if args.metrics is not None:
+        if not args.reference:
+            raise ValueError("--metrics needs --reference")
+        parse_metrics(args.metrics)
     model_dir = args.model if args.model and os.path.isdir(args.model) else None
     cli.check_outputs(files=(args.json,), videos=(args.output,), inputs=(args.input, args.reference, model_dir))
     mesh = GopMesh(args.devices, args.weight_shards)
@@ -64,7 +70,8 @@ def main(argv) -> int:
     result, seconds, evaluator = _decode_file(args, stream, header, model, mesh, writes)
     if not writes:
         return 0
-    cli.emit_report(_report(args, result, model, mesh, seconds, evaluator, len(stream)), args.json)
+    cli.emit_report(_report(args, result, model, mesh, seconds, evaluator, len(stream)), args.json,
+                    {"per_frame": evaluator.per_frame()} if evaluator else None)
     return EXIT_CONCEALED if result.concealed else 0
 
 
@@ -73,7 +80,6 @@ def _decode_file(args, stream: bytes, header, model, mesh, writes: bool) -> tupl
     ``--reference`` if given: -> (CodecResult, seconds, RunningEval or None)."""
     from gvc_jax.codec import bitstream
     from gvc_jax.codec.pipeline import decode_stream
-    from gvc_jax.evaluation import RunningEval
     from gvc_jax.io import VideoReader, VideoWriter
 
     writer = VideoWriter(args.output, header.fps_num / header.fps_den) if writes else None
@@ -86,7 +92,7 @@ def _decode_file(args, stream: bytes, header, model, mesh, writes: bool) -> tupl
             if reference.num_frames != header.num_frames:
                 raise ValueError(f"reference {args.reference} has {reference.num_frames} frames, "
                                  f"the stream {header.num_frames}")
-            evaluator = RunningEval()
+            evaluator = cli.evaluator_for(args.metrics, header.orig_height, header.orig_width)
             sinks.append(functools.partial(_evaluate, evaluator, reference))
 
         def sink(chunk) -> None:

@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--start", type=int, default=0, help="first frame to encode (default 0)")
     v.add_argument("--resize", type=cli.parse_size, default=None, metavar="WxH", help="resize frames before coding")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval", action="store_true", help="report PSNR, MS-SSIM and LPIPS of the reconstruction")
+    e.add_argument("--eval", action="store_true",
+                   help="report the quality of the reconstruction (--metrics; default PSNR, MS-SSIM, LPIPS, DISTS)")
+    cli.add_metrics_arg(e, "with --eval")
     e.add_argument("--decoded", default=None, metavar="VIDEO", help="also write the reconstruction (e.g. out.mp4)")
     e.add_argument("--compare", default=None, metavar="PNG",
                    help="also write a side-by-side image of the first GOP's original and decoded frames")
@@ -71,7 +73,8 @@ def main(argv) -> int:
     model = _model(args, mesh)
     run = _encode_file(args, options, model, mesh, writes, _resume_settings(args))
     if writes:
-        cli.emit_report(_report(args, options, model, mesh, run), args.json)
+        cli.emit_report(_report(args, options, model, mesh, run), args.json,
+                        {"per_frame": run.evaluator.per_frame()} if run.evaluator else None)
     return 0
 
 
@@ -79,6 +82,7 @@ def _checked_options(args) -> "api.CodecOptions":
     """The run's CodecOptions; every other option and every output path checked (nothing read yet)."""
     from gvc_jax.codec.bitstream import check_prompt
     from gvc_jax.codec.journal import journal_path
+    from gvc_jax.evaluation import parse_metrics
 
     options = api.CodecOptions.from_args(args, args.preset)  # validates every codec option
     if args.max_frames is not None and args.max_frames < 1:
@@ -86,6 +90,10 @@ def _checked_options(args) -> "api.CodecOptions":
     if args.start < 0:
         raise ValueError("--start must be >= 0")
     check_prompt(args.prompt)
+    if args.metrics is not None:
+        if not args.eval:
+            raise ValueError("--metrics needs --eval")
+        parse_metrics(args.metrics)
     if args.compare and not args.compare.lower().endswith(".png"):
         raise ValueError(f"--compare must name a .png file, got {args.compare}")
     inputs = (args.input, args.model if args.model and os.path.isdir(args.model) else None)
@@ -131,14 +139,15 @@ def _encode_file(args, options, model, mesh, writes: bool, resume: dict) -> _Run
     """Encode ``args.input`` to ``args.output`` (and --decoded; --eval / --compare collected), the
     outputs written atomically by process 0, the resume journal removed once the stream is safe."""
     from gvc_jax.codec.pipeline import encode_stream
-    from gvc_jax.evaluation import RunningEval, TeeReader
+    from gvc_jax.evaluation import TeeReader
     from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes
 
     with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as reader:
         gop = options.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
         sampler = options.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
         run = _Run(None, reader.num_frames, reader.height, reader.width, reader.fps, 0.0,
-                   RunningEval() if args.eval and writes else None, {"orig": None, "dec": None})
+                   cli.evaluator_for(args.metrics, reader.height, reader.width) if args.eval and writes else None,
+                   {"orig": None, "dec": None})
         # with several processes every one takes part in gathering the frames; process 0 uses them
         wants_frames = bool(args.decoded or args.eval or args.compare)
         sinks: List[Callable[[Any], object]] = []

@@ -1,55 +1,103 @@
-"""Quality of a video delivered in pieces: running per-frame means of PSNR, MS-SSIM, LPIPS.
+"""Quality of a video delivered in pieces: running means of per-frame and per-pair metrics.
 
-Every metric of ``metrics.evaluate`` except VMAF is a mean over frames, so feeding the
-reference and the reconstruction GOP by GOP gives the same numbers as one call on the whole
-videos, with memory bounded by one GOP.
+Every metric here is a mean over frames (PSNR, MS-SSIM, LPIPS, DISTS) or over consecutive frame
+pairs (tLP, warping error), so feeding the reference and the reconstruction GOP by GOP gives the
+same numbers as one ``metrics.evaluate`` call on the whole videos, with memory bounded by one GOP
+(the pair metrics carry the last frame of the previous piece). VMAF has temporal features of its
+own and is computed on whole videos only (``metrics.evaluate``, ``experiments/rd.py``).
+
+``parse_metrics("psnr,ms-ssim,lpips,dists")`` reads a ``--metrics`` list (``-`` and ``_`` alike).
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Dict, Sequence
+from typing import Callable, Deque, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from gvc_jax import metrics as M
 
-PER_FRAME = {
+PER_FRAME: Dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "psnr": M.psnr_per_frame,
     "ms_ssim": M.ms_ssim_per_frame,
     "lpips": lambda r, d: M.lpips_per_frame(r, d, net="alex"),
     "lpips_vgg": lambda r, d: M.lpips_per_frame(r, d, net="vgg"),
+    "dists": M.dists_per_frame,
 }
+PER_PAIR: Dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "tlp": M.tlp_per_pair,
+    "warp": M.warp_error_per_pair,
+}
+STREAMING = tuple(PER_FRAME) + tuple(PER_PAIR)
+DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
+
+
+def parse_metrics(text: str) -> tuple:
+    """``"psnr,ms-ssim,lpips"`` -> ("psnr", "ms_ssim", "lpips"); ValueError naming an unknown one."""
+    names = tuple(dict.fromkeys(n.strip().lower().replace("-", "_") for n in str(text).split(",") if n.strip()))
+    if not names:
+        raise ValueError("--metrics needs at least one metric name")
+    unknown = [n for n in names if n not in STREAMING]
+    if unknown:
+        extra = " (vmaf: whole videos only, see experiments/rd.py)" if "vmaf" in unknown else ""
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(n.replace('_', '-') for n in STREAMING)}{extra}")
+    return names
+
+
+def fit_metrics(names: Sequence[str], height: int, width: int, requested: bool) -> tuple:
+    """``names`` for frames of ``height`` x ``width``: DISTS needs 32 x 32 or more; asked for
+    explicitly (``requested``) on smaller frames it is an error, as a default it is left out."""
+    if "dists" in names and min(height, width) < M.DISTS_MIN_SIDE:
+        if requested:
+            raise ValueError(f"DISTS needs frames of at least {M.DISTS_MIN_SIDE}x{M.DISTS_MIN_SIDE}, "
+                             f"got {width}x{height}")
+        return tuple(n for n in names if n != "dists")
+    return tuple(names)
 
 
 class RunningEval:
     """``reference(frames)`` as the source is read, ``decoded(frames)`` as output appears;
-    ``result()`` -> {metric: mean over all frames}. Pairs frames in order."""
+    ``result()`` -> {metric: mean}; ``per_frame()`` -> {metric: every frame's (or pair's) value}.
+    Pairs frames in order."""
 
-    def __init__(self, metrics: Sequence[str] = ("psnr", "ms_ssim", "lpips")):
-        unknown = [m for m in metrics if m not in PER_FRAME]
+    def __init__(self, metrics: Sequence[str] = DEFAULT_METRICS):
+        unknown = [m for m in metrics if m not in STREAMING]
         if unknown:
-            raise ValueError(f"metric(s) {unknown} cannot be computed GOP by GOP; choose from {list(PER_FRAME)}")
+            raise ValueError(f"metric(s) {unknown} cannot be computed GOP by GOP; choose from {list(STREAMING)}")
         self.metrics = tuple(metrics)
         self._pending: Deque[np.ndarray] = deque()
-        self._sums: Dict[str, float] = {m: 0.0 for m in self.metrics}
-        self._frames = 0
+        self._values: Dict[str, List[float]] = {m: [] for m in self.metrics}
+        self._last: Optional[tuple] = None  # (reference, decoded) last frames, for the pair metrics
 
     def reference(self, frames: np.ndarray) -> None:
         self._pending.extend(np.asarray(frames))
 
     def decoded(self, frames: np.ndarray) -> None:
         frames = np.asarray(frames)
+        if not len(frames):
+            return
         if len(frames) > len(self._pending):
             raise ValueError("more decoded frames than reference frames")
         ref = np.stack([self._pending.popleft() for _ in range(len(frames))])
         for m in self.metrics:
-            self._sums[m] += float(np.sum(PER_FRAME[m](ref, frames)))
-        self._frames += len(frames)
+            if m in PER_FRAME:
+                self._values[m].extend(float(v) for v in PER_FRAME[m](ref, frames))
+            elif self._last is not None or len(frames) > 1:
+                r, d = ref, frames
+                if self._last is not None:  # the pair across the boundary of the pieces
+                    r, d = np.concatenate([self._last[0][None], ref]), np.concatenate([self._last[1][None], frames])
+                self._values[m].extend(float(v) for v in PER_PAIR[m](r, d))
+        self._last = (ref[-1], frames[-1])
 
     def result(self) -> Dict[str, float]:
-        if not self._frames:
+        if not any(self._values.values()) and not self._last:
             raise ValueError("no frames were evaluated")
-        return {m: self._sums[m] / self._frames for m in self.metrics}
+        return {m: float(np.mean(v)) if v else float("nan") for m, v in self._values.items()}
+
+    def per_frame(self) -> Dict[str, List[float]]:
+        """Every frame's value (PSNR, MS-SSIM, LPIPS, DISTS) or every consecutive pair's (tLP, warp)."""
+        return {m: list(v) for m, v in self._values.items()}
 
 
 class TeeReader:
