@@ -314,7 +314,7 @@ def add_metrics_arg(p, when: str) -> None:
 
     p.add_argument("--metrics", default=None, metavar="LIST",
                    help=f"comma-separated metrics {when}: {', '.join(m.replace('_', '-') for m in STREAMING)} "
-                        f"(default {','.join(m.replace('_', '-') for m in DEFAULT_METRICS)}; DISTS only on frames "
+                        f"(default {','.join(m.replace('_', '-') for m in DEFAULT_METRICS)}; DISTS needs frames "
                         f"of 32x32 or more); per-frame values go in --json")
 
 
