@@ -30,14 +30,14 @@ def digest(b) -> str:
     return hashlib.sha256(bytes(b)).hexdigest()[:16]
 
 
-def weight_sharding(video) -> dict:
-    """The DiT's weights split over 4 devices: the velocity, bytes per device, and a whole encode."""
+def weight_sharding(model, video, ref) -> dict:
+    """The DiT's weights split over 4 devices: the velocity, bytes per device, and a whole encode
+    (``ref``: the same encode on 1 device with whole weights)."""
     from flax import nnx
 
     from gvc_jax.codec.engine import GopEngine
     from gvc_jax.parallel import GopMesh
 
-    model = init_preset("tiny")
     n = jax.local_device_count()
     split = GopMesh(n, weight_shards=n)
     _, params = nnx.split(model.dit)
@@ -58,7 +58,6 @@ def weight_sharding(video) -> dict:
     # a whole encode with 2 GOPs x 2 weight shards, decoded on 1 device
     mesh = GopMesh(n, weight_shards=2)
     enc = encode_video(video, 25.0, model, SAMPLER, gop_frames=GOP, devices=mesh)
-    ref = encode_video(video, 25.0, model, SAMPLER, gop_frames=GOP, devices=1)
     dec = decode_video(enc.stream, model, devices=1)
     same = decode_video(enc.stream, model, devices=GopMesh(n, weight_shards=2))
     # read straight onto the shards from a model directory: each device gets only its part
@@ -88,13 +87,12 @@ def weight_sharding(video) -> dict:
             "video_max_abs_diff_vs_1_device": int(np.max(np.abs(enc.video.astype(int) - ref.video.astype(int))))}
 
 
-def batch(video) -> dict:
+def batch(model, video) -> dict:
     """Three I2V chains (2, 1 and 3 GOPs) in one batch on all devices: each stream as coded alone."""
     from gvc_jax.codec.pipeline import encode_batch
     from gvc_jax.codec.plan import ArrayReader
     from gvc_jax.codec.variants import I2V
 
-    model = init_preset("tiny-anchored")
     variant = I2V(anchor_codec="webp", anchor_quality=60, residual_step=0.25)
     clips = [video[:17], video[2:11], video[:25]]
     from gvc_jax.codec.engine import GopEngine
@@ -135,18 +133,22 @@ def abstract_memory() -> dict:
 def main() -> int:
     counts = sorted({1, 2, jax.local_device_count()})
     video, _ = read_video(sample_clip_path("bikes"), resize=(56, 40), max_frames=27)  # T2V: 3 GOPs
-    cases = {"t2v": (init_preset("tiny"), "t2v", video, None),
+    tiny, anchored = init_preset("tiny"), init_preset("tiny-anchored")  # each model initialised once
+    cases = {"t2v": (tiny, "t2v", video, None),
              # per-GOP atoms (rate control) as data, one row per GOP
-             "t2v_gop_atoms": (init_preset("tiny"), "t2v", video, [(3, 3, 6), (1, 2, 3), (4, 4, 4)]),
+             "t2v_gop_atoms": (tiny, "t2v", video, [(3, 3, 6), (1, 2, 3), (4, 4, 4)]),
              # FLF2V: boundary frames shared between GOPs that run side by side; 19 frames = 3 GOPs
-             "flf2v": (init_preset("tiny-anchored"), FLF2V(anchor_codec="webp", anchor_quality=60), video[:19], None)}
+             "flf2v": (anchored, FLF2V(anchor_codec="webp", anchor_quality=60), video[:19], None)}
     out = {"devices": jax.local_device_count(), "cases": {}}
+    t2v_on_1 = None  # the T2V clip on 1 device: the reference of the split-weights encode
     for name, (model, variant, clip, gop_atoms) in cases.items():
         res = {}
         streams = {}
         for n in counts:
             enc = encode_video(clip, 25.0, model, SAMPLER, gop_frames=GOP, variant=variant, gop_atoms=gop_atoms,
                                devices=n)
+            if name == "t2v" and n == 1:
+                t2v_on_1 = enc
             streams[n] = enc.stream
             res[f"encode_{n}"] = {"stream": digest(enc.stream), "video": digest(enc.video.tobytes()),
                                   "gops": len(enc.gops), 
@@ -156,8 +158,8 @@ def main() -> int:
             res[f"decode_{n_enc}_on_{n_dec}"] = {"video": digest(dec.video.tobytes()),
                                                  "drift": any(g.drift for g in dec.gops)}
         out["cases"][name] = res
-    out["weights"] = weight_sharding(video)
-    out["batch"] = batch(video)
+    out["weights"] = weight_sharding(tiny, video, t2v_on_1)
+    out["batch"] = batch(anchored, video)
     out["abstract"] = abstract_memory()
     print(json.dumps(out))
     return 0

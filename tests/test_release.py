@@ -155,7 +155,8 @@ def test_image_tokens_come_from_the_decoded_anchors(work, tmp_path):
 
     engine.GopEngine.image_tokens = spy
     try:
-        sampler = SamplerConfig(steps=4, tail=1, g_scale=3.0, shift=3.0, K=256, atoms_per_frame=(3, 3, 3), seed=1)
+        # the codebook and atom slots of FAST: the trajectory compiled for the FLF2V command line is reused
+        sampler = SamplerConfig(steps=4, tail=1, g_scale=3.0, shift=3.0, K=512, atoms_per_frame=(3, 3, 3), seed=1)
         enc = encode_video(video, 16.0, model, sampler, gop_frames=9,
                            variant=FLF2V(anchor_codec="webp", anchor_quality=30))
     finally:

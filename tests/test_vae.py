@@ -195,7 +195,8 @@ def test_fast_convs_match_exact_path():
     np.testing.assert_allclose(np.asarray(mu_fast), np.asarray(mu), rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(out_fast), np.asarray(out), rtol=0, atol=1e-5)
     fast.set_fast_convs(False)
-    np.testing.assert_array_equal(np.asarray(fast.encode(x)), np.asarray(mu))
+    with jax.default_matmul_precision("highest"):  # as ``mu`` was computed: the exact path's program is reused
+        np.testing.assert_array_equal(np.asarray(fast.encode(x)), np.asarray(mu))
 
 
 def test_normalize_round_trip():
