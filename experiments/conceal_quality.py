@@ -10,13 +10,10 @@ frames each GOP adds to the output), with the original and with the intact decod
 """
 from __future__ import annotations
 
-import gvc_jax  # noqa: F401
-
 import argparse
 import time
 
-import numpy as np
-
+import gvc_jax  # noqa: F401
 from gvc_jax import cli
 
 

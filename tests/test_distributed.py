@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 
-
 INIT_TIMEOUT_S = 300  # --init-timeout: both processes start together, but imports crawl on a loaded machine
 FINISH_TIMEOUT_S = 600
 

@@ -28,7 +28,12 @@ from gvc_jax import cli
 from gvc_jax import encode as encode_cli
 from gvc_jax.io import write_video
 from gvc_jax.models.checkpoint import (
-    MAX_MANIFEST_BYTES, CheckpointError, ModelWriter, load_model, path_str, read_context,
+    MAX_MANIFEST_BYTES,
+    CheckpointError,
+    ModelWriter,
+    load_model,
+    path_str,
+    read_context,
 )
 from gvc_jax.models.configs import DIT_LIMITS, PRESETS, DiTConfig, ModelConfig, VAEConfig, get_preset
 

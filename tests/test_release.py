@@ -100,9 +100,8 @@ def test_one_command_writes_every_part(work):
 
 def test_the_dit_in_parts_is_the_same_model(work, tmp_path):
     """Parts are consecutive leaves: the fingerprint and the weights equal a one-part conversion."""
-    from weights_convert.release import convert_release
-
     from gvc_jax.models.checkpoint import load_model
+    from weights_convert.release import convert_release
 
     parted = json.loads((work["flf2v"]["model"] / "gvc_model.json").read_text())
     assert parted["parts"]["dit"] == work["flf2v_summary"]["dit_parts"] > 2

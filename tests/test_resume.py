@@ -2,7 +2,6 @@
 its journal does not hold and writes the same bytes as an uninterrupted run."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time

@@ -16,7 +16,12 @@ from flax import nnx
 from gvc_jax.models.checkpoint import CheckpointError, load_diffusers_vae, torch_to_flax
 from gvc_jax.models.configs import TINY_VAE, VAEConfig
 from gvc_jax.models.vae import (
-    Conv3d, WanVAE, denormalize_latent, diffusers_key_to_path, latent_frames, normalize_latent,
+    Conv3d,
+    WanVAE,
+    denormalize_latent,
+    diffusers_key_to_path,
+    latent_frames,
+    normalize_latent,
 )
 
 diffusers = pytest.importorskip("diffusers")
