@@ -28,15 +28,14 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import gvc_jax  # noqa: E402,F401  (XLA flags before jax)
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from gvc_jax.models.configs import VAEConfig  # noqa: E402
+import gvc_jax  # noqa: E402,F401  (XLA flags before jax)
 from gvc_jax.models.checkpoint import load_diffusers_vae  # noqa: E402
+from gvc_jax.models.configs import VAEConfig  # noqa: E402
 from gvc_jax.models.vae import WanVAE  # noqa: E402
 
 BENCH_VAE = VAEConfig(base_dim=32, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2,

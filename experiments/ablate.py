@@ -25,7 +25,6 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import gvc_jax  # noqa: F401,E402  (XLA flags before jax)
-
 from experiments import baselines as bl  # noqa: E402
 from experiments import rd  # noqa: E402
 from experiments.rd_plot import plot_sweep  # noqa: E402

@@ -4,14 +4,12 @@
 
 Frames: the first, middle and last of each shipped sample clip (Big Buck Bunny, bikes; the
 frames FLF2V / I2V code as anchors) and three scikit-image stills, all resized to ``--size``.
-Every codec in ``codec.anchors`` that this machine has is run at each ``--qualities`` value;
+Every codec in ``codec.payloads.anchors`` that this machine has is run at each ``--qualities`` value;
 bytes are whole payloads (what a stream pays), PSNR on RGB, LPIPS AlexNet. Prints one markdown
 table per metric and the BD-rate of every codec against x265 (negative: fewer bytes at equal
 quality), measured over the range of qualities both cover.
 """
 from __future__ import annotations
-
-import gvc_jax  # noqa: F401
 
 import argparse
 import json
@@ -20,10 +18,12 @@ import time
 
 import numpy as np
 
+import gvc_jax  # noqa: F401
+
 
 def test_frames(size):
-    from PIL import Image
     import skimage.data
+    from PIL import Image
 
     from gvc_jax.io import read_video, sample_clip_path
 
@@ -41,7 +41,7 @@ def test_frames(size):
 
 def main(argv=None) -> int:
     from gvc_jax.cli import parse_size
-    from gvc_jax.codec import anchors as A
+    from gvc_jax.codec.payloads import anchors as A
     from gvc_jax.metrics import lpips_per_frame, psnr
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

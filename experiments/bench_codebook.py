@@ -19,8 +19,6 @@ RSS just before the run (ru_maxrss alone is useless here: the JAX import and the
 set a high-water mark of ~300 MB that a search below that size never moves; it is reported too). ``--quick`` skips the Gaussian 720p K = 16384 points (about 45 s each on a
 2-core CPU).
 """
-import gvc_jax  # noqa: F401  (XLA flags before jax)
-
 import argparse
 import json
 import os
@@ -34,7 +32,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from gvc_jax.codec.codebooks import KINDS, frame_key, get_codebook
+import gvc_jax  # noqa: F401  (XLA flags before jax)
+from gvc_jax.codec.sampling.codebooks import KINDS, frame_key, get_codebook
 
 DEFAULT_DIMS = (16 * 16 * 16, 16 * 90 * 160)
 

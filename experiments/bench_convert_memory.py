@@ -28,8 +28,8 @@ sys.path.insert(0, REPO)
 
 def build_release(root: str, layers: int) -> int:
     """A diffusers release with a wide DiT; returns the DiT's bytes on disk (fp32)."""
-    import torch
     import diffusers
+    import torch
 
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from test_release import VAE_KW, make_release, tiny_tokenizer  # noqa: F401  (tiny parts of the test release)

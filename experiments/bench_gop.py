@@ -25,8 +25,6 @@ that size, on whatever backend JAX has (the 1.3B / 720p check on CPU).
 """
 from __future__ import annotations
 
-import gvc_jax  # noqa: F401
-
 import argparse
 import json
 import resource
@@ -37,6 +35,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import gvc_jax  # noqa: F401
 
 # Dense peak TFLOP/s per chip (vendor figures, no sparsity) by compute dtype.
 PEAK_TFLOPS = {
@@ -75,7 +75,7 @@ def forward_flops(dit_cfg, latent_shape):
     """FLOPs of one DiT forward at this latent shape, from XLA's cost analysis. XLA counts a loop's
     body once, so the program counted has its layers unrolled and one-op ("xla") attention; it is
     compiled, never run."""
-    from gvc_jax.codec.velocity import WanVelocity
+    from gvc_jax.codec.sampling.velocity import WanVelocity
     from gvc_jax.models.checkpoint import abstract_model, dit_factory
 
     cfg = dit_cfg.replace(scan_layers=False, remat=False, attention="xla")
@@ -101,7 +101,7 @@ def trajectory_args(traj, params, cond, target, use_search, picks, atoms, gop=0)
 
 
 def compile_trajectory(traj, args_):
-    from gvc_jax.codec.trajectory import _trajectory_jit
+    from gvc_jax.codec.sampling.trajectory import _trajectory_jit
 
     t0 = time.perf_counter()
     lowered = _trajectory_jit.lower(*traj._fn.args, *args_)
@@ -123,8 +123,8 @@ def abstract_run(args, model_cfg, sampler, latent_shape):
     ``memory_analysis`` gives one device's share."""
     import contextlib
 
-    from gvc_jax.codec.trajectory import Picks, Trajectory
-    from gvc_jax.codec.velocity import WanVelocity
+    from gvc_jax.codec.sampling.trajectory import Picks, Trajectory
+    from gvc_jax.codec.sampling.velocity import WanVelocity
     from gvc_jax.models.checkpoint import abstract_model, dit_factory
     from gvc_jax.parallel import GopMesh
 
@@ -160,9 +160,8 @@ def abstract_run(args, model_cfg, sampler, latent_shape):
 def real_run(args, model_cfg, sampler, latent_shape, model=None):
     from flax import nnx
 
-    from gvc_jax.codec.engine import GopEngine
-    from gvc_jax.codec.trajectory import Picks
-    from gvc_jax.models.checkpoint import fingerprint
+    from gvc_jax.codec.gop.engine import GopEngine
+    from gvc_jax.codec.sampling.trajectory import Picks
     from gvc_jax.models.dit import WanDiT
     from gvc_jax.models.registry import CodecModel, _empty_context
     from gvc_jax.models.vae import WanVAE
@@ -230,7 +229,7 @@ def real_run(args, model_cfg, sampler, latent_shape, model=None):
 
 def main(argv=None) -> int:
     from gvc_jax.cli import parse_size
-    from gvc_jax.codec.schedule import SamplerConfig, latent_frames, x0_cache_schedule
+    from gvc_jax.codec.sampling.schedule import SamplerConfig, latent_frames, x0_cache_schedule
     from gvc_jax.models.attention import IMPLEMENTATIONS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,15 +18,14 @@ import statistics
 import sys
 import time
 
-import gvc_jax  # noqa: F401  (XLA flags before jax)
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvc_jax.models.configs import DiTConfig
+import gvc_jax  # noqa: F401  (XLA flags before jax)
 from gvc_jax.models.checkpoint import load_diffusers_dit
+from gvc_jax.models.configs import DiTConfig
 from gvc_jax.models.dit import WanDiT
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -31,12 +31,12 @@ def main(argv=None) -> int:
     if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={max(args.devices)}").strip()
-    import gvc_jax  # noqa: F401
     import jax
 
+    import gvc_jax  # noqa: F401
     from gvc_jax.api import CodecOptions
     from gvc_jax.cli import parse_size
-    from gvc_jax.codec.pipeline import decode_video, encode_video
+    from gvc_jax.codec.session import decode_video, encode_video
     from gvc_jax.io import read_video, sample_clip_path
     from gvc_jax.models.registry import resolve_model
 

@@ -9,8 +9,6 @@ for the given frame size: the DiT forward as the codec calls it (``WanVelocity``
 """
 from __future__ import annotations
 
-import gvc_jax  # noqa: F401
-
 import argparse
 import json
 import statistics
@@ -21,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import gvc_jax  # noqa: F401
 from gvc_jax.cli import parse_size
-from gvc_jax.codec.codebooks import frame_key
-from gvc_jax.codec.engine import GopEngine
-from gvc_jax.codec.schedule import SamplerConfig
-from gvc_jax.codec.velocity import WanVelocity
+from gvc_jax.codec.gop.engine import GopEngine
+from gvc_jax.codec.sampling.codebooks import frame_key
+from gvc_jax.codec.sampling.schedule import SamplerConfig
+from gvc_jax.codec.sampling.velocity import WanVelocity
 from gvc_jax.models.registry import resolve_model
 
 

@@ -12,8 +12,6 @@
 """
 from __future__ import annotations
 
-import gvc_jax  # noqa: F401
-
 import argparse
 import json
 import sys
@@ -21,11 +19,13 @@ import time
 
 import numpy as np
 
+import gvc_jax  # noqa: F401
+
 
 def main(argv=None) -> int:
     from gvc_jax.api import CodecOptions
     from gvc_jax.cli import parse_size
-    from gvc_jax.codec.pipeline import decode_video, encode_video
+    from gvc_jax.codec.session import decode_video, encode_video
     from gvc_jax.io import read_video, sample_clip_path
     from gvc_jax.metrics import evaluate, psnr
     from gvc_jax.models.registry import resolve_model, with_execution
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     out["cross_drifted_gops"] = sum(g.drift for g in dec_cross.gops)
     out["cross_psnr_vs_fp32_decode"] = psnr(dec32.video, dec_cross.video)
     # the first GOP's final latent, fp32 encoder vs a bf16 decoder reading the same picks
-    from gvc_jax.codec.engine import GopEngine
+    from gvc_jax.codec.gop.engine import GopEngine
 
     e32 = GopEngine(f32, sampler, video.shape[1], video.shape[2], gop)
     e16 = GopEngine(b16, sampler, video.shape[1], video.shape[2], gop)

@@ -28,8 +28,8 @@ def _gop_ranges(plan):
 
 def main(argv=None) -> int:
     from gvc_jax.api import CodecOptions
-    from gvc_jax.codec import bitstream
-    from gvc_jax.codec.pipeline import decode_video, encode_video, plan_for
+    from gvc_jax.codec.format import bitstream
+    from gvc_jax.codec.session import decode_video, encode_video, plan_for
     from gvc_jax.demo import DEMO_SETTINGS
     from gvc_jax.io import read_video, sample_clip_path
     from gvc_jax.metrics import evaluate

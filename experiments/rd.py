@@ -261,7 +261,7 @@ class GvcRunner:
         return self.options(params).sampler(height, width, int(params["gop_frames"]))
 
     def run(self, clip: Clip, params: dict, stream_path: str) -> dict:
-        from gvc_jax.codec.pipeline import decode_video, encode_video
+        from gvc_jax.codec.session import decode_video, encode_video
 
         try:
             options = self.options(params)
@@ -520,7 +520,7 @@ def write_report(store: ResultStore, out_dir: str, anchor: str, metrics: Sequenc
 
 
 def add_gvc_args(p: argparse.ArgumentParser, *, atoms: bool = True) -> None:
-    from gvc_jax.codec.schedule import DEFAULT_CODEBOOK, DEFAULT_G_SCALE, DEFAULT_STEPS, DEFAULT_TAIL
+    from gvc_jax.codec.sampling.schedule import DEFAULT_CODEBOOK, DEFAULT_G_SCALE, DEFAULT_STEPS, DEFAULT_TAIL
 
     g = p.add_argument_group("gvc")
     if atoms:

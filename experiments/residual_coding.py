@@ -6,12 +6,10 @@
 ``--capture`` encodes shipped sample clips with the default model in I2V (demo settings) and keeps
 every GOP's tail residual ``target - decoded`` on the last latent frame (what ``I2V.make_side``
 codes). The comparison codes each residual with the published scheme (8-bit per-channel max-abs
-quantiser + zlib; also at fewer bits, its natural knob) and with ``codec.residual`` at the step
+quantiser + zlib; also at fewer bits, its natural knob) and with ``codec.payloads.residual`` at the step
 that gives the same MSE, and prints the mean bytes of both; then our bytes at a few steps.
 """
 from __future__ import annotations
-
-import gvc_jax  # noqa: F401
 
 import argparse
 import dataclasses
@@ -20,11 +18,13 @@ import time
 
 import numpy as np
 
+import gvc_jax  # noqa: F401
+
 
 def capture(path: str, clips, frames: int, size) -> None:
     from gvc_jax.api import CodecOptions
-    from gvc_jax.codec import variants
-    from gvc_jax.codec.pipeline import encode_video
+    from gvc_jax.codec.gop import variants
+    from gvc_jax.codec.session import encode_video
     from gvc_jax.io import read_video, sample_clip_path
     from gvc_jax.models.registry import resolve_model
 
@@ -63,7 +63,7 @@ def maxabs_zlib(r: np.ndarray, bits: int):
 
 
 def compare(path: str, bit_depths) -> None:
-    from gvc_jax.codec import residual as R
+    from gvc_jax.codec.payloads import residual as R
 
     data = np.load(path)
     residuals = [data[n] for n in data.files]

@@ -15,11 +15,9 @@ Stages (each resumable, all state under ``--workdir``, nothing downloaded):
 
 Models are the same Flax classes as the full Wan2.1 port at reduced sizes (``VAE_CFG``,
 ``DIT_CFG``). The DiT input is [noisy latent z | 4-channel mask | conditioning latent z]
-(``gvc_jax.codec.conditioning``, the codec's own code); T2V use feeds mask = 0 and conditioning = 0.
+(``gvc_jax.codec.gop.conditioning``, the codec's own code); T2V use feeds mask = 0 and conditioning = 0.
 """
 from __future__ import annotations
-
-import gvc_jax  # noqa: F401  (environment before jax)
 
 import argparse
 import json
@@ -28,7 +26,6 @@ import os
 import sys
 import time
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,10 +33,12 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+import gvc_jax  # noqa: F401  (environment before jax)
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_data  # noqa: E402
 
-from gvc_jax.codec.conditioning import latent_condition, visible_frames  # noqa: E402
+from gvc_jax.codec.gop.conditioning import latent_condition, visible_frames  # noqa: E402
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig  # noqa: E402
 from gvc_jax.models.dit import WanDiT  # noqa: E402
 from gvc_jax.models.vae import WanVAE  # noqa: E402
@@ -524,9 +523,9 @@ LOG_DIR = os.path.join(REPO, "experiments", "logs")
 def vae_psnr_bbb(model_dir: str, frames: int = 66, size=(256, 144)) -> dict:
     """VAE round trip of bigbuckbunny frames [0, frames) at ``size`` in GOPs of 33 frames."""
     from gvc_jax.io import read_video, sample_clip_path
-    from gvc_jax.pixels import from_model_range, to_model_range
     from gvc_jax.metrics import psnr
     from gvc_jax.models.checkpoint import load_model
+    from gvc_jax.pixels import from_model_range, to_model_range
 
     m = load_model(model_dir)
     video, _ = read_video(sample_clip_path("bigbuckbunny"), max_frames=frames, resize=size)
@@ -548,8 +547,8 @@ def evaluate_model(args) -> None:
     res.update(vae_psnr_bbb(out))
     print(json.dumps(res, indent=1), flush=True)
     if args.codec:
-        from gvc_jax.codec import schedule
-        from gvc_jax.codec.pipeline import decode_video, encode_video
+        from gvc_jax.codec.sampling import schedule
+        from gvc_jax.codec.session import decode_video, encode_video
         from gvc_jax.io import read_video, sample_clip_path
         from gvc_jax.metrics import evaluate
         from gvc_jax.models.registry import load_checkpoint

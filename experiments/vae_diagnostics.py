@@ -18,14 +18,14 @@ Prints one JSON object:
 """
 from __future__ import annotations
 
-import gvc_jax  # noqa: F401  (environment before jax)
-
 import argparse
 import json
 import os
 
 import jax.numpy as jnp
 import numpy as np
+
+import gvc_jax  # noqa: F401  (environment before jax)
 
 FLAT = ((0.1, 0.6, 0.1), (0.45, 0.5, 0.33), (0.8, 0.2, 0.2), (0.2, 0.3, 0.8),
         (0.5, 0.5, 0.5), (0.9, 0.9, 0.9), (0.05, 0.05, 0.05), (0.6, 0.4, 0.2))
@@ -68,8 +68,8 @@ def main(argv=None) -> int:
     from scipy.ndimage import uniform_filter
 
     from gvc_jax.io import read_video, sample_clip_path
-    from gvc_jax.pixels import from_model_range, to_model_range
     from gvc_jax.models.registry import resolve_model
+    from gvc_jax.pixels import from_model_range, to_model_range
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model directory (default: the embedded default model)")

@@ -22,8 +22,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from gvc_jax.codec import schedule
-from gvc_jax.codec.plan import check_gop_frames
+from gvc_jax.codec.gop.plan import check_gop_frames
+from gvc_jax.codec.sampling import schedule
 
 DEFAULT_GOP_FRAMES = 33
 
@@ -116,18 +116,18 @@ class CodecOptions:
                                         help="frames per GOP, 4k+1 (default 33, or fewer for a shorter clip)")
 
     def __post_init__(self):
-        from gvc_jax.codec.bitstream import MAX_GOP_FRAMES
-        from gvc_jax.codec.variants import get_variant
+        from gvc_jax.codec.format.bitstream import MAX_GOP_FRAMES
+        from gvc_jax.codec.gop.variants import get_variant
 
         get_variant(self.variant)
         if self.anchor_codec is not None or self.anchor_quality is not None:
-            from gvc_jax.codec import anchors
+            from gvc_jax.codec.payloads import anchors
 
             anchors.check_anchor_codec(self.anchor_codec or anchors.DEFAULT_ANCHOR_CODEC,
                                        anchors.DEFAULT_ANCHOR_QUALITY if self.anchor_quality is None
                                        else self.anchor_quality)
         if self.residual_step is not None and self.residual_step != 0:
-            from gvc_jax.codec import residual
+            from gvc_jax.codec.payloads import residual
 
             residual.check_step(self.residual_step)
         if self.target_bpp is not None and not (isinstance(self.target_bpp, (int, float))
@@ -142,12 +142,12 @@ class CodecOptions:
         self.sampler(480, 832)  # validates every sampler field
 
     def variant_object(self):
-        """The ``codec.variants.Variant`` with this run's encoder settings."""
-        from gvc_jax.codec.variants import get_variant
+        """The ``codec.gop.variants.Variant`` with this run's encoder settings."""
+        from gvc_jax.codec.gop.variants import get_variant
 
         step = self.residual_step
         if self.variant == "i2v":
-            from gvc_jax.codec import residual
+            from gvc_jax.codec.payloads import residual
 
             step = residual.DEFAULT_STEP if step is None else (step or None)
         else:
@@ -258,7 +258,7 @@ def encode_full(video_or_path, model=None, options=None, *, fps=None, start=0, m
                 progress=None, sink=None, devices=None, prompt: str = "", **overrides):
     """As ``encode``, returning the full ``CodecResult`` (stream, header, per-GOP reports);
     ``sink(frames)`` receives the reconstruction GOP by GOP."""
-    from gvc_jax.codec.pipeline import encode_stream
+    from gvc_jax.codec.session import encode_stream
     from gvc_jax.parallel import check_devices
 
     opts = _options(options, overrides)
@@ -280,8 +280,8 @@ def rate_target(opts: CodecOptions, variant, model, reader, gop_frames: int, lat
     """``encode_stream`` arguments that aim at ``opts.target_bpp``: the byte budget, the lengths of
     the anchor payloads (coded now, from one read of ``reader``: the encoder codes the same bytes
     again) and the M / M_tail pattern."""
-    from gvc_jax.codec.pipeline import SIZE_MULTIPLE
-    from gvc_jax.codec.rate import atoms_pattern
+    from gvc_jax.codec.gop.rate import atoms_pattern
+    from gvc_jax.codec.session import SIZE_MULTIPLE
     from gvc_jax.pixels import pad_to_multiple
 
     plan = variant.plan(reader.num_frames, gop_frames, model.config.vae.temporal_stride)
@@ -315,13 +315,13 @@ def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprin
            allow_drift: bool = False) -> np.ndarray:
     """A ``.gvc`` stream (bytes or a path) -> uint8 frames [F, H, W, 3] at the original size.
     ``devices``: as for ``encode`` (a stream decodes on any number of devices). ``conceal`` and
-    ``allow_drift``: see ``codec.pipeline.decode_stream`` (damaged records, version-1 drift)."""
-    from gvc_jax.codec.pipeline import decode_video
+    ``allow_drift``: see ``codec.session.decode_stream`` (damaged records, version-1 drift)."""
+    from gvc_jax.codec.session import decode_video
     from gvc_jax.parallel import check_devices
 
     check_devices(devices)
     if isinstance(stream_or_path, (str, os.PathLike)):
-        from gvc_jax.codec.bitstream import read_file
+        from gvc_jax.codec.format.bitstream import read_file
 
         stream_or_path = read_file(stream_or_path)
     result = decode_video(stream_or_path, get_model(model), strict=strict, check_fingerprint=check_fingerprint,
@@ -332,7 +332,7 @@ def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprin
 
 def _open_input(video_or_path, *, fps, start, max_frames, resize):
     from gvc_jax import io, pixels
-    from gvc_jax.codec.plan import ArrayReader
+    from gvc_jax.codec.gop.plan import ArrayReader
 
     if isinstance(video_or_path, (str, os.PathLike)):
         return io.VideoReader(video_or_path, start=start, max_frames=max_frames, resize=resize)

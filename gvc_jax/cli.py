@@ -19,8 +19,8 @@ def _on_sigterm(signum, frame):
 
 
 def user_error_types() -> tuple:
-    from gvc_jax.codec.bitstream import BitstreamError
-    from gvc_jax.codec.pipeline import DriftError, ModelMismatchError
+    from gvc_jax.codec.format.bitstream import BitstreamError
+    from gvc_jax.codec.session import DriftError, ModelMismatchError
     from gvc_jax.io import VideoError
     from gvc_jax.models.checkpoint import CheckpointError
 
@@ -247,8 +247,8 @@ def callable_module(name: str, fn: Callable) -> None:
 
 
 def progress_printer(quiet: bool):
-    """A ``coder.Progress`` drawing a GOP-level bar (tqdm on stderr) with the current step."""
-    from gvc_jax.codec.coder import Progress
+    """A ``loop.Progress`` drawing a GOP-level bar (tqdm on stderr) with the current step."""
+    from gvc_jax.codec.gop.loop import Progress
 
     if quiet:
         return Progress()

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     writes = cli.start_distributed(args)  # process 0 (or the only one) writes the outputs
-    from gvc_jax.codec import bitstream
+    from gvc_jax.codec.format import bitstream
     from gvc_jax.evaluation import parse_metrics
     from gvc_jax.parallel import GopMesh
 
@@ -78,8 +78,8 @@ def main(argv) -> int:
 def _decode_file(args, stream: bytes, header, model, mesh, writes: bool) -> tuple:
     """Decode ``stream`` into ``args.output`` (process 0 writes it, atomically), measured against
     ``--reference`` if given: -> (CodecResult, seconds, RunningEval or None)."""
-    from gvc_jax.codec import bitstream
-    from gvc_jax.codec.pipeline import decode_stream
+    from gvc_jax.codec.format import bitstream
+    from gvc_jax.codec.session import decode_stream
     from gvc_jax.io import VideoReader, VideoWriter
 
     writer = VideoWriter(args.output, header.fps_num / header.fps_den) if writes else None

@@ -15,7 +15,7 @@ from typing import Any
 
 import gvc_jax  # noqa: F401
 from gvc_jax import api, cli
-from gvc_jax.codec import schedule
+from gvc_jax.codec.sampling import schedule
 
 # Each variant at settings that show its strength: T2V the lowest rate; FLF2V the two coded
 # boundary frames; I2V the coded first frame, twice the atoms on the last latent frame (it
@@ -31,7 +31,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 def code_variant(video, fps, model, options, progress, out_dir, name, devices=None):
     """Encode, write, read back and decode one variant: -> (report row, decoded video).
     ``devices``: a ``parallel.GopMesh`` (or a device count) both directions run on."""
-    from gvc_jax.codec.pipeline import decode_video, encode_video, rate_breakdown
+    from gvc_jax.codec.session import decode_video, encode_video, rate_breakdown
     from gvc_jax.io import atomic_write_bytes, write_video
     from gvc_jax.metrics import bpp, evaluate
 

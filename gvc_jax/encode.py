@@ -80,8 +80,8 @@ def main(argv) -> int:
 
 def _checked_options(args) -> "api.CodecOptions":
     """The run's CodecOptions; every other option and every output path checked (nothing read yet)."""
-    from gvc_jax.codec.bitstream import check_prompt
-    from gvc_jax.codec.journal import journal_path
+    from gvc_jax.codec.format.bitstream import check_prompt
+    from gvc_jax.codec.gop.journal import journal_path
     from gvc_jax.evaluation import parse_metrics
 
     options = api.CodecOptions.from_args(args, args.preset)  # validates every codec option
@@ -112,7 +112,7 @@ def _resume_settings(args) -> dict:
         return {}
     from jax import process_index
 
-    from gvc_jax.codec.journal import check_journal_path, input_identity
+    from gvc_jax.codec.gop.journal import check_journal_path, input_identity
 
     if not os.path.exists(args.input):
         raise ValueError(f"--resume needs an input file: {args.input} does not exist")
@@ -138,7 +138,7 @@ class _Run:
 def _encode_file(args, options, model, mesh, writes: bool, resume: dict) -> _Run:
     """Encode ``args.input`` to ``args.output`` (and --decoded; --eval / --compare collected), the
     outputs written atomically by process 0, the resume journal removed once the stream is safe."""
-    from gvc_jax.codec.pipeline import encode_stream
+    from gvc_jax.codec.session import encode_stream
     from gvc_jax.evaluation import TeeReader
     from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes
 
@@ -206,7 +206,7 @@ def _on_decoded(run: _Run, comparing: bool, chunk) -> None:
 
 def _report(args, options, model, mesh, run: _Run) -> dict:
     """The encoder's report (printed as a table, written with --json); writes --compare."""
-    from gvc_jax.codec.pipeline import rate_breakdown
+    from gvc_jax.codec.session import rate_breakdown
     from gvc_jax.io import save_side_by_side
     from gvc_jax.metrics import bpp
 
@@ -306,7 +306,7 @@ def _main_batch(args, options, mesh, writes: bool) -> int:
     """``--batch``: every video of a directory / list file, one stream each, coded in one run."""
     import contextlib
 
-    from gvc_jax.codec.pipeline import encode_batch, rate_breakdown
+    from gvc_jax.codec.session import encode_batch, rate_breakdown
     from gvc_jax.io import VideoReader, atomic_write_bytes
     from gvc_jax.metrics import bpp
 

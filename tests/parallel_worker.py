@@ -5,20 +5,19 @@ with T2V and FLF2V on 1, 2 and all devices, decodes across device counts, prints
 """
 import hashlib
 import json
+import os
 import sys
 
-import os
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/
-
-import gvc_jax  # noqa: F401  (XLA flags before jax)
 
 import jax
 import numpy as np
 
+import gvc_jax  # noqa: F401  (XLA flags before jax)
 from gvc_jax import parallel
-from gvc_jax.codec.pipeline import decode_video, encode_video
-from gvc_jax.codec.schedule import SamplerConfig
-from gvc_jax.codec.variants import FLF2V
+from gvc_jax.codec.gop.variants import FLF2V
+from gvc_jax.codec.sampling.schedule import SamplerConfig
+from gvc_jax.codec.session import decode_video, encode_video
 from gvc_jax.io import read_video, sample_clip_path
 from gvc_jax.models.registry import init_preset
 
@@ -35,7 +34,7 @@ def weight_sharding(model, video, ref) -> dict:
     (``ref``: the same encode on 1 device with whole weights)."""
     from flax import nnx
 
-    from gvc_jax.codec.engine import GopEngine
+    from gvc_jax.codec.gop.engine import GopEngine
     from gvc_jax.parallel import GopMesh
 
     n = jax.local_device_count()
@@ -89,13 +88,13 @@ def weight_sharding(model, video, ref) -> dict:
 
 def batch(model, video) -> dict:
     """Three I2V chains (2, 1 and 3 GOPs) in one batch on all devices: each stream as coded alone."""
-    from gvc_jax.codec.pipeline import encode_batch
-    from gvc_jax.codec.plan import ArrayReader
-    from gvc_jax.codec.variants import I2V
+    from gvc_jax.codec.gop.plan import ArrayReader
+    from gvc_jax.codec.gop.variants import I2V
+    from gvc_jax.codec.session import encode_batch
 
     variant = I2V(anchor_codec="webp", anchor_quality=60, residual_step=0.25)
     clips = [video[:17], video[2:11], video[:25]]
-    from gvc_jax.codec.engine import GopEngine
+    from gvc_jax.codec.gop.engine import GopEngine
 
     chunks, real = [], GopEngine.run_many
 
@@ -118,7 +117,7 @@ def abstract_memory() -> dict:
     import argparse
 
     from experiments.bench_gop import abstract_run
-    from gvc_jax.codec.schedule import latent_frames
+    from gvc_jax.codec.sampling.schedule import latent_frames
     from gvc_jax.models.configs import get_preset
 
     cfg = get_preset("tiny")
@@ -151,7 +150,7 @@ def main() -> int:
                 t2v_on_1 = enc
             streams[n] = enc.stream
             res[f"encode_{n}"] = {"stream": digest(enc.stream), "video": digest(enc.video.tobytes()),
-                                  "gops": len(enc.gops), 
+                                  "gops": len(enc.gops),
                                   "mesh_sizes": sorted({k[2][0] for k in parallel._PROGRAMS})}
         for n_enc, n_dec in [(counts[-1], 1), (1, counts[-1])]:
             dec = decode_video(streams[n_enc], model, strict=True, devices=n_dec)

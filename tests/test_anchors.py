@@ -4,8 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from gvc_jax.codec import anchors as A
-from gvc_jax.codec.bits import BitstreamError
+from gvc_jax.codec.format.bits import BitstreamError
+from gvc_jax.codec.payloads import anchors as A
 
 
 @pytest.fixture(scope="module")

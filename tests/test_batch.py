@@ -8,11 +8,11 @@ import pytest
 
 from gvc_jax import cli
 from gvc_jax import encode as encode_cli
-from gvc_jax.codec import coder
-from gvc_jax.codec.pipeline import decode_video, encode_batch, encode_video
-from gvc_jax.codec.plan import ArrayReader, GopPlan
-from gvc_jax.codec.schedule import SamplerConfig
-from gvc_jax.codec.variants import I2V
+from gvc_jax.codec.gop import loop
+from gvc_jax.codec.gop.plan import ArrayReader, GopPlan
+from gvc_jax.codec.gop.variants import I2V
+from gvc_jax.codec.sampling.schedule import SamplerConfig
+from gvc_jax.codec.session import decode_video, encode_batch, encode_video
 from gvc_jax.io import read_video, sample_clip_path, write_video
 from gvc_jax.models.registry import init_preset
 
@@ -38,16 +38,16 @@ def _variant():
 
 def test_batch_streams_equal_the_streams_coded_alone(model, clips, monkeypatch):
     waves = []
-    real = coder.code_gops
+    real = loop.code_gops
 
     def spy(plan, *a, **kw):
         waves.append([[s.stream for s in w] for w in plan.waves()])
         return real(plan, *a, **kw)
 
-    monkeypatch.setattr("gvc_jax.codec.pipeline.code_gops", spy)
+    monkeypatch.setattr("gvc_jax.codec.session.code_gops", spy)
     results = encode_batch([ArrayReader(c, 25.0) for c in clips], model, SAMPLER, variant=_variant(), gop_frames=GOP)
     assert waves[0] == [[0, 1, 2], [0, 2], [2]]  # GOP k of every chain side by side
-    monkeypatch.setattr("gvc_jax.codec.pipeline.code_gops", real)
+    monkeypatch.setattr("gvc_jax.codec.session.code_gops", real)
     for clip, res in zip(clips, results):
         alone = encode_video(clip, 25.0, model, SAMPLER, gop_frames=GOP, variant=_variant())
         assert res.stream == alone.stream

@@ -1,4 +1,4 @@
-"""Tests for gvc_jax.codec.bitstream: round trips, exact sizes, overhead bounds, golden bytes, errors, fuzzing."""
+"""Tests for gvc_jax.codec.format.bitstream: round trips, exact sizes, overhead bounds, golden bytes, errors, fuzzing."""
 import dataclasses
 import hashlib
 import math
@@ -10,9 +10,9 @@ import zlib
 import numpy as np
 import pytest
 
-from gvc_jax.codec import bitstream as bs
-from gvc_jax.codec.bitstream import BitstreamError, GopRecord, Header
-from gvc_jax.codec.schedule import SamplerConfig, SamplerError
+from gvc_jax.codec.format import bitstream as bs
+from gvc_jax.codec.format.bitstream import BitstreamError, GopRecord, Header
+from gvc_jax.codec.sampling.schedule import SamplerConfig, SamplerError
 
 SAMPLER_FIELDS = ("steps", "tail", "shift", "g_scale", "K", "atoms_per_frame", "seed", "codebook", "x0_cache")
 

@@ -19,11 +19,22 @@ import torch.nn.functional as F  # noqa: E402
 
 from gvc_jax.models.checkpoint import CheckpointError, abstract_model  # noqa: E402
 from gvc_jax.models.clip import (  # noqa: E402
-    CLIP_MEAN, CLIP_STD, VIT_H_14, CLIPVisionConfig, CLIPVisionTower, hf_key_to_path, image_tokens, preprocess,
+    CLIP_MEAN,
+    CLIP_STD,
+    VIT_H_14,
+    CLIPVisionConfig,
+    CLIPVisionTower,
+    hf_key_to_path,
+    image_tokens,
+    preprocess,
     tower_factory,
 )
 from weights_convert.clip import (  # noqa: E402
-    convert_clip, load_clip_hf, load_clip_original, read_clip_hf, read_clip_original,
+    convert_clip,
+    load_clip_hf,
+    load_clip_original,
+    read_clip_hf,
+    read_clip_original,
 )
 
 TINY = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2, image_size=32,

@@ -1,4 +1,4 @@
-"""Tests for gvc_jax.codec.codebooks: atom determinism, search vs brute force, combine, goldens."""
+"""Tests for gvc_jax.codec.sampling.codebooks: atom determinism, search vs brute force, combine, goldens."""
 import hashlib
 
 import jax
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from gvc_jax.codec import codebooks as cbm
-from gvc_jax.codec.codebooks import ATOM_BLOCK, KINDS, Codebook, frame_key, get_codebook
+from gvc_jax.codec.sampling import codebooks as cbm
+from gvc_jax.codec.sampling.codebooks import ATOM_BLOCK, KINDS, Codebook, frame_key, get_codebook
 
 KEY = frame_key(1234, 0, 1, 2)
 # (kind, K, D): K not a multiple of the streaming block where the kind allows it.

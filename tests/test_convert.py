@@ -21,7 +21,12 @@ diffusers = pytest.importorskip("diffusers")
 from safetensors.torch import save_file  # noqa: E402
 
 from gvc_jax.models.checkpoint import (  # noqa: E402
-    CheckpointError, fingerprint, load_model, path_str, save_model, stack_layers,
+    CheckpointError,
+    fingerprint,
+    load_model,
+    path_str,
+    save_model,
+    stack_layers,
 )
 from gvc_jax.models.configs import DIT_PRESETS, TINY_VAE, get_preset  # noqa: E402
 from weights_convert import convert_diffusers, convert_dit, convert_original  # noqa: E402

@@ -12,8 +12,7 @@ import pytest
 
 from gvc_jax import io as vio
 from gvc_jax import pixels
-from gvc_jax.datasets import DATASETS, load_clips, prepare
-from gvc_jax.datasets import common
+from gvc_jax.datasets import DATASETS, common, load_clips, prepare
 from gvc_jax.datasets.mcljcv import MclJcv, parse_mcljcv_filename
 from gvc_jax.datasets.uvg import Uvg, parse_uvg_filename
 

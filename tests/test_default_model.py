@@ -63,8 +63,8 @@ def test_resolve_default_model_is_the_shipped_one(loaded):
 
 
 def test_vae_round_trip_psnr(loaded, bbb5):
-    from gvc_jax.pixels import from_model_range, to_model_range
     from gvc_jax.metrics import psnr
+    from gvc_jax.pixels import from_model_range, to_model_range
 
     mu = loaded.vae.encode(jnp.asarray(to_model_range(bbb5))[None])
     assert mu.shape == (1, 2, 36, 64, 16)
@@ -75,8 +75,8 @@ def test_vae_round_trip_psnr(loaded, bbb5):
 
 def test_dit_denoises_real_latents(loaded, bbb5):
     """x0_hat = x_t - t u from the trained DiT beats the trivial estimate (0 = the latent mean)."""
-    from gvc_jax.pixels import to_model_range
     from gvc_jax.models.vae import normalize_latent
+    from gvc_jax.pixels import to_model_range
 
     cfg = loaded.config
     x0 = normalize_latent(loaded.vae.encode(jnp.asarray(to_model_range(bbb5))[None]), cfg.vae)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from flax import nnx
 
-from gvc_jax.models.checkpoint import CheckpointError, load_diffusers_dit, torch_to_flax
 from gvc_jax.models.attention import attend
+from gvc_jax.models.checkpoint import CheckpointError, load_diffusers_dit, torch_to_flax
 from gvc_jax.models.configs import DIT_PRESETS
 from gvc_jax.models.dit import (
     DiTInputError,

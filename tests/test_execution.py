@@ -1,13 +1,12 @@
 """How the DiT runs (dtype, attention) without changing what the model is: same weights and
 fingerprint, bf16 weights where the layout says so, exact round trips, the command-line flags."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from gvc_jax.codec.pipeline import decode_video, encode_video
-from gvc_jax.codec.schedule import SamplerConfig
+from gvc_jax.codec.sampling.schedule import SamplerConfig
+from gvc_jax.codec.session import decode_video, encode_video
 from gvc_jax.models.registry import compute_dtype, init_preset, with_execution
 
 SAMPLER = SamplerConfig(steps=4, tail=1, g_scale=3.0, shift=3.0, K=256, atoms_per_frame=(4, 4), seed=1,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gvc_jax import api
-from gvc_jax.codec import bitstream
+from gvc_jax.codec.format import bitstream
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 _spec = importlib.util.spec_from_file_location("make_golden_streams", os.path.join(DATA, "make_golden_streams.py"))

@@ -148,7 +148,7 @@ def test_baseline_strips_sei(tiny_clip, tmp_path):
 
 
 def test_rd_end_to_end_and_resume(tmp_path, monkeypatch):
-    pytest.importorskip("gvc_jax.codec.pipeline")
+    pytest.importorskip("gvc_jax.codec.session")
     from experiments import ablate, rd
 
     out = str(tmp_path / "rd")

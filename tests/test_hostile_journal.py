@@ -14,7 +14,7 @@ from test_resume import SOURCE, unit_expect
 
 from gvc_jax import cli
 from gvc_jax import encode as encode_cli
-from gvc_jax.codec import journal as jrnl
+from gvc_jax.codec.gop import journal as jrnl
 from gvc_jax.io import write_video
 
 ARGS = ["--model", "preset:tiny-anchored", "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9",
@@ -26,7 +26,7 @@ H, W = 32, 48  # the coded size (multiples of 16); I2V GOPs [0, 9), [8, 17), [16
 def run(tmp_path_factory):
     """An uninterrupted ``--resume`` encode stopped just before its stream is assembled: -> (input,
     its stream, its journal holding all 3 GOPs)."""
-    from gvc_jax.codec import bitstream
+    from gvc_jax.codec.format import bitstream
 
     d = tmp_path_factory.mktemp("hostile-journal")
     clip = str(d / "in.npy")

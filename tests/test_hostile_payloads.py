@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from gvc_jax.codec import anchors as A
-from gvc_jax.codec import residual as R
-from gvc_jax.codec.bits import BitstreamError
+from gvc_jax.codec.format.bits import BitstreamError
+from gvc_jax.codec.payloads import anchors as A
+from gvc_jax.codec.payloads import residual as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 64, 96  # what the decoder expects
@@ -48,8 +48,8 @@ def _big_payload(name, tmp_path):
 
 CHILD = r"""
 import json, resource, sys, time
-from gvc_jax.codec import anchors
-from gvc_jax.codec.bits import BitstreamError
+from gvc_jax.codec.payloads import anchors
+from gvc_jax.codec.format.bits import BitstreamError
 payload = open(sys.argv[1], "rb").read()
 t0 = time.perf_counter()
 try:

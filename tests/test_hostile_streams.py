@@ -17,7 +17,7 @@ import pytest
 from gvc_jax import cli
 from gvc_jax import decode as decode_cli
 from gvc_jax import encode as encode_cli
-from gvc_jax.codec import bitstream
+from gvc_jax.codec.format import bitstream
 from gvc_jax.io import read_video, write_video
 
 FAST = ["-K", "512", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9", "--quiet"]

@@ -4,8 +4,6 @@ import json
 import os
 import sys
 
-import pytest
-
 import nbclient  # requirements-dev.txt
 import nbformat
 

@@ -3,16 +3,16 @@ import dataclasses
 import math
 import os
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from gvc_jax.codec import bitstream, trajectory
-from gvc_jax.codec.pipeline import DriftError, ModelMismatchError, decode_stream, decode_video, encode_video
-from gvc_jax.codec.records import latent_hash
-from gvc_jax.codec.ranks import subset_rank_bits
-from gvc_jax.codec.schedule import SamplerConfig
+from gvc_jax.codec.format import bitstream
+from gvc_jax.codec.format.ranks import subset_rank_bits
+from gvc_jax.codec.gop.records import latent_hash
+from gvc_jax.codec.sampling import trajectory
+from gvc_jax.codec.sampling.schedule import SamplerConfig
+from gvc_jax.codec.session import DriftError, ModelMismatchError, decode_stream, decode_video, encode_video
 from gvc_jax.models.registry import init_preset
 
 SAMPLER = SamplerConfig(steps=5, tail=2, g_scale=3.0, shift=3.0, K=512, atoms_per_frame=(3, 5, 4), seed=11)
@@ -93,7 +93,7 @@ def test_fidelity_grows_with_rate_on_tiny_model(model, video):
     for m in (1, 8, 64):
         cfg = SAMPLER.replace(atoms_per_frame=(m,) * 3, steps=8, tail=2)
         mses.append(encode_video(clip, 25.0, model, cfg, gop_frames=GOP).gops[0].latent_mse)
-    from gvc_jax.codec.engine import GopEngine
+    from gvc_jax.codec.gop.engine import GopEngine
     from gvc_jax.pixels import pad_to_multiple
 
     engine = GopEngine(model, SAMPLER.replace(atoms_per_frame=(64,) * 3, steps=8, tail=2), 48, 64, GOP)
@@ -184,8 +184,8 @@ def test_changing_M_between_runs_and_gops_compiles_the_trajectory_once(model, vi
 
 
 def test_streaming_reader_sees_each_frame_once_and_sink_gets_frames_in_order(model, video, encoded):
-    from gvc_jax.codec.pipeline import decode_stream, encode_stream
-    from gvc_jax.codec.plan import ArrayReader
+    from gvc_jax.codec.gop.plan import ArrayReader
+    from gvc_jax.codec.session import decode_stream, encode_stream
 
     class Counting(ArrayReader):
         reads = []
@@ -238,7 +238,7 @@ def _swap_records(stream, header):
 def test_model_conditioning_decides_what_t2v_may_run(video):
     """The default model (36-channel DiT, no image branch) runs T2V with zero mask and latent (its v1
     stream test above); a DiT with an image branch needs CLIP tokens, which T2V does not have."""
-    from gvc_jax.codec.variants import VariantError, get_variant
+    from gvc_jax.codec.gop.variants import VariantError, get_variant
 
     m = init_preset("tiny-i2v")
     assert m.config.dit.conditioning == {"text", "latent", "image"}
@@ -273,7 +273,7 @@ def test_python_api(model, video, encoded):
 
 
 def test_geometry_beyond_the_model_is_refused_before_any_model_work(model, encoded):
-    from gvc_jax.codec.engine import GeometryError, check_geometry
+    from gvc_jax.codec.gop.engine import GeometryError, check_geometry
 
     with pytest.raises(GeometryError, match="token grid"):
         check_geometry(model, 48, 16 * 40, GOP)  # tiny preset: RoPE tables of 32 per axis
@@ -284,7 +284,7 @@ def test_geometry_beyond_the_model_is_refused_before_any_model_work(model, encod
 
 
 def test_a_non_finite_trajectory_is_an_error_not_a_video(video):
-    from gvc_jax.codec.coder import NonFiniteError
+    from gvc_jax.codec.gop.loop import NonFiniteError
 
     bad = init_preset("tiny")
     leaf = nnx.state(bad.dit, nnx.Param)["proj_out"]["bias"]
@@ -299,7 +299,7 @@ def test_a_huge_but_valid_stream_is_refused_before_any_model_work():
     import resource
     import time
 
-    from gvc_jax.codec.engine import MemoryLimitError, estimate_gop_bytes
+    from gvc_jax.codec.gop.engine import MemoryLimitError, estimate_gop_bytes
     from gvc_jax.models.registry import resolve_model
 
     m = resolve_model(None)

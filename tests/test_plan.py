@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gvc_jax.codec.plan import ArrayReader, GopFrames, GopPlan, gop_frames_of
+from gvc_jax.codec.gop.plan import ArrayReader, GopFrames, GopPlan, gop_frames_of
 
 
 def _video(n):

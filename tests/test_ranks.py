@@ -1,4 +1,4 @@
-"""Tests for gvc_jax.codec.ranks: subset ranks (exhaustive small, random large), bit sizes, bit I/O."""
+"""Tests for gvc_jax.codec.format.ranks: subset ranks (exhaustive small, random large), bit sizes, bit I/O."""
 import itertools
 import math
 import time
@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from gvc_jax.codec import ranks
-from gvc_jax.codec.bits import BitReader, BitstreamError, BitWriter
-from gvc_jax.codec.ranks import rank_subset, subset_rank_bits, unrank_subset
+from gvc_jax.codec.format import ranks
+from gvc_jax.codec.format.bits import BitReader, BitstreamError, BitWriter
+from gvc_jax.codec.format.ranks import rank_subset, subset_rank_bits, unrank_subset
 
 
 def _bits_reference(K, M):

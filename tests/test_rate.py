@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from gvc_jax.codec import bitstream
-from gvc_jax.codec.rate import RateError, atoms_pattern, fit_atoms, stream_bytes
-from gvc_jax.codec.schedule import SamplerConfig
+from gvc_jax.codec.format import bitstream
+from gvc_jax.codec.gop.rate import RateError, atoms_pattern, fit_atoms, stream_bytes
+from gvc_jax.codec.sampling.schedule import SamplerConfig
 
 
 def _header(apf=(3, 4, 5), K=512, num_gops=3, steps=6):

@@ -137,10 +137,12 @@ def test_encode_decode_through_the_cli(work, variant, tmp_path, monkeypatch):
 
 def test_image_tokens_come_from_the_decoded_anchors(work, tmp_path):
     """Closed loop: CLIP sees the anchors as the decoder has them (coded), not the source frames."""
-    from gvc_jax.codec import anchors, bitstream, engine
-    from gvc_jax.codec.pipeline import encode_video
-    from gvc_jax.codec.schedule import SamplerConfig
-    from gvc_jax.codec.variants import FLF2V
+    from gvc_jax.codec.format import bitstream
+    from gvc_jax.codec.gop import engine
+    from gvc_jax.codec.gop.variants import FLF2V
+    from gvc_jax.codec.payloads import anchors
+    from gvc_jax.codec.sampling.schedule import SamplerConfig
+    from gvc_jax.codec.session import encode_video
     from gvc_jax.models.registry import resolve_model
 
     model = resolve_model(str(work["flf2v"]["model"]))

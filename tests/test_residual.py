@@ -4,8 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from gvc_jax.codec import residual as R
-from gvc_jax.codec.bits import BitstreamError
+from gvc_jax.codec.format.bits import BitstreamError
+from gvc_jax.codec.payloads import residual as R
 
 SHAPE = (6, 8, 16)
 

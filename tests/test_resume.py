@@ -11,7 +11,7 @@ import pytest
 
 from gvc_jax import cli
 from gvc_jax import encode as encode_cli
-from gvc_jax.codec import journal as jrnl
+from gvc_jax.codec.gop import journal as jrnl
 from gvc_jax.io import quiet_fork, write_video
 
 ARGS = ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", "100", "--tail", "1", "--gop-frames", "9"]

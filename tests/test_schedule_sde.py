@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from gvc_jax.codec.schedule import SamplerConfig, StepTables, default_shift, time_grid
-from gvc_jax.codec.sde import eps_estimate, sde_step, x0_estimate
+from gvc_jax.codec.sampling.schedule import SamplerConfig, StepTables, default_shift, time_grid
+from gvc_jax.codec.sampling.sde import eps_estimate, sde_step, x0_estimate
 
 
 def test_time_grid_shift():

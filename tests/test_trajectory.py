@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gvc_jax.codec.schedule import SamplerConfig
-from gvc_jax.codec.trajectory import Picks, Trajectory, canonical_picks
+from gvc_jax.codec.sampling.schedule import SamplerConfig
+from gvc_jax.codec.sampling.trajectory import Picks, Trajectory, canonical_picks
 
 SHAPE = (3, 4, 6, 4)  # [F, h, w, C] -> D = 96 per frame
 PRIOR_STD = 0.7
@@ -120,7 +120,7 @@ def test_on_step_reports_every_step_of_the_gop():
 def test_x0_cache_skips_the_velocity_on_its_steps_and_round_trips():
     import jax
 
-    from gvc_jax.codec.schedule import SamplerError, x0_cache_schedule
+    from gvc_jax.codec.sampling.schedule import SamplerError, x0_cache_schedule
 
     calls = []
 

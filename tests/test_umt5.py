@@ -19,11 +19,20 @@ tokenizers = pytest.importorskip("tokenizers")
 from gvc_jax.models.checkpoint import CheckpointError, in_memory_source  # noqa: E402
 from gvc_jax.models.tokenizer import TextTokenizer, clean_prompt  # noqa: E402
 from gvc_jax.models.umt5 import (  # noqa: E402
-    UMT5_XXL, UMT5Config, hf_key_to_path, relative_position_bucket, text_context,
+    UMT5_XXL,
+    UMT5Config,
+    hf_key_to_path,
+    relative_position_bucket,
+    text_context,
 )
 from weights_convert.sources import read_checkpoint  # noqa: E402
 from weights_convert.umt5 import (  # noqa: E402
-    convert_umt5, expected_keys, load_umt5, read_umt5_hf, read_umt5_original, umt5_factory,
+    convert_umt5,
+    expected_keys,
+    load_umt5,
+    read_umt5_hf,
+    read_umt5_original,
+    umt5_factory,
 )
 
 VOCAB = 384  # >= every id of the tokenizers built below (trained pieces + 256 byte pieces)

@@ -3,10 +3,10 @@ closed loop (the decoder's inputs are only the stream), adaptive atoms and the t
 import numpy as np
 import pytest
 
-from gvc_jax.codec import bitstream
-from gvc_jax.codec.pipeline import decode_video, encode_video, rate_breakdown
-from gvc_jax.codec.schedule import SamplerConfig
-from gvc_jax.codec.variants import ANCHOR_TAG, FLF2V, I2V, RESIDUAL_TAG, VariantError, get_variant
+from gvc_jax.codec.format import bitstream
+from gvc_jax.codec.gop.variants import ANCHOR_TAG, FLF2V, I2V, RESIDUAL_TAG, VariantError, get_variant
+from gvc_jax.codec.sampling.schedule import SamplerConfig
+from gvc_jax.codec.session import decode_video, encode_video, rate_breakdown
 from gvc_jax.models.registry import init_preset
 
 GOP = 9
@@ -82,8 +82,8 @@ def test_decoder_uses_only_the_stream(model, video, encoded):
     boundary for another validly coded image and its output changes; GOP 0 (whose anchors are
     untouched) decodes exactly as before. GOP 1's latent then misses its hash while GOP 0's
     matches, which is a wrong record, not platform noise: an error unless ``allow_drift``."""
-    from gvc_jax.codec.anchors import pack_anchor
-    from gvc_jax.codec.pipeline import DriftError
+    from gvc_jax.codec.payloads.anchors import pack_anchor
+    from gvc_jax.codec.session import DriftError
 
     enc = encoded["flf2v"]
     h, records = bitstream.read(enc.stream)

@@ -1,6 +1,6 @@
 """A GOP's DiT conditioning: the ``cond`` pytree the velocity model receives.
 
-Keys (see ``codec.velocity.WanVelocity``):
+Keys (see ``codec.sampling.velocity.WanVelocity``):
 - ``context`` [text_len, text_dim]: the text rows (the empty prompt's embedding, or zeros);
 - ``y`` [F_lat, h, w, 4 + C]: a 4-channel frame mask and a conditioning latent, concatenated on
   channels after the noisy latent, for DiTs that accept ``latent`` conditioning

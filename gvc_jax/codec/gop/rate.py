@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence, Tuple
 
-from gvc_jax.codec import bitstream
-from gvc_jax.codec.schedule import MAX_ATOMS, SamplerConfig
+from gvc_jax.codec.format import bitstream
+from gvc_jax.codec.sampling.schedule import MAX_ATOMS, SamplerConfig
 
 
 class RateError(ValueError):

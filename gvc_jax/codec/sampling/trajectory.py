@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gvc_jax.codec.codebooks import Codebook, frame_key, get_codebook
-from gvc_jax.codec.schedule import INITIAL_NOISE_STREAM, SamplerConfig, StepTables
-from gvc_jax.codec.sde import sde_step, x0_estimate
+from gvc_jax.codec.sampling.codebooks import Codebook, frame_key, get_codebook
+from gvc_jax.codec.sampling.schedule import INITIAL_NOISE_STREAM, SamplerConfig, StepTables
+from gvc_jax.codec.sampling.sde import sde_step, x0_estimate
 
 
 class Picks(NamedTuple):

@@ -1,4 +1,4 @@
-"""Video <-> stream: thin wrappers around the one GOP loop (``codec.coder.code_gops``).
+"""Video <-> stream: thin wrappers around the one GOP loop (``codec.gop.loop.code_gops``).
 
 ``encode_stream`` reads frames GOP by GOP from a reader, ``decode_stream`` hands decoded frames
 to a sink as soon as their GOP is done, so peak memory does not grow with the video's length.
@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gvc_jax.codec import bitstream
-from gvc_jax.codec.coder import (
+from gvc_jax.codec.format import bitstream
+from gvc_jax.codec.gop.engine import GeometryError, GopEngine, check_geometry, check_memory
+from gvc_jax.codec.gop.journal import Expect, Journal, JournalError, SourceCheck, run_key
+from gvc_jax.codec.gop.loop import (
     FinishedGop,
     GopOutput,
     Progress,
@@ -25,12 +27,10 @@ from gvc_jax.codec.coder import (
     code_gops,
     context_frames,
 )
-from gvc_jax.codec.engine import GeometryError, GopEngine, check_geometry, check_memory
-from gvc_jax.codec.journal import Expect, Journal, JournalError, SourceCheck, run_key
-from gvc_jax.codec.plan import ArrayReader, GopFrames, GopPlan
-from gvc_jax.codec.records import picks_to_record
-from gvc_jax.codec.schedule import SamplerConfig
-from gvc_jax.codec.variants import get_variant
+from gvc_jax.codec.gop.plan import ArrayReader, GopFrames, GopPlan
+from gvc_jax.codec.gop.records import picks_to_record
+from gvc_jax.codec.gop.variants import get_variant
+from gvc_jax.codec.sampling.schedule import SamplerConfig
 from gvc_jax.io import fps_fraction
 from gvc_jax.parallel import GopMesh
 from gvc_jax.pixels import crop, pad_to_multiple
@@ -103,7 +103,7 @@ def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v"
     so the stream, with side payloads of ``side_lengths`` per GOP, fits that many bytes.
     ``devices``: code each wave's GOPs side by side on that many local devices (default: all), or
     a ``parallel.GopMesh`` (e.g. with weight shards); the bytes do not depend on it.
-    ``resume``: the output path whose journal (``codec.journal``) records each finished GOP; GOPs
+    ``resume``: the output path whose journal (``codec.gop.journal``) records each finished GOP; GOPs
     it already holds are not coded again (replayed through the decoder's path when ``sink`` wants
     their frames). ``resume_identity`` names the input (e.g. ``journal.input_identity(path)``);
     the journal is bound to it and to every setting. ``result.journal`` is open on return: remove
@@ -181,7 +181,7 @@ def _encoder_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, g
         flags = bitstream.FLAG_GOP_ATOMS if any(a != sampler.atoms_per_frame for a in gop_atoms) else 0
     header = stream_header(reader, model, sampler, var, plan, flags, prompt)
     if target_bytes is not None:
-        from gvc_jax.codec.rate import fit_sampler
+        from gvc_jax.codec.gop.rate import fit_sampler
 
         header = header.replace(sampler=fit_sampler(header, int(target_bytes), side_lengths, atoms_pattern))
     bitstream.validate_header(header)
@@ -400,7 +400,7 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
     fails, unless ``allow_drift``.
 
     ``conceal``: a GOP whose record is damaged or missing (a cut file) is concealed instead of
-    failing the decode (``coder.conceal_gop``): listed in ``result.concealed``; the GOPs that
+    failing the decode (``loop.conceal_gop``): listed in ``result.concealed``; the GOPs that
     condition on a concealed one (an I2V chain, an FLF2V neighbour) drift, which is expected and
     is listed in ``result.affected`` but not an error."""
     mesh = GopMesh.of(devices)
@@ -470,7 +470,7 @@ def rate_breakdown(result: CodecResult) -> dict:
     """The stream's bytes split into codebook picks, anchor images, tail residuals and the rest
     (header, record framing, hashes); ``first_anchor_bytes``: GOP 0's first anchor (the frame the
     published I2V accounting does not charge)."""
-    from gvc_jax.codec.variants import ANCHOR_TAG, RESIDUAL_TAG
+    from gvc_jax.codec.gop.variants import ANCHOR_TAG, RESIDUAL_TAG
 
     h = result.header
     picks = sum((bitstream.payload_bits(h, g.atoms if h.per_gop_atoms else None) + 7) // 8 for g in result.gops)

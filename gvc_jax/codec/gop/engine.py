@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gvc_jax.codec.conditioning import build_condition
-from gvc_jax.codec.schedule import SamplerConfig, latent_frames
-from gvc_jax.codec.trajectory import Picks, Trajectory
-from gvc_jax.codec.velocity import WanVelocity
+from gvc_jax.codec.gop.conditioning import build_condition
+from gvc_jax.codec.sampling.schedule import SamplerConfig, latent_frames
+from gvc_jax.codec.sampling.trajectory import Picks, Trajectory
+from gvc_jax.codec.sampling.velocity import WanVelocity
 from gvc_jax.models.vae import denormalize_latent, normalize_latent
 from gvc_jax.parallel import GopMesh
 from gvc_jax.pixels import from_model_range, to_model_range
@@ -172,7 +172,7 @@ class GopEngine:
     def image_tokens(self, images: Sequence[np.ndarray]) -> jax.Array:
         """CLIP tokens of decoded anchor images (uint8 [H, W, 3] each), concatenated: [N * tokens, width]."""
         if self.model.image_encoder is None:
-            from gvc_jax.codec.variants import VariantError
+            from gvc_jax.codec.gop.variants import VariantError
 
             raise VariantError(f"model {self.model.name} has an image branch but no CLIP image encoder "
                                "(convert its release with python -m weights_convert release ...)")

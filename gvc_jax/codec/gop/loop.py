@@ -7,7 +7,7 @@ For every GOP, wave by wave::
     anchors = source.anchors(variant, span, inputs)   # encoder codes them, decoder reads them
     context.add_anchors(variant.read_anchors(span, anchors, eng))   # both: the *decoded* anchor images
     cond    = variant.condition(span, context, eng)   # from *decoded* context only (closed loop)
-    latent  = engine.run(span, cond, inputs)          # the shared trajectory (codec.trajectory)
+    latent  = engine.run(span, cond, inputs)          # the shared trajectory (codec.sampling.trajectory)
     side    = source.side(variant, span, latent, inputs)   # encoder makes it, decoder reads it
     latent  = variant.apply_side(span, latent, side)
     frames  = engine.frames(latent)                   # -> context for later GOPs, and output
@@ -31,12 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gvc_jax._memory import release_freed_memory
-from gvc_jax.codec import bitstream
-from gvc_jax.codec.engine import GopEngine
-from gvc_jax.codec.plan import GopPlan, GopSpan
-from gvc_jax.codec.records import LATENT_HASH_BYTES, latent_hash, record_to_picks
-from gvc_jax.codec.trajectory import Picks
-from gvc_jax.codec.variants import Variant
+from gvc_jax.codec.format import bitstream
+from gvc_jax.codec.gop.engine import GopEngine
+from gvc_jax.codec.gop.plan import GopPlan, GopSpan
+from gvc_jax.codec.gop.records import LATENT_HASH_BYTES, latent_hash, record_to_picks
+from gvc_jax.codec.gop.variants import Variant
+from gvc_jax.codec.sampling.trajectory import Picks
 
 
 class NonFiniteError(ValueError):

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gvc_jax.codec.trajectory import Picks
+from gvc_jax.codec.sampling.trajectory import Picks
 
 LATENT_HASH_BYTES = 8
 

@@ -38,9 +38,9 @@ from typing import Sequence
 
 import numpy as np
 
-from gvc_jax.codec.bits import BitReader, BitstreamError, BitWriter, Cursor, encode_varint
-from gvc_jax.codec.ranks import rank_subset, subset_rank_bits, unrank_subset
-from gvc_jax.codec.schedule import CODEBOOK_KINDS, MAX_K, MAX_STEPS, SamplerConfig  # noqa: F401 (format limits)
+from gvc_jax.codec.format.bits import BitReader, BitstreamError, BitWriter, Cursor, encode_varint
+from gvc_jax.codec.format.ranks import rank_subset, subset_rank_bits, unrank_subset
+from gvc_jax.codec.sampling.schedule import CODEBOOK_KINDS, MAX_K, MAX_STEPS, SamplerConfig  # noqa: F401 (format limits)
 from gvc_jax.temporal import is_valid, latent_frames
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
     "FLAG_X0_CACHE", "FLAG_PROMPT", "MAX_PROMPT_BYTES", "check_prompt",
 ]
 
-VARIANTS = ("t2v", "i2v", "flf2v")  # the header's variant byte indexes this (``codec.variants`` implements them)
+VARIANTS = ("t2v", "i2v", "flf2v")  # the header's variant byte indexes this (``codec.gop.variants`` implements them)
 MAGIC = b"GVC"
 FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)

@@ -44,7 +44,7 @@ from typing import Dict, Tuple, cast
 
 import numpy as np
 
-from gvc_jax.codec.bits import BitstreamError
+from gvc_jax.codec.format.bits import BitstreamError
 
 ANCHOR_CODEC_NAMES: Tuple[str, ...] = ("x265", "vvenc", "svtav1", "webp", "avif")  # stream code table: never reorder
 QUALITY_RANGE = (0, 100)

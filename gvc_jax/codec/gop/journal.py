@@ -20,7 +20,7 @@ is believed without a check, and every check comes before the work or allocation
   body's CRC-32 (over the compressed bytes) is checked before anything in it is parsed or inflated;
 - then the body is checked against the encode's plan and header (``Expect``): the GOP is one of
   the stream's, its record parses as that GOP's record, it holds exactly the context frames of
-  that GOP (``coder.context_frames``), each at the stream's coded size, and each inflates
+  that GOP (``loop.context_frames``), each at the stream's coded size, and each inflates
   (``zlib.decompressobj().decompress(z, H*W*3)``) to exactly H*W*3 bytes. A small file
   declaring huge frames costs nothing. A GOP appears once in a file (and, across the files of
   several processes, always with the same record);
@@ -32,7 +32,7 @@ is believed without a check, and every check comes before the work or allocation
 - the decoded frames an entry holds (I2V: its GOP's last frame, which the next GOP conditions
   on) are only a cache and never reach the output unverified. A GOP that is coded now and
   conditions on a journalled GOP does not take that GOP's journalled frames: the journalled GOP
-  is replayed from its record (the decoder's path, ``coder.ResumedTargets``) and its replayed
+  is replayed from its record (the decoder's path, ``loop.ResumedTargets``) and its replayed
   latent must equal the record's latent hash, else the resume is refused. Only that replay takes
   journalled frames (of the GOP before it) as its context: a change to them that changes the
   replayed latent is refused, and one that does not cannot reach the output, since the coded
@@ -132,7 +132,7 @@ class Expect:
     num_gops: int
     height: int                                # the stream's coded size: every context frame's
     width: int
-    context: Callable[[int], Tuple[int, ...]]  # GOP -> the source frames its entry holds (coder.context_frames)
+    context: Callable[[int], Tuple[int, ...]]  # GOP -> the source frames its entry holds (loop.context_frames)
     record: Callable[[int, bytes], object]     # GOP, framed record -> parsed; raises ValueError if it is not
                                                # that GOP's record
     max_record: int = 1 << 27                  # the longest framed record a GOP of the stream can have

@@ -1,4 +1,4 @@
-"""Combinatorial-rank coding of index subsets (the bits themselves: ``codec.bits``).
+"""Combinatorial-rank coding of index subsets (the bits themselves: ``codec.format.bits``).
 
 A codebook pick for one (step, latent frame) is a subset of M atom indices out of K. Any such
 subset is coded by its rank in the combinatorial number system, an integer in [0, C(K, M)),

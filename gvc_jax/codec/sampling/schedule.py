@@ -17,7 +17,7 @@ from typing import Sequence, Tuple, TypeGuard, cast
 
 import numpy as np
 
-from gvc_jax.codec.codebooks import KINDS as CODEBOOK_KINDS  # the stream's codebook byte indexes these
+from gvc_jax.codec.sampling.codebooks import KINDS as CODEBOOK_KINDS  # the stream's codebook byte indexes these
 from gvc_jax.temporal import latent_frames  # noqa: F401  (re-exported for the sampler's users)
 
 DEFAULT_STEPS = 20

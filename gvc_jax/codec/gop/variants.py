@@ -1,6 +1,6 @@
 """Conditioning variants: how a GOP is planned, conditioned and completed.
 
-A ``Variant`` is a small object the GOP loop (``codec.coder``) consults; it holds no loop of its
+A ``Variant`` is a small object the GOP loop (``codec.gop.loop``) consults; it holds no loop of its
 own. For each GOP it
 
 - plans the video (``plan``): which frames each GOP codes, which anchor it and what it waits for;
@@ -18,16 +18,16 @@ from typing import ClassVar, Dict, FrozenSet, Optional, Tuple
 
 import numpy as np
 
-from gvc_jax.codec.bits import BitstreamError
-from gvc_jax.codec.bitstream import VARIANTS as VARIANT_NAMES  # the format's code table
+from gvc_jax.codec.format.bits import BitstreamError
+from gvc_jax.codec.format.bitstream import VARIANTS as VARIANT_NAMES  # the format's code table
 
 
 class VariantError(ValueError):
     """A variant cannot run with this model or these settings."""
 
 
-ANCHOR_TAG = 1    # side payload: a coded anchor image (codec.anchors.pack_anchor)
-RESIDUAL_TAG = 2  # side payload: the tail latent residual (codec.residual)
+ANCHOR_TAG = 1    # side payload: a coded anchor image (codec.payloads.anchors.pack_anchor)
+RESIDUAL_TAG = 2  # side payload: the tail latent residual (codec.payloads.residual)
 
 
 @dataclasses.dataclass
@@ -66,12 +66,12 @@ class Variant:
 
     def gop_count(self, num_frames: int, gop_frames: int) -> int:
         """The GOPs ``plan`` makes, without building the plan."""
-        from gvc_jax.codec.plan import gop_count
+        from gvc_jax.codec.gop.plan import gop_count
 
         return gop_count(num_frames, gop_frames, self.hop(gop_frames))
 
     def plan(self, num_frames: int, gop_frames: int, temporal_stride: int = 4):
-        from gvc_jax.codec.plan import GopPlan
+        from gvc_jax.codec.gop.plan import GopPlan
 
         return GopPlan.split(num_frames, gop_frames, hop=self.hop(gop_frames), temporal_stride=temporal_stride)
 
@@ -87,7 +87,7 @@ class Variant:
         """Encoder: code this GOP's new anchors from its source ``frames`` (uint8 [G, H, W, 3])."""
         if not self.coded_anchors(span):
             return ()
-        from gvc_jax.codec import anchors
+        from gvc_jax.codec.payloads import anchors
 
         codec = self.anchor_codec or anchors.DEFAULT_ANCHOR_CODEC
         quality = anchors.DEFAULT_ANCHOR_QUALITY if self.anchor_quality is None else self.anchor_quality
@@ -102,7 +102,7 @@ class Variant:
                                  f"needs {len(wanted)}")
         if not wanted:
             return {}
-        from gvc_jax.codec import anchors
+        from gvc_jax.codec.payloads import anchors
 
         return {f: anchors.unpack_anchor(data, engine.height, engine.width)
                 for f, (_, data) in zip(wanted, side, strict=True)}
@@ -149,7 +149,7 @@ class AnchoredVariant(Variant):
         raise NotImplementedError
 
     def plan(self, num_frames: int, gop_frames: int, temporal_stride: int = 4):
-        from gvc_jax.codec.plan import GopPlan
+        from gvc_jax.codec.gop.plan import GopPlan
 
         if gop_frames < 2:
             raise VariantError(f"variant {self.name} needs GOPs of at least 5 frames")
@@ -204,7 +204,7 @@ class I2V(AnchoredVariant):
     def make_side(self, span, latent, target):
         if self.residual_step is None:
             return ()
-        from gvc_jax.codec import residual
+        from gvc_jax.codec.payloads import residual
 
         r = np.asarray(target[-1], np.float32) - np.asarray(latent[-1], np.float32)
         return ((RESIDUAL_TAG, residual.encode_residual(r, self.residual_step)),)
@@ -215,7 +215,7 @@ class I2V(AnchoredVariant):
             return latent
         if len(payloads) > 1:
             raise BitstreamError(f"GOP {span.index}: {len(payloads)} residual payloads, at most 1 allowed")
-        from gvc_jax.codec import residual
+        from gvc_jax.codec.payloads import residual
 
         r = residual.decode_residual(payloads[0], tuple(latent.shape[1:]))
         return latent.at[-1].add(r.astype(latent.dtype))

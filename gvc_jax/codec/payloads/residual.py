@@ -30,7 +30,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from gvc_jax.codec.bits import BitstreamError, Cursor
+from gvc_jax.codec.format.bits import BitstreamError, Cursor
 
 FORMAT = 1
 DEFAULT_STEP = 0.25
@@ -127,7 +127,7 @@ def encode_residual(residual, step) -> bytes:
     position + neighbours) with the smallest exact cost, coefficients included."""
     import constriction
 
-    from gvc_jax.codec.bitstream import encode_varint
+    from gvc_jax.codec.format.bitstream import encode_varint
 
     levels, steps = _quantise(residual, step)
     channels = levels.shape[-1]
