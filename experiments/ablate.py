@@ -28,7 +28,8 @@ import gvc_jax  # noqa: F401,E402  (XLA flags before jax)
 from experiments import baselines as bl  # noqa: E402
 from experiments import rd  # noqa: E402
 from experiments.rd_plot import plot_sweep  # noqa: E402
-from gvc_jax.io import VideoError, atomic_write_bytes  # noqa: E402
+from gvc_jax.io.atomic import atomic_write_bytes  # noqa: E402
+from gvc_jax.pixels import VideoError  # noqa: E402
 
 PARAMS = {"K": int, "M": int, "steps": int, "tail": int, "g_scale": float, "shift": float, "codebook": str}
 

@@ -25,7 +25,8 @@ def test_frames(size):
     import skimage.data
     from PIL import Image
 
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
 
     w, h = size
     frames = {}

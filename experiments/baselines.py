@@ -3,7 +3,7 @@
 ``encode_baseline(codec, frames, fps, q, workdir)`` codes raw RGB frames ``uint8 [F, H, W, 3]``
 and decodes them back:
 
-    RGB -> YUV 4:2:0 (swscale, ``gvc_jax.io.SWS_FLAGS``) -> encoder at quality ``q``
+    RGB -> YUV 4:2:0 (swscale, ``gvc_jax.io.ffmpeg.SWS_FLAGS``) -> encoder at quality ``q``
         -> elementary stream file -> ffmpeg decoder -> RGB (same swscale flags)
 
 Conventions (identical for every codec, so the rate axis is comparable with gvc's file size):
@@ -45,7 +45,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from gvc_jax.io import SWS_FLAGS, ffmpeg_exe, fps_arg, quiet_fork
+from gvc_jax.io.ffmpeg import SWS_FLAGS, ffmpeg_exe, fps_arg, quiet_fork
 from gvc_jax.pixels import crop, pad_to_multiple
 
 

@@ -30,7 +30,8 @@ REPO = os.path.dirname(HERE)
 
 
 def make_clip(frames: int, size) -> np.ndarray:
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
 
     src, _ = read_video(sample_clip_path("bigbuckbunny"), resize=size)
     order = np.concatenate([np.arange(len(src)), np.arange(len(src) - 2, 0, -1)])
@@ -62,7 +63,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     w, h = (int(v) for v in args.size.split("x"))
     model = ["--model", args.model] if args.model else []
-    from gvc_jax.io import write_video
+    from gvc_jax.io.video_writer import write_video
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

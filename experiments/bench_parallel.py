@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     from gvc_jax.api import CodecOptions
     from gvc_jax.cli import parse_size
     from gvc_jax.codec.session import decode_video, encode_video
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
     from gvc_jax.models.registry import resolve_model
 
     w, h = parse_size(args.size)

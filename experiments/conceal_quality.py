@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     from gvc_jax.codec.format import bitstream
     from gvc_jax.codec.session import decode_video, encode_video, plan_for
     from gvc_jax.demo import DEMO_SETTINGS
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
     from gvc_jax.metrics import evaluate
     from gvc_jax.models.registry import resolve_model
 

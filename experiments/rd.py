@@ -4,7 +4,7 @@
         --gvc-model preset:tiny|DIR --baselines x264 x265 svtav1 vvc --out results/rd_bbb
     python experiments/rd.py --dataset uvg --data-dir DIR ... --out results/rd_uvg
 
-CLIP is a video path (anything ``gvc_jax.io.read_video`` reads) or a shipped sample name
+CLIP is a video path (anything ``gvc_jax.io.video_reader.read_video`` reads) or a shipped sample name
 ("bigbuckbunny", "bikes"). The input is decoded once to raw uint8 frames (``--start``,
 ``--frames``, ``--resize WxH``); every codec codes exactly those frames:
 
@@ -52,8 +52,10 @@ from experiments import baselines as bl  # noqa: E402
 from experiments import bjontegaard as bd  # noqa: E402
 from experiments.rd_plot import plot_rd  # noqa: E402
 from gvc_jax import cli  # noqa: E402
-from gvc_jax.io import SAMPLE_CLIPS, VideoError, atomic_write_bytes, read_video, sample_clip_path  # noqa: E402
-from gvc_jax.pixels import resize_frames  # noqa: E402
+from gvc_jax.io.atomic import atomic_write_bytes  # noqa: E402
+from gvc_jax.io.sample_clips import SAMPLE_CLIPS, sample_clip_path  # noqa: E402
+from gvc_jax.io.video_reader import read_video  # noqa: E402
+from gvc_jax.pixels import VideoError, resize_frames  # noqa: E402
 
 FORMAT = "gvc-rd/1"
 BASE_METRICS = ("psnr", "ms_ssim", "lpips")

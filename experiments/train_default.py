@@ -269,7 +269,8 @@ def start_training(wd, name, label, params, lr, steps, warmup, resume, wrap=None
 def bbb_dev_psnr(graphdef, rest, frames: int = 33):
     """A jitted ``params -> PSNR`` of the VAE round trip of bigbuckbunny frames [0, frames) at
     256 x 144: the dev clip, monitored (never trained on) during refinement."""
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
     from gvc_jax.pixels import to_model_range
 
     video, _ = read_video(sample_clip_path("bigbuckbunny"), max_frames=frames, resize=(256, 144))
@@ -522,7 +523,8 @@ LOG_DIR = os.path.join(REPO, "experiments", "logs")
 
 def vae_psnr_bbb(model_dir: str, frames: int = 66, size=(256, 144)) -> dict:
     """VAE round trip of bigbuckbunny frames [0, frames) at ``size`` in GOPs of 33 frames."""
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
     from gvc_jax.metrics import psnr
     from gvc_jax.models.checkpoint import load_model
     from gvc_jax.pixels import from_model_range, to_model_range
@@ -549,7 +551,8 @@ def evaluate_model(args) -> None:
     if args.codec:
         from gvc_jax.codec.sampling import schedule
         from gvc_jax.codec.session import decode_video, encode_video
-        from gvc_jax.io import read_video, sample_clip_path
+        from gvc_jax.io.sample_clips import sample_clip_path
+        from gvc_jax.io.video_reader import read_video
         from gvc_jax.metrics import evaluate
         from gvc_jax.models.registry import load_checkpoint
 

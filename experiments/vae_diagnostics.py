@@ -67,7 +67,8 @@ def linear_oracle(mu: np.ndarray, x: np.ndarray) -> float:
 def main(argv=None) -> int:
     from scipy.ndimage import uniform_filter
 
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
     from gvc_jax.models.registry import resolve_model
     from gvc_jax.pixels import from_model_range, to_model_range
 

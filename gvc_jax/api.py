@@ -331,11 +331,12 @@ def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprin
 
 
 def _open_input(video_or_path, *, fps, start, max_frames, resize):
-    from gvc_jax import io, pixels
+    from gvc_jax import pixels
+    from gvc_jax.io.video_reader import VideoReader
     from gvc_jax.codec.gop.plan import ArrayReader
 
     if isinstance(video_or_path, (str, os.PathLike)):
-        return io.VideoReader(video_or_path, start=start, max_frames=max_frames, resize=resize)
+        return VideoReader(video_or_path, start=start, max_frames=max_frames, resize=resize)
     video = pixels.as_video(video_or_path, "video")
     stop = None if max_frames is None else start + max_frames
     video = video[start:stop]

@@ -21,8 +21,8 @@ def _on_sigterm(signum, frame):
 def user_error_types() -> tuple:
     from gvc_jax.codec.format.bitstream import BitstreamError
     from gvc_jax.codec.session import DriftError, ModelMismatchError
-    from gvc_jax.io import VideoError
     from gvc_jax.models.checkpoint import CheckpointError
+    from gvc_jax.pixels import VideoError
 
     return (VideoError, BitstreamError, CheckpointError, ModelMismatchError, DriftError, ValueError, OSError)
 
@@ -206,7 +206,7 @@ def _start_watchdog(grace: float = INTERRUPT_GRACE_S) -> None:
     trajectory or an XLA compilation can hold it for a whole GOP. The C-level handler writes the
     signal number to a wakeup pipe at once; this thread reads it and, if the process has not
     finished unwinding ``grace`` seconds later, removes the outputs in progress
-    (``io.emergency_cleanup``) and exits 130 / 143 itself.
+    (``gvc_jax.io.atomic.emergency_cleanup``) and exits 130 / 143 itself.
     """
     import threading
     import time
@@ -221,9 +221,9 @@ def _start_watchdog(grace: float = INTERRUPT_GRACE_S) -> None:
     def watch() -> None:
         signum = os.read(r, 1)[0]
         time.sleep(grace)
-        from gvc_jax import io
+        from gvc_jax.io.atomic import emergency_cleanup
 
-        io.emergency_cleanup()
+        emergency_cleanup()
         print("interrupted" if signum == signal.SIGINT else "terminated", file=sys.stderr, flush=True)
         os._exit(130 if signum == signal.SIGINT else 143)
 
@@ -331,7 +331,7 @@ def write_json(dest: str, payload: dict) -> None:
     if dest == "-":
         print(text)
         return
-    from gvc_jax.io import atomic_write_bytes
+    from gvc_jax.io.atomic import atomic_write_bytes
 
     atomic_write_bytes(dest, (text + "\n").encode())
 
@@ -372,11 +372,12 @@ def check_not_input(output: str, inputs=()) -> None:
 def check_outputs(files=(), videos=(), inputs=()) -> None:
     """Validate output paths before any work starts: ``files`` (a stream, JSON, PNG, a journal)
     need an existing parent in which a file can really be created (a probe file is made and
-    removed) and must not be a directory; ``videos`` must be writable by ``io.VideoWriter`` (known
+    removed) and must not be a directory; ``videos`` must be writable by ``video_writer.VideoWriter`` (known
     format; an existing directory is never replaced). No output may be an input (``inputs``), the
     same path, a symlink or a hard link to one, and no two outputs may be one file. ``None`` and
     ``-`` (stdout) are skipped."""
-    from gvc_jax.io import check_output, probe_writable
+    from gvc_jax.io.atomic import probe_writable
+    from gvc_jax.io.video_writer import check_output
 
     seen: List[str] = []
     for p, is_video in [(p, False) for p in files] + [(p, True) for p in videos]:

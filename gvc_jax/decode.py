@@ -80,7 +80,8 @@ def _decode_file(args, stream: bytes, header, model, mesh, writes: bool) -> tupl
     ``--reference`` if given: -> (CodecResult, seconds, RunningEval or None)."""
     from gvc_jax.codec.format import bitstream
     from gvc_jax.codec.session import decode_stream
-    from gvc_jax.io import VideoReader, VideoWriter
+    from gvc_jax.io.video_reader import VideoReader
+    from gvc_jax.io.video_writer import VideoWriter
 
     writer = VideoWriter(args.output, header.fps_num / header.fps_den) if writes else None
     sinks = [writer.write] if writer else []

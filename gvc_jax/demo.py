@@ -32,7 +32,8 @@ def code_variant(video, fps, model, options, progress, out_dir, name, devices=No
     """Encode, write, read back and decode one variant: -> (report row, decoded video).
     ``devices``: a ``parallel.GopMesh`` (or a device count) both directions run on."""
     from gvc_jax.codec.session import decode_video, encode_video, rate_breakdown
-    from gvc_jax.io import atomic_write_bytes, write_video
+    from gvc_jax.io.atomic import atomic_write_bytes
+    from gvc_jax.io.video_writer import write_video
     from gvc_jax.metrics import bpp, evaluate
 
     frames, height, width = video.shape[:3]
@@ -83,7 +84,9 @@ def main(argv) -> int:
     cli.add_codec_args(p, only=[f.name for f in api.option_fields() if f.name not in ("variant", "target_bpp")])
     args = p.parse_args(argv)
 
-    from gvc_jax.io import read_video, sample_clip_path, save_side_by_side
+    from gvc_jax.io.preview import save_side_by_side
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
     from gvc_jax.parallel import GopMesh
 
     given = {f.name: getattr(args, f.name) for f in api.option_fields() if getattr(args, f.name, None) is not None}

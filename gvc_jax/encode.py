@@ -140,7 +140,9 @@ def _encode_file(args, options, model, mesh, writes: bool, resume: dict) -> _Run
     outputs written atomically by process 0, the resume journal removed once the stream is safe."""
     from gvc_jax.codec.session import encode_stream
     from gvc_jax.evaluation import TeeReader
-    from gvc_jax.io import VideoReader, VideoWriter, atomic_write_bytes
+    from gvc_jax.io.atomic import atomic_write_bytes
+    from gvc_jax.io.video_reader import VideoReader
+    from gvc_jax.io.video_writer import VideoWriter
 
     with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as reader:
         gop = options.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
@@ -207,7 +209,7 @@ def _on_decoded(run: _Run, comparing: bool, chunk) -> None:
 def _report(args, options, model, mesh, run: _Run) -> dict:
     """The encoder's report (printed as a table, written with --json); writes --compare."""
     from gvc_jax.codec.session import rate_breakdown
-    from gvc_jax.io import save_side_by_side
+    from gvc_jax.io.preview import save_side_by_side
     from gvc_jax.metrics import bpp
 
     result, frames, width, height, fps = run.result, run.frames, run.width, run.height, run.fps
@@ -296,7 +298,7 @@ def _check_batch_outputs(args, inputs) -> None:
     parent = os.path.abspath(args.output)
     while not os.path.isdir(parent):  # the directories that do not exist yet are created
         parent = os.path.dirname(parent)
-    from gvc_jax.io import probe_writable
+    from gvc_jax.io.atomic import probe_writable
 
     probe_writable(parent)
     cli.check_outputs(files=(args.json,), inputs=inputs + tuple(outputs))
@@ -307,7 +309,8 @@ def _main_batch(args, options, mesh, writes: bool) -> int:
     import contextlib
 
     from gvc_jax.codec.session import encode_batch, rate_breakdown
-    from gvc_jax.io import VideoReader, atomic_write_bytes
+    from gvc_jax.io.atomic import atomic_write_bytes
+    from gvc_jax.io.video_reader import VideoReader
     from gvc_jax.metrics import bpp
 
     unsupported = [flag for flag, on in (("--decoded", args.decoded), ("--eval", args.eval),

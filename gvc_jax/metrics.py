@@ -282,7 +282,7 @@ def dists(ref, dist, batch: int = 8) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _has_libvmaf(exe: str) -> bool:
-    from gvc_jax.io import quiet_fork
+    from gvc_jax.io.ffmpeg import quiet_fork
 
     with quiet_fork():
         proc = subprocess.run([exe, "-hide_banner", "-filters"], capture_output=True, text=True)
@@ -294,7 +294,7 @@ def vmaf(ref, dist, fps: float = 25.0) -> float:
 
     Raises RuntimeError if the ffmpeg binary has no libvmaf or the run fails.
     """
-    from gvc_jax.io import SWS_FLAGS, ffmpeg_exe, quiet_fork
+    from gvc_jax.io.ffmpeg import SWS_FLAGS, ffmpeg_exe, quiet_fork
 
     ref, dist = _pair(ref, dist)
     exe = ffmpeg_exe()

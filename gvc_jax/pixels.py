@@ -1,10 +1,12 @@
 """Pixel pre/post-processing of in-memory frames: validation, resizing, padding, value ranges.
 
 Frames are ``[F, H, W, 3]`` RGB arrays (``uint8`` unless said otherwise); nothing here touches
-files (reading and writing videos is :mod:`gvc_jax.io`).
+files (reading and writing videos is :mod:`gvc_jax.io.video_reader` and
+:mod:`gvc_jax.io.video_writer`).
 
-``VideoError`` lives here because the shape and dtype checks raise it; :mod:`gvc_jax.io` uses
-the same class for every file problem, and ``gvc_jax.io.VideoError`` is its usual name.
+``VideoError`` lives here because the shape and dtype checks raise it; the :mod:`gvc_jax.io`
+modules raise the same class for every file problem, and ``gvc_jax.pixels.VideoError`` is its
+one name.
 """
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ from gvc_jax import parallel
 from gvc_jax.codec.gop.variants import FLF2V
 from gvc_jax.codec.sampling.schedule import SamplerConfig
 from gvc_jax.codec.session import decode_video, encode_video
-from gvc_jax.io import read_video, sample_clip_path
+from gvc_jax.io.sample_clips import sample_clip_path
+from gvc_jax.io.video_reader import read_video
 from gvc_jax.models.registry import init_preset
 
 SAMPLER = SamplerConfig(steps=4, tail=1, g_scale=3.0, shift=3.0, K=256, atoms_per_frame=(3, 3, 6), seed=5)

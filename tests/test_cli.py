@@ -10,7 +10,8 @@ import pytest
 from gvc_jax import cli
 from gvc_jax import decode as decode_cli
 from gvc_jax import encode as encode_cli
-from gvc_jax.io import read_video, write_video
+from gvc_jax.io.video_reader import read_video
+from gvc_jax.io.video_writer import write_video
 
 FAST = ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9", "--quiet"]
 

@@ -10,11 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from gvc_jax import io as vio
 from gvc_jax import pixels
 from gvc_jax.datasets import DATASETS, common, load_clips, prepare
 from gvc_jax.datasets.mcljcv import MclJcv, parse_mcljcv_filename
 from gvc_jax.datasets.uvg import Uvg, parse_uvg_filename
+from gvc_jax.io.ffmpeg import ffmpeg_exe
+from gvc_jax.io.video_reader import read_video
+from gvc_jax.io.video_writer import write_video
 
 W, H = 64, 48
 
@@ -56,7 +58,7 @@ def uvg_dir(tmp_path_factory):
     _write_yuv(root / f"Beauty_{W}x{H}_120fps_420_8bit_YUV.yuv", planes["Beauty"])
     (root / "sub").mkdir()
     _write_yuv(root / "sub" / f"HoneyBee_{W}x{H}_50fps_420_8bit_YUV.yuv", planes["HoneyBee"])
-    vio.write_video(root / "Extra.mp4", _rgb_clip(4), 25)
+    write_video(root / "Extra.mp4", _rgb_clip(4), 25)
     (root / "README.txt").write_text("not a clip")
     return root, planes
 
@@ -78,7 +80,7 @@ def test_yuv_to_rgb_matches_ffmpeg_bt709_limited_left_sited(tmp_path):
     _write_yuv(path, planes)
     vf = "scale=in_color_matrix=bt709:in_range=tv:out_range=pc:in_chroma_loc=left"
     vf += ":flags=bilinear+accurate_rnd+full_chroma_int,format=rgb24"
-    cmd = [vio.ffmpeg_exe(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{W}x{H}",
+    cmd = [ffmpeg_exe(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{W}x{H}",
            "-i", str(path), "-vf", vf, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     out = subprocess.run(cmd, capture_output=True, check=True).stdout
     ref = np.frombuffer(out, np.uint8).reshape(3, H, W, 3).astype(int)
@@ -166,7 +168,7 @@ def test_uvg_load_clips_round_trip(uvg_dir, uvg_data):
         assert frames.dtype == np.uint8 and frames.shape == (5, H, W, 3)
         np.testing.assert_array_equal(frames, common.yuv420_to_rgb(*planes[name]))  # PNG is lossless
         assert got_fps == fps
-    mp4, mp4_fps = vio.read_video(uvg_dir[0] / "Extra.mp4")
+    mp4, mp4_fps = read_video(uvg_dir[0] / "Extra.mp4")
     np.testing.assert_array_equal(got["Extra"][0], mp4)
     assert got["Extra"][1] == pytest.approx(mp4_fps) == pytest.approx(25.0)
     assert "tensorflow" not in sys.modules
@@ -231,7 +233,7 @@ def test_mcljcv_build_and_load(tmp_path):
     p1, p2 = _planes(5, 5), _planes(5, 6)
     _write_yuv(manual / f"videoSRC01_{W}x{H}_30.yuv", p1)
     _write_yuv(manual / f"videoSRC02_{W}x{H}_25.yuv", p2)
-    vio.write_video(manual / "videoSRC03.mp4", _rgb_clip(3), 24)
+    write_video(manual / "videoSRC03.mp4", _rgb_clip(3), 24)
     _write_yuv(manual / f"Beauty_{W}x{H}_120fps_420_8bit_YUV.yuv", p1)  # not MCL-JCV: ignored (warned)
     with pytest.warns(UserWarning, match="ignoring"):
         out = list(load_clips("mcljcv", str(tmp_path)))  # default manual dir: data_dir/manual

@@ -27,7 +27,8 @@ def loaded():
 
 @pytest.fixture(scope="module")
 def bbb5():
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
 
     video, _ = read_video(sample_clip_path("bigbuckbunny"), max_frames=5, resize=(256, 144))
     return video

@@ -36,7 +36,7 @@ def _cpu_env(devices: int, cache: bool = True) -> dict:
 
 def _start_two(argv, extra=lambda i: [], tool="gvc_jax.encode"):
     """``TOOL ARGV --distributed`` as 2 processes x 2 CPU devices on localhost."""
-    from gvc_jax.io import quiet_fork
+    from gvc_jax.io.ffmpeg import quiet_fork
 
     port = _free_port()
     with quiet_fork():
@@ -62,7 +62,9 @@ def _finish(procs) -> None:
 def test_two_processes_write_the_one_process_stream(tmp_path, variant):
     from gvc_jax import cli
     from gvc_jax import encode as encode_cli
-    from gvc_jax.io import read_video, sample_clip_path, write_video
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
+    from gvc_jax.io.video_writer import write_video
 
     clip = str(tmp_path / "in.npy")
     write_video(clip, read_video(sample_clip_path("bikes"), resize=(48, 32), max_frames=27)[0], 16.0)
@@ -96,7 +98,9 @@ def test_two_processes_code_a_batch_of_i2v_chains_like_one_process(tmp_path):
     decoded last frame process 0 then needs for that chain's next GOP (shared between processes)."""
     from gvc_jax import cli
     from gvc_jax import encode as encode_cli
-    from gvc_jax.io import read_video, sample_clip_path, write_video
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
+    from gvc_jax.io.video_writer import write_video
 
     src = tmp_path / "videos"
     src.mkdir()
@@ -116,7 +120,9 @@ def test_two_processes_read_a_model_directory_onto_split_weights(tmp_path):
     the DiT (orbax into a global NamedSharding), and the stream equals one process on 4 devices."""
     from flax import nnx
 
-    from gvc_jax.io import read_video, sample_clip_path, write_video
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
+    from gvc_jax.io.video_writer import write_video
     from gvc_jax.models.checkpoint import save_model
     from gvc_jax.models.registry import init_preset
 
@@ -143,7 +149,9 @@ def test_two_processes_resume_a_killed_encode_to_the_same_bytes(tmp_path):
 
     from gvc_jax import cli
     from gvc_jax import encode as encode_cli
-    from gvc_jax.io import read_video, sample_clip_path, write_video
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
+    from gvc_jax.io.video_writer import write_video
 
     clip = str(tmp_path / "in.npy")
     write_video(clip, read_video(sample_clip_path("bikes"), resize=(48, 32), max_frames=27)[0], 16.0)

@@ -9,7 +9,7 @@ from gvc_jax import cli
 from gvc_jax import encode as encode_cli
 from gvc_jax import metrics as M
 from gvc_jax.evaluation import DEFAULT_METRICS, RunningEval, fit_metrics, parse_metrics
-from gvc_jax.io import write_video
+from gvc_jax.io.video_writer import write_video
 
 
 def _videos(frames=7, h=40, w=48, seed=0):

@@ -13,7 +13,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from experiments import baselines as bl
 from experiments import bjontegaard as bd
-from gvc_jax.io import read_video, sample_clip_path
+from gvc_jax.io.sample_clips import sample_clip_path
+from gvc_jax.io.video_reader import read_video
 from gvc_jax.metrics import psnr
 
 # ----------------------------------------------------------------------------- Bjontegaard

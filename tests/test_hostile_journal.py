@@ -15,7 +15,7 @@ from test_resume import SOURCE, unit_expect
 from gvc_jax import cli
 from gvc_jax import encode as encode_cli
 from gvc_jax.codec.gop import journal as jrnl
-from gvc_jax.io import write_video
+from gvc_jax.io.video_writer import write_video
 
 ARGS = ["--model", "preset:tiny-anchored", "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9",
         "--variant", "i2v", "--anchor-codec", "webp", "--quiet"]

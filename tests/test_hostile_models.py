@@ -26,7 +26,7 @@ from flax import nnx
 
 from gvc_jax import cli
 from gvc_jax import encode as encode_cli
-from gvc_jax.io import write_video
+from gvc_jax.io.video_writer import write_video
 from gvc_jax.models.checkpoint import (
     MAX_MANIFEST_BYTES,
     CheckpointError,

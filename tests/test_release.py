@@ -18,7 +18,8 @@ transformers = pytest.importorskip("transformers")
 from gvc_jax import cli  # noqa: E402
 from gvc_jax import decode as decode_cli  # noqa: E402
 from gvc_jax import encode as encode_cli  # noqa: E402
-from gvc_jax.io import read_video, write_video  # noqa: E402
+from gvc_jax.io.video_reader import read_video  # noqa: E402
+from gvc_jax.io.video_writer import write_video  # noqa: E402
 from weights_convert.__main__ import main as convert_main  # noqa: E402
 
 COMMON = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, out_channels=4, text_dim=32,

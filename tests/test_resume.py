@@ -12,7 +12,8 @@ import pytest
 from gvc_jax import cli
 from gvc_jax import encode as encode_cli
 from gvc_jax.codec.gop import journal as jrnl
-from gvc_jax.io import quiet_fork, write_video
+from gvc_jax.io.ffmpeg import quiet_fork
+from gvc_jax.io.video_writer import write_video
 
 ARGS = ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", "100", "--tail", "1", "--gop-frames", "9"]
 
@@ -67,7 +68,7 @@ def test_killed_encode_resumes_to_the_same_bytes(clip, reference, tmp_path, extr
     assert not os.path.exists(jrnl.journal_path(out))  # removed once the stream is written
     if extra:  # the reconstruction of the replayed GOPs equals the uninterrupted run's
         from gvc_jax import decode as decode_cli
-        from gvc_jax.io import read_video
+        from gvc_jax.io.video_reader import read_video
 
         dec = str(tmp_path / "dec.npy")
         assert cli.run_main(decode_cli.main, [out, "-o", dec, "--model", "preset:tiny", "--quiet", "--strict"]) == 0

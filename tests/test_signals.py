@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from gvc_jax.io import quiet_fork, write_video
+from gvc_jax.io.ffmpeg import quiet_fork
+from gvc_jax.io.video_writer import write_video
 
 SLOW = ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", "400", "--tail", "1", "--gop-frames", "9"]
 

@@ -20,7 +20,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def video():
-    from gvc_jax.io import read_video, sample_clip_path
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
 
     frames, _ = read_video(sample_clip_path("bikes"), resize=(56, 40), max_frames=19)
     return frames  # 19 frames: GOPs [0, 9), [8, 17), [16, 19) + padding at hop 8

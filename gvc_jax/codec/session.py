@@ -31,7 +31,7 @@ from gvc_jax.codec.gop.plan import ArrayReader, GopFrames, GopPlan
 from gvc_jax.codec.gop.records import picks_to_record
 from gvc_jax.codec.gop.variants import get_variant
 from gvc_jax.codec.sampling.schedule import SamplerConfig
-from gvc_jax.io import fps_fraction
+from gvc_jax.io.ffmpeg import fps_fraction
 from gvc_jax.parallel import GopMesh
 from gvc_jax.pixels import crop, pad_to_multiple
 

@@ -34,7 +34,7 @@ Colour (:func:`yuv420_to_rgb`)
     difference) and without ``in_color_matrix`` BT.601 (far off).
 
 Video files (``.mp4`` ...)
-    Streamed through :class:`gvc_jax.io.VideoReader` (ffmpeg, accurate RGB conversion) one chunk
+    Streamed through :class:`gvc_jax.io.video_reader.VideoReader` (ffmpeg, accurate RGB conversion) one chunk
     at a time so memory stays bounded; size and fps come from the container. The YUV -> RGB matrix
     is whatever the reader (ffmpeg's default) applies, not the rule above: measured, it is
     BT.601 even for streams tagged bt709, so prefer the raw ``.yuv`` files for evaluation.
@@ -73,8 +73,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gvc_jax import io as vio
 from gvc_jax import pixels
+from gvc_jax.io.video_reader import open_video
 
 # BT.709 luma coefficients and the derived inverse-matrix entries (limited range scaling below).
 KR, KB = 0.2126, 0.0722
@@ -333,7 +333,7 @@ def iter_clip_chunks(
             yield s, frames
         return
     try:
-        with vio.open_video(src.path, max_frames=max_frames, resize=resize) as reader:
+        with open_video(src.path, max_frames=max_frames, resize=resize) as reader:
             step = chunk_frames or auto_chunk_frames(reader.height, reader.width)
             while True:
                 first = reader.frames_read
@@ -341,7 +341,7 @@ def iter_clip_chunks(
                 if not len(frames):
                     return
                 yield first, frames
-    except vio.VideoError as err:
+    except pixels.VideoError as err:
         raise DatasetError(str(err)) from None
 
 
@@ -350,9 +350,9 @@ def video_fps(src: ClipSource) -> float:
     if src.fps is not None:
         return float(src.fps)
     try:
-        with vio.open_video(src.path, max_frames=1) as reader:
+        with open_video(src.path, max_frames=1) as reader:
             return reader.fps
-    except vio.VideoError as err:
+    except pixels.VideoError as err:
         raise DatasetError(str(err)) from None
 
 

@@ -23,9 +23,10 @@ COMMON = dict(gop_frames=5, steps=6, tail=2, atoms=8, codebook_size=1024, seed=3
 
 
 def golden_clip() -> np.ndarray:
-    from gvc_jax import io
+    from gvc_jax.io.sample_clips import sample_clip_path
+    from gvc_jax.io.video_reader import read_video
 
-    frames = io.read_video(io.sample_clip_path("bikes"), max_frames=CLIP_FRAMES)[0]
+    frames = read_video(sample_clip_path("bikes"), max_frames=CLIP_FRAMES)[0]
     r0, r1, c0, c1 = CLIP_BOX
     return np.ascontiguousarray(frames[:, r0:r1, c0:c1, :3]).astype(np.uint8)
 

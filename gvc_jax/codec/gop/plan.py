@@ -211,7 +211,7 @@ class GopFrames:
 
 
 class ArrayReader:
-    """``read(n)`` over an in-memory uint8 [F, H, W, 3] array (the same interface as io.VideoReader)."""
+    """``read(n)`` over an in-memory uint8 [F, H, W, 3] array (the same interface as io.video_reader.VideoReader)."""
 
     def __init__(self, video: np.ndarray, fps: float = 16.0):
         self.video = video
