@@ -38,6 +38,7 @@ layout. Everything else follows TURBO §3-§7 as stated there.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import struct
@@ -351,13 +352,15 @@ def auto_stage_plan(coded: Size, steps: int, tail: int, *, native: Size = WAN_NA
 
 # ------------------------------------------------------------------------------------ DCT-II
 
+@functools.lru_cache(maxsize=64)
 def dct_matrix(n: int) -> np.ndarray:
-    """[n, n] float64 orthonormal DCT-II matrix: ``C @ x`` = scipy ``dct(x, type=2, norm='ortho')``,
-    ``C.T @ X`` its inverse."""
+    """[n, n] float64 orthonormal DCT-II matrix (read-only, cached): ``C @ x`` = scipy
+    ``dct(x, type=2, norm='ortho')``, ``C.T @ X`` its inverse."""
     k = np.arange(n)[:, None]
     i = np.arange(n)[None, :]
     c = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
     c[0] /= np.sqrt(2.0)
+    c.setflags(write=False)
     return c
 
 
