@@ -5,14 +5,15 @@
 
 ``--param`` is one of K, M, steps, tail, g_scale, shift, codebook; every other setting comes
 from the usual gvc options (``--M``, ``--K``, ``--steps``, ...). Each value is one gvc point,
-evaluated like ``experiments/rd.py`` (PSNR, MS-SSIM, LPIPS, + VMAF with ``--vmaf``; bpp from
-the stream's size). Outputs in ``--out``:
+evaluated like ``experiments/rd.py`` (``--metrics``, same names, checks and default
+psnr,ms-ssim,lpips,dists, through ``gvc_jax.evaluation``; ``--vmaf`` adds VMAF; bpp from the
+stream's size). Outputs in ``--out``:
 
 - ``results.json``: same format and resumability as rd.py (a point is keyed by *all* its
   settings, so sweeps sharing a point -- e.g. steps=20 in a steps sweep and M=8 in an M sweep --
   code it once);
 - ``ablate_PARAM.md``: the sweep's table;
-- ``plots/ablate_PARAM.png``: PSNR, LPIPS, MS-SSIM and bpp against the value.
+- ``plots/ablate_PARAM.png``: every metric of the run and bpp against the value.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def sweep_markdown(clip: rd.Clip, param: str, values: Sequence, records: Sequenc
              f"{clip.info['frames']} frames, {clip.info['width']}x{clip.info['height']}; fixed: {fixed}", "",
              f"| {param} | bytes | bpp | " + " | ".join(t for _, t, _ in cols) + " | enc s |",
              "|---|---:|---:|" + "---:|" * len(cols) + "---:|"]
-    for v, r in zip(values, records):
+    for v, r in zip(values, records, strict=True):
         vals = " | ".join(rd._fmt(r.get(m), f) for m, _, f in cols)
         lines.append(f"| {v} | {r['bytes']} | {r['bpp']:.5f} | {vals} | {rd._fmt(r.get('enc_seconds'), '{:.1f}')} |")
     lines += ["", f"![{param}](plots/ablate_{param}.png)", ""]
@@ -98,14 +99,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(args) -> int:
     values = parse_values(args.param, args.values)
+    names = rd.parse_metric_names(args)
+    rd.apply_protocol(args)
     clip = rd.load_clip(args.clip, frames=args.frames, start=args.start, resize=rd.parse_size(args.resize))
-    metrics = rd.BASE_METRICS + (("vmaf",) if args.vmaf else ())
+    metrics = rd.clip_metrics(names, clip, args.metrics is not None)
     os.makedirs(args.out, exist_ok=True)
     store = rd.ResultStore(os.path.join(args.out, "results.json"))
     specs = sweep_specs(args, args.param, values)
     records = rd.run_points(clip, specs, store, args.out, metrics, rd.GvcRunner(args.gvc_model, args.verify_decode),
                             desc=f"ablate {args.param}")
-    series = {m: [r[m] for r in records] for m in ("psnr", "lpips", "ms_ssim", "vmaf") if m in metrics}
+    series = {m: [r[m] for r in records] for m, _, _ in rd.TABLE_METRICS if m in metrics}
     series["bpp"] = [r["bpp"] for r in records]
     plot_sweep(values, series, args.param, os.path.join(args.out, "plots", f"ablate_{args.param}.png"),
                title=f"{clip.name}: gvc {args.param} sweep")

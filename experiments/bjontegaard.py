@@ -30,7 +30,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 METHODS = ("pchip", "cubic")
-LOWER_IS_BETTER = frozenset({"lpips", "lpips_vgg"})
+LOWER_IS_BETTER = frozenset({"lpips", "lpips_vgg", "dists", "tlp", "warp"})
 
 
 class BDError(ValueError):
@@ -38,7 +38,7 @@ class BDError(ValueError):
 
 
 def higher_is_better(metric: str) -> bool:
-    """Direction of a metric name from ``gvc_jax.metrics`` (LPIPS: lower is better)."""
+    """Direction of a metric name from ``gvc_jax.metrics`` (LPIPS, DISTS, tLP, warping error: lower is better)."""
     return metric not in LOWER_IS_BETTER
 
 

@@ -3,6 +3,7 @@
     python experiments/rd.py CLIP --frames 33 --resize 256x144 --gvc-atoms 4 8 16 \\
         --gvc-model preset:tiny|DIR --baselines x264 x265 svtav1 vvc --out results/rd_bbb
     python experiments/rd.py --dataset uvg --data-dir DIR ... --out results/rd_uvg
+    python experiments/rd.py --dataset uvg --data-dir DIR --protocol ctc96 --resize 832x480 ... --out OUT
 
 CLIP is a video path (anything ``gvc_jax.io.video_reader.read_video`` reads) or a shipped sample name
 ("bigbuckbunny", "bikes"). The input is decoded once to raw uint8 frames (``--start``,
@@ -13,17 +14,30 @@ CLIP is a video path (anything ``gvc_jax.io.video_reader.read_video`` reads) or 
 - each baseline at its quality ladder (``experiments/baselines.py``: elementary streams, one
   key frame per clip, SEI stripped; ``--ladder x265=51,45,39`` overrides a ladder).
 
-Every point is evaluated with PSNR, MS-SSIM and LPIPS (alex) (+ VMAF with ``--vmaf``) against
-the raw frames; bpp = 8 * file bytes / (frames * W * H). Outputs in ``--out``:
+Every point is evaluated against the raw frames with ``--metrics`` (``gvc_jax.evaluation``: the
+names and checks of ``encode --eval --metrics``, plus ``vmaf``; default psnr,ms-ssim,lpips,dists;
+``--vmaf`` adds vmaf); bpp = 8 * file bytes / (frames * W * H).
+
+``--protocol`` sets the clip and GOP settings of a published protocol (explicit flags that
+contradict it are refused):
+
+- ``gvcc``: the original paper's (its section 8 in /work/shared/SPEC.md): 33-frame GOPs, 3 GOPs
+  (99 frames; ``--frames`` may give another multiple of 33), from frame 0, 1280x720 unless
+  ``--resize`` says otherwise;
+- ``ctc96``: the first 96 frames of each sequence (2026 generative-codec papers: UVG, MCL-JCV,
+  HEVC-B at 1080p), at the native size or any ``--resize``; gvc codes them in 33-frame GOPs
+  (the third padded to 33 and trimmed on decode).
+
+Outputs in ``--out``:
 
 - ``results.json``: one entry per point, written after every point (atomically). Resumable: a
   point whose key (clip, codec, all settings) is already there with all requested metrics is
   skipped. The clip settings (source, start, frames, size) are recorded; re-using an output
   directory with different ones is refused.
-- ``results.md``: per-clip tables, BD-rates (on PSNR and LPIPS, pchip Bjontegaard) of every
+- ``results.md``: per-clip tables, BD-rates (on PSNR, LPIPS and DISTS, pchip Bjontegaard) of every
   curve against the anchor (``--anchor``, default x265), and a low-rate summary: gvc's LPIPS at
   its lowest rate against each baseline's LPIPS interpolated (pchip in log bpp) at the same bpp.
-- ``plots/CLIP_{psnr,lpips,ms_ssim[,vmaf]}.png``: bpp (log) against each metric.
+- ``plots/CLIP_METRIC.png``: bpp (log) against each metric of the run.
 
 A gvc point also records the model's fingerprint; when the model behind ``--gvc-model`` changes
 (e.g. a new default model) its gvc points are recomputed and the baseline points are kept.
@@ -57,12 +71,22 @@ from gvc_jax.io.sample_clips import SAMPLE_CLIPS, sample_clip_path  # noqa: E402
 from gvc_jax.io.video_reader import read_video  # noqa: E402
 from gvc_jax.pixels import VideoError, resize_frames  # noqa: E402
 
+DATASETS_MODULE = "experiments.datasets"  # dev-only: the tfds builders live with the experiments
 FORMAT = "gvc-rd/1"
-BASE_METRICS = ("psnr", "ms_ssim", "lpips")
-BD_METRICS = ("psnr", "lpips")
-DATASETS = ("uvg", "mcljcv")
+BASE_METRICS = ("psnr", "ms_ssim", "lpips")  # what every point had before --metrics (old results files)
+BD_METRICS = ("psnr", "lpips", "dists")
+DATASETS = ("uvg", "mcljcv", "hevcb")
 TABLE_METRICS = (("psnr", "PSNR dB", "{:.2f}"), ("ms_ssim", "MS-SSIM", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
-                 ("vmaf", "VMAF", "{:.2f}"))
+                 ("lpips_vgg", "LPIPS-VGG", "{:.4f}"), ("dists", "DISTS", "{:.4f}"), ("tlp", "tLP", "{:.4f}"),
+                 ("warp", "warp err", "{:.4f}"), ("vmaf", "VMAF", "{:.2f}"))
+BD_NAMES = {"psnr": ("PSNR", "BD-PSNR dB", "{:+.2f}", "{:.2f}"), "lpips": ("LPIPS", "BD-LPIPS", "{:+.4f}", "{:.4f}"),
+            "dists": ("DISTS", "BD-DISTS", "{:+.4f}", "{:.4f}")}
+# name -> (fixed settings, defaults an explicit flag may replace); see the module docstring
+PROTOCOLS = {
+    "gvcc": ({"gop_frames": 33, "start": 0}, {"frames": 99, "resize": "1280x720"}),
+    "ctc96": ({"frames": 96, "start": 0}, {"gop_frames": 33}),
+}
+DEFAULTS = {"frames": 33, "start": 0, "gop_frames": 33, "resize": None}
 
 
 class RDError(RuntimeError):
@@ -104,14 +128,14 @@ def load_clip(source: str, *, frames: Optional[int], start: int = 0, resize=None
 
 def load_dataset(name: str, data_dir: Optional[str], *, frames: Optional[int], start: int = 0, resize=None,
                  only: Optional[Sequence[str]] = None):
-    """Clips of a dataset through ``gvc_jax.datasets.load_clips(name, data_dir, ...)`` (a generator)."""
+    """Clips of a dataset through ``experiments.datasets.load_clips(name, data_dir, ...)`` (a generator)."""
     if name not in DATASETS:
         raise RDError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    if importlib.util.find_spec("gvc_jax.datasets") is None:
-        raise RDError("--dataset needs the gvc_jax.datasets module (dataset builders), which this checkout lacks")
+    if importlib.util.find_spec(DATASETS_MODULE) is None:
+        raise RDError(f"--dataset needs the {DATASETS_MODULE} module (dataset builders), which this checkout lacks")
     if not data_dir:
         raise RDError("--dataset needs --data-dir DIR")
-    from gvc_jax.datasets import load_clips
+    load_clips = importlib.import_module(DATASETS_MODULE).load_clips
 
     accepted = inspect.signature(load_clips).parameters
     skip = 0 if "start" in accepted else int(start)  # frames to drop here when the loader cannot
@@ -162,7 +186,8 @@ class ResultStore:
         """Record the clip's settings, or refuse if the file holds the same clip made differently."""
         old = self.data["clips"].get(clip.name)
         if old is not None:
-            diff = [k for k in ("source", "start", "frames", "width", "height") if old.get(k) != clip.info.get(k)]
+            diff = [k for k in ("source", "start", "frames", "width", "height", "protocol")
+                    if old.get(k) != clip.info.get(k)]
             if diff:
                 raise RDError(
                     f"{self.path} holds clip {clip.name!r} made with other settings ({', '.join(diff)}: "
@@ -288,14 +313,67 @@ class GvcRunner:
 
 
 def evaluate_video(ref: np.ndarray, dist: np.ndarray, metrics: Sequence[str], fps: float) -> dict:
-    from gvc_jax.metrics import evaluate
+    """The one metrics entry point (``gvc_jax.evaluation.evaluate_video``), for gvc and the baselines alike."""
+    from gvc_jax.evaluation import evaluate_video as evaluate
 
-    return {k: float(v) for k, v in evaluate(ref, dist, metrics=tuple(metrics), fps=fps).items()}
+    return {k: float(v) for k, v in evaluate(ref, dist, tuple(metrics), fps=fps).items()}
+
+
+def parse_metric_names(args) -> tuple:
+    """``--metrics`` (+ ``--vmaf``) -> metric names, checked as ``encode --eval --metrics`` checks them
+    (VMAF allowed: whole videos here); RDError on an unknown name."""
+    from gvc_jax.evaluation import BATCH_DEFAULT_METRICS, parse_metrics
+
+    text = getattr(args, "metrics", None)
+    try:
+        names = BATCH_DEFAULT_METRICS if text is None else parse_metrics(text, whole_video=True)
+    except ValueError as err:
+        raise RDError(f"--metrics: {err}") from None
+    return tuple(names) + (("vmaf",) if getattr(args, "vmaf", False) and "vmaf" not in names else ())
+
+
+def clip_metrics(names: Sequence[str], clip: Clip, requested: bool) -> tuple:
+    """``names`` that ``clip`` can be measured with (``evaluation.fit_metrics``: DISTS >= 32x32, the pair
+    metrics >= 2 frames; left out when defaulted, an RDError when asked for)."""
+    from gvc_jax.evaluation import fit_metrics
+
+    f, h, w = clip.frames.shape[:3]
+    try:
+        return fit_metrics(tuple(names), h, w, requested=requested, frames=f)
+    except ValueError as err:
+        raise RDError(f"--metrics on {clip.name}: {err}") from None
+
+
+def apply_protocol(args) -> None:
+    """Resolve ``--frames``, ``--start``, ``--gop-frames`` and ``--resize`` from ``--protocol`` (if any) and
+    the defaults; an explicit flag that contradicts a protocol's fixed setting is an RDError."""
+    protocol = getattr(args, "protocol", None)
+    fixed, defaults = PROTOCOLS.get(protocol, ({}, {})) if protocol else ({}, {})
+    if protocol and protocol not in PROTOCOLS:
+        raise RDError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    for key in ("frames", "start", "gop_frames", "resize"):
+        if not hasattr(args, key):
+            continue
+        given = getattr(args, key)
+        if key in fixed:
+            if given is not None and given != fixed[key]:
+                flag = "--" + key.replace("_", "-")
+                raise RDError(f"--protocol {protocol} codes {flag} {fixed[key]}, got {flag} {given}")
+            setattr(args, key, fixed[key])
+        elif given is None:
+            setattr(args, key, defaults.get(key, DEFAULTS[key]))
+    if protocol == "gvcc" and args.frames % 33:
+        raise RDError(f"--protocol gvcc codes whole 33-frame GOPs: --frames must be a multiple of 33, "
+                      f"got {args.frames}")
 
 
 def run_points(clip: Clip, specs: Sequence[PointSpec], store: ResultStore, out_dir: str, metrics: Sequence[str],
                gvc: GvcRunner, desc: str = "points") -> List[dict]:
-    """Run every spec on ``clip`` that the store lacks; returns the records of all specs."""
+    """Run every spec on ``clip`` that the store lacks; returns the records of all specs.
+
+    A point that was coded before but lacks one of ``metrics`` is measured again from its stream file
+    when that is still there (baselines: decoded with ffmpeg; gvc: decoded with the same model), else
+    coded again."""
     from tqdm import tqdm
 
     store.register_clip(clip)
@@ -307,6 +385,13 @@ def run_points(clip: Clip, specs: Sequence[PointSpec], store: ResultStore, out_d
     try:
         for spec in todo:
             bar.set_postfix_str(f"{spec.curve} {spec.setting}")
+            old = store.find(spec.key(clip.name))
+            video = _stored_decode(spec, old, clip, out_dir, gvc, metrics)
+            if video is not None:
+                assert old is not None
+                store.put({**old, **evaluate_video(clip.frames, video, metrics, clip.fps)})
+                bar.update(1)
+                continue
             if spec.codec == "gvc":
                 res = gvc.run(clip, spec.params, os.path.join(stream_dir, spec.stem + ".gvc"))
             else:
@@ -331,6 +416,30 @@ def run_points(clip: Clip, specs: Sequence[PointSpec], store: ResultStore, out_d
     finally:
         bar.close()
     return [store.find(s.key(clip.name)) for s in specs]
+
+
+def _stored_decode(spec: PointSpec, record: Optional[dict], clip: Clip, out_dir: str, gvc: GvcRunner,
+                   metrics: Sequence[str]) -> Optional[np.ndarray]:
+    """The decoded video of a point coded before (same settings and, for gvc, same model) whose stream
+    file is still there and has the recorded size; None when the point must be coded again."""
+    if record is None or not record.get("stream") or all(m in record for m in metrics):
+        return None
+    path = os.path.join(out_dir, record["stream"])
+    if not os.path.isfile(path) or os.path.getsize(path) != record.get("bytes"):
+        return None
+    f, h, w = clip.frames.shape[:3]
+    if spec.codec == "gvc":
+        if record.get("model_fingerprint") != gvc.model.fingerprint:
+            return None
+        from gvc_jax.codec.session import decode_video
+
+        with open(path, "rb") as fh:
+            video = np.asarray(decode_video(fh.read(), gvc.model).video)
+    else:
+        from gvc_jax.pixels import crop
+
+        video = crop(bl.decode_stream(path, w + w % 2, h + h % 2), h, w)
+    return video if video.shape == clip.frames.shape else None
 
 
 def _done(record: Optional[dict], metrics: Sequence[str]) -> bool:
@@ -440,9 +549,10 @@ def _bd_cell(row: dict, kind: str, metric: str, spec: str, range_spec: str) -> s
 
 def clip_markdown(name: str, info: dict, points: Sequence[dict], anchor: str, metrics: Sequence[str]) -> List[str]:
     cols = [(m, t, f) for m, t, f in TABLE_METRICS if m in metrics]
+    protocol = f", protocol {info['protocol']}" if info.get("protocol") else ""
     lines = [f"## {name}", "",
              f"{info.get('frames')} frames, {info.get('width')}x{info.get('height')}, {info.get('fps'):g} fps, "
-             f"source `{info.get('source')}` (start {info.get('start')})", "",
+             f"source `{info.get('source')}` (start {info.get('start')}{protocol})", "",
              "| curve | setting | bytes | bpp | kbps | " + " | ".join(t for _, t, _ in cols) + " | enc s | dec s |",
              "|---|---|---:|---:|---:|" + "---:|" * len(cols) + "---:|---:|"]
     for label, pts in curves_of(points).items():
@@ -450,21 +560,21 @@ def clip_markdown(name: str, info: dict, points: Sequence[dict], anchor: str, me
             vals = " | ".join(_fmt(p.get(m), f) for m, _, f in cols)
             lines.append(f"| {label} | {p['setting']} | {p['bytes']} | {p['bpp']:.5f} | {p['kbps']:.2f} | {vals} | "
                          f"{_fmt(p.get('enc_seconds'), '{:.1f}')} | {_fmt(p.get('dec_seconds'), '{:.1f}')} |")
-    rows = bd_table(points, anchor)
+    bd_metrics = [m for m in BD_METRICS if m in metrics]
+    rows = bd_table(points, anchor, bd_metrics)
     lines += ["", f"### Bjontegaard deltas against {anchor}", ""]
     if not rows:
         lines.append(f"(no {anchor} curve: no BD numbers)")
     else:
+        heads = ([f"BD-rate ({BD_NAMES[m][0]})" for m in bd_metrics] + [BD_NAMES[m][1] for m in bd_metrics])
         lines += ["BD-rate: % rate change at equal quality (negative = fewer bits than the anchor). "
-                  "BD-PSNR in dB, BD-LPIPS in LPIPS units (negative = better). pchip interpolation "
+                  "BD-PSNR in dB, BD-LPIPS / BD-DISTS in their own units (negative = better). pchip interpolation "
                   "over the overlapping range, shown in brackets (quality range for BD-rate, bpp range "
                   "for BD-quality): a narrow range means a fragile number. n/a = no overlap.", "",
-                  "| curve | BD-rate (PSNR) | BD-rate (LPIPS) | BD-PSNR dB | BD-LPIPS |", "|---|---:|---:|---:|---:|"]
+                  "| curve | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
         for r in rows:
-            cells = [_bd_cell(r, "rate", "psnr", "{:+.1f} %", "{:.2f}"),
-                     _bd_cell(r, "rate", "lpips", "{:+.1f} %", "{:.4f}"),
-                     _bd_cell(r, "quality", "psnr", "{:+.2f}", "{:.4f}"),
-                     _bd_cell(r, "quality", "lpips", "{:+.4f}", "{:.4f}")]
+            cells = ([_bd_cell(r, "rate", m, "{:+.1f} %", BD_NAMES[m][3]) for m in bd_metrics]
+                     + [_bd_cell(r, "quality", m, BD_NAMES[m][2], "{:.4f}") for m in bd_metrics])
             lines.append(f"| {r['curve']} | " + " | ".join(cells) + " |")
     summary = low_rate_summary(points)
     if summary:
@@ -492,23 +602,26 @@ def write_report(store: ResultStore, out_dir: str, anchor: str, metrics: Sequenc
              "bpp = 8 x file bytes / (frames x W x H); baselines: elementary streams, one key frame per clip, "
              "SEI removed. Metrics on RGB against the raw frames (LPIPS: AlexNet, lower is better).", ""]
     all_bd = []
+    bd_metrics = [m for m in BD_METRICS if m in metrics]
     for name in clips:
         pts = [p for p in store.points if p["clip"] == name]
         if not pts:
             continue
         lines += clip_markdown(name, store.data["clips"].get(name, {}), pts, anchor, metrics)
-        all_bd += bd_table(pts, anchor)
+        all_bd += bd_table(pts, anchor, bd_metrics)
         curves = curves_of(pts)
-        for m in [m for m in ("psnr", "lpips", "ms_ssim", "vmaf") if m in metrics]:
+        plotted = [m for m, _, _ in TABLE_METRICS if m in metrics]
+        for m in plotted:
             plot_rd({k: _xy(v, m) for k, v in curves.items()}, m, os.path.join(plot_dir, f"{name}_{m}.png"),
                     title=f"{name}: {m}")
-        lines += [f"![{name} {m}](plots/{name}_{m}.png)" for m in ("psnr", "lpips") if m in metrics] + [""]
+        lines += [f"![{name} {m}](plots/{name}_{m}.png)" for m in plotted] + [""]
     if len(clips) > 1 and all_bd:
         lines += [f"## Mean BD-rate over clips (against {anchor}, clips where defined)", "",
-                  "| curve | BD-rate (PSNR) | clips | BD-rate (LPIPS) | clips |", "|---|---:|---:|---:|---:|"]
+                  "| curve | " + " | ".join(f"BD-rate ({BD_NAMES[m][0]}) | clips" for m in bd_metrics) + " |",
+                  "|---|" + "---:|---:|" * len(bd_metrics)]
         for label in sorted({r["curve"] for r in all_bd}):
             cells = []
-            for m in BD_METRICS:
+            for m in bd_metrics:
                 vals = [r[f"bd_rate_{m}"] for r in all_bd if r["curve"] == label and r[f"bd_rate_{m}"] is not None]
                 cells += [_fmt(float(np.mean(vals)) if vals else None, "{:+.1f} %"), str(len(vals))]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -537,7 +650,7 @@ def add_gvc_args(p: argparse.ArgumentParser, *, atoms: bool = True) -> None:
     g.add_argument("--shift", type=float, default=None, help="default: 5.0 above 480p, else 3.0")
     g.add_argument("--codebook", default=DEFAULT_CODEBOOK, help="hadamard | rademacher | gaussian")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--gop-frames", type=int, default=33, help="frames per GOP (4k+1)")
+    g.add_argument("--gop-frames", type=int, default=None, help="frames per GOP (4k+1; default 33)")
     g.add_argument("--variants", nargs="+", default=["t2v"], choices=("t2v", "flf2v", "i2v"),
                    help="conditioning variants, one curve each (i2v: 2M atoms on the last latent frame, "
                         "default anchor codec and residual step)")
@@ -545,10 +658,16 @@ def add_gvc_args(p: argparse.ArgumentParser, *, atoms: bool = True) -> None:
 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frames", type=int, default=33, help="frames to code (from --start)")
-    p.add_argument("--start", type=int, default=0)
+    from gvc_jax.evaluation import ALL_METRICS, BATCH_DEFAULT_METRICS
+
+    p.add_argument("--frames", type=int, default=None, help="frames to code (from --start; default 33)")
+    p.add_argument("--start", type=int, default=None, help="first frame (default 0)")
     p.add_argument("--resize", default=None, metavar="WxH", help="resize every frame first, e.g. 256x144")
-    p.add_argument("--vmaf", action="store_true", help="also compute VMAF")
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help=f"comma-separated metrics: {','.join(m.replace('_', '-') for m in ALL_METRICS)} (default "
+                        f"{','.join(m.replace('_', '-') for m in BATCH_DEFAULT_METRICS)}; DISTS needs 32x32 frames, "
+                        "tlp / warp 2 frames; names and checks as encode --eval --metrics)")
+    p.add_argument("--vmaf", action="store_true", help="also compute VMAF (same as adding vmaf to --metrics)")
     p.add_argument("--out", required=True, help="output directory (results.json, results.md, plots/, streams/)")
 
 
@@ -576,7 +695,10 @@ def _parse_map(items: Optional[Sequence[str]], what: str, parse: Callable) -> di
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("clip", nargs="?", help=f"video path or a sample name ({', '.join(SAMPLE_CLIPS)})")
-    p.add_argument("--dataset", choices=DATASETS, help="run over a dataset's clips (gvc_jax.datasets)")
+    p.add_argument("--dataset", choices=DATASETS, help=f"run over a dataset's clips ({DATASETS_MODULE})")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                   help="gvcc: 33-frame GOPs, 3 GOPs (99 frames), 1280x720 unless --resize (the original paper);\n"
+                        "ctc96: the first 96 frames of each sequence, native size unless --resize")
     p.add_argument("--data-dir", help="dataset directory (with --dataset)")
     p.add_argument("--clips", nargs="+", help="with --dataset: only these clip names")
     add_input_args(p)
@@ -620,7 +742,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(args) -> int:
-    metrics = BASE_METRICS + (("vmaf",) if args.vmaf else ())
+    metrics = parse_metric_names(args)
     if args.report_only:
         if not os.path.isfile(os.path.join(args.out, "results.json")):
             raise RDError(f"--report-only: no results.json in {args.out}")
@@ -628,7 +750,8 @@ def _main(args) -> int:
         return 0
     if bool(args.clip) == bool(args.dataset):
         raise RDError("give either a CLIP or --dataset NAME (not both)")
-    if args.frames is not None and args.frames < 1:
+    apply_protocol(args)
+    if args.frames < 1:
         raise RDError(f"--frames must be >= 1, got {args.frames}")
     for codec in args.baselines or ():
         bl.get_codec(codec)
@@ -642,8 +765,9 @@ def _main(args) -> int:
     gvc = GvcRunner(args.gvc_model, verify_decode=args.verify_decode)
     names = []
     for clip in clips:
+        clip.info["protocol"] = args.protocol
         names.append(clip.name)
-        run_points(clip, specs, store, args.out, metrics, gvc)
+        run_points(clip, specs, store, args.out, clip_metrics(metrics, clip, args.metrics is not None), gvc)
         write_report(store, args.out, args.anchor, metrics, clips=names)
     if not names:
         raise RDError("no clips to evaluate")

@@ -13,7 +13,9 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 LABELS = {"psnr": "PSNR (dB, RGB)", "ms_ssim": "MS-SSIM (RGB)", "lpips": "LPIPS (alex, lower is better)",
-          "lpips_vgg": "LPIPS (vgg, lower is better)", "vmaf": "VMAF", "bpp": "bits per pixel"}
+          "lpips_vgg": "LPIPS (vgg, lower is better)", "dists": "DISTS (lower is better)",
+          "tlp": "tLP (temporal LPIPS, lower is better)", "warp": "warping error (DIS flow, lower is better)",
+          "vmaf": "VMAF", "bpp": "bits per pixel"}
 MARKERS = "os^Dv<>pP*hX"
 
 
@@ -77,7 +79,7 @@ def plot_sweep(values: Sequence, series: Dict[str, Sequence[float]], param: str,
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     xs = np.asarray(values, np.float64) if numeric else np.arange(len(values))
     order = np.argsort(xs) if numeric else np.arange(len(values))
-    for ax, (name, ys) in zip(axes[0], series.items()):
+    for ax, (name, ys) in zip(axes[0], series.items(), strict=True):
         y = np.asarray(ys, np.float64)
         ax.plot(xs[order], y[order], marker="o")
         ax.set_xlabel(param)

@@ -6,7 +6,9 @@ same numbers as one ``metrics.evaluate`` call on the whole videos, with memory b
 (the pair metrics carry the last frame of the previous piece). VMAF has temporal features of its
 own and is computed on whole videos only (``metrics.evaluate``, ``experiments/rd.py``).
 
-``parse_metrics("psnr,ms-ssim,lpips,dists")`` reads a ``--metrics`` list (``-`` and ``_`` alike).
+``parse_metrics("psnr,ms-ssim,lpips,dists")`` reads a ``--metrics`` list (``-`` and ``_`` alike);
+``parse_metrics(..., whole_video=True)`` also accepts VMAF, for tools that hold whole videos
+(``experiments/rd.py``, ``experiments/ablate.py``), which evaluate through ``evaluate_video``.
 """
 from __future__ import annotations
 
@@ -32,30 +34,68 @@ STREAMING = tuple(PER_FRAME) + tuple(PER_PAIR)
 # DISTS is asked for, not the default: on a CPU its VGG16 (~5 frames/s at 256x144) inside the sink of a
 # multi-process run held process 0 past gloo's 30 s collective timeout on a loaded 2-core machine.
 DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips")
+# Whole-video metrics (need every frame at once) and the default of the tools that hold whole videos in one
+# process (rd.py, ablate.py), where DISTS has no collective to hold up.
+WHOLE_VIDEO = ("vmaf",)
+BATCH_DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
+ALL_METRICS = STREAMING + WHOLE_VIDEO
 
 
-def parse_metrics(text: str) -> tuple:
-    """``"psnr,ms-ssim,lpips"`` -> ("psnr", "ms_ssim", "lpips"); ValueError naming an unknown one."""
+def parse_metrics(text: str, *, whole_video: bool = False) -> tuple:
+    """``"psnr,ms-ssim,lpips"`` -> ("psnr", "ms_ssim", "lpips"); ValueError naming an unknown one.
+    ``whole_video``: VMAF is accepted too (the caller holds whole videos)."""
     names = tuple(dict.fromkeys(n.strip().lower().replace("-", "_") for n in str(text).split(",") if n.strip()))
     if not names:
         raise ValueError("--metrics needs at least one metric name")
-    unknown = [n for n in names if n not in STREAMING]
+    known = ALL_METRICS if whole_video else STREAMING
+    unknown = [n for n in names if n not in known]
     if unknown:
         extra = " (vmaf: whole videos only, see experiments/rd.py)" if "vmaf" in unknown else ""
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(n.replace('_', '-') for n in STREAMING)}{extra}")
+                         f"{', '.join(n.replace('_', '-') for n in known)}{extra}")
     return names
 
 
-def fit_metrics(names: Sequence[str], height: int, width: int, requested: bool) -> tuple:
-    """``names`` for frames of ``height`` x ``width``: DISTS needs 32 x 32 or more; asked for
-    explicitly (``requested``) on smaller frames it is an error, as a default it is left out."""
+def fit_metrics(names: Sequence[str], height: int, width: int, requested: bool,
+                frames: Optional[int] = None) -> tuple:
+    """``names`` for frames of ``height`` x ``width`` (and, when given, ``frames`` frames): DISTS needs
+    32 x 32 or more, tLP and the warping error 2 frames or more; asked for explicitly (``requested``)
+    where they cannot be computed they are an error, as a default they are left out."""
+    drop = []
     if "dists" in names and min(height, width) < M.DISTS_MIN_SIDE:
         if requested:
             raise ValueError(f"DISTS needs frames of at least {M.DISTS_MIN_SIDE}x{M.DISTS_MIN_SIDE}, "
                              f"got {width}x{height}")
-        return tuple(n for n in names if n != "dists")
-    return tuple(names)
+        drop.append("dists")
+    pairs = [n for n in names if n in PER_PAIR]
+    if pairs and frames is not None and frames < 2:
+        if requested:
+            raise ValueError(f"{', '.join(pairs)} need at least 2 frames, got {frames}")
+        drop += pairs
+    return tuple(n for n in names if n not in drop)
+
+
+def evaluate_video(ref: np.ndarray, dist: np.ndarray, metrics: Sequence[str], fps: float = 25.0) -> Dict[str, float]:
+    """Whole videos ``[F, H, W, 3]`` -> {metric: mean}, for names from ``parse_metrics(..., whole_video=True)``:
+    the streaming metrics through one ``RunningEval`` (the numbers ``--eval`` reports), VMAF through
+    ``metrics.vmaf`` (libvmaf, its own temporal features)."""
+    unknown = [m for m in metrics if m not in ALL_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
+    ref, dist = np.asarray(ref), np.asarray(dist)
+    if ref.shape != dist.shape:
+        raise ValueError(f"ref and dist shapes differ: {ref.shape} vs {dist.shape}")
+    streaming = [m for m in metrics if m in STREAMING]
+    out: Dict[str, float] = {}
+    if streaming:
+        ev = RunningEval(streaming)
+        ev.reference(ref)
+        ev.decoded(dist)
+        out.update(ev.result())
+    for m in metrics:
+        if m == "vmaf":
+            out[m] = float(M.vmaf(ref, dist, fps=fps))
+    return {m: out[m] for m in metrics}
 
 
 class RunningEval:

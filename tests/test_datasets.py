@@ -1,7 +1,7 @@
-"""Tests for gvc_jax.datasets: YUV -> RGB conversion, file-name parsing, tfds builders, loader, errors.
+"""Tests for experiments.datasets: YUV -> RGB conversion, file-name parsing, tfds builders, loader, errors.
 
-Tiny synthetic test sets (64x48, a few frames) named like the official UVG / MCL-JCV files are built
-into tmp directories and read back without TensorFlow.
+Tiny synthetic test sets (64x48, a few frames) named like the official UVG / MCL-JCV / HEVC class B
+files are built into tmp directories and read back without TensorFlow.
 """
 import os
 import subprocess
@@ -10,13 +10,16 @@ import sys
 import numpy as np
 import pytest
 
-from gvc_jax import pixels
-from gvc_jax.datasets import DATASETS, common, load_clips, prepare
-from gvc_jax.datasets.mcljcv import MclJcv, parse_mcljcv_filename
-from gvc_jax.datasets.uvg import Uvg, parse_uvg_filename
-from gvc_jax.io.ffmpeg import ffmpeg_exe
-from gvc_jax.io.video_reader import read_video
-from gvc_jax.io.video_writer import write_video
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/ lives at the root
+
+from experiments.datasets import DATASETS, common, load_clips, prepare  # noqa: E402
+from experiments.datasets.hevcb import HevcB, parse_hevcb_filename  # noqa: E402
+from experiments.datasets.mcljcv import MclJcv, parse_mcljcv_filename  # noqa: E402
+from experiments.datasets.uvg import Uvg, parse_uvg_filename  # noqa: E402
+from gvc_jax import pixels  # noqa: E402
+from gvc_jax.io.ffmpeg import ffmpeg_exe  # noqa: E402
+from gvc_jax.io.video_reader import read_video  # noqa: E402
+from gvc_jax.io.video_writer import write_video  # noqa: E402
 
 W, H = 64, 48
 
@@ -145,6 +148,12 @@ def test_parse_official_file_names():
     assert (s.name, s.kind, s.width, s.height, s.fps) == ("videoSRC07", "yuv", 1920, 1080, 25.0)
     assert parse_mcljcv_filename("videoSRC3.mp4").name == "videoSRC03"
     assert parse_mcljcv_filename("Beauty.mp4") is None
+    s = parse_hevcb_filename("/d/BasketballDrive_1920x1080_50.yuv")
+    assert (s.name, s.kind, s.width, s.height, s.fps) == ("BasketballDrive", "yuv", 1920, 1080, 50.0)
+    assert parse_hevcb_filename("Kimono1_1920x1080_24.yuv").name == "Kimono1"
+    assert parse_hevcb_filename("Cactus_1920x1080.mp4").name == "Cactus"
+    with pytest.warns(UserWarning, match="ignoring"):
+        assert parse_hevcb_filename("Cactus_1920x1080_50_10bit.yuv") is None
 
 
 def test_discover_names_hd_and_4k_variants(tmp_path):
@@ -220,7 +229,7 @@ def test_chunked_raw_records_reassemble(tmp_path, uvg_dir, uvg_data):
     ds = builder.as_data_source(split="test")
     assert len(ds) == 3 + 2 + 3
     assert [int(ds[i]["frame_start"]) for i in range(3)] == [0, 2, 4]
-    for (name, frames, fps), (ref_name, ref, ref_fps) in zip(common.iter_clips(builder), clips):
+    for (name, frames, fps), (ref_name, ref, ref_fps) in zip(common.iter_clips(builder), clips, strict=True):
         assert (name, fps) == (ref_name, ref_fps)
         np.testing.assert_array_equal(frames, ref)
     (name, frames, _), = common.iter_clips(builder, clips=["Beauty"], max_frames=3)
@@ -241,7 +250,25 @@ def test_mcljcv_build_and_load(tmp_path):
         ("videoSRC01", (5, H, W, 3), 30.0), ("videoSRC02", (5, H, W, 3), 25.0), ("videoSRC03", (3, H, W, 3), 24.0)]
     np.testing.assert_array_equal(out[1][1], common.yuv420_to_rgb(*p2))
     assert MclJcv(data_dir=str(tmp_path), config="native").is_prepared()
-    assert set(DATASETS) == {"uvg", "mcljcv"}
+    assert set(DATASETS) == {"uvg", "mcljcv", "hevcb"}
+
+
+def test_hevcb_build_and_both_protocol_lengths(tmp_path):
+    """HEVC class B files prepared like the others; the first N frames of each sequence (the 96-frame
+    protocol, here N = 4 of 6) and the whole sequences come from two configs of one build directory."""
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    p1, p2 = _planes(6, 7), _planes(6, 8)
+    _write_yuv(manual / f"Cactus_{W}x{H}_50.yuv", p1)
+    _write_yuv(manual / f"BQTerrace_{W}x{H}_60.yuv", p2)
+    first = list(load_clips("hevcb", str(tmp_path), max_frames=4))
+    assert [(n, f.shape, fps) for n, f, fps in first] == [("BQTerrace", (4, H, W, 3), 60.0),
+                                                          ("Cactus", (4, H, W, 3), 50.0)]
+    np.testing.assert_array_equal(first[1][1], common.yuv420_to_rgb(*(p[:4] for p in p1)))
+    whole = dict((n, f) for n, f, _ in load_clips("hevcb", str(tmp_path)))
+    np.testing.assert_array_equal(whole["BQTerrace"][:4], first[0][1])
+    assert whole["BQTerrace"].shape[0] == 6
+    assert HevcB(data_dir=str(tmp_path), config="native").is_prepared()
 
 
 # ----------------------------------------------------------------------------- errors

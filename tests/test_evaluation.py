@@ -68,3 +68,24 @@ def test_encode_eval_metrics_from_the_command_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "b.gvc").exists()
+
+
+def test_whole_video_entry_point_of_rd_and_ablate():
+    """rd.py / ablate.py: the same names plus VMAF; evaluate_video gives metrics.evaluate's numbers."""
+    from gvc_jax.evaluation import BATCH_DEFAULT_METRICS, evaluate_video
+
+    assert parse_metrics("psnr,VMAF,dists", whole_video=True) == ("psnr", "vmaf", "dists")
+    assert "fid" in str(pytest.raises(ValueError, parse_metrics, "fid", whole_video=True).value)
+    assert BATCH_DEFAULT_METRICS == ("psnr", "ms_ssim", "lpips", "dists")
+    assert fit_metrics(("psnr", "tlp", "warp"), 64, 64, requested=False, frames=1) == ("psnr",)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        fit_metrics(("psnr", "tlp"), 64, 64, requested=True, frames=1)
+    ref, dec = _videos(frames=4, h=36, w=40, seed=5)
+    names = ("psnr", "lpips", "tlp", "vmaf")
+    got = evaluate_video(ref, dec, names, fps=25.0)
+    want = M.evaluate(ref, dec, metrics=names, fps=25.0)
+    assert list(got) == list(names)
+    for m in names:
+        assert got[m] == pytest.approx(want[m], rel=1e-5, abs=1e-7), m
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluate_video(ref, dec, ("fid",))

@@ -156,7 +156,7 @@ def test_rd_end_to_end_and_resume(tmp_path, monkeypatch):
     argv = ["bigbuckbunny", "--frames", "9", "--resize", "64x64", "--gvc-model", "preset:tiny",
             "--gvc-atoms", "2", "4", "--K", "256", "--steps", "4", "--tail", "1", "--gop-frames", "9",
             "--baselines", "x264", "--ladder", "x264=51,43,35,27", "--preset", "x264=ultrafast",
-            "--anchor", "x264", "--out", out]
+            "--anchor", "x264", "--metrics", "psnr,ms-ssim,lpips,dists,tlp,vmaf", "--out", out]
     assert rd.main(argv) == 0
     with open(os.path.join(out, "results.json")) as fh:
         data = json.load(fh)
@@ -169,12 +169,15 @@ def test_rd_end_to_end_and_resume(tmp_path, monkeypatch):
         assert os.path.getsize(stream) == p["bytes"] > 0
         assert p["bpp"] == pytest.approx(8.0 * p["bytes"] / (9 * 64 * 64))
         assert np.isfinite(p["psnr"]) and 0.0 <= p["lpips"] <= 1.5 and 0.0 <= p["ms_ssim"] <= 1.0
+        assert 0.0 < p["dists"] < 1.0 and p["tlp"] >= 0.0 and 0.0 <= p["vmaf"] <= 100.0 and "warp" not in p
     x264 = sorted((p for p in points if p["codec"] == "x264"), key=lambda p: p["bpp"])
     assert x264[-1]["psnr"] > x264[0]["psnr"]
+    assert x264[-1]["dists"] < x264[0]["dists"] and x264[-1]["vmaf"] > x264[0]["vmaf"]
     assert gvc[1]["bytes"] > gvc[0]["bytes"]  # more atoms, more bits
     md = open(os.path.join(out, "results.md")).read()
     assert "| gvc | M=2 |" in md and "Bjontegaard" in md and "lowest rate" in md
-    for m in ("psnr", "lpips"):
+    assert "| DISTS | tLP | VMAF |" in md and "BD-rate (LPIPS) | BD-rate (DISTS) |" in md and "BD-DISTS" in md
+    for m in ("psnr", "ms_ssim", "lpips", "dists", "tlp", "vmaf"):
         with open(os.path.join(out, "plots", f"bigbuckbunny_{m}.png"), "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -188,6 +191,16 @@ def test_rd_end_to_end_and_resume(tmp_path, monkeypatch):
     assert rd.main(argv) == 0
     with open(os.path.join(out, "results.json")) as fh:
         assert json.load(fh)["points"] == points
+
+    # a metric added later is measured on the stored streams (decoded again), nothing is coded again
+    assert rd.main([*argv[:-4], "--metrics", "psnr,warp", "--out", out]) == 0
+    with open(os.path.join(out, "results.json")) as fh:
+        added = {p["key"]: p for p in json.load(fh)["points"]}
+    for p in points:
+        assert added[p["key"]]["warp"] >= 0.0 and added[p["key"]]["psnr"] == p["psnr"]  # same decode
+        assert {k: v for k, v in added[p["key"]].items() if k != "warp"} == p
+    with open(os.path.join(out, "results.json"), "w") as fh:
+        json.dump(data, fh)  # as before the warp pass, for what follows
 
     # gvc points made with other weights (another fingerprint) are recomputed; baselines are kept
     stale = {**data, "points": [{**p, "model_fingerprint": "0" * 64} if p["codec"] == "gvc" else p for p in points]}
@@ -222,12 +235,45 @@ def test_rd_argument_errors(tmp_path, capsys):
     assert "unknown baseline" in capsys.readouterr().err
     assert rd.main(["bigbuckbunny", "--resize", "big", "--out", str(tmp_path)]) == 2
     assert "--resize" in capsys.readouterr().err
-    if importlib.util.find_spec("gvc_jax.datasets") is None:
+    if importlib.util.find_spec("experiments.datasets") is None:
         assert rd.main(["--dataset", "uvg", "--data-dir", str(tmp_path), "--out", str(tmp_path)]) == 2
-        assert "gvc_jax.datasets" in capsys.readouterr().err
+        assert "experiments.datasets" in capsys.readouterr().err
+    # --metrics: the names and checks of encode --eval --metrics (vmaf too), one line each
+    for argv, needle in ((["--metrics", "psnr,fid"], "unknown metric"), (["--metrics", ""], "at least one"),
+                         (["--frames", "1", "--metrics", "psnr,tlp"], "at least 2 frames"),
+                         (["--resize", "24x24", "--metrics", "dists"], "DISTS needs"),
+                         (["--protocol", "ctc96", "--frames", "33"], "--frames 96"),
+                         (["--protocol", "gvcc", "--gop-frames", "17"], "--gop-frames 33"),
+                         (["--protocol", "gvcc", "--frames", "40"], "multiple of 33")):
+        assert rd.main(["bigbuckbunny", "--baselines", "--gvc-atoms", *argv, "--out", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (argv, err)
+    assert ablate.main(["bigbuckbunny", "--param", "M", "--values", "2", "--metrics", "psnr,nope",
+                        "--out", str(tmp_path / "a")]) == 2
+    assert "unknown metric" in capsys.readouterr().err
     with pytest.raises(rd.RDError, match="not a valid steps"):
         ablate.parse_values("steps", ["ten"])
     assert ablate.parse_values("codebook", ["hadamard", "rademacher", "hadamard"]) == ["hadamard", "rademacher"]
+
+
+def test_rd_protocols_resolve_the_clip_settings():
+    import argparse
+
+    from experiments import rd
+
+    def resolved(**given):
+        args = argparse.Namespace(**{"protocol": None, "frames": None, "start": None, "gop_frames": None,
+                                     "resize": None, **given})
+        rd.apply_protocol(args)
+        return args.frames, args.start, args.gop_frames, args.resize
+
+    assert resolved() == (33, 0, 33, None)
+    assert resolved(protocol="gvcc") == (99, 0, 33, "1280x720")  # 3 GOPs of 33 at 720p, as the paper
+    assert resolved(protocol="gvcc", frames=66, resize="256x144") == (66, 0, 33, "256x144")
+    assert resolved(protocol="ctc96") == (96, 0, 33, None)  # the first 96 frames, native size
+    assert resolved(protocol="ctc96", resize="832x480", gop_frames=17) == (96, 0, 17, "832x480")
+    with pytest.raises(rd.RDError, match="--start 0"):
+        resolved(protocol="ctc96", start=5)
 
 
 def test_rd_dataset_loader(monkeypatch):
@@ -241,10 +287,10 @@ def test_rd_dataset_loader(monkeypatch):
         for clip in ("Beauty", "Bosphorus"):
             yield clip, rng.integers(0, 256, (max_frames + 2, 40, 48, 3), dtype=np.uint8), 120.0
 
-    fake = types.ModuleType("gvc_jax.datasets")
-    fake.__spec__ = importlib.machinery.ModuleSpec("gvc_jax.datasets", None)
+    fake = types.ModuleType("experiments.datasets")
+    fake.__spec__ = importlib.machinery.ModuleSpec("experiments.datasets", None)
     fake.load_clips = load_clips
-    monkeypatch.setitem(sys.modules, "gvc_jax.datasets", fake)
+    monkeypatch.setitem(sys.modules, "experiments.datasets", fake)
     clips = list(rd.load_dataset("uvg", "/data/uvg", frames=5, start=1, resize=(32, 24), only=["Bosphorus"]))
     assert calls == [("uvg", "/data/uvg", 6)]  # 5 frames after the 1 it must skip
     assert [c.name for c in clips] == ["Bosphorus"]

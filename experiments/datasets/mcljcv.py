@@ -7,7 +7,7 @@ Accepted files (anywhere under the manual directory):
 - video files ``videoSRCNN*.mp4`` (also ``.mkv .mov .avi .webm .y4m``).
 
 The clip name is ``videoSRCNN`` (two digits). Other files are ignored (``.yuv`` files with another
-pattern with a warning). Configs and record layout: :mod:`gvc_jax.datasets.common`.
+pattern with a warning). Configs and record layout: :mod:`experiments.datasets.common`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import os
 import re
 import warnings
 
-from gvc_jax.datasets.common import VIDEO_SUFFIXES, ClipSource, VideoClipsBuilder
+from experiments.datasets.common import VIDEO_SUFFIXES, ClipSource, VideoClipsBuilder
 
 _YUV_RE = re.compile(r"^videoSRC(?P<num>\d+)_(?P<w>\d+)x(?P<h>\d+)_(?P<fps>\d+(?:\.\d+)?)\.yuv$", re.I)
 _VIDEO_RE = re.compile(r"^videoSRC(?P<num>\d+)(?:_(?P<w>\d+)x(?P<h>\d+))?(?:_.*)?$", re.I)

@@ -1,4 +1,8 @@
-"""Local video test sets (UVG, MCL-JCV) as tensorflow-datasets builders, plus the harness loader.
+"""Local video test sets (UVG, MCL-JCV, HEVC class B) as tensorflow-datasets builders, plus the harness loader.
+
+Development-only: used by ``experiments/rd.py`` and the tests, never by the codec, so it lives
+with the experiments (not installed with ``gvc_jax``; tensorflow-datasets is in
+requirements-dev.txt). Import it from the repository root (``experiments`` is a package there).
 
 :func:`load_clips` builds (once) the tfds dataset from a local directory of the official files
 into ``data_dir`` (``array_record``, no TensorFlow needed) and yields ``(name, frames, fps)``.
@@ -6,7 +10,7 @@ Building is never a download: the files must already be on disk.
 
 Example::
 
-    from gvc_jax.datasets import load_clips, UVG_CLASSIC
+    from experiments.datasets import load_clips, UVG_CLASSIC
     for name, frames, fps in load_clips("uvg", "/data/tfds", manual_dir="/data/uvg",
                                         max_frames=33, resize=(256, 144), clips=list(UVG_CLASSIC)):
         ...  # frames: uint8 [33, 144, 256, 3]
@@ -20,23 +24,27 @@ from typing import Iterator
 
 import numpy as np
 
-DATASETS = ("uvg", "mcljcv")
+DATASETS = ("uvg", "mcljcv", "hevcb")
 UVG_CLASSIC = ("Beauty", "Bosphorus", "HoneyBee", "Jockey", "ReadySteadyGo", "ShakeNDry", "YachtRide")
 
 __all__ = ["DATASETS", "UVG_CLASSIC", "builder_class", "load_clips", "prepare"]
 
 
 def builder_class(name: str):
-    """The builder class of dataset ``name`` (``"uvg"`` or ``"mcljcv"``)."""
+    """The builder class of dataset ``name`` (``"uvg"``, ``"mcljcv"`` or ``"hevcb"``)."""
     if name == "uvg":
-        from gvc_jax.datasets.uvg import Uvg
+        from experiments.datasets.uvg import Uvg
 
         return Uvg
     if name == "mcljcv":
-        from gvc_jax.datasets.mcljcv import MclJcv
+        from experiments.datasets.mcljcv import MclJcv
 
         return MclJcv
-    from gvc_jax.datasets.common import DatasetError
+    if name == "hevcb":
+        from experiments.datasets.hevcb import HevcB
+
+        return HevcB
+    from experiments.datasets.common import DatasetError
 
     raise DatasetError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
@@ -54,7 +62,7 @@ def _prepared_configs(cls, data_dir: str) -> list[str]:
 
 def _pick_config(cls, data_dir: str, resize, max_frames):
     """A prepared config covering (resize, max_frames) if any, else the exact config to build."""
-    from gvc_jax.datasets import common
+    from experiments.datasets import common
 
     best = None
     for cname in _prepared_configs(cls, data_dir):
@@ -87,7 +95,7 @@ def prepare(
 
     Reuses an already-built config under ``data_dir`` with the same resolution and at least
     ``max_frames`` frames (e.g. ``256x144_33f`` serves ``max_frames=17``); otherwise builds the
-    config :func:`gvc_jax.datasets.common.config_name` ``(resize, max_frames)`` from
+    config :func:`experiments.datasets.common.config_name` ``(resize, max_frames)`` from
     ``manual_dir`` (default: ``data_dir/manual`` if it exists, else ``data_dir`` itself).
     To rebuild after changing the files, delete ``data_dir/<name>/<config>``.
 
@@ -97,7 +105,7 @@ def prepare(
     """
     import tensorflow_datasets as tfds
 
-    from gvc_jax.datasets import common
+    from experiments.datasets import common
 
     cls = builder_class(name)
     resize = common.check_resize(resize)
@@ -127,14 +135,14 @@ def load_clips(
     resize: tuple[int, int] | None = None,
     clips: list[str] | None = None,
 ) -> Iterator[tuple[str, np.ndarray, float]]:
-    """Yield ``(clip_name, frames uint8 [F, H, W, 3], fps)`` of test set ``name`` in ``{"uvg", "mcljcv"}``.
+    """Yield ``(clip_name, frames uint8 [F, H, W, 3], fps)`` of test set ``name`` in ``DATASETS``.
 
     Builds the tfds dataset first if needed (see :func:`prepare`; this happens eagerly, so argument
     and file errors raise at call time). ``resize`` is ``(W, H)``, applied at build time;
     ``max_frames`` caps frames per clip (F <= max_frames); ``clips`` selects and orders clips by
     name (unknown names raise ``DatasetError``). Default order: clip names, natural sort.
     """
-    from gvc_jax.datasets import common
+    from experiments.datasets import common
 
     builder = prepare(name, data_dir, manual_dir=manual_dir, max_frames=max_frames, resize=resize)
     common.clip_index(builder)  # fail fast on a broken build

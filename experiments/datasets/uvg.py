@@ -11,11 +11,11 @@ Accepted files (anywhere under the manual directory):
 Other files are ignored (``.yuv`` files with another pattern, e.g. 10-bit, with a warning). When the
 HD and 4K variants of a sequence are both present, the 1920x1080 one is ``NAME`` and the other
 ``NAME_3840x2160``. The 7 classic sequences used in learned video coding papers are
-:data:`UVG_CLASSIC`. Configs and record layout: :mod:`gvc_jax.datasets.common`.
+:data:`UVG_CLASSIC`. Configs and record layout: :mod:`experiments.datasets.common`.
 
 Example::
 
-    from gvc_jax.datasets.uvg import Uvg
+    from experiments.datasets.uvg import Uvg
     b = Uvg(data_dir="/data/tfds", config="256x144_33f")
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir="/data/uvg"))
     ds = b.as_data_source(split="test")
@@ -26,8 +26,8 @@ import os
 import re
 import warnings
 
-from gvc_jax.datasets import UVG_CLASSIC  # noqa: F401  (re-exported)
-from gvc_jax.datasets.common import VIDEO_SUFFIXES, ClipSource, VideoClipsBuilder
+from experiments.datasets import UVG_CLASSIC  # noqa: F401  (re-exported)
+from experiments.datasets.common import VIDEO_SUFFIXES, ClipSource, VideoClipsBuilder
 
 _YUV_RE = re.compile(r"^(?P<name>.+?)_(?P<w>\d+)x(?P<h>\d+)_(?P<fps>\d+(?:\.\d+)?)fps_420_8bit_YUV\.yuv$", re.I)
 _SIZED_RE = re.compile(r"^(?P<name>.+?)_(?P<w>\d+)x(?P<h>\d+)(?:_.*)?$")
