@@ -208,3 +208,86 @@ def test_a_missing_part_is_one_line_naming_it(work, tmp_path, capsys, part, need
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "m").exists()
+
+
+# ----------------------------------------------------------------------------- from the Hugging Face Hub
+
+
+def _hub_cache(home, repo, release, revision="0123456789abcdef0123456789abcdef01234567"):
+    """``release`` laid out in a Hub cache as snapshot_download leaves it: HF_HOME/hub/models--ORG--NAME/
+    snapshots/REV/... and refs/main -> REV (plain files where the Hub cache has links to blobs)."""
+    import shutil
+
+    repo_dir = home / "hub" / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(release, repo_dir / "snapshots" / revision)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(revision)
+    return revision
+
+
+def test_release_from_the_hub_cache_offline(work, tmp_path, monkeypatch, capsys):
+    """hf:ORG/NAME with HF_HUB_OFFLINE=1 and a cached snapshot converts it as a local directory (same
+    fingerprint, named after the repository), without a connection; @REVISION picks the snapshot."""
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("HF_HUB_OFFLINE=1 but a connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    home = tmp_path / "hf"
+    rev = _hub_cache(home, "Wan-AI/Wan-tiny-i2v", work["i2v"]["src"])
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "model"
+    assert cli.run_main(convert_main, ["release", "hf:Wan-AI/Wan-tiny-i2v", "--out", str(out), "--quiet"]) == 0
+    got = json.loads((out / "gvc_model.json").read_text())
+    want = json.loads((work["i2v"]["model"] / "gvc_model.json").read_text())
+    assert got["fingerprint"] == want["fingerprint"] and got["name"] == "Wan-tiny-i2v"
+    capsys.readouterr()
+    assert cli.run_main(convert_main, ["release", f"hf:Wan-AI/Wan-tiny-i2v@{rev}", "--out", str(tmp_path / "m2"),
+                                       "--quiet", "--name", "pinned"]) == 0
+    assert json.loads((tmp_path / "m2" / "gvc_model.json").read_text())["name"] == "pinned"
+
+
+def test_hub_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for src, needles in (("hf:Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+                          ("hf:Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "not in", "HF_HUB_OFFLINE", "download")),
+                         ("hf:Wan-AI/Wan2.1-T2V-1.3B-Diffusers@v2", ("@v2", "--revision v2")),
+                         ("hf:not a repo", ("hf:ORG/NAME",)), ("hf:a/b@", ("hf:ORG/NAME",))):
+        assert cli.run_main(convert_main, ["release", src, "--out", str(tmp_path / "m"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and all(n in err[0] for n in needles), (src, err)
+    assert not (tmp_path / "m").exists()
+
+
+def test_hub_fetches_only_what_conversion_reads(monkeypatch, tmp_path):
+    from huggingface_hub.utils import filter_repo_objects
+
+    from weights_convert import hub
+
+    diffusers_repo = ["README.md", "model_index.json", "assets/demo.gif", "scheduler/scheduler_config.json",
+                      "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
+                      "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin",
+                      "text_encoder/config.json", "text_encoder/model.safetensors.index.json",
+                      "text_encoder/model-00001-of-00005.safetensors", "tokenizer/tokenizer.json",
+                      "tokenizer/spiece.model", "image_encoder/config.json", "image_encoder/model.safetensors",
+                      "image_processor/preprocessor_config.json"]
+    original_repo = ["config.json", "diffusion_pytorch_model.safetensors", "Wan2.1_VAE.pth",
+                     "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/tokenizer.json",
+                     "google/umt5-xxl/spiece.model", "examples/i2v_input.JPG", "README.md",
+                     "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"]
+    keep = set(filter_repo_objects(diffusers_repo + original_repo, allow_patterns=hub.ALLOW_PATTERNS))
+    skipped = {"README.md", "assets/demo.gif", "scheduler/scheduler_config.json", "vae/diffusion_pytorch_model.bin",
+               "tokenizer/spiece.model", "image_processor/preprocessor_config.json",
+               "google/umt5-xxl/spiece.model", "examples/i2v_input.JPG"}
+    assert keep == set(diffusers_repo + original_repo) - skipped
+    assert hub.parse_source("hf:Wan-AI/Wan2.1-T2V-1.3B-Diffusers@abc") == ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "c"))
+    assert hub.cache_dir() == str(tmp_path / "c")
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "h"))
+    assert hub.cache_dir() == str(tmp_path / "h" / "hub")

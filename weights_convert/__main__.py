@@ -12,6 +12,7 @@ import sys
 import gvc_jax  # noqa: F401  (XLA flags before jax is imported)
 
 EPILOG = """examples:
+  python -m weights_convert release hf:Wan-AI/Wan2.1-T2V-1.3B-Diffusers --out models/t2v-1.3b
   python -m weights_convert release ./Wan2.1-I2V-14B-480P-Diffusers --out models/i2v-14b --dtype bfloat16
   python -m weights_convert release ./Wan2.1-FLF2V-14B-720P --out models/flf2v-14b --dtype bfloat16
   python -m weights_convert diffusers ./Wan2.1-T2V-1.3B-Diffusers --out models/t2v-1.3b --preset wan2.1-t2v-1.3b
@@ -45,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/, and for I2V / FLF2V "
                                    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth), into one model "
                                    "directory; the empty prompt's umT5 context is computed and stored.")
-    r.add_argument("src", help="release directory")
+    r.add_argument("src", help="release directory, or hf:ORG/NAME[@REVISION]: fetched from the Hugging Face Hub "
+                               "(only the files the conversion reads; resumable; HF_HUB_OFFLINE=1: the local "
+                               "cache only; the cache is HF_HUB_CACHE, else HF_HOME/hub)")
     r.add_argument("--encoder-dtype", choices=("float32", "bfloat16"), default=None,
                    help="umT5 and CLIP parameter dtype (default: --dtype)")
     r.add_argument("--clip-preprocess", choices=("wan", "center_crop"), default="wan",
@@ -95,9 +98,16 @@ def run(args) -> dict:
         from weights_convert.release import convert_release
 
         log = None if args.quiet else (lambda msg: print(f"converting {msg} ...", file=sys.stderr))
-        return convert_release(args.src, args.out, dtype=args.dtype, vae_dtype=args.vae_dtype,
+        src, name = args.src, args.name
+        if src.startswith("hf:"):  # a release on the Hub: fetched (or found in the cache) first
+            from weights_convert.hub import fetch_release
+
+            fetch_log = None if args.quiet else (lambda msg: print(f"fetching {msg} ...", file=sys.stderr))
+            src, repo_name = fetch_release(src, quiet=args.quiet, log=fetch_log)
+            name = name or repo_name
+        return convert_release(src, args.out, dtype=args.dtype, vae_dtype=args.vae_dtype,
                                encoder_dtype=args.encoder_dtype, clip_preprocess=args.clip_preprocess,
-                               name=args.name, overwrite=args.overwrite, progress=progress, log=log,
+                               name=name, overwrite=args.overwrite, progress=progress, log=log,
                                part_bytes=args.part_mib << 20)
     if args.layout == "diffusers":
         if not args.src and not (args.transformer and args.vae):
