@@ -21,9 +21,9 @@ names and checks of ``encode --eval --metrics``, plus ``vmaf``; default psnr,ms-
 ``--protocol`` sets the clip and GOP settings of a published protocol (explicit flags that
 contradict it are refused):
 
-- ``gvcc``: the original paper's (its section 8 in /work/shared/SPEC.md): 33-frame GOPs, 3 GOPs
-  (99 frames; ``--frames`` may give another multiple of 33), from frame 0, 1280x720 unless
-  ``--resize`` says otherwise;
+- ``gvcc``: the original paper's (UVG at 720p, 3 GOPs of 33 frames): 33-frame GOPs, 99 frames
+  (``--frames`` may give another multiple of 33), from frame 0, 1280x720 unless ``--resize`` says
+  otherwise;
 - ``ctc96``: the first 96 frames of each sequence (2026 generative-codec papers: UVG, MCL-JCV,
   HEVC-B at 1080p), at the native size or any ``--resize``; gvc codes them in 33-frame GOPs
   (the third padded to 33 and trimmed on decode).
