@@ -3,7 +3,7 @@
     python experiments/_bench_vae.py [--runs 3] [--json OUT]
 
 Speed: a mid-size Wan VAE (base_dim 32, dim_mult [1,2,4,4], 2 res blocks, z 16, temporal
-[F,T,T]) with the same weights (torch state dict -> ``checkpoint.load_diffusers_vae``) encodes
+[F,T,T]) with the same weights (torch state dict -> ``weights_convert.to_flax.load_diffusers_vae``) encodes
 17 frames at 64x64 and decodes the resulting 5 latent frames. JAX runs ``jit`` of
 ``(state, x)`` after a warm-up call; torch runs fp32 under ``inference_mode``; both report the
 median of ``--runs`` calls, the ratio torch/jax and the max abs difference.
@@ -34,9 +34,9 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import gvc_jax  # noqa: E402,F401  (XLA flags before jax)
-from gvc_jax.models.checkpoint import load_diffusers_vae  # noqa: E402
 from gvc_jax.models.configs import VAEConfig  # noqa: E402
 from gvc_jax.models.vae import WanVAE  # noqa: E402
+from weights_convert.to_flax import load_diffusers_vae  # noqa: E402
 
 BENCH_VAE = VAEConfig(base_dim=32, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2,
                       temperal_downsample=(False, True, True))

@@ -24,9 +24,9 @@ import numpy as np
 from flax import nnx
 
 import gvc_jax  # noqa: F401  (XLA flags before jax)
-from gvc_jax.models.checkpoint import load_diffusers_dit
 from gvc_jax.models.configs import DiTConfig
 from gvc_jax.models.dit import WanDiT
+from weights_convert.to_flax import load_diffusers_dit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -8,7 +8,7 @@ Stages (each resumable, all state under ``--workdir``, nothing downloaded):
              per-channel latent mean/std, store normalised latents
     dit      rectified-flow velocity training of the Wan DiT on latent crops, with the
              conditioning randomly dropped: none (T2V) / first frame (I2V) / first+last (FLF2V)
-    export   write the converted model directory (``checkpoint.save_model``)
+    export   write the converted model directory (``weights_convert.model_writer.save_model``)
     all      the four in order
 
     python experiments/train_default.py --stage all --workdir /tmp/gvc_default
@@ -496,7 +496,7 @@ def model_config(wd: str) -> ModelConfig:
 
 
 def export(args) -> None:
-    from gvc_jax.models.checkpoint import save_model
+    from weights_convert.model_writer import save_model
 
     wd = args.workdir
     cfg = model_config(wd)

@@ -63,8 +63,8 @@ def weight_sharding(model, video, ref) -> dict:
     # read straight onto the shards from a model directory: each device gets only its part
     import tempfile
 
-    from gvc_jax.models.checkpoint import save_model
     from gvc_jax.models.registry import load_checkpoint
+    from weights_convert.model_writer import save_model
 
     with tempfile.TemporaryDirectory() as d:
         save_model(d + "/m", model.config, params, nnx.state(model.vae, nnx.Param))

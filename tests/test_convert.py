@@ -25,12 +25,12 @@ from gvc_jax.models.checkpoint import (  # noqa: E402
     fingerprint,
     load_model,
     path_str,
-    save_model,
     stack_layers,
 )
 from gvc_jax.models.configs import DIT_PRESETS, TINY_VAE, get_preset  # noqa: E402
 from weights_convert import convert_diffusers, convert_dit, convert_original  # noqa: E402
 from weights_convert.__main__ import main as cli_main  # noqa: E402
+from weights_convert.model_writer import save_model  # noqa: E402
 from weights_convert.sources import read_safetensors  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -503,3 +503,18 @@ def test_models_do_not_import_checkpoint():
         bad = {m for m in _imported_modules(os.path.join(models_dir, f))
                if m == "gvc_jax.models.checkpoint" or m.startswith("gvc_jax.models.checkpoint.")}
         assert not bad, f"gvc_jax/models/{f} imports {sorted(bad)}"
+
+
+def test_runtime_does_not_import_the_converter():
+    """The converter (weights_convert) builds on the runtime (gvc_jax), never the other way round:
+    the runtime keeps only what loading a converted model needs."""
+    root = os.path.join(REPO, "gvc_jax")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".py")]
+    assert len(files) > 20
+    for path in files:
+        bad = {m for m in _imported_modules(path) if m == "weights_convert" or m.startswith("weights_convert.")}
+        assert not bad, f"{os.path.relpath(path, REPO)} imports {sorted(bad)}"
+    from gvc_jax.models import checkpoint
+
+    for name in ("convert_state", "torch_to_flax", "LazyTensor", "ModelWriter", "save_model"):
+        assert not hasattr(checkpoint, name), name

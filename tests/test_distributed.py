@@ -123,8 +123,8 @@ def test_two_processes_read_a_model_directory_onto_split_weights(tmp_path):
     from gvc_jax.io.sample_clips import sample_clip_path
     from gvc_jax.io.video_reader import read_video
     from gvc_jax.io.video_writer import write_video
-    from gvc_jax.models.checkpoint import save_model
     from gvc_jax.models.registry import init_preset
+    from weights_convert.model_writer import save_model
 
     m = init_preset("tiny")
     model = str(tmp_path / "model")

@@ -16,7 +16,7 @@ import torch
 from flax import nnx
 
 from gvc_jax.models.attention import attend
-from gvc_jax.models.checkpoint import CheckpointError, load_diffusers_dit, torch_to_flax
+from gvc_jax.models.checkpoint import CheckpointError
 from gvc_jax.models.configs import DIT_PRESETS
 from gvc_jax.models.dit import (
     DiTInputError,
@@ -25,6 +25,7 @@ from gvc_jax.models.dit import (
     timestep_features,
 )
 from gvc_jax.models.rope import RopeGridError, rope_tables, rope_tables_in_graph
+from weights_convert.to_flax import load_diffusers_dit, torch_to_flax
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed  # noqa: E402

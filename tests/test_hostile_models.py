@@ -30,12 +30,12 @@ from gvc_jax.io.video_writer import write_video
 from gvc_jax.models.checkpoint import (
     MAX_MANIFEST_BYTES,
     CheckpointError,
-    ModelWriter,
     load_model,
     path_str,
     read_context,
 )
 from gvc_jax.models.configs import DIT_LIMITS, PRESETS, DiTConfig, ModelConfig, VAEConfig, get_preset
+from weights_convert.model_writer import ModelWriter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--steps", "2", "--tail", "1", "-K", "256", "-M", "2", "--gop-frames", "5", "--max-frames", "5",

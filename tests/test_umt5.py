@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from gvc_jax.models.checkpoint import CheckpointError, in_memory_source  # noqa: E402
+from gvc_jax.models.checkpoint import CheckpointError  # noqa: E402
 from gvc_jax.models.tokenizer import TextTokenizer, clean_prompt  # noqa: E402
 from gvc_jax.models.umt5 import (  # noqa: E402
     UMT5_XXL,
@@ -25,7 +25,7 @@ from gvc_jax.models.umt5 import (  # noqa: E402
     relative_position_bucket,
     text_context,
 )
-from weights_convert.sources import read_checkpoint  # noqa: E402
+from weights_convert.sources import in_memory_source, read_checkpoint  # noqa: E402
 from weights_convert.umt5 import (  # noqa: E402
     convert_umt5,
     expected_keys,

@@ -1,6 +1,6 @@
 """Parity of gvc_jax.models.vae.WanVAE with diffusers AutoencoderKLWan (CPU, fp32, tiny sizes).
 
-Weights go torch -> Flax through ``diffusers_key_to_path`` / ``checkpoint.torch_to_flax`` only, so
+Weights go torch -> Flax through ``diffusers_key_to_path`` / ``weights_convert.to_flax.torch_to_flax`` only, so
 these tests also check the key mapping. Tiny config of docs/method_notes.md §Parity test models
 (it has the mid-block attention and non-trivial ``conv_shortcut``s: encoder 8->16, decoder
 8->16), plus a second layout with 2 resnets per stage and temporal stride 2 (Down3d/Up3d at other
@@ -13,7 +13,7 @@ import pytest
 import torch
 from flax import nnx
 
-from gvc_jax.models.checkpoint import CheckpointError, load_diffusers_vae, torch_to_flax
+from gvc_jax.models.checkpoint import CheckpointError
 from gvc_jax.models.configs import TINY_VAE, VAEConfig
 from gvc_jax.models.vae import (
     Conv3d,
@@ -23,6 +23,7 @@ from gvc_jax.models.vae import (
     latent_frames,
     normalize_latent,
 )
+from weights_convert.to_flax import load_diffusers_vae, torch_to_flax
 
 diffusers = pytest.importorskip("diffusers")
 

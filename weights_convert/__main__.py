@@ -10,6 +10,10 @@ import os
 import sys
 
 import gvc_jax  # noqa: F401  (XLA flags before jax is imported)
+from gvc_jax.models.checkpoint import CheckpointError
+from gvc_jax.models.configs import PRESETS
+from weights_convert.convert import convert_diffusers, convert_original
+from weights_convert.release import convert_release
 
 EPILOG = """examples:
   python -m weights_convert release hf:Wan-AI/Wan2.1-T2V-1.3B-Diffusers --out models/t2v-1.3b
@@ -22,8 +26,6 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gvc_jax.models.configs import PRESETS
-
     p = argparse.ArgumentParser(
         prog="python -m weights_convert",
         description="Convert Wan2.1 checkpoints (diffusers or original layout) to a gvc-jax model directory.",
@@ -91,12 +93,8 @@ def _progress(quiet: bool):
 def run(args) -> dict:
     if getattr(args, "part_mib", 1) < 1:
         raise ValueError("--part-mib must be >= 1")
-    from weights_convert.convert import convert_diffusers, convert_original
-
     progress = _progress(args.quiet)
     if args.layout == "release":
-        from weights_convert.release import convert_release
-
         log = None if args.quiet else (lambda msg: print(f"converting {msg} ...", file=sys.stderr))
         src, name = args.src, args.name
         if src.startswith("hf:"):  # a release on the Hub: fetched (or found in the cache) first
@@ -125,8 +123,6 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from gvc_jax.models.checkpoint import CheckpointError
-
     try:
         summary = run(args)
     except (CheckpointError, ValueError, OSError) as e:

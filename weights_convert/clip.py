@@ -23,18 +23,14 @@ import re
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from flax import nnx
 
-from gvc_jax.models.checkpoint import (
-    CheckpointError,
-    LazyTensor,
-    abstract_model,
-    convert_state,
-    raise_problems,
-    torch_to_flax,
-)
+from gvc_jax.models.checkpoint import CheckpointError, abstract_model, raise_problems
 from gvc_jax.models.clip import CLIPVisionConfig, hf_key_to_path, hf_keys, tower_factory
+from weights_convert.convert import _read_json
 from weights_convert.rules import Rule, rename_keys
-from weights_convert.sources import read_checkpoint, read_safetensors, renamed
+from weights_convert.sources import LazyTensor, read_checkpoint, read_safetensors, renamed
+from weights_convert.to_flax import convert_state, torch_to_flax
 
 Progress = Optional[Callable[[Iterable], Iterable]]
 LAYOUTS = ("hf", "original")
@@ -177,8 +173,6 @@ def read_clip_hf(path: str, preprocess: str = "wan") -> Tuple[CLIPVisionConfig, 
     """(config, lazy tensors) of a transformers ``image_encoder/`` directory (config.json and one
     .safetensors file or an index). ``preprocess`` sets ``cfg.preprocess`` (Wan's reference
     resizes without cropping: "wan"; diffusers pipelines crop: "center_crop")."""
-    from weights_convert.convert import _read_json
-
     cpath = os.path.join(path, "config.json")
     d = _read_json(cpath)
     try:
@@ -203,8 +197,6 @@ def read_clip_original(path: str, cfg: CLIPVisionConfig) -> Dict[str, LazyTensor
 
 def load_clip_hf(path: str, preprocess: str = "wan", *, dtype: str = "float32", attention: str = "auto"):
     """A ready ``CLIPVisionTower`` from a transformers ``image_encoder/`` directory."""
-    from flax import nnx
-
     cfg, source = read_clip_hf(path, preprocess)
     cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
     graphdef, _, rest = abstract_model(tower_factory(cfg, attention))
@@ -213,8 +205,6 @@ def load_clip_hf(path: str, preprocess: str = "wan", *, dtype: str = "float32", 
 
 def load_clip_original(path: str, cfg: CLIPVisionConfig, *, attention: str = "auto"):
     """A ready ``CLIPVisionTower`` from Wan's original CLIP ``.pth``."""
-    from flax import nnx
-
     graphdef, _, rest = abstract_model(tower_factory(cfg, attention))
     return nnx.merge(graphdef, convert_clip(read_clip_original(path, cfg), cfg, layout="original"), rest)
 

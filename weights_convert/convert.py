@@ -9,23 +9,14 @@ import dataclasses
 import os
 from typing import Callable, Iterable, Mapping, Optional
 
-from gvc_jax.models.checkpoint import (
-    CheckpointError,
-    LazyTensor,
-    abstract_model,
-    check_output_dir,
-    convert_state,
-    convert_state_parts,
-    dit_factory,
-    param_count,
-    read_json_object,
-    save_model,
-    torch_to_flax,
-    vae_factory,
-)
+from gvc_jax.models import dit as dit_lib
+from gvc_jax.models import vae as vae_lib
+from gvc_jax.models.checkpoint import CheckpointError, abstract_model, dit_factory, vae_factory
 from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig, get_preset
 from weights_convert import rules
-from weights_convert.sources import read_checkpoint, read_safetensors, renamed
+from weights_convert.model_writer import check_output_dir, param_count, save_model
+from weights_convert.sources import LazyTensor, read_checkpoint, read_json_object, read_safetensors, renamed
+from weights_convert.to_flax import convert_state, convert_state_parts, torch_to_flax
 
 DTYPES = ("float32", "bfloat16")
 MAX_CONFIG_BYTES = 16 << 20  # a config.json (a few kB)
@@ -33,15 +24,11 @@ Progress = Optional[Callable[[Iterable], Iterable]]
 
 
 def _dit_key_to_path(key: str) -> tuple:
-    from gvc_jax.models.dit import diffusers_key_to_path
-
-    return diffusers_key_to_path(key)
+    return dit_lib.diffusers_key_to_path(key)
 
 
 def _vae_key_to_path(key: str) -> tuple:
-    from gvc_jax.models.vae import diffusers_key_to_path
-
-    return diffusers_key_to_path(key)
+    return vae_lib.diffusers_key_to_path(key)
 
 
 def convert_dit(source: Mapping[str, LazyTensor], cfg: DiTConfig, *, progress: Progress = None, device=None):
@@ -67,7 +54,7 @@ def convert_vae(source: Mapping[str, LazyTensor], cfg: VAEConfig, *, progress: P
 
 
 def _read_json(path: str) -> dict:
-    """A JSON object from a regular file of at most 16 MiB (``checkpoint.read_json_object``)."""
+    """A JSON object from a regular file of at most 16 MiB (``sources.read_json_object``)."""
     return read_json_object(path, "config file", MAX_CONFIG_BYTES)
 
 

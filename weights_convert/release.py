@@ -28,19 +28,25 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from flax import nnx
 
 from gvc_jax.models.checkpoint import (
     MAX_TOKENIZER_BYTES,
     CheckpointError,
-    ModelWriter,
     abstract_model,
-    check_output_dir,
     check_regular_file,
     read_regular,
 )
-from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig
+from gvc_jax.models.clip import VIT_H_14
+from gvc_jax.models.configs import WAN_VAE, DiTConfig, ModelConfig, VAEConfig
+from gvc_jax.models.tokenizer import TextTokenizer
+from gvc_jax.models.umt5 import UMT5_XXL, text_context
+from weights_convert import rules
+from weights_convert.clip import convert_clip, read_clip_hf, read_clip_original
 from weights_convert.convert import DTYPES, Progress, _read_json, convert_dit_parts, convert_vae
+from weights_convert.model_writer import ModelWriter, check_output_dir
 from weights_convert.sources import read_checkpoint, read_safetensors, renamed
+from weights_convert.umt5 import convert_umt5, read_umt5_hf, read_umt5_original, umt5_factory
 
 ORIGINAL_FILES = {
     "vae": "Wan2.1_VAE.pth",
@@ -167,10 +173,6 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
     {out, name, fingerprint, params, peak_rss_mib, parts}. ``encoder_dtype`` (default ``dtype``) is
     the umT5 / CLIP parameter dtype; ``clip_preprocess``: "wan" (plain resize, the reference) or
     "center_crop" (the diffusers pipelines), recorded in the model."""
-    from weights_convert import rules
-    from weights_convert.clip import convert_clip, read_clip_hf, read_clip_original
-    from weights_convert.umt5 import convert_umt5, read_umt5_hf, read_umt5_original
-
     for what, d in (("dtype", dtype), ("vae_dtype", vae_dtype), ("encoder_dtype", encoder_dtype or dtype)):
         if d not in DTYPES:
             raise ValueError(f"{what} must be one of {', '.join(DTYPES)}, got {d!r}")
@@ -197,9 +199,6 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
         dit_src, vae_src = read_safetensors(rel.dit), read_safetensors(rel.vae)
         t5_cfg, t5_src = read_umt5_hf(rel.text_encoder, param_dtype=enc_dtype, dtype=enc_dtype)
     else:
-        from gvc_jax.models.configs import WAN_VAE
-        from gvc_jax.models.umt5 import UMT5_XXL
-
         vae_cfg = WAN_VAE.replace(param_dtype=vae_dtype)
         dit_raw, vae_raw = read_safetensors(rel.dit), read_checkpoint(rel.vae)
         dit_src = renamed(dit_raw, rules.rename_dit(dit_raw, rel.dit_config))
@@ -214,8 +213,6 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
             clip_cfg, clip_src = read_clip_hf(rel.image_encoder, clip_preprocess)
             clip_layout = "hf"
         else:
-            from gvc_jax.models.clip import VIT_H_14
-
             clip_cfg = VIT_H_14.replace(preprocess=clip_preprocess)
             clip_src, clip_layout = read_clip_original(rel.image_encoder, clip_cfg), "original"
         clip_cfg = clip_cfg.replace(param_dtype=enc_dtype, dtype=enc_dtype)
@@ -257,12 +254,6 @@ def convert_release(root: str, out_dir: str, *, dtype: str = "float32", vae_dtyp
 
 def _empty_prompt_rows(t5_cfg, t5_state, tokenizer_path: str) -> np.ndarray:
     """The empty prompt's umT5 rows, only the token rows (``registry`` zero-pads them to text_len)."""
-    from flax import nnx
-
-    from gvc_jax.models.tokenizer import TextTokenizer
-    from gvc_jax.models.umt5 import text_context
-    from weights_convert.umt5 import umt5_factory
-
     graph, _, rest = abstract_model(umt5_factory(t5_cfg))
     tokenizer = TextTokenizer.from_file(tokenizer_path)
     rows = text_context(nnx.merge(graph, t5_state, rest), tokenizer, "")

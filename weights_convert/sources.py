@@ -9,6 +9,9 @@ header is checked against the safetensors schema (``parse_safetensors_header``) 
 is read; an index json is a bounded regular file whose shards are plain file names next to it.
 Each problem is one ``CheckpointError`` line naming the file and the key. ``.pth`` files go through
 ``torch.load(weights_only=True, mmap=True)``, never unrestricted pickle.
+
+``in_memory_source`` makes the same ``{key: LazyTensor}`` of a state dict already in memory, and
+``read_json_object`` reads a config json with the same care.
 """
 from __future__ import annotations
 
@@ -18,16 +21,19 @@ import json
 import math
 import os
 import struct
-from typing import Dict, Mapping
+from dataclasses import dataclass
+from typing import Callable, Dict, Mapping, Tuple
 
+import ml_dtypes
 import numpy as np
 
 from gvc_jax.models.checkpoint import (
+    MAX_MANIFEST_BYTES,
     CheckpointError,
-    LazyTensor,
     check_regular_file,
+    first_line,
     open_regular,
-    read_json_object,
+    read_regular,
 )
 
 _ST_DTYPES = {
@@ -37,10 +43,42 @@ _ST_DTYPES = {
 INDEX_SUFFIX = ".safetensors.index.json"
 
 
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor not read yet: ``shape`` and numpy ``dtype`` name known, ``load()`` reads it."""
+
+    shape: Tuple[int, ...]
+    dtype: str
+    read: Callable[[], np.ndarray]
+    origin: str = ""
+
+    def load(self) -> np.ndarray:
+        a = self.read()
+        if tuple(a.shape) != tuple(self.shape):
+            raise CheckpointError(f"{self.origin}: tensor has shape {tuple(a.shape)}, header says {self.shape}")
+        return a
+
+
+def in_memory_source(tensors: Mapping[str, np.ndarray]) -> dict:
+    """A state dict already in memory (numpy arrays, torch layout) as a ``convert_state`` source."""
+    return {k: LazyTensor(tuple(np.shape(v)), str(np.asarray(v).dtype), functools.partial(np.asarray, v), origin=k)
+            for k, v in tensors.items()}
+
+
+def read_json_object(path: str, what: str = "JSON file", max_bytes: int = MAX_MANIFEST_BYTES) -> dict:
+    """A JSON object from ``path`` (``read_regular``); CheckpointError for anything else."""
+    data = read_regular(path, what, max_bytes)
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{what} {path} is not valid JSON: {first_line(e)}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{what} {path} is not a JSON object")
+    return obj
+
+
 def _np_dtype(name: str) -> np.dtype:
     if name == "bfloat16":
-        import ml_dtypes
-
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
 
@@ -195,7 +233,7 @@ def read_torch(path: str) -> Dict[str, LazyTensor]:
     only a regular file is opened (``check_regular_file``: not a FIFO or a device)."""
     check_regular_file(path, "checkpoint file")
     try:
-        import torch
+        import torch  # optional and heavy: only .pth sources need it
     except ImportError:
         raise CheckpointError("reading a .pth checkpoint needs torch (pip install torch==2.13.0, CPU build)") from None
     try:
@@ -216,8 +254,6 @@ def read_torch(path: str) -> Dict[str, LazyTensor]:
     def to_numpy(t):
         t = t.detach().cpu().contiguous()
         if t.dtype == torch.bfloat16:
-            import ml_dtypes
-
             return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return t.numpy()
 

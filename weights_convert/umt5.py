@@ -7,7 +7,7 @@ Two layouts:
 - ``original``: Wan's ``models_t5_umt5-xxl-enc-bf16.pth`` (``wan/modules/t5.py`` names, e.g.
   ``blocks.3.attn.q.weight``), renamed to the transformers names by ``UMT5_RULES``.
 
-Conversion is strict (``gvc_jax.models.checkpoint.convert_state``): a missing, unused or misshapen
+Conversion is strict (``weights_convert.to_flax.convert_state``): a missing, unused or misshapen
 key raises ``CheckpointError`` naming it. The tied embedding may come as ``shared.weight``,
 ``encoder.embed_tokens.weight`` or both (then ``shared.weight`` is used; the two must have the same
 shape). Linear weights are transposed to Flax ``kernel`` [in, out]; embedding tables (token
@@ -22,17 +22,12 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
 import numpy as np
 from flax import nnx
 
-from gvc_jax.models.checkpoint import (
-    CheckpointError,
-    LazyTensor,
-    abstract_model,
-    convert_state,
-    path_str,
-    torch_to_flax,
-)
+from gvc_jax.models.checkpoint import CheckpointError, abstract_model, path_str
 from gvc_jax.models.umt5 import UMT5Config, UMT5Encoder, hf_key_to_path, is_embedding_key
+from weights_convert.convert import _read_json
 from weights_convert.rules import Rule, rename_keys
-from weights_convert.sources import read_checkpoint, read_safetensors, renamed
+from weights_convert.sources import LazyTensor, read_checkpoint, read_safetensors, renamed
+from weights_convert.to_flax import convert_state, torch_to_flax
 
 LAYOUTS = ("hf", "original")
 _FFN = {"gate.0": "wi_0", "fc1": "wi_1", "fc2": "wo"}
@@ -144,8 +139,6 @@ def read_umt5_hf(path: str, **over) -> tuple:
         raise CheckpointError(f"umT5 directory {path} does not exist")
     if not os.path.isfile(cpath):
         raise CheckpointError(f"{path} is not a transformers model directory: config.json is missing")
-    from weights_convert.convert import _read_json
-
     d = _read_json(cpath)
     try:
         cfg = UMT5Config.from_hf(d, **over)

@@ -1,4 +1,4 @@
-"""Converted-model checkpoints: table-driven torch -> Flax conversion, fingerprint, save and load.
+"""Converted-model directories: the format, hostile-file checks, fingerprint and load.
 
 A converted model is a directory::
 
@@ -28,45 +28,39 @@ before anything is built; every entry of an orbax directory must be a regular fi
 ``tokenizer.json`` a regular file of bounded size. Each problem is one ``CheckpointError`` line
 naming the file or field and the directory, raised before any large allocation.
 
-The conversion target is an abstract model, ``nnx.eval_shape(lambda: Model(cfg, rngs=...))``:
-its parameter tree is both the destination and the coverage oracle (docs/method_notes.md
-§Checkpoint layouts). Source tensors are read lazily one at a time, transformed (torch layout ->
-Flax layout), cast to the leaf's dtype and placed; any missing, unused or misshapen key raises
-``CheckpointError``. ``load_diffusers_dit`` / ``load_diffusers_vae`` do the same for a state dict
-already in memory (tests, benchmarks).
+This module holds only what reading a model directory needs. Writing one, and the table-driven
+torch -> Flax conversion of source checkpoints, are the converter's (``weights_convert.model_writer``,
+``weights_convert.to_flax``, ``weights_convert.sources``).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import gc
 import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, cast
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Optional, Sequence, Tuple, cast
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from gvc_jax._memory import release_freed_memory
 from gvc_jax.models import dit as dit_lib
 from gvc_jax.models import vae as vae_lib
-from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig
+from gvc_jax.models.clip import CLIPVisionConfig, CLIPVisionTower
+from gvc_jax.models.configs import DiTConfig, ModelConfig, VAEConfig, check_int, check_real, check_str
+from gvc_jax.models.tokenizer import TextTokenizer
+from gvc_jax.models.umt5 import UMT5Config, UMT5Encoder
 
 FORMAT = "gvc-jax-model"
 FORMAT_VERSION = 1
 MANIFEST = "gvc_model.json"
-# Source keys that are ignored on purpose (diffusers ignores stray ``norm_added_q`` on load too).
-STRAY_KEY = re.compile(r"(^|\.)norm_added_q\.(weight|bias)$")
-_EXEC_OPTIONS = ("scan_layers", "remat", "dtype")  # DiT options that are not part of the weights
 _MAX_LINES = 40
 MAX_MANIFEST_BYTES = 16 << 20     # gvc_model.json (a real one is a few kB)
 MAX_TOKENIZER_BYTES = 256 << 20   # tokenizer.json (umT5-XXL's is about 16 MB)
@@ -157,18 +151,6 @@ def read_regular(path: str, what: str = "file", max_bytes: int = MAX_MANIFEST_BY
     return data
 
 
-def read_json_object(path: str, what: str = "JSON file", max_bytes: int = MAX_MANIFEST_BYTES) -> dict:
-    """A JSON object from ``path`` (``read_regular``); CheckpointError for anything else."""
-    data = read_regular(path, what, max_bytes)
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
-        raise CheckpointError(f"{what} {path} is not valid JSON: {_first_line(e)}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{what} {path} is not a JSON object")
-    return obj
-
-
 def check_tree(root: str, what: str, max_entries: int = MAX_CHECKPOINT_ENTRIES) -> None:
     """Every entry under directory ``root`` (symlinks followed) is a regular file or a directory,
     and there are at most ``max_entries``: a FIFO, a device or a socket (which a reader could block
@@ -206,252 +188,23 @@ def check_tree(root: str, what: str, max_entries: int = MAX_CHECKPOINT_ENTRIES) 
         raise CheckpointError(problems[0])
 
 
-# ----------------------------------------------------------------------------- sources
-
-@dataclass(frozen=True)
-class LazyTensor:
-    """A tensor not read yet: ``shape`` and numpy ``dtype`` name known, ``load()`` reads it."""
-
-    shape: Tuple[int, ...]
-    dtype: str
-    read: Callable[[], np.ndarray]
-    origin: str = ""
-
-    def load(self) -> np.ndarray:
-        a = self.read()
-        if tuple(a.shape) != tuple(self.shape):
-            raise CheckpointError(f"{self.origin}: tensor has shape {tuple(a.shape)}, header says {self.shape}")
-        return a
-
+# ----------------------------------------------------------------------------- parameter trees
 
 def path_str(path: Sequence) -> str:
     """('blocks', 0, 'attn1', 'to_q', 'kernel') -> 'blocks/0/attn1/to_q/kernel'."""
     return "/".join(str(p) for p in path)
 
 
-# ----------------------------------------------------------------------------- transforms
-
-def torch_to_flax(key: str, a: np.ndarray, target_shape: Sequence[int]) -> np.ndarray:
-    """One torch tensor -> the layout of its Flax leaf (docs/method_notes.md §Checkpoint layouts).
-    Views only, no copy.
-
-    Linear ``weight`` [O, I] -> [I, O]; Conv3d [O, I, t, h, w] -> [t, h, w, I, O]; Conv2d
-    [O, I, h, w] -> [h, w, I, O]; a 1x1 conv kept as Linear (target 2-D) -> [I, O]; anything else
-    (biases, norm weights, VAE ``gamma`` [C, 1, 1(, 1)], tables) is reshaped only when it differs
-    from the target by unit dims. The caller checks the resulting shape.
-    """
-    target_shape = tuple(int(s) for s in target_shape)
-    if key.endswith(".weight") and a.ndim >= 2 and len(target_shape) == a.ndim:
-        if a.ndim == 2:
-            return a.T
-        return a.transpose(*range(2, a.ndim), 1, 0)
-    if key.endswith(".weight") and a.ndim > 2 and len(target_shape) == 2 and all(s == 1 for s in a.shape[2:]):
-        return a.reshape(a.shape[0], a.shape[1]).T
-    if a.shape != target_shape and [s for s in a.shape if s != 1] == [s for s in target_shape if s != 1]:
-        return a.reshape(target_shape)
-    return a
-
-
-def _stub(shape: Sequence[int], dtype) -> np.ndarray:
-    """A zero-stride array of ``shape``: lets a transform be checked for shape without memory."""
-    return np.broadcast_to(np.zeros((), dtype), tuple(shape))
-
-
-# ----------------------------------------------------------------------------- conversion
-
-def _flat_vars(state) -> dict:
+def flat_vars(state) -> dict:
+    """{path tuple: variable} of an ``nnx.State``."""
     return {tuple(p): v for p, v in state.flat_state()}
-
-
-def _resolve(path: tuple, flat: dict) -> Optional[Tuple[tuple, Optional[int]]]:
-    """Target leaf of ``path``: (path, None) for a plain leaf, (stacked_path, i) when the abstract
-    tree stacks the layer index (scan_layers: ('blocks', i, *rest) -> ('blocks', *rest)[i])."""
-    if path in flat:
-        return path, None
-    if len(path) > 2 and path[0] == "blocks" and isinstance(path[1], int):
-        stacked = path[:1] + path[2:]
-        var = flat.get(stacked)
-        if var is not None and len(var.shape) > 0 and path[1] < var.shape[0]:
-            return stacked, path[1]
-    return None
-
-
-def _as_dtype(name) -> np.dtype:
-    import jax.numpy as jnp
-
-    return np.dtype(jnp.dtype(name))
-
-
-def convert_state(
-    source: Mapping[str, LazyTensor],
-    abstract_state,
-    key_to_path: Callable[[str], tuple],
-    transform: Callable[[str, np.ndarray, Sequence[int]], np.ndarray] = torch_to_flax,
-    *,
-    what: str = "checkpoint",
-    ignore: Optional[re.Pattern] = STRAY_KEY,
-    device=None,
-    progress: Optional[Callable[[Iterable], Iterable]] = None,
-):
-    """Fill an abstract ``nnx.State`` (parameters) from ``source`` tensors, one tensor at a time.
-
-    ``key_to_path(key)`` gives the Flax path of a source key (a KeyError/ValueError marks the key
-    as unused); ``transform(key, array, target_shape)`` reorders axes. Every target leaf must be
-    covered exactly once and every source key used (except ``ignore`` matches); all problems are
-    checked before any tensor is read and raised together as one CheckpointError, one line each.
-    Arrays are cast to the leaf dtype on the host and placed on ``device`` (default device if None).
-    """
-    flat, plan = _conversion_plan(source, abstract_state, key_to_path, transform, what, ignore)
-    values = _materialize(plan, flat, source, transform, device, progress)
-    return nnx.State.from_flat_path({p: v.replace(values[p]) for p, v in flat.items()})
-
-
-def convert_state_parts(source: Mapping[str, LazyTensor], abstract_state, key_to_path: Callable[[str], tuple],
-                        transform: Callable = torch_to_flax, *, part_bytes: int, what: str = "checkpoint",
-                        ignore: Optional[re.Pattern] = STRAY_KEY, device=None,
-                        progress: Optional[Callable[[Iterable], Iterable]] = None) -> Iterator:
-    """``convert_state`` in parts: every problem is checked first, then the parameters are read and
-    yielded as States of consecutive leaves (in sorted path order) of about ``part_bytes`` each, so
-    only one part is held at a time. Concatenated in order the parts are ``convert_state``'s State
-    (same leaves, same fingerprint). A layer-stacked state is one part."""
-    flat, plan = _conversion_plan(source, abstract_state, key_to_path, transform, what, ignore)
-    if any(_is_stacked_leaf(leaf) for leaf in flat):
-        groups = [sorted(flat, key=path_str)]
-    else:
-        groups, size = [[]], 0
-        for leaf in sorted(flat, key=path_str):
-            nbytes = int(np.prod(flat[leaf].shape)) * _as_dtype(flat[leaf].dtype).itemsize
-            if groups[-1] and size + nbytes > part_bytes:
-                groups.append([])
-                size = 0
-            groups[-1].append(leaf)
-            size += nbytes
-    by_leaf: dict[tuple, list] = {}
-    for item in plan:
-        by_leaf.setdefault(item[1], []).append(item)
-    for group in groups:
-        items = [it for leaf in group for it in by_leaf.get(leaf, ())]
-        values = _materialize(items, flat, source, transform, device, progress)
-        yield nnx.State.from_flat_path({p: flat[p].replace(values[p]) for p in group})
-        del values
-
-
-def _conversion_plan(source, abstract_state, key_to_path, transform, what, ignore):
-    """-> (flat abstract leaves, [(key, leaf, stack index, target shape)]); raises every problem."""
-    flat = _flat_vars(abstract_state)
-    plan, problems, seen = [], [], {}
-    for key in sorted(source):
-        if ignore is not None and ignore.search(key):
-            continue
-        try:
-            path = tuple(key_to_path(key))
-        except (KeyError, ValueError):
-            problems.append(f"unused source key {key!r} (no parameter of this model)")
-            continue
-        target = _resolve(path, flat)
-        if target is None:
-            problems.append(f"unused source key {key!r} (no parameter {path_str(path)} in this model)")
-            continue
-        if target in seen:
-            problems.append(f"source keys {seen[target]!r} and {key!r} both map to {path_str(path)}")
-            continue
-        seen[target] = key
-        leaf, idx = target
-        want = tuple(flat[leaf].shape[1:] if idx is not None else flat[leaf].shape)
-        t = source[key]
-        try:
-            got = tuple(transform(key, _stub(t.shape, np.float32), want).shape)
-        except ValueError:
-            got = None
-        if got != want:
-            problems.append(f"shape mismatch for {key!r}: source {tuple(t.shape)}, "
-                            f"parameter {path_str(path)} needs {want}")
-            continue
-        plan.append((key, leaf, idx, want))
-    covered = {}
-    for leaf, idx in seen:
-        covered.setdefault(leaf, set()).add(idx)
-    for leaf, var in flat.items():
-        got = covered.get(leaf, set())
-        if None in got:
-            continue
-        n = var.shape[0] if _is_stacked_leaf(leaf) else None
-        if n is None:
-            problems.append(f"missing parameter {path_str(leaf)} (no source key for it)")
-        else:
-            for i in range(n):
-                if i not in got:
-                    problems.append(f"missing parameter {path_str(leaf[:1] + (i,) + leaf[1:])} (no source key for it)")
-    raise_problems(problems, what)
-    return flat, plan
-
-
-def _materialize(plan, flat, source, transform, device, progress) -> dict:
-    """Read, transform, cast and place the tensors of ``plan`` -> {leaf: array}."""
-    values: dict[tuple, Any] = {}
-    stacks: dict[tuple, list] = {}  # leaf -> [stacked host array, layers filled]
-    for key, leaf, idx, want in (progress(plan) if progress else plan):
-        dtype = _as_dtype(flat[leaf].dtype)
-        a = np.asarray(transform(key, source[key].load(), want)).astype(dtype, copy=False)
-        if idx is None:
-            values[leaf] = jax.device_put(np.ascontiguousarray(a), device)
-        else:
-            buf = stacks.get(leaf)
-            if buf is None:
-                buf = stacks[leaf] = [np.empty(flat[leaf].shape, dtype), 0]
-            buf[0][idx] = a
-            buf[1] += 1
-            if buf[1] == flat[leaf].shape[0]:
-                values[leaf] = jax.device_put(buf[0], device)
-                del stacks[leaf]
-        del a
-    return values
-
-
-def in_memory_source(tensors: Mapping[str, np.ndarray]) -> dict:
-    """A state dict already in memory (numpy arrays, torch layout) as a ``convert_state`` source."""
-    return {k: LazyTensor(tuple(np.shape(v)), str(np.asarray(v).dtype), functools.partial(np.asarray, v), origin=k)
-            for k, v in tensors.items()}
-
-
-_M = TypeVar("_M", bound=nnx.Module)
-
-
-def load_state_dict(model: _M, tensors: Mapping[str, np.ndarray],
-                    key_to_path: Callable[[str], tuple], *, what: str) -> _M:
-    """Copy an in-memory torch-layout state dict into ``model`` in place (the converter's rules and
-    checks: ``convert_state``); raises ``CheckpointError`` listing every problem. Returns ``model``."""
-    state = convert_state(in_memory_source(tensors), nnx.state(model, nnx.Param), key_to_path, what=what)
-    nnx.update(model, state)
-    return model
-
-
-def load_diffusers_dit(model: dit_lib.WanDiT, tensors: Mapping[str, np.ndarray]) -> dit_lib.WanDiT:
-    """Load an in-memory diffusers ``WanTransformer3DModel`` state dict (numpy arrays, torch layout)
-    into ``model`` in place (``load_state_dict``: stray ``norm_added_q`` keys are ignored, layers are
-    stacked in scan mode). Raises ``CheckpointError`` listing every missing, unused and misshapen key."""
-    return load_state_dict(model, tensors, dit_lib.diffusers_key_to_path, what="diffusers DiT state dict")
-
-
-def load_diffusers_vae(model: vae_lib.WanVAE, tensors: Mapping[str, np.ndarray]) -> vae_lib.WanVAE:
-    """Load an in-memory diffusers ``AutoencoderKLWan`` state dict (numpy arrays, torch layout) into
-    ``model`` in place (``load_state_dict``). Raises ``CheckpointError`` listing every unused key,
-    uncovered parameter and shape mismatch."""
-    return load_state_dict(model, tensors, vae_lib.diffusers_key_to_path, what="diffusers VAE state dict")
-
-
-def _is_stacked_leaf(leaf: tuple) -> bool:
-    """True for scan-stacked block leaves (path ('blocks', ...) without an int after it)."""
-    return len(leaf) > 1 and leaf[0] == "blocks" and not isinstance(leaf[1], int)
 
 
 # ----------------------------------------------------------------------------- layer stacking
 
 def stack_layers(state, num_layers: int):
     """Unrolled ('blocks', i, *rest) leaves -> stacked ('blocks', *rest) of shape [N, ...]."""
-    import jax.numpy as jnp
-
-    flat = _flat_vars(state)
+    flat = flat_vars(state)
     out: dict[tuple, Any] = {}
     groups: dict[tuple, dict[int, Any]] = {}
     for p, v in flat.items():
@@ -463,19 +216,6 @@ def stack_layers(state, num_layers: int):
         if sorted(byidx) != list(range(num_layers)):
             raise CheckpointError(f"cannot stack {path_str(p)}: layers {sorted(byidx)} != 0..{num_layers - 1}")
         out[p] = byidx[0].replace(jnp.stack([byidx[i][...] for i in range(num_layers)]))
-    return nnx.State.from_flat_path(out)
-
-
-def unstack_layers(state):
-    """Stacked ('blocks', *rest) [N, ...] leaves -> unrolled ('blocks', i, *rest)."""
-    out = {}
-    for p, v in _flat_vars(state).items():
-        if len(p) > 1 and p[0] == "blocks" and not isinstance(p[1], int):
-            arr = v[...]
-            for i in range(arr.shape[0]):
-                out[("blocks", i) + p[1:]] = v.replace(arr[i])
-        else:
-            out[p] = v
     return nnx.State.from_flat_path(out)
 
 
@@ -502,8 +242,6 @@ def _leaves(state) -> list:
 def _on_host(value) -> np.ndarray:
     """A parameter's values on the host; one split over several processes is gathered (one tensor at a time)."""
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(value, tiled=True))
     return np.asarray(value)
 
@@ -550,8 +288,6 @@ def fingerprint(*states) -> str:
     return fp.hexdigest()
 
 
-def param_count(*states) -> int:
-    return sum(int(np.prod(v.shape)) for s in states for _, v in s.flat_state())
 
 
 # ----------------------------------------------------------------------------- abstract models
@@ -582,167 +318,7 @@ def vae_factory(cfg: VAEConfig):
     return lambda: vae_lib.WanVAE(cfg, rngs=nnx.Rngs(0))
 
 
-# ----------------------------------------------------------------------------- save
-
-def _config_dict(cfg) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
-
-
-def _flat_arrays(state) -> dict:
-    return {path_str(p): v[...] for p, v in state.flat_state()}
-
-
-def _is_empty_dir(path: str) -> bool:
-    return os.path.isdir(path) and not os.listdir(path)
-
-
-def check_output_dir(out_dir: str, overwrite: bool = False) -> None:
-    """Raise CheckpointError if ``out_dir`` exists and may not be replaced."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise CheckpointError(f"output path {out_dir} exists and is not a directory")
-    if os.path.isdir(out_dir) and not _is_empty_dir(out_dir) and not overwrite:
-        raise CheckpointError(f"output directory {out_dir} exists and is not empty (use overwrite)")
-
-
 ENCODERS = ("image_encoder", "text_encoder")  # optional components, each an orbax dir of that name
-
-
-class ModelWriter:
-    """Writes a converted model directory one component at a time (each saved, fingerprinted and
-    released before the next is converted, so peak memory is the largest component), into a
-    temporary sibling directory renamed to ``out_dir`` by ``commit``; ``abort`` (or an exception
-    inside ``with``) removes it and leaves ``out_dir`` untouched.
-
-    Components in order: ``dit``, ``vae``, optionally ``image_encoder`` (these make the stream
-    fingerprint), then ``text_encoder``; ``add_file`` for ``tokenizer.json`` / ``context.npy``.
-    """
-
-    def __init__(self, out_dir: str, *, overwrite: bool = False, image_encoder: bool = False):
-        self.out_dir = os.path.abspath(out_dir)
-        check_output_dir(self.out_dir, overwrite)
-        parent = os.path.dirname(self.out_dir)
-        os.makedirs(parent, exist_ok=True)
-        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out_dir)}.tmp-", dir=parent)
-        self._fp = Fingerprint(3 if image_encoder else 2)
-        self._expect_image = image_encoder
-        self.params: dict[str, int] = {}  # component -> parameter count
-        self.encoders: dict[str, dict] = {}
-        self.extra: dict[str, Any] = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self.abort()
-        return False
-
-    def _save(self, name: str, state) -> None:
-        import orbax.checkpoint as ocp
-
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(self.tmp, name), _flat_arrays(state))
-            ckptr.wait_until_finished()
-
-    def add(self, name: str, state, config: Optional[dict] = None) -> None:
-        """Write component ``name``: a parameter State, or an iterator of States of consecutive
-        leaves (``convert_state_parts``), each saved as ``name/part-NNN`` and released in turn."""
-        order = ["dit", "vae"] + (["image_encoder"] if self._expect_image else []) + ["text_encoder"]
-        done = list(self.params)
-        if name not in order or (name != "text_encoder" and order[len(done)] != name):
-            raise CheckpointError(f"model component {name!r} out of order (expected {order[len(done)]!r})")
-        own = Fingerprint(1)
-        own.begin_state()
-        if name != "text_encoder":
-            self._fp.begin_state()
-        whole = isinstance(state, Mapping)  # an nnx.State; else an iterator of parts
-        count = n = 0
-        for part in ([state] if whole else state):
-            self._save(name if whole else os.path.join(name, f"part-{n:03d}"), part)
-            count += param_count(part)
-            own.add_leaves(part)
-            if name != "text_encoder":
-                self._fp.add_leaves(part)
-            n += 1
-            del part
-            gc.collect()
-            release_freed_memory()
-        if not whole:
-            self.extra.setdefault("parts", {})[name] = n
-        self.params[name] = count
-        if name in ENCODERS:
-            self.encoders[name] = {"config": config or {}, "params": count, "fingerprint": own.hexdigest()}
-
-    def add_file(self, name: str, data: bytes) -> None:
-        with open(os.path.join(self.tmp, name), "wb") as f:
-            f.write(data)
-        if name == "context.npy":
-            self.extra["context_sha256"] = hashlib.sha256(data).hexdigest()
-
-    def commit(self, model_config: ModelConfig, source: Optional[dict] = None) -> str:
-        expected = ("dit", "vae") + (("image_encoder",) if self._expect_image else ())
-        missing = [n for n in expected if n not in self.params]
-        if missing:
-            raise CheckpointError(f"model directory incomplete: {', '.join(missing)} not written")
-        fp = self._fp.hexdigest()
-        dit_cfg = model_config.dit.replace(scan_layers=False, remat=False)
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "name": model_config.name,
-            "variant": dit_cfg.variant,
-            "default_shift": model_config.default_shift,
-            "dit": _config_dict(dit_cfg),
-            "vae": _config_dict(model_config.vae),
-            "dtype": {"dit": dit_cfg.param_dtype, "vae": model_config.vae.param_dtype},
-            "params": {"dit": self.params["dit"], "vae": self.params["vae"]},
-            "fingerprint": fp,
-            "source": source or {},
-            **self.extra,
-        }
-        if self.encoders:
-            manifest["encoders"] = dict(sorted(self.encoders.items()))
-        try:
-            with open(os.path.join(self.tmp, MANIFEST), "w") as f:
-                json.dump(manifest, f, indent=2, sort_keys=True)
-                f.write("\n")
-            _replace_dir(self.tmp, self.out_dir)
-        except BaseException:
-            self.abort()
-            raise
-        return fp
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def save_model(out_dir: str, model_config: ModelConfig, dit_state, vae_state, *,
-               source: Optional[dict] = None, overwrite: bool = False) -> str:
-    """Write a converted model directory (DiT + VAE) atomically; returns its fingerprint.
-
-    ``dit_state`` / ``vae_state`` are parameter States for ``model_config`` (a stacked DiT state
-    when ``model_config.dit.scan_layers``; it is stored unrolled). ``ModelWriter`` writes models
-    with encoders.
-    """
-    if model_config.dit.scan_layers:
-        dit_state = unstack_layers(dit_state)
-    with ModelWriter(out_dir, overwrite=overwrite) as w:
-        w.add("dit", dit_state)
-        w.add("vae", vae_state)
-        return w.commit(model_config, source)
-
-
-def _replace_dir(tmp: str, out_dir: str) -> None:
-    """Rename ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside first, then removed."""
-    if os.path.isdir(out_dir) and not _is_empty_dir(out_dir):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
-        os.rename(out_dir, os.path.join(old, "x"))
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
 
 
 # ----------------------------------------------------------------------------- load
@@ -786,7 +362,7 @@ def _read_manifest(path: str) -> dict:
     try:
         manifest = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{mpath} is corrupt: {_first_line(e)}") from None
+        raise CheckpointError(f"{mpath} is corrupt: {first_line(e)}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{mpath} is not a {FORMAT} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -799,7 +375,8 @@ def _read_manifest(path: str) -> dict:
     return manifest
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), or its type's name."""
     lines = str(e).strip().splitlines()
     return lines[0][:300] if lines else type(e).__name__
 
@@ -811,8 +388,6 @@ def _hex64(v) -> bool:
 def check_manifest(manifest: dict, mpath: str = MANIFEST) -> None:
     """Type and range of every manifest field the loader uses, except the DiT / VAE configs
     (``model_config_from_manifest``): one CheckpointError line naming the field and ``mpath``."""
-    from gvc_jax.models.configs import check_int, check_str
-
     def bad(msg):
         raise CheckpointError(f"{mpath}: {msg}")
 
@@ -850,8 +425,6 @@ def check_manifest(manifest: dict, mpath: str = MANIFEST) -> None:
 def check_encoder_config(name: str, d: dict) -> None:
     """Types and ranges of an encoder's config dict (``ENCODER_LIMITS``); ValueError naming the field.
     The encoder's own config class checks the rest when it is built."""
-    from gvc_jax.models.configs import check_int, check_real
-
     own = f"encoders.{name}.config"
     for field, (low, high) in ENCODER_LIMITS[name].items():
         if field in d:
@@ -880,7 +453,7 @@ def _build_config(cls, d, mpath: str, what: str):
     try:
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{mpath}: bad {what} config: {_first_line(e)}") from None
+        raise CheckpointError(f"{mpath}: bad {what} config: {first_line(e)}") from None
 
 
 def model_config_from_manifest(manifest: dict, mpath: str = MANIFEST) -> ModelConfig:
@@ -900,7 +473,7 @@ def _abstract(factory, mpath: str, what: str):
     try:
         return abstract_model(factory)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{mpath}: unsupported {what} config: {_first_line(e)}") \
+        raise CheckpointError(f"{mpath}: unsupported {what} config: {first_line(e)}") \
             from None
 
 
@@ -931,7 +504,7 @@ def _restore(ckpt_dir: str, abstract_params, device, what: str, sharding: Option
     and hold only regular files, and that the stored paths, shapes and dtypes match exactly.
     ``sharding(shape)``: where each tensor goes (each device reads only its part), default the one
     ``device``."""
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # heavy (tensorstore): imported only when a model is read
 
     ckpt_dir = os.path.abspath(ckpt_dir)  # orbax resolves relative paths against nothing useful
     flat = {path_str(p): v for p, v in abstract_params.flat_state()}
@@ -945,7 +518,7 @@ def _restore(ckpt_dir: str, abstract_params, device, what: str, sharding: Option
                 if not isinstance(tree, Mapping):
                     raise ValueError(f"no parameter tree (got {type(tree).__name__})")
             except Exception as e:  # orbax raises many types for unreadable directories
-                raise CheckpointError(f"{what}: cannot read checkpoint {d}: {_first_line(e)}") from None
+                raise CheckpointError(f"{what}: cannot read checkpoint {d}: {first_line(e)}") from None
             for k, v in tree.items():
                 if k in meta:
                     raise CheckpointError(f"{what}: parameter {k} is stored twice ({owner[k]}, {d})")
@@ -970,7 +543,7 @@ def _restore(ckpt_dir: str, abstract_params, device, what: str, sharding: Option
             try:
                 arrays.update(ckptr.restore(d, target))
             except Exception as e:
-                raise CheckpointError(f"{what}: cannot restore {d}: {_first_line(e)}") from None
+                raise CheckpointError(f"{what}: cannot restore {d}: {first_line(e)}") from None
     return nnx.State.from_flat_path({p: v.replace(arrays[path_str(p)]) for p, v in abstract_params.flat_state()})
 
 
@@ -1052,8 +625,6 @@ def _restore_encoder(path: str, name: str, entry: dict, factory, device, verify:
 
 def load_image_encoder(path: str, entry: dict, device=None, verify: bool = True) -> nnx.Module:
     """The CLIP vision tower of a model directory (``models.clip.CLIPVisionTower``); ``path`` may be relative."""
-    from gvc_jax.models.clip import CLIPVisionConfig, CLIPVisionTower
-
     path = os.path.abspath(os.fspath(path))
     cfg = _encoder_config(CLIPVisionConfig, entry, path, "image_encoder")
     return _restore_encoder(path, "image_encoder", entry, lambda: CLIPVisionTower(cfg, rngs=nnx.Rngs(0)), device,
@@ -1064,9 +635,6 @@ def load_text_encoder(path: str, entry: dict, device=None):
     """The umT5 encoder and tokenizer of a model directory: (``UMT5Encoder``, ``TextTokenizer``);
     ``path`` may be relative. ``tokenizer.json`` must be a regular file of at most
     ``MAX_TOKENIZER_BYTES``."""
-    from gvc_jax.models.tokenizer import TextTokenizer
-    from gvc_jax.models.umt5 import UMT5Config, UMT5Encoder
-
     path = os.path.abspath(os.fspath(path))
     cfg = _encoder_config(UMT5Config, entry, path, "text_encoder")
     tpath = os.path.join(path, "tokenizer.json")
@@ -1108,7 +676,7 @@ def read_context(path: str, dit_cfg: DiTConfig, want_sha256: Optional[str] = Non
             else:
                 raise ValueError(f".npy format version {version} (expected 1.0 or 2.0)")
         except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError...
-            raise CheckpointError(f"{what} {cpath} is not a valid .npy file: {_first_line(e)}") from None
+            raise CheckpointError(f"{what} {cpath} is not a valid .npy file: {first_line(e)}") from None
         offset = f.tell()
         if dtype.kind != "f" or dtype.itemsize != 4 or dtype.fields is not None or dtype.subdtype is not None:
             raise CheckpointError(f"{what} {cpath} holds {dtype}, expected float32")

@@ -3,15 +3,21 @@ embedded default model, or a randomly initialised preset (``preset:NAME``, for t
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import jax
 import numpy as np
 from flax import nnx
 
+from gvc_jax.models.attention import check_implementation
+from gvc_jax.models.checkpoint import abstract_model, dit_factory, fingerprint, load_model
 from gvc_jax.models.configs import ModelConfig, get_preset
+from gvc_jax.models.dit import WanDiT
+from gvc_jax.models.vae import WanVAE
 
 ASSET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "default_model")
 FALLBACK_PRESET = "tiny"
@@ -51,10 +57,6 @@ def _empty_context(config: ModelConfig, rows: Optional[np.ndarray] = None) -> np
 
 def init_preset(name: str, seed: int = 0) -> CodecModel:
     """A preset with deterministic random weights (no checkpoint): for tests and plumbing checks."""
-    from gvc_jax.models.checkpoint import fingerprint
-    from gvc_jax.models.dit import WanDiT
-    from gvc_jax.models.vae import WanVAE
-
     config = get_preset(name)
     dit = WanDiT(config.dit, rngs=nnx.Rngs(seed))
     vae = WanVAE(config.vae, rngs=nnx.Rngs(seed + 1))
@@ -66,8 +68,6 @@ def load_checkpoint(path: str, dit_sharding=None) -> CodecModel:
     """A converted model directory (relative or absolute: the model's ``path`` is absolute, so a
     later read of its text encoder does not depend on the working directory);
     ``dit_sharding(shape)``: read the DiT straight onto its shards."""
-    from gvc_jax.models.checkpoint import load_model
-
     loaded = load_model(path, dit_sharding=dit_sharding)
     return CodecModel(loaded.config.name, loaded.config, loaded.dit, loaded.vae, loaded.fingerprint,
                       _empty_context(loaded.config, loaded.context), loaded.path, loaded.image_encoder,
@@ -83,8 +83,6 @@ def compute_dtype(dtype: str = "auto", backend: Optional[str] = None) -> str:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype != "auto":
         return dtype
-    import jax
-
     return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
@@ -93,13 +91,6 @@ def with_execution(model: CodecModel, *, dtype: Optional[str] = None, attention:
     ``dtype`` (``auto``: see ``compute_dtype``; norms, modulation, RoPE and the head stay fp32) and
     attention implementation ``attention`` (``models.attention``). A new model; ``model`` is
     untouched. Encoder and decoder must use the same settings to reproduce each other exactly."""
-    import dataclasses
-
-    import jax
-
-    from gvc_jax.models.attention import check_implementation
-    from gvc_jax.models.checkpoint import abstract_model, dit_factory
-
     cfg = model.config.dit
     changes: dict[str, Any] = {}
     if dtype is not None:

@@ -34,6 +34,9 @@ import tempfile
 
 import numpy as np
 
+from gvc_jax.models.checkpoint import load_text_encoder
+from gvc_jax.models.umt5 import text_context
+
 CACHE_ENV = "GVC_JAX_CACHE"
 ENTRY_SUFFIX = ".emb"
 MAGIC = b"GVCTEXT1"
@@ -70,8 +73,6 @@ def _check_encoder(model) -> None:
 def _encoder(model):
     _check_encoder(model)
     if model.path not in _LOADED:
-        from gvc_jax.models.checkpoint import load_text_encoder
-
         _LOADED[model.path] = load_text_encoder(model.path, model.text_encoder)
     return _LOADED[model.path]
 
@@ -210,8 +211,6 @@ def prompt_context(model, prompt: str) -> np.ndarray:
         print(f"warning: prompt cache entry {path} {bad}; {then}", file=sys.stderr)
     if rows is not None:
         return rows
-    from gvc_jax.models.umt5 import text_context
-
     encoder, tokenizer = _encoder(model)
     rows = np.asarray(text_context(encoder, tokenizer, prompt), np.float32)
     if rows.shape != shape:
