@@ -1,4 +1,6 @@
 """Giving freed heap memory back to the operating system."""
+import ctypes
+import ctypes.util
 
 
 def release_freed_memory() -> None:
@@ -9,9 +11,6 @@ def release_freed_memory() -> None:
     peak memory would grow with the video's length. Elsewhere this is a no-op.
     """
     if _LIBC[0] is None:
-        import ctypes
-        import ctypes.util
-
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _LIBC[0] = lib.malloc_trim if hasattr(lib, "malloc_trim") else False

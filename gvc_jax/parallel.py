@@ -21,6 +21,7 @@ from typing import Any, Callable, Hashable, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -175,16 +176,12 @@ class GopMesh:
     def barrier(self, name: str) -> None:
         """Wait until every process reaches ``name`` (with one process: nothing to wait for)."""
         if self.distributed:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(name)
 
     @staticmethod
     def share(values: list, wanted: Sequence[bool], shape: Sequence[int], dtype=np.uint8) -> list:
         """Several processes: each holds the arrays (``shape``, ``dtype``) of its own GOPs of a chunk
         (the others: None); -> the ``wanted`` ones on every process too (``process_allgather``)."""
-        from jax.experimental import multihost_utils
-
         idx = [i for i, w in enumerate(wanted) if w]
         if not idx:
             return list(values)
@@ -203,6 +200,27 @@ class GopMesh:
                     f"GOP position {i} of the chunk was decoded by {len(owners)} processes, expected one")
             out[i] = every[owners[0], j]
         return out
+
+    @classmethod
+    def share_bytes(cls, values: Sequence[bytes]) -> List[bytes]:
+        """Several processes: each holds the byte strings of its own items (the others: ``b""``); ->
+        every item on every process (``share`` of the lengths, then of the zero-padded bytes)."""
+        owned = [None if not v else v for v in values]
+        lengths = cls.share([None if v is None else np.int64(len(v)) for v in owned], [True] * len(owned), (),
+                            np.int64)
+        width = max([1] + [int(n) for n in lengths])
+        padded = [None if v is None else np.pad(np.frombuffer(v, np.uint8), (0, width - len(v))) for v in owned]
+        data = cls.share(padded, [True] * len(owned), (width,))
+        return [bytes(d[:int(n)]) for d, n in zip(data, lengths, strict=True)]
+
+    def agree(self, flags: np.ndarray) -> np.ndarray:
+        """Several processes: the element-wise AND of every process's boolean ``flags`` (what all of
+        them hold); one process: ``flags``."""
+        flags = np.asarray(flags, np.bool_)
+        if not self.distributed:
+            return flags
+        every = np.asarray(multihost_utils.process_allgather(flags)).reshape((-1,) + flags.shape)
+        return np.asarray(every.all(axis=0))
 
     @staticmethod
     def _local_part(out, g: int):
