@@ -4,33 +4,35 @@
     python -m experiments.device_check --tiny --out /tmp/dc             # the same sections, tiny model, CPU
 
 Writes ``DIR/device_check.json`` (after every section, so a run cut short keeps what it measured) and
-``DIR/device_check.md``. Sections, each fail-soft (an exception is recorded in the JSON and the table and
-the next section runs):
+``DIR/device_check.md``. Sections, in this order, each fail-soft (an exception is recorded in the JSON
+and the table, with whatever the section measured before it, and the next section runs):
 
 - ``compile_cache`` (first, before this process touches the device): the GOP trajectory compiled
   (abstract weights, ``bench_gop --abstract``) in a cold process with an empty persistent compilation
   cache (a fresh temp dir), then in a second process with the same cache: lower / compile seconds of
-  each, and whether the second one was served from the cache (from JAX's cache-miss log; a program
-  with a host callback, such as the trajectory's progress ``jax.debug.callback``, is never written);
+  each, and whether the second one was served from the cache (JAX's own cache-miss log). A program
+  with a host callback (the trajectory's progress ``jax.debug.callback``) is never written to the
+  cache; when the cold process says so, the warm one is not run and the reason is recorded;
 - ``environment``: JAX, backend, device kind, the chip's peak dense FLOP/s (``bench_gop.PEAK_TFLOPS``);
 - ``codebook_hashes``: the golden atom hashes of ``tests/test_codebooks.py`` (its ``GOLDEN`` values,
   same recipe) computed on the device and on the host CPU;
-- ``attention``: cuDNN attention (``models.attention``, ``cudnn``) against the ``chunked`` reference path
-  on the model's real attention shape (1.3B / 720p: 32,400 tokens, 12 heads x 128, bf16): median
-  seconds and the max abs difference. Off an NVIDIA GPU the cuDNN part is recorded as unavailable;
-- ``stream_decode``: ``tests/data/golden_t2v.gvc`` (written on the 2-core CPU, default model) decoded
-  here: each GOP's drift flag (final-latent hash) and the max pixel difference to the shipped frames;
-- ``dit_flops``: ``experiments/dit_flops.py`` in a CPU subprocess started first (it runs alongside):
-  per-call FLOPs from XLA's cost analysis and the DiT calls of each schedule;
+- ``dit_flops``: ``experiments/dit_flops.py``, run in a CPU subprocess started first (alongside the
+  device work): per-call FLOPs from XLA's cost analysis and the DiT calls of each schedule;
 - ``gop_plain``, ``gop_x0_cache``, ``gop_turbo``: ``bench_gop.real_run`` with random weights (built once):
   encode and decode seconds per GOP (median of ``--runs``), trajectory seconds, compile time, peak
   memory (the device's ``peak_bytes_in_use`` of the process so far; max RSS on CPU), MFU = DiT FLOPs of
   the schedule / trajectory seconds / peak. ``gop_turbo`` runs once an options preset named ``turbo``
-  exists (``gvc_jax.api.PRESETS``); until then it records that it is not available.
+  exists (``gvc_jax.api.PRESETS``); until then it records that it is not available;
+- ``attention``: cuDNN attention (``models.attention``, ``cudnn``) against the ``chunked`` reference path
+  on the model's real attention shape (1.3B / 720p: 32,400 tokens, 12 heads x 128, bf16): median
+  seconds and the max abs difference. Off an NVIDIA GPU the cuDNN part is recorded as unavailable;
+- ``stream_decode``: ``tests/data/golden_t2v.gvc`` (written on the 2-core CPU, default model) decoded
+  here: each GOP's drift flag (final-latent hash) and the max pixel difference to the shipped frames.
 
-The main process uses its own empty persistent cache, so the GOP rows' compile times are cold.
-``--tiny``: preset ``tiny``, 64x48, 5 frames, 4 steps, K = 256, M = 8 (a CPU runs it in well under a
-minute; ``tests/test_device_check.py``).
+The main process uses its own empty persistent cache, so the GOP rows' compile times are cold. A
+section that would start after ``--deadline-s`` (default 420 s) is recorded as skipped, so that the
+whole check stays within 8 minutes. ``--tiny``: preset ``tiny``, 64x48, 5 frames, 4 steps, K = 256,
+M = 8, so that a CPU runs it in about a minute (``tests/test_device_check.py``).
 """
 from __future__ import annotations
 
@@ -59,8 +61,8 @@ FULL: Dict[str, Any] = dict(model="preset:wan2.1-t2v-1.3b", size=(1280, 720), lo
                             attn_tokens=None)  # attn_tokens None: the GOP's DiT tokens
 TINY: Dict[str, Any] = dict(model="preset:tiny", size=(64, 48), low=(48, 32), gop_frames=5, steps=4, tail=1,
                             M=8, K=256, dtype="bfloat16", attn_tokens=1024)
-SECTIONS = ("compile_cache", "environment", "codebook_hashes", "attention", "stream_decode", "dit_flops",
-            "gop_plain", "gop_x0_cache", "gop_turbo")
+SECTIONS = ("compile_cache", "environment", "codebook_hashes", "dit_flops", "gop_plain", "gop_x0_cache",
+            "gop_turbo", "attention", "stream_decode")
 
 
 class NotAvailable(RuntimeError):
@@ -190,6 +192,10 @@ def section_compile_cache(cfg: dict, work: str) -> Callable[[dict], dict]:
                 "--abstract", "--no-flops"]
         env = {**_subprocess_env(cache), "JAX_EXPLAIN_CACHE_MISSES": "1"}
         for run_name in ("cold", "warm"):
+            unwritten = [n for n in partial.get("cold", {}).get("trajectory_cache_log", []) if "Not writing" in n]
+            if run_name == "warm" and unwritten:  # a second process can only compile it again: not timed
+                partial["warm"] = {"skipped": f"the cold process wrote no trajectory entry: {unwritten[0]}"}
+                break
             out = os.path.join(work, f"compile_{run_name}.json")
             err = os.path.join(work, f"compile_{run_name}.log")
             t0 = time.perf_counter()
@@ -210,12 +216,16 @@ def section_compile_cache(cfg: dict, work: str) -> Callable[[dict], dict]:
                                  "trajectory_cache_log": notes}
         partial["what"] = ("the GOP trajectory (abstract weights) compiled in a fresh process with an empty "
                            "persistent cache (cold), then in a second process with that cache (warm)")
-        warm_log = " ".join(partial["warm"]["trajectory_cache_log"])
+        warm = partial["warm"]
+        if "skipped" in warm:
+            partial["warm_hit"] = False
+            partial["warm_miss_reason"] = warm["skipped"]
+            return {}
+        warm_log = " ".join(warm["trajectory_cache_log"])
         partial["warm_hit"] = bool(partial["cold"]["trajectory_cache_entries"]) and "MISS" not in warm_log
         if not partial["warm_hit"]:
-            why = [n for n in partial["cold"]["trajectory_cache_log"] if "Not writing" in n]
-            partial["warm_miss_reason"] = why[0] if why else (warm_log or "no trajectory entry in the cache")
-        partial["compile_speedup"] = partial["cold"]["compile_s"] / max(partial["warm"]["compile_s"], 1e-9)
+            partial["warm_miss_reason"] = warm_log or "no trajectory entry in the cache"
+        partial["compile_speedup"] = partial["cold"]["compile_s"] / max(warm["compile_s"], 1e-9)
         return {}
     return run
 
@@ -498,8 +508,11 @@ def markdown(report: Report) -> str:
 
     def compile_text(e):
         c, w = e["cold"], e["warm"]
-        return (f"trajectory compile cold {c['compile_s']:.2f} s (lower {c['lower_s']:.2f} s, process "
-                f"{c['process_s']:.1f} s), warm {w['compile_s']:.2f} s (lower {w['lower_s']:.2f} s, process "
+        text = (f"trajectory compile cold {c['compile_s']:.2f} s (lower {c['lower_s']:.2f} s, "
+                f"process {c['process_s']:.1f} s)")
+        if "skipped" in w:
+            return text + f"; warm not run: {w['skipped']}"
+        return (text + f", warm {w['compile_s']:.2f} s (lower {w['lower_s']:.2f} s, process "
                 f"{w['process_s']:.1f} s); persistent-cache hit: {e['warm_hit']}"
                 + (f" ({e['warm_miss_reason']})" if not e["warm_hit"] else ""))
 
@@ -541,6 +554,12 @@ def markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _skipped(why: str) -> Callable[[dict], dict]:
+    def run(partial: dict) -> dict:
+        raise NotAvailable(why)
+    return run
+
+
 def report_elapsed(report: Report) -> float:
     return time.perf_counter() - report.t0
 
@@ -552,6 +571,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output directory (device_check.json, device_check.md)")
     p.add_argument("--tiny", action="store_true", help="tiny preset, small frames, few steps (CPU, tests)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per GOP row (default 1; tiny 1)")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="sections that would start after this many seconds are recorded as skipped "
+                        "(default 420 for the full check, none with --tiny)")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all)")
     args = p.parse_args(argv)
@@ -591,8 +613,13 @@ def main(argv=None) -> int:
         "gop_turbo": section_gop("turbo", cfg, runs, state, report),
     }
     try:
+        deadline = args.deadline_s if args.deadline_s is not None else (None if args.tiny else 420.0)
         for name in SECTIONS:
-            if name in chosen:
+            if name not in chosen:
+                continue
+            if deadline is not None and report_elapsed(report) > deadline:
+                report.run(name, _skipped(f"skipped: past the time budget (--deadline-s {deadline:.0f})"))
+            else:
                 report.run(name, plan[name])
     finally:
         if flops_proc is not None and flops_proc.poll() is None:

@@ -155,9 +155,12 @@ def test_tiny_run_checks(tiny_run):
     data, _, _ = tiny_run
     s = data["sections"]
     c = s["compile_cache"]
-    for run in ("cold", "warm"):
-        assert _number(c[run]["compile_s"]) and c[run]["compile_s"] > 0 and _number(c[run]["lower_s"])
+    assert _number(c["cold"]["compile_s"]) and c["cold"]["compile_s"] > 0 and _number(c["cold"]["lower_s"])
     assert isinstance(c["warm_hit"], bool) and (c["warm_hit"] or c["warm_miss_reason"])
+    if "skipped" in c["warm"]:  # JAX said it did not write the trajectory (a host callback): nothing to time
+        assert not c["warm_hit"] and "Not writing" in c["warm"]["skipped"] and "jit__trajectory" in c["warm"]["skipped"]
+    else:
+        assert _number(c["warm"]["compile_s"]) and c["warm"]["compile_s"] > 0
     hashes = s["codebook_hashes"]
     assert set(hashes["kinds"]) == set(device_check.golden_hash_values()) == {"hadamard", "gaussian", "rademacher"}
     assert hashes["all_match"] is True  # on a CPU: the device is the CPU
