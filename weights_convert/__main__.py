@@ -13,6 +13,7 @@ import gvc_jax  # noqa: F401  (XLA flags before jax is imported)
 from gvc_jax.models.checkpoint import CheckpointError
 from gvc_jax.models.configs import PRESETS
 from weights_convert.convert import convert_diffusers, convert_original
+from weights_convert.hub import fetch_release  # (huggingface_hub itself is imported only for an hf: source)
 from weights_convert.release import convert_release
 
 EPILOG = """examples:
@@ -98,8 +99,6 @@ def run(args) -> dict:
         log = None if args.quiet else (lambda msg: print(f"converting {msg} ...", file=sys.stderr))
         src, name = args.src, args.name
         if src.startswith("hf:"):  # a release on the Hub: fetched (or found in the cache) first
-            from weights_convert.hub import fetch_release
-
             fetch_log = None if args.quiet else (lambda msg: print(f"fetching {msg} ...", file=sys.stderr))
             src, repo_name = fetch_release(src, quiet=args.quiet, log=fetch_log)
             name = name or repo_name
