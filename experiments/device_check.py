@@ -481,7 +481,7 @@ def markdown(report: Report) -> str:
     meta = report.meta
     env = sec.get("environment", {})
     lines = [f"# device_check: {env.get('device_kind', '?')} ({env.get('backend', '?')}), "
-             f"{'tiny' if meta['tiny'] else 'Wan2.1 1.3B / 720p'}", "",
+             f"{'--tiny' if meta['tiny'] else 'full check'}", "",
              f"{meta['model']} at {meta['size']}, {meta['gop_frames']} frames, T = {meta['steps']}, tail "
              f"{meta['tail']}, M = {meta['M']}, K = {meta['K']}, {meta['dtype']}, random weights; "
              f"runs per row: {meta['runs']}; JAX {env.get('jax', '?')}; git {str(env.get('git_commit'))[:10]}; "
@@ -576,8 +576,24 @@ def main(argv=None) -> int:
                         "(default 420 for the full check, none with --tiny)")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all)")
+    from gvc_jax.cli import parse_size
+
+    g = p.add_argument_group("overrides of the mode's settings (e.g. a smaller shape on a smaller chip)")
+    g.add_argument("--model", help="preset:NAME (random weights)")
+    g.add_argument("--size", type=parse_size, metavar="WxH")
+    g.add_argument("--low", type=parse_size, metavar="WxH", help="turbo's lower stage (FLOP count)")
+    g.add_argument("--gop-frames", type=int)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--tail", type=int)
+    g.add_argument("-M", "--atoms", dest="M", type=int)
+    g.add_argument("-K", "--codebook-size", dest="K", type=int)
+    g.add_argument("--dtype", choices=("float32", "bfloat16"))
     args = p.parse_args(argv)
     cfg: Dict[str, Any] = dict(TINY if args.tiny else FULL)
+    cfg.update({k: getattr(args, k) for k in ("model", "size", "low", "gop_frames", "steps", "tail", "M", "K", "dtype")
+                if getattr(args, k) is not None})
+    if args.model is not None and not args.model.startswith("preset:"):
+        p.error("--model must be preset:NAME (the GOP rows use random weights)")
     runs = args.runs or 1
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(chosen) - set(SECTIONS)

@@ -139,6 +139,9 @@ def gop_flops(model: str = DEFAULT_MODEL, size: Tuple[int, int] = (1280, 720), l
     x0 = x0_cache_calls("alternate", steps)
     rows["x0-cache"] = {"calls": len(x0), "calls_low": 0, "call_steps": x0,
                         "source": "the codec's --x0-cache alternate (schedule.x0_cache_schedule)"}
+    if low is not None and steps - tail < 2:
+        out["turbo_note"] = f"no turbo row: a switch needs at least 2 stochastic steps (T - tail = {steps - tail})"
+        low = None
     if low is not None:
         low_shape = latent_shape(cfg, *low, gop_frames)
         say(f"cost analysis of one DiT call at {low[0]}x{low[1]} (latent {low_shape})")
@@ -146,7 +149,7 @@ def gop_flops(model: str = DEFAULT_MODEL, size: Tuple[int, int] = (1280, 720), l
         out["per_call_flops"][f"{low[0]}x{low[1]}"] = per_call["low"]
         out["analytic_matmul_flops"][f"{low[0]}x{low[1]}"] = analytic_matmul_flops(cfg.dit, low_shape)
         out["low_tokens"] = tokens(cfg.dit, low_shape)
-        tau = switch if switch is not None else max(1, round(TURBO_SWITCH_720P * steps / 20))
+        tau = switch if switch is not None else min(max(1, round(TURBO_SWITCH_720P * steps / 20)), steps - tail - 1)
         calls = mr_refresh_calls(steps, tail, (tau,), TURBO_PERIOD, warmup=True)
         rows["turbo"] = {"calls": len(calls), "calls_low": sum(1 for _, s in calls if s == 0),
                          "call_steps": [i for i, _ in calls], "switch_step": tau, "low_size": f"{low[0]}x{low[1]}",

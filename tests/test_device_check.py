@@ -68,6 +68,8 @@ def test_gop_flops_combines_calls_and_sizes():
     assert turbo["ratio_to_plain"] == pytest.approx(turbo["gop_flops"] / (6 * full))
     assert "computed from the TURBO.md" in turbo["source"]
     assert "| turbo |" in dit_flops.markdown(r)
+    short = dit_flops.gop_flops("preset:tiny", (64, 48), (48, 32), gop_frames=5, steps=2, tail=1, dtype="float32")
+    assert "turbo" not in short["schedules"] and "2 stochastic steps" in short["turbo_note"]  # no room for a switch
 
 
 # ----------------------------------------------------------------------------- device_check
