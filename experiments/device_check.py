@@ -2,6 +2,8 @@
 
     python -m experiments.device_check --out results/device_h100       # Wan2.1 1.3B / 720p, bf16, on a GPU
     python -m experiments.device_check --tiny --out /tmp/dc             # the same sections, tiny model, CPU
+    python -m experiments.device_check --out DIR --size 832x480 --sections gop_plain,gop_x0_cache
+                                        # any setting of the mode overridden; a subset of the sections
 
 Writes ``DIR/device_check.json`` (after every section, so a run cut short keeps what it measured) and
 ``DIR/device_check.md``. Sections, in this order, each fail-soft (an exception is recorded in the JSON
