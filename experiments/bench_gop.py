@@ -104,7 +104,7 @@ def compile_trajectory(traj, args_):
     from gvc_jax.codec.sampling.trajectory import _trajectory_jit
 
     t0 = time.perf_counter()
-    lowered = _trajectory_jit.lower(*traj._fn.args, *args_)
+    lowered = _trajectory_jit.lower(*traj._fns[False].args, *args_)  # the program without progress callbacks
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -184,10 +184,10 @@ def real_run(args, model_cfg, sampler, latent_shape, model=None):
     compiled, info = compile_trajectory(traj, trajectory_args(traj, engine.dit_params, cond, target0,
                                                               jnp.asarray(True), empty, atoms))
     t0 = time.perf_counter()
-    jax.block_until_ready(engine.target_latent(frames))  # VAE encode: compile + first run
+    jax.block_until_ready(engine.target_latents([frames])[0])  # VAE encode: compile + first run
     vae_enc_first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    jax.block_until_ready(engine.frames(target0))
+    jax.block_until_ready(engine.frames_many([target0])[0])
     vae_dec_first = time.perf_counter() - t0
 
     def timed(fn):
@@ -197,7 +197,7 @@ def real_run(args, model_cfg, sampler, latent_shape, model=None):
 
     parts = {"vae_encode": [], "encode_trajectory": [], "decode_trajectory": [], "vae_decode": []}
     for _ in range(args.runs):
-        dt, target = timed(lambda: engine.target_latent(frames))
+        dt, target = timed(lambda: engine.target_latents([frames])[0])
         parts["vae_encode"].append(dt)
         dt, (x_enc, picks) = timed(lambda: compiled(*trajectory_args(traj, engine.dit_params, cond, target,
                                                                      jnp.asarray(True), empty, atoms)[:-1],
@@ -208,7 +208,7 @@ def real_run(args, model_cfg, sampler, latent_shape, model=None):
         parts["decode_trajectory"].append(dt)
         if not bool(jnp.array_equal(x_enc, x_dec)):
             raise SystemExit("decode trajectory differs from encode: the benchmark is broken")
-        dt, _ = timed(lambda: engine.frames(x_dec))
+        dt, _ = timed(lambda: engine.frames_many([x_dec])[0])
         parts["vae_decode"].append(dt)
     med = {k: statistics.median(v) for k, v in parts.items()}
     forwards = sampler.steps - len(sampler.x0_cache)

@@ -15,15 +15,30 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from gvc_jax.codec.gop.plan import check_gop_frames
+from gvc_jax import compile_cache, pixels
+from gvc_jax.codec.format.bitstream import MAX_GOP_FRAMES, read_file
+from gvc_jax.codec.gop.journal import input_identity
+from gvc_jax.codec.gop.plan import ArrayReader, check_gop_frames
+from gvc_jax.codec.gop.rate import RateTarget, atoms_pattern
+from gvc_jax.codec.gop.variants import get_variant
+from gvc_jax.codec.payloads import anchors, residual
 from gvc_jax.codec.sampling import schedule
+from gvc_jax.codec.session import SIZE_MULTIPLE, EncodeJob, decode_video, encode_streams
+from gvc_jax.io.video_reader import VideoReader
+from gvc_jax.models.registry import resolve_model, with_execution
+from gvc_jax.parallel import GopMesh, check_devices, init_distributed
+from gvc_jax.pixels import pad_to_multiple
+
+__all__ = ["CodecOptions", "CodingSetup", "PRESETS", "decode", "encode", "encode_full", "get_model",
+           "init_distributed"]
 
 DEFAULT_GOP_FRAMES = 33
 
@@ -73,7 +88,6 @@ class CodecOptions:
                     a tuple; carried in the header, so the decoder skips the same steps
     gop_frames:     frames per GOP, 4k+1 (None: 33, or the smallest 4k+1 that holds a shorter clip)
     """
-
     variant: str = _option("t2v", "--variant", VARIANTS_GROUP,
                            help="t2v: no anchors, lowest rate; flf2v: coded boundary frames shared by "
                                 "neighbouring GOPs; i2v: coded first frame, a chain on decoded last frames, tail "
@@ -116,19 +130,12 @@ class CodecOptions:
                                         help="frames per GOP, 4k+1 (default 33, or fewer for a shorter clip)")
 
     def __post_init__(self):
-        from gvc_jax.codec.format.bitstream import MAX_GOP_FRAMES
-        from gvc_jax.codec.gop.variants import get_variant
-
         get_variant(self.variant)
         if self.anchor_codec is not None or self.anchor_quality is not None:
-            from gvc_jax.codec.payloads import anchors
-
             anchors.check_anchor_codec(self.anchor_codec or anchors.DEFAULT_ANCHOR_CODEC,
                                        anchors.DEFAULT_ANCHOR_QUALITY if self.anchor_quality is None
                                        else self.anchor_quality)
         if self.residual_step is not None and self.residual_step != 0:
-            from gvc_jax.codec.payloads import residual
-
             residual.check_step(self.residual_step)
         if self.target_bpp is not None and not (isinstance(self.target_bpp, (int, float))
                                                 and math.isfinite(self.target_bpp) and 0 < self.target_bpp <= 24):
@@ -143,12 +150,8 @@ class CodecOptions:
 
     def variant_object(self):
         """The ``codec.gop.variants.Variant`` with this run's encoder settings."""
-        from gvc_jax.codec.gop.variants import get_variant
-
         step = self.residual_step
         if self.variant == "i2v":
-            from gvc_jax.codec.payloads import residual
-
             step = residual.DEFAULT_STEP if step is None else (step or None)
         else:
             step = None
@@ -196,6 +199,68 @@ class CodecOptions:
             codebook=self.codebook, seed=self.seed, x0_cache=schedule.x0_cache_schedule(self.x0_cache, self.steps))
 
 
+    def resolve(self, model, readers: Sequence, reopen: Optional[Callable[[int], Any]] = None) -> "CodingSetup":
+        """The one place options meet an input and a model: -> the variant, the GOP length, the
+        sampler and each video's rate target. ``readers``: the videos of one run (one coded size;
+        the GOP length fits the longest); ``reopen(i)``: a fresh reader of video ``i`` (a context
+        manager), needed with ``target_bpp`` (its anchors are coded once ahead to measure them)."""
+        stride = model.config.vae.temporal_stride
+        gop = self.gop_frames_for(max(r.num_frames for r in readers), stride)
+        sampler = self.sampler(readers[0].height, readers[0].width, gop, stride)
+        variant = self.variant_object()
+        targets: list = [None] * len(readers)
+        if self.target_bpp is not None:
+            if reopen is None:
+                raise ValueError("target_bpp needs to read the video twice (give resolve a reopen function)")
+            for i in range(len(readers)):
+                with reopen(i) as again:
+                    targets[i] = self._rate_target(variant, model, again, gop, len(sampler.atoms_per_frame))
+        return CodingSetup(self, variant, gop, sampler, tuple(targets))
+
+    def _rate_target(self, variant, model, reader, gop_frames: int, latent_frames: int) -> RateTarget:
+        """The byte budget of ``target_bpp`` for ``reader``'s video, the lengths of its anchor payloads
+        (coded now, from one read: the encoder codes the same bytes again) and the M / M_tail pattern."""
+        assert self.target_bpp is not None
+        plan = variant.plan(reader.num_frames, gop_frames, model.config.vae.temporal_stride)
+        needed = {f for span in plan.spans for f in variant.coded_anchors(span)}
+        images: dict = {}
+        done = 0
+        while needed - set(images) and done < reader.num_frames:
+            chunk = reader.read(min(64, reader.num_frames - done))
+            for i, frame in enumerate(chunk):
+                if done + i in needed:
+                    images[done + i] = pad_to_multiple(frame[None], SIZE_MULTIPLE)[0]
+            done += len(chunk)
+        lengths: list = []
+        for span in plan.spans:
+            if not images:  # a variant without anchors: no side payloads
+                lengths.append(())
+                continue
+            frames = np.zeros((span.length, *next(iter(images.values())).shape), np.uint8)
+            for f in variant.coded_anchors(span):
+                frames[f - span.start] = images[f]
+            lengths.append(tuple(len(d) for _, d in variant.make_anchors(span, frames)))
+        ratio = 1.0 if self.tail_atoms is None else self.tail_atoms / self.atoms
+        tail = self.tail_frames if self.tail_atoms is not None else 0
+        budget = int(self.target_bpp * reader.num_frames * reader.width * reader.height / 8)
+        return RateTarget(budget, tuple(lengths), atoms_pattern(latent_frames, tail, ratio))
+
+
+@dataclass(frozen=True)
+class CodingSetup:
+    """What ``CodecOptions.resolve`` made of the options for an input and a model."""
+    options: CodecOptions
+    variant: Any                 # codec.gop.variants.Variant, with the encoder's settings
+    gop_frames: int
+    sampler: schedule.SamplerConfig
+    targets: tuple               # per video: a rate.RateTarget, or None
+
+    def encode(self, jobs: Sequence[EncodeJob], model, *, progress=None, devices=None, prompt: str = "") -> list:
+        """``session.encode_streams`` of ``jobs`` with these settings -> one ``CodecResult`` each."""
+        return encode_streams(jobs, model, self.sampler, variant=self.variant, gop_frames=self.gop_frames,
+                              progress=progress, devices=devices, prompt=prompt)
+
+
 PRESETS = {
     "default": CodecOptions(),
     "low-rate": CodecOptions(atoms=16),       # about a quarter of the default's bits
@@ -220,8 +285,6 @@ def _options(options: Union[None, str, CodecOptions], overrides: dict) -> CodecO
 
 @functools.lru_cache(maxsize=4)
 def _load_named(spec: Optional[str], dit_sharding=None):
-    from gvc_jax.models.registry import resolve_model
-
     return resolve_model(spec, quiet=True, dit_sharding=dit_sharding)
 
 
@@ -229,85 +292,59 @@ def get_model(model=None, *, dtype: Optional[str] = None, attention: Optional[st
     """``None`` / a directory / ``"preset:NAME"`` (loaded once per process) or a ``CodecModel``;
     ``dtype`` / ``attention`` set how its DiT runs (``registry.with_execution``; None: as stored).
     ``mesh`` (a ``parallel.GopMesh`` with weight shards): a model directory's DiT is read straight
-    onto its shards (with several processes, each reads the parts on its own devices)."""
+    onto its shards (with several processes, each reads the parts on its own devices). Turns on
+    the persistent compilation cache first (``compile_cache.ensure``)."""
+    compile_cache.ensure()
     if model is None or isinstance(model, (str, os.PathLike)):
         sharding = mesh.weight_sharding if mesh is not None and mesh.weight_shards > 1 else None
         model = _load_named(None if model is None else os.fspath(model), sharding)
     if dtype is None and attention is None:
         return model
-    from gvc_jax.models.registry import with_execution
 
     return with_execution(model, dtype=dtype, attention=attention)
 
 
 def encode(video_or_path, model=None, options: Union[None, str, CodecOptions] = None, *, fps: Optional[float] = None,
-           start: int = 0, max_frames: Optional[int] = None, resize=None, progress=None, devices: Optional[int] = None,
-           prompt: str = "", **overrides) -> bytes:
+           start: int = 0, max_frames: Optional[int] = None, resize=None, progress=None, devices=None,
+           weight_shards: int = 1, resume: Optional[str] = None, prompt: str = "", **overrides) -> bytes:
     """Encode a video (a path, or uint8 frames [F, H, W, 3]) -> ``.gvc`` stream bytes.
 
     ``options`` / keyword overrides: see ``CodecOptions``. ``start``, ``max_frames``, ``resize``
     (W, H) select the input. ``fps`` is stored for arrays (default 16; files keep theirs).
-    ``devices``: code GOPs side by side on that many local devices (default: all; same bytes).
+    ``devices``: code GOPs side by side on that many local devices (default: all; same bytes), or
+    a ``parallel.GopMesh``; ``weight_shards``: split the DiT's weights over that many of them.
+    ``resume``: the path the stream will be written to; a journal ``RESUME.resume`` keeps every
+    finished GOP, and a rerun with the same arguments codes only the others (remove the journal
+    with ``result.journal.remove()`` from ``encode_full`` once the stream is written).
     ``prompt``: a text prompt (stored in the stream; needs a model with a text encoder).
+    Several hosts: call ``init_distributed`` first in every process (same arguments everywhere).
     """
     return encode_full(video_or_path, model, options, fps=fps, start=start, max_frames=max_frames, resize=resize,
-                       progress=progress, devices=devices, prompt=prompt, **overrides).stream
+                       progress=progress, devices=devices, weight_shards=weight_shards, resume=resume,
+                       prompt=prompt, **overrides).stream
 
 
 def encode_full(video_or_path, model=None, options=None, *, fps=None, start=0, max_frames=None, resize=None,
-                progress=None, sink=None, devices=None, prompt: str = "", **overrides):
-    """As ``encode``, returning the full ``CodecResult`` (stream, header, per-GOP reports);
-    ``sink(frames)`` receives the reconstruction GOP by GOP."""
-    from gvc_jax.codec.session import encode_stream
-    from gvc_jax.parallel import check_devices
-
+                progress=None, sink=None, devices=None, weight_shards: int = 1, resume: Optional[str] = None,
+                prompt: str = "", **overrides):
+    """As ``encode``, returning the full ``CodecResult`` (stream, header, per-GOP reports, the open
+    resume journal); ``sink(frames)`` receives the reconstruction GOP by GOP."""
     opts = _options(options, overrides)
-    check_devices(devices)
-    model = get_model(model)
-    with _open_input(video_or_path, fps=fps, start=start, max_frames=max_frames, resize=resize) as reader:
-        gop = opts.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
-        sampler = opts.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
-        variant = opts.variant_object()
-        target = {}
-        if opts.target_bpp is not None:
-            with _open_input(video_or_path, fps=fps, start=start, max_frames=max_frames, resize=resize) as again:
-                target = rate_target(opts, variant, model, again, gop, len(sampler.atoms_per_frame))
-        return encode_stream(reader, model, sampler, variant=variant, gop_frames=gop, sink=sink,
-                             progress=progress, devices=devices, prompt=prompt, **target)
+    mesh = devices if isinstance(devices, GopMesh) else GopMesh(devices, weight_shards)
+    model = get_model(model, mesh=mesh)
+    select = dict(fps=fps, start=start, max_frames=max_frames, resize=resize)
+    with _open_input(video_or_path, **select) as reader:
+        setup = opts.resolve(model, [reader], lambda _: _open_input(video_or_path, **select))
+        identity = (_identity(video_or_path), start, max_frames, resize) if resume is not None else ()
+        job = EncodeJob(reader, sink, target=setup.targets[0], resume=resume, resume_identity=identity)
+        return setup.encode([job], model, progress=progress, devices=mesh, prompt=prompt)[0]
 
 
-def rate_target(opts: CodecOptions, variant, model, reader, gop_frames: int, latent_frames: int) -> dict:
-    """``encode_stream`` arguments that aim at ``opts.target_bpp``: the byte budget, the lengths of
-    the anchor payloads (coded now, from one read of ``reader``: the encoder codes the same bytes
-    again) and the M / M_tail pattern."""
-    from gvc_jax.codec.gop.rate import atoms_pattern
-    from gvc_jax.codec.session import SIZE_MULTIPLE
-    from gvc_jax.pixels import pad_to_multiple
-
-    plan = variant.plan(reader.num_frames, gop_frames, model.config.vae.temporal_stride)
-    needed = {f for span in plan.spans for f in variant.coded_anchors(span)}
-    images: dict = {}
-    done = 0
-    while needed - set(images) and done < reader.num_frames:
-        chunk = reader.read(min(64, reader.num_frames - done))
-        for i, frame in enumerate(chunk):
-            if done + i in needed:
-                images[done + i] = pad_to_multiple(frame[None], SIZE_MULTIPLE)[0]
-        done += len(chunk)
-    lengths: list = []
-    for span in plan.spans:
-        if not images:  # a variant without anchors: no side payloads
-            lengths.append([])
-            continue
-        frames = np.zeros((span.length, *next(iter(images.values())).shape), np.uint8)
-        for f in variant.coded_anchors(span):
-            frames[f - span.start] = images[f]
-        lengths.append([len(d) for _, d in variant.make_anchors(span, frames)])
-    ratio = 1.0 if opts.tail_atoms is None else opts.tail_atoms / opts.atoms
-    tail = opts.tail_frames if opts.tail_atoms is not None else 0
-    budget = int(opts.target_bpp * reader.num_frames * reader.width * reader.height / 8)
-    return {"target_bytes": budget, "side_lengths": lengths,
-            "atoms_pattern": atoms_pattern(latent_frames, tail, ratio)}
+def _identity(video_or_path) -> tuple:
+    """What a resume journal is bound to: a file's identity, or an array's bytes digest."""
+    if isinstance(video_or_path, (str, os.PathLike)):
+        return (input_identity(os.fspath(video_or_path)),)
+    return (hashlib.sha256(np.ascontiguousarray(video_or_path).tobytes()).hexdigest(),)
 
 
 def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprint: bool = True,
@@ -316,13 +353,8 @@ def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprin
     """A ``.gvc`` stream (bytes or a path) -> uint8 frames [F, H, W, 3] at the original size.
     ``devices``: as for ``encode`` (a stream decodes on any number of devices). ``conceal`` and
     ``allow_drift``: see ``codec.session.decode_stream`` (damaged records, version-1 drift)."""
-    from gvc_jax.codec.session import decode_video
-    from gvc_jax.parallel import check_devices
-
     check_devices(devices)
     if isinstance(stream_or_path, (str, os.PathLike)):
-        from gvc_jax.codec.format.bitstream import read_file
-
         stream_or_path = read_file(stream_or_path)
     result = decode_video(stream_or_path, get_model(model), strict=strict, check_fingerprint=check_fingerprint,
                           progress=progress, devices=devices, conceal=conceal, allow_drift=allow_drift)
@@ -331,10 +363,6 @@ def decode(stream_or_path, model=None, *, strict: bool = False, check_fingerprin
 
 
 def _open_input(video_or_path, *, fps, start, max_frames, resize):
-    from gvc_jax import pixels
-    from gvc_jax.io.video_reader import VideoReader
-    from gvc_jax.codec.gop.plan import ArrayReader
-
     if isinstance(video_or_path, (str, os.PathLike)):
         return VideoReader(video_or_path, start=start, max_frames=max_frames, resize=resize)
     video = pixels.as_video(video_or_path, "video")

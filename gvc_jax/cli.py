@@ -9,6 +9,8 @@ import sys
 import types
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from gvc_jax import api, compile_cache
+
 
 class Terminated(BaseException):
     """SIGTERM arrived: unwind like Ctrl-C (outputs in progress are removed), exit 143."""
@@ -61,9 +63,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-shards", type=int, default=1, metavar="S",
                    help="split the DiT's weights over groups of S devices (for models that do not fit on one); "
                         "N/S GOPs run side by side (default 1: weights replicated)")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not keep compiled programs under $GVC_JAX_CACHE/xla (default ~/.cache/gvc-jax/xla); "
+                        "with the cache a second run compiles nothing (same bytes)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON ('-' = stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def model_from_args(args, mesh):
+    """The model of ``add_model_args``'s flags, read onto ``mesh`` (its weight shards), after the
+    compilation cache is set up (``compile_cache``; off with ``--no-compile-cache``)."""
+    if getattr(args, "no_compile_cache", False):
+        compile_cache.disable()
+    return api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
 
 
 def add_codec_args(p: argparse.ArgumentParser, groups: Optional[Dict[str, Any]] = None,
@@ -72,7 +85,6 @@ def add_codec_args(p: argparse.ArgumentParser, groups: Optional[Dict[str, Any]] 
     declarations (``api._option``: flags, group, help, type), into ``groups`` (argument groups by
     name, made as needed). Every flag defaults to None, so ``CodecOptions.from_args`` applies a preset
     and then only the flags given; the help shows the field's default."""
-    from gvc_jax import api
 
     groups = {} if groups is None else groups
     base = api.CodecOptions()
@@ -247,7 +259,8 @@ def callable_module(name: str, fn: Callable) -> None:
 
 
 def progress_printer(quiet: bool):
-    """A ``loop.Progress`` drawing a GOP-level bar (tqdm on stderr) with the current step."""
+    """A ``loop.Progress`` drawing a GOP-level bar (tqdm on stderr), with the current step when the
+    compilation cache is off (a program reporting its steps to the host is never cached)."""
     from gvc_jax.codec.gop.loop import Progress
 
     if quiet:
@@ -255,6 +268,8 @@ def progress_printer(quiet: bool):
     from tqdm import tqdm
 
     class Bars(Progress):
+        wants_steps = compile_cache.ensure() is None
+
         def __init__(self) -> None:
             self.bars: Dict[str, "tqdm"] = {}
             self.current: Optional["tqdm"] = None

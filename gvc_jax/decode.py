@@ -19,6 +19,13 @@ import time
 
 import gvc_jax  # noqa: F401  (environment before jax)
 from gvc_jax import api, cli
+from gvc_jax.codec.format import bitstream
+from gvc_jax.codec.session import compute_report, decode_stream
+from gvc_jax.evaluation import parse_metrics
+from gvc_jax.io.video_reader import VideoReader
+from gvc_jax.io.video_writer import VideoWriter
+from gvc_jax.metrics import bpp
+from gvc_jax.parallel import GopMesh
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     writes = cli.start_distributed(args)  # process 0 (or the only one) writes the outputs
-    from gvc_jax.codec.format import bitstream
-    from gvc_jax.evaluation import parse_metrics
-    from gvc_jax.parallel import GopMesh
 
     if args.conceal and args.distributed:
         raise ValueError("--conceal is not available with --distributed")
@@ -66,7 +70,7 @@ def main(argv) -> int:
     with bitstream.naming(args.input):
         stream = bitstream.read_file(args.input)
         header, _ = bitstream.read_header(stream)
-    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
+    model = cli.model_from_args(args, mesh)
     result, seconds, evaluator = _decode_file(args, stream, header, model, mesh, writes)
     if not writes:
         return 0
@@ -78,11 +82,6 @@ def main(argv) -> int:
 def _decode_file(args, stream: bytes, header, model, mesh, writes: bool) -> tuple:
     """Decode ``stream`` into ``args.output`` (process 0 writes it, atomically), measured against
     ``--reference`` if given: -> (CodecResult, seconds, RunningEval or None)."""
-    from gvc_jax.codec.format import bitstream
-    from gvc_jax.codec.session import decode_stream
-    from gvc_jax.io.video_reader import VideoReader
-    from gvc_jax.io.video_writer import VideoWriter
-
     writer = VideoWriter(args.output, header.fps_num / header.fps_den) if writes else None
     sinks = [writer.write] if writer else []
     reference = evaluator = None
@@ -125,8 +124,6 @@ def _evaluate(evaluator, reference, chunk) -> None:
 
 def _report(args, result, model, mesh, seconds: float, evaluator, size: int) -> dict:
     """The decoder's report (warnings for concealed and drifted GOPs on stderr)."""
-    from gvc_jax.metrics import bpp
-
     h = result.header
     frames, height, width = h.num_frames, h.orig_height, h.orig_width
     if result.concealed:
@@ -141,7 +138,7 @@ def _report(args, result, model, mesh, seconds: float, evaluator, size: int) -> 
     report = {"input": args.input, "output": args.output, "model": model.name, "frames": frames,
               "width": width, "height": height, "fps": result.fps, "bytes": size,
               "bpp": bpp(size, frames, width, height), "seconds": seconds, "drifted_gops": drifted,
-              "devices": len(mesh.devices), "weight_shards": mesh.weight_shards}
+              "devices": len(mesh.devices), "weight_shards": mesh.weight_shards, **compute_report(result)}
     if args.conceal:
         report.update({"concealed_gops": result.concealed, "affected_gops": result.affected})
     if evaluator:

@@ -13,9 +13,21 @@ import os
 import time
 from typing import Any
 
+import numpy as np
+
 import gvc_jax  # noqa: F401
 from gvc_jax import api, cli
+from gvc_jax.codec.gop.plan import ArrayReader
 from gvc_jax.codec.sampling import schedule
+from gvc_jax.codec.session import EncodeJob, decode_video, rate_breakdown
+from gvc_jax.evaluation import DEFAULT_METRICS, evaluate_video, fit_metrics, parse_metrics
+from gvc_jax.io.atomic import atomic_write_bytes
+from gvc_jax.io.preview import save_side_by_side
+from gvc_jax.io.sample_clips import sample_clip_path
+from gvc_jax.io.video_reader import read_video
+from gvc_jax.io.video_writer import write_video
+from gvc_jax.metrics import bpp
+from gvc_jax.parallel import GopMesh
 
 # Each variant at settings that show its strength: T2V the lowest rate; FLF2V the two coded
 # boundary frames; I2V the coded first frame, twice the atoms on the last latent frame (it
@@ -28,20 +40,17 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def code_variant(video, fps, model, options, progress, out_dir, name, devices=None):
+def code_variant(video, fps, model, options, progress, out_dir, name, devices=None, metrics=None):
     """Encode, write, read back and decode one variant: -> (report row, decoded video).
-    ``devices``: a ``parallel.GopMesh`` (or a device count) both directions run on."""
-    from gvc_jax.codec.session import decode_video, encode_video, rate_breakdown
-    from gvc_jax.io.atomic import atomic_write_bytes
-    from gvc_jax.io.video_writer import write_video
-    from gvc_jax.metrics import bpp, evaluate
-
+    ``devices``: a ``parallel.GopMesh`` (or a device count) both directions run on; ``metrics``:
+    a ``--metrics`` value (None: the default metrics)."""
     frames, height, width = video.shape[:3]
-    gop = options.gop_frames_for(frames)  # short clips: the smallest 4k+1 GOP that holds them
-    sampler = options.sampler(height, width, gop)
+    reader = ArrayReader(video, fps)
+    setup = options.resolve(model, [reader], lambda _: ArrayReader(video, fps))  # the GOP fits short clips
+    chunks: list = []
     t0 = time.perf_counter()
-    enc = encode_video(video, fps, model, sampler, gop_frames=gop, variant=options.variant_object(),
-                       progress=progress, devices=devices)
+    enc = setup.encode([EncodeJob(reader, chunks.append, target=setup.targets[0])], model, progress=progress,
+                       devices=devices)[0]
     t_enc = time.perf_counter() - t0
     stream_path = os.path.join(out_dir, f"{name}.gvc")
     atomic_write_bytes(stream_path, enc.stream)
@@ -55,8 +64,10 @@ def code_variant(video, fps, model, options, progress, out_dir, name, devices=No
     row = {"variant": options.variant, "bytes": len(stream), "bpp": bpp(len(stream), frames, width, height),
            "codebook_B": rate["codebook_bytes"], "anchor_B": rate["anchor_bytes"],
            "residual_B": rate["residual_bytes"], "encode_s": t_enc, "decode_s": t_dec,
-           "bit_exact": bool(not any(g.drift for g in dec.gops) and (dec.video == enc.video).all())}
-    row.update(evaluate(video, dec.video, metrics=("psnr", "lpips")))
+           "bit_exact": bool(not any(g.drift for g in dec.gops) and (dec.video == np.concatenate(chunks)).all())}
+    names = DEFAULT_METRICS if metrics is None else parse_metrics(metrics, whole_video=True)
+    row.update(evaluate_video(video, dec.video, fit_metrics(names, height, width, requested=metrics is not None),
+                              fps))
     return row, dec.video
 
 
@@ -81,26 +92,24 @@ def main(argv) -> int:
     p.add_argument("--out", default="out/demo", help="output directory (default %(default)s)")
     cli.add_model_args(p)
     # every codec option but the variant (--variants) and a rate target: over each variant's demo settings
-    cli.add_codec_args(p, only=[f.name for f in api.option_fields() if f.name not in ("variant", "target_bpp")])
+    cli.add_codec_args(p, only=[f.name for f in api.option_fields() if f.name != "variant"])
+    cli.add_metrics_arg(p, "of each variant's decoded video")
     args = p.parse_args(argv)
-
-    from gvc_jax.io.preview import save_side_by_side
-    from gvc_jax.io.sample_clips import sample_clip_path
-    from gvc_jax.io.video_reader import read_video
-    from gvc_jax.parallel import GopMesh
-
+    if args.metrics is not None:
+        parse_metrics(args.metrics, whole_video=True)
     given = {f.name: getattr(args, f.name) for f in api.option_fields() if getattr(args, f.name, None) is not None}
     options = {v: api.CodecOptions(variant=v, **DEMO_SETTINGS[v]).replace(**given)
                for v in args.variants}  # validated before any work
     os.makedirs(args.out, exist_ok=True)
     video, fps = read_video(sample_clip_path(args.clip), max_frames=args.frames, resize=args.resize)
     mesh = GopMesh(args.devices, args.weight_shards)
-    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
+    model = cli.model_from_args(args, mesh)
     frames, height, width = video.shape[:3]
     progress = cli.progress_printer(args.quiet)
     rows, decoded = [], []
     for v in args.variants:
-        row, dec = code_variant(video, fps, model, options[v], progress, args.out, f"{args.clip}_{v}", mesh)
+        row, dec = code_variant(video, fps, model, options[v], progress, args.out, f"{args.clip}_{v}", mesh,
+                                args.metrics)
         rows.append(row)
         decoded.append(dec)
     compare = os.path.join(args.out, f"{args.clip}_compare.png")

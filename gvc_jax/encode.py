@@ -11,13 +11,26 @@ As a Python function: ``from gvc_jax import encode; stream = encode("clip.mp4", 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Union
+from typing import Any, Dict, List, Optional
+
+from jax import process_index
 
 import gvc_jax  # noqa: F401  (environment before jax)
 from gvc_jax import api, cli
+from gvc_jax.codec.format.bitstream import check_prompt
+from gvc_jax.codec.gop.journal import check_journal_path, input_identity, journal_path
+from gvc_jax.codec.session import EncodeJob, compute_report, rate_breakdown
+from gvc_jax.evaluation import TeeReader, parse_metrics
+from gvc_jax.io.atomic import atomic_write_bytes, probe_writable
+from gvc_jax.io.preview import save_side_by_side
+from gvc_jax.io.video_reader import VideoReader
+from gvc_jax.io.video_writer import VideoWriter
+from gvc_jax.metrics import bpp
+from gvc_jax.parallel import GopMesh
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", action="store_true",
                    help="INPUT is a directory of videos or a list file (one path a line): code them in one run, "
                         "the GOPs of all videos side by side on the devices (I2V chains in parallel), one "
-                        "OUTPUT/NAME.gvc each; the videos must have one coded size (see --resize)")
+                        "OUTPUT/NAME.gvc each; the videos must have one coded size (see --resize). --decoded and "
+                        "--compare then name directories (NAME.mp4, NAME.png); --eval, --resume and --target-bpp "
+                        "apply to every video")
     p.add_argument("--resume", action="store_true",
                    help="keep a journal OUTPUT.resume of finished GOPs while encoding; rerunning the same command "
                         "with --resume after an interruption codes only the unfinished GOPs (same bytes). The "
@@ -64,26 +79,45 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     writes = cli.start_distributed(args)  # process 0 (or the only one) writes the outputs
-    from gvc_jax.parallel import GopMesh
-
     options = _checked_options(args)  # every option and output path, before any work
     mesh = GopMesh(args.devices, args.weight_shards)
-    if args.batch:
-        return _main_batch(args, options, mesh, writes)
     model = _model(args, mesh)
-    run = _encode_file(args, options, model, mesh, writes, _resume_settings(args))
+    runs, seconds = _encode_files(args, options, model, mesh, writes)
     if writes:
-        cli.emit_report(_report(args, options, model, mesh, run), args.json,
-                        {"per_frame": run.evaluator.per_frame()} if run.evaluator else None)
+        reports = [_report(args, options, model, mesh, run) for run in runs]
+        if args.batch:
+            _emit_batch_report(args, options, model, mesh, reports, seconds)
+        else:
+            cli.emit_report(reports[0], args.json,
+                            {"per_frame": runs[0].evaluator.per_frame()} if runs[0].evaluator else None)
     return 0
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One video of the run and its outputs (``--batch``: ``OUTPUT/NAME.gvc``, ``DECODED/NAME.mp4``,
+    ``COMPARE/NAME.png``)."""
+
+    input: str
+    output: str
+    decoded: Optional[str] = None
+    compare: Optional[str] = None
+
+
+def _items(args) -> List[_Item]:
+    if not args.batch:
+        return [_Item(args.input, args.output, args.decoded, args.compare)]
+    items = []
+    for video in batch_inputs(args.input):
+        stem = os.path.splitext(os.path.basename(video))[0]
+        items.append(_Item(video, os.path.join(args.output, stem + ".gvc"),
+                           args.decoded and os.path.join(args.decoded, stem + ".mp4"),
+                           args.compare and os.path.join(args.compare, stem + ".png")))
+    return items
 
 
 def _checked_options(args) -> "api.CodecOptions":
     """The run's CodecOptions; every other option and every output path checked (nothing read yet)."""
-    from gvc_jax.codec.format.bitstream import check_prompt
-    from gvc_jax.codec.gop.journal import journal_path
-    from gvc_jax.evaluation import parse_metrics
-
     options = api.CodecOptions.from_args(args, args.preset)  # validates every codec option
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError("--max-frames must be >= 1")
@@ -94,7 +128,7 @@ def _checked_options(args) -> "api.CodecOptions":
         if not args.eval:
             raise ValueError("--metrics needs --eval")
         parse_metrics(args.metrics)
-    if args.compare and not args.compare.lower().endswith(".png"):
+    if args.compare and not args.batch and not args.compare.lower().endswith(".png"):
         raise ValueError(f"--compare must name a .png file, got {args.compare}")
     inputs = (args.input, args.model if args.model and os.path.isdir(args.model) else None)
     if args.batch:
@@ -106,124 +140,123 @@ def _checked_options(args) -> "api.CodecOptions":
     return options
 
 
-def _resume_settings(args) -> dict:
-    """``encode_stream``'s resume arguments for ``--resume`` (the journal bound to the input)."""
+def _resume_settings(args, item: _Item) -> dict:
+    """``EncodeJob``'s resume fields for ``--resume`` (the journal bound to the input)."""
     if not args.resume:
         return {}
-    from jax import process_index
-
-    from gvc_jax.codec.gop.journal import check_journal_path, input_identity
-
-    if not os.path.exists(args.input):
-        raise ValueError(f"--resume needs an input file: {args.input} does not exist")
-    check_journal_path(args.output, process_index())
-    return {"resume": args.output,
-            "resume_identity": (input_identity(args.input), args.start, args.max_frames, args.resize)}
+    if not os.path.exists(item.input):
+        raise ValueError(f"--resume needs an input file: {item.input} does not exist")
+    check_journal_path(item.output, process_index())
+    return {"resume": item.output,
+            "resume_identity": (input_identity(item.input), args.start, args.max_frames, args.resize)}
 
 
 @dataclass
 class _Run:
-    """What one file's encode gives the report."""
+    """What one video's encode gives the report."""
 
-    result: Any
-    frames: int
-    height: int
-    width: int
-    fps: float
-    seconds: float
+    item: _Item
+    reader: Any
+    result: Any = None
     evaluator: Any = None
+    writer: Any = None
     compare: Dict[str, Any] = field(default_factory=dict)
 
+    def on_source(self, chunk) -> None:
+        if self.evaluator:
+            self.evaluator.reference(chunk)
+        if "orig" in self.compare and self.compare["orig"] is None:
+            self.compare["orig"] = chunk.copy()
 
-def _encode_file(args, options, model, mesh, writes: bool, resume: dict) -> _Run:
-    """Encode ``args.input`` to ``args.output`` (and --decoded; --eval / --compare collected), the
-    outputs written atomically by process 0, the resume journal removed once the stream is safe."""
-    from gvc_jax.codec.session import encode_stream
-    from gvc_jax.evaluation import TeeReader
-    from gvc_jax.io.atomic import atomic_write_bytes
-    from gvc_jax.io.video_reader import VideoReader
-    from gvc_jax.io.video_writer import VideoWriter
+    def on_decoded(self, chunk) -> None:
+        if self.evaluator:
+            self.evaluator.decoded(chunk)
+        if "dec" in self.compare and self.compare["dec"] is None:
+            self.compare["dec"] = chunk.copy()
+        if self.writer:
+            self.writer.write(chunk)
 
-    with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as reader:
-        gop = options.gop_frames_for(reader.num_frames, model.config.vae.temporal_stride)
-        sampler = options.sampler(reader.height, reader.width, gop, model.config.vae.temporal_stride)
-        run = _Run(None, reader.num_frames, reader.height, reader.width, reader.fps, 0.0,
-                   cli.evaluator_for(args.metrics, reader.height, reader.width) if args.eval and writes else None,
-                   {"orig": None, "dec": None})
+
+def _job(args, run: _Run, wants_frames: bool, target) -> EncodeJob:
+    """``run``'s ``EncodeJob``: its reader (teed to --eval / --compare), its sink, target and journal."""
+    source = run.reader
+    if run.evaluator or run.compare:
+        source = TeeReader(run.reader, run.on_source)
+    return EncodeJob(source, run.on_decoded if wants_frames else None, target=target,
+                     **_resume_settings(args, run.item))
+
+
+def _encode_files(args, options, model, mesh, writes: bool) -> tuple:
+    """Encode every video of the run (one, or a batch) in one run of the GOP loop -> (runs, seconds).
+    Each stream (and --decoded) is written atomically by process 0; the resume journals are removed
+    once every stream is safely written."""
+    items = _items(args)
+    select = dict(start=args.start, max_frames=args.max_frames, resize=args.resize)
+    if args.batch:  # checked: new or existing directories (the journals and writers go into them)
+        for directory in (args.output, args.decoded if writes else None, args.compare if writes else None):
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(VideoReader(it.input, **select)) for it in items]
+        setup = options.resolve(model, readers, lambda i: VideoReader(items[i].input, **select))
         # with several processes every one takes part in gathering the frames; process 0 uses them
         wants_frames = bool(args.decoded or args.eval or args.compare)
-        sinks: List[Callable[[Any], object]] = []
-        source: Union[VideoReader, TeeReader] = reader
-        comparing = bool(args.compare) and writes
-        if run.evaluator or comparing:
-            source = TeeReader(reader, lambda chunk: _on_source(run, comparing, chunk))
-            sinks.append(lambda chunk: _on_decoded(run, comparing, chunk))
-        writer = VideoWriter(args.decoded, run.fps) if args.decoded and writes else None
-        if writer:
-            sinks.append(writer.write)
-        variant = options.variant_object()
-        target = {}
-        if options.target_bpp is not None:
-            with VideoReader(args.input, start=args.start, max_frames=args.max_frames, resize=args.resize) as again:
-                target = api.rate_target(options, variant, model, again, gop, len(sampler.atoms_per_frame))
-
-        def sink(chunk) -> None:
-            for s in sinks:
-                s(chunk)
-
+        runs = [_Run(it, r) for it, r in zip(items, readers, strict=True)]
+        for run in runs:
+            if args.eval and writes:
+                run.evaluator = cli.evaluator_for(args.metrics, run.reader.height, run.reader.width)
+            if run.item.compare and writes:
+                run.compare = {"orig": None, "dec": None}
+        jobs = [_job(args, run, wants_frames, t) for run, t in zip(runs, setup.targets, strict=True)]
         try:
+            if writes:
+                for run in runs:
+                    if run.item.decoded:
+                        run.writer = VideoWriter(run.item.decoded, run.reader.fps)
             t0 = time.perf_counter()
-            run.result = encode_stream(source, model, sampler, variant=variant, gop_frames=gop, **target,
-                                       sink=sink if wants_frames else None,
-                                       progress=cli.progress_printer(args.quiet), devices=mesh, prompt=args.prompt,
-                                       **resume)
-            run.seconds = time.perf_counter() - t0
-            if writes:  # with several processes every one holds the stream; one writes it
-                atomic_write_bytes(args.output, run.result.stream)
-            mesh.barrier("gvc-jax: stream written")  # the journals go once the stream is safely written
-            if run.result.journal is not None:
-                run.result.journal.remove()
-            if writer:
-                writer.commit()
+            results = setup.encode(jobs, model, progress=cli.progress_printer(args.quiet), devices=mesh,
+                                   prompt=args.prompt)
+            seconds = time.perf_counter() - t0
+            _write_outputs(args, runs, results, writes, mesh)
         except BaseException:
-            if writer:
-                writer.abort()
+            for run in runs:
+                if run.writer:
+                    run.writer.abort()
             raise
-    return run
+    return runs, seconds
 
 
-def _on_source(run: _Run, comparing: bool, chunk) -> None:
-    if run.evaluator:
-        run.evaluator.reference(chunk)
-    if comparing and run.compare["orig"] is None:
-        run.compare["orig"] = chunk.copy()
-
-
-def _on_decoded(run: _Run, comparing: bool, chunk) -> None:
-    if run.evaluator:
-        run.evaluator.decoded(chunk)
-    if comparing and run.compare["dec"] is None:
-        run.compare["dec"] = chunk.copy()
+def _write_outputs(args, runs: List[_Run], results, writes: bool, mesh) -> None:
+    """The streams (process 0, atomically), then the journals (once every stream is safe), then --decoded."""
+    for run, result in zip(runs, results, strict=True):
+        run.result = result
+        if writes:  # with several processes every one holds the stream; one writes it
+            atomic_write_bytes(run.item.output, result.stream)
+    mesh.barrier("gvc-jax: stream written")  # the journals go once the stream is safely written
+    for run in runs:
+        if run.result.journal is not None:
+            run.result.journal.remove()
+        if run.writer:
+            run.writer.commit()
 
 
 def _report(args, options, model, mesh, run: _Run) -> dict:
-    """The encoder's report (printed as a table, written with --json); writes --compare."""
-    from gvc_jax.codec.session import rate_breakdown
-    from gvc_jax.io.preview import save_side_by_side
-    from gvc_jax.metrics import bpp
-
-    result, frames, width, height, fps = run.result, run.frames, run.width, run.height, run.fps
-    size = os.path.getsize(args.output)
+    """One video's report (printed as a table, written with --json); writes its --compare image."""
+    result, reader = run.result, run.reader
+    frames, width, height, fps = reader.num_frames, reader.width, reader.height, reader.fps
+    size = os.path.getsize(run.item.output)
     report = {
-        "input": args.input, "output": args.output, "model": model.name, "frames": frames,
+        "input": run.item.input, "output": run.item.output, "model": model.name, "frames": frames,
         "width": width, "height": height, "fps": fps, "gops": len(result.gops), "bytes": size,
         "bpp": bpp(size, frames, width, height), "kbps": 8 * size / 1000 / (frames / fps),
-        "seconds": run.seconds, "seconds_per_gop": [round(g.seconds, 3) for g in result.gops],
+        "seconds_per_gop": [round(g.seconds, 3) for g in result.gops],
         "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant, "prompt": args.prompt,
         "devices": len(mesh.devices), "weight_shards": mesh.weight_shards,
         "resumed_gops": [g.index for g in result.gops if g.resumed],
-        **rate_breakdown(result), "atoms_per_frame": list(result.header.atoms_per_frame),
+        **rate_breakdown(result), "atoms_per_frame": list(result.header.atoms_per_frame), **compute_report(result),
     }
+    if not args.batch:
+        report["seconds"] = sum(g.seconds for g in result.gops)
     if options.target_bpp is not None:
         report.update({"target_bpp": options.target_bpp,
                        "target_error_pct": 100 * (report["bpp"] / options.target_bpp - 1)})
@@ -234,16 +267,29 @@ def _report(args, options, model, mesh, run: _Run) -> dict:
                        "bpp_all_bytes": bpp(size, frames, width, height)})
     if run.evaluator:
         report.update(run.evaluator.result())
-    if args.compare:
+    if run.item.compare:
         orig, dec = run.compare["orig"], run.compare["dec"]
         n = min(len(orig), len(dec))
-        save_side_by_side(args.compare, orig[:n], dec[:n])
+        save_side_by_side(run.item.compare, orig[:n], dec[:n])
     return report
+
+
+def _emit_batch_report(args, options, model, mesh, rows: List[dict], seconds: float) -> None:
+    """``--batch``: a line per stream, the totals as a table, every stream's report in --json."""
+    report = {"batch": args.input, "model": model.name, "variant": options.variant, "videos": len(rows),
+              "devices": len(mesh.devices), "seconds": seconds, "bytes": sum(r["bytes"] for r in rows)}
+    for r in rows:
+        quality = "".join(f", {k} {r[k]:.4f}" for k in ("psnr", "lpips") if isinstance(r.get(k), float))
+        print(f"{cli.printable(r['output'])}: {r['frames']} frames, {r['gops']} GOPs, {r['bytes']:,} B, "
+              f"{r['bpp']:.5f} bpp{quality}")
+    cli.print_table(report)
+    if args.json:
+        cli.write_json(args.json, {**report, "streams": rows})
 
 
 def _model(args, mesh):
     """The model of ``--model`` (its DiT read onto ``mesh``'s weight shards); refuses a ``--prompt`` it cannot take."""
-    model = api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
+    model = cli.model_from_args(args, mesh)
     if args.prompt and not model.text_encoder:
         raise ValueError(f"--prompt needs a model with a text encoder; {model.name} has none "
                          "(convert its release with python -m weights_convert release ...)")
@@ -278,76 +324,29 @@ def batch_inputs(path: str) -> list:
     return videos
 
 
-def _batch_files(args) -> tuple:
-    """-> (the batch's videos, their output streams ``OUTPUT/NAME.gvc``)."""
-    videos = batch_inputs(args.input)
-    return videos, [os.path.join(args.output, os.path.splitext(os.path.basename(v))[0] + ".gvc") for v in videos]
-
-
 def _check_batch_outputs(args, inputs) -> None:
-    """Before any work: the output directory, its streams (new, none of them an input) and --json."""
-    videos, outputs = _batch_files(args)
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ValueError(f"--batch needs an output directory, {args.output} is a file")
+    """Before any work: the output directory, its streams (new, none of them an input), the
+    --decoded / --compare directories and --json."""
+    items = _items(args)
+    for flag, path in (("--batch", args.output), ("--decoded", args.decoded), ("--compare", args.compare)):
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{flag} needs an output directory, {path} is a file")
+    outputs = [p for it in items for p in (it.output, it.decoded, it.compare) if p]
     existing = [o for o in outputs if os.path.lexists(o)]
     if existing:
-        raise ValueError(f"{existing[0]} exists (a batch never replaces streams; {len(existing)} would be)")
-    inputs = tuple(inputs) + tuple(videos)
+        raise ValueError(f"{existing[0]} exists (a batch never replaces outputs; {len(existing)} would be)")
+    inputs = tuple(inputs) + tuple(it.input for it in items)
     for out in outputs:
         cli.check_not_input(out, inputs)
-    parent = os.path.abspath(args.output)
-    while not os.path.isdir(parent):  # the directories that do not exist yet are created
-        parent = os.path.dirname(parent)
-    from gvc_jax.io.atomic import probe_writable
-
-    probe_writable(parent)
+    if args.resume:
+        for it in items:
+            cli.check_not_input(journal_path(it.output, 0), inputs)
+    for directory in {os.path.dirname(o) for o in outputs}:
+        parent = os.path.abspath(directory)
+        while not os.path.isdir(parent):  # the directories that do not exist yet are created
+            parent = os.path.dirname(parent)
+        probe_writable(parent)
     cli.check_outputs(files=(args.json,), inputs=inputs + tuple(outputs))
-
-
-def _main_batch(args, options, mesh, writes: bool) -> int:
-    """``--batch``: every video of a directory / list file, one stream each, coded in one run."""
-    import contextlib
-
-    from gvc_jax.codec.session import encode_batch, rate_breakdown
-    from gvc_jax.io.atomic import atomic_write_bytes
-    from gvc_jax.io.video_reader import VideoReader
-    from gvc_jax.metrics import bpp
-
-    unsupported = [flag for flag, on in (("--decoded", args.decoded), ("--eval", args.eval),
-                                         ("--compare", args.compare), ("--resume", args.resume),
-                                         ("--target-bpp", options.target_bpp is not None),
-                                         ("--free-first-frame", args.free_first_frame)) if on]
-    if unsupported:
-        raise ValueError(f"--batch writes only the streams: drop {', '.join(unsupported)}")
-    videos, outputs = _batch_files(args)
-    model = _model(args, mesh)
-    with contextlib.ExitStack() as stack:
-        readers = [stack.enter_context(VideoReader(v, start=args.start, max_frames=args.max_frames, resize=args.resize))
-                   for v in videos]
-        gop = options.gop_frames_for(max(r.num_frames for r in readers), model.config.vae.temporal_stride)
-        sampler = options.sampler(readers[0].height, readers[0].width, gop, model.config.vae.temporal_stride)
-        t0 = time.perf_counter()
-        results = encode_batch(readers, model, sampler, variant=options.variant_object(), gop_frames=gop,
-                               progress=cli.progress_printer(args.quiet), devices=mesh, prompt=args.prompt)
-        seconds = time.perf_counter() - t0
-    if not writes:
-        return 0
-    os.makedirs(args.output, exist_ok=True)
-    rows = []
-    for video, out, reader, result in zip(videos, outputs, readers, results, strict=False):
-        atomic_write_bytes(out, result.stream)
-        size = len(result.stream)
-        rows.append({"input": video, "output": out, "frames": reader.num_frames, "gops": len(result.gops),
-                     "bytes": size, "bpp": bpp(size, reader.num_frames, reader.width, reader.height),
-                     **rate_breakdown(result)})
-    report = {"batch": args.input, "model": model.name, "variant": options.variant, "videos": len(videos),
-              "devices": len(mesh.devices), "seconds": seconds, "bytes": sum(r["bytes"] for r in rows)}
-    for r in rows:
-        print(f"{r['output']}: {r['frames']} frames, {r['gops']} GOPs, {r['bytes']:,} B, {r['bpp']:.5f} bpp")
-    cli.print_table(report)
-    if args.json:
-        cli.write_json(args.json, {**report, "streams": rows})
-    return 0
 
 
 cli.callable_module(__name__, api.encode)

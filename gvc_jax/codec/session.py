@@ -7,7 +7,7 @@ to a sink as soon as their GOP is done, so peak memory does not grow with the vi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,8 @@ from gvc_jax.codec.gop.loop import (
     code_gops,
     context_frames,
 )
-from gvc_jax.codec.gop.plan import ArrayReader, GopFrames, GopPlan
+from gvc_jax.codec.gop.plan import ArrayReader, GopFrames, GopPlan, GopSpan
+from gvc_jax.codec.gop.rate import RateTarget
 from gvc_jax.codec.gop.records import picks_to_record
 from gvc_jax.codec.gop.variants import get_variant
 from gvc_jax.codec.sampling.schedule import SamplerConfig
@@ -57,6 +58,8 @@ class GopReport:
     drift: bool = False                 # decoder: hash mismatch
     side_bytes: tuple = ()              # the lengths of the GOP's side payloads, (tag, bytes) each
     resumed: bool = False               # encoder: taken from a resume journal, not coded in this run
+    compile_s: float = 0.0              # program preparation (compile or cache load) during its chunk
+    dit_calls: int = 0                  # DiT evaluations of its trajectory (0: not run here)
 
 
 @dataclass
@@ -89,90 +92,181 @@ def plan_for(model, variant, num_frames: int, gop_frames: int):
     return variant, variant.plan(num_frames, gop_frames, model.config.vae.temporal_stride)
 
 
-def encode_stream(reader, model, sampler: SamplerConfig, *, variant: str = "t2v", gop_frames: int = 33,
-                  gop_atoms: Optional[Sequence[Sequence[int]]] = None, sink: Optional[Sink] = None,
-                  progress: Optional[Progress] = None, target_bytes: Optional[int] = None,
-                  side_lengths: Sequence[Sequence[int]] = (), atoms_pattern=None,
-                  devices: Union[int, GopMesh, None] = None, resume: Optional[str] = None,
-                  resume_identity: tuple = (), prompt: str = "") -> CodecResult:
-    """Frames from ``reader`` (``num_frames``, ``height``, ``width``, ``fps``, ``read(n)``) -> a stream.
+@dataclass
+class EncodeJob:
+    """One video of an encode (``encode_streams``): where its frames come from and what its run does.
 
-    ``gop_atoms``: M per latent frame for each GOP (rate control); the header then carries their
-    element-wise maximum and every record its own. ``sink`` receives the reconstruction.
-    ``target_bytes``: choose the atoms per latent frame (``rate.fit_atoms`` with ``atoms_pattern``)
-    so the stream, with side payloads of ``side_lengths`` per GOP, fits that many bytes.
-    ``devices``: code each wave's GOPs side by side on that many local devices (default: all), or
-    a ``parallel.GopMesh`` (e.g. with weight shards); the bytes do not depend on it.
-    ``resume``: the output path whose journal (``codec.gop.journal``) records each finished GOP; GOPs
-    it already holds are not coded again (replayed through the decoder's path when ``sink`` wants
-    their frames). ``resume_identity`` names the input (e.g. ``journal.input_identity(path)``);
-    the journal is bound to it and to every setting. ``result.journal`` is open on return: remove
-    it once the stream is safely written. ``prompt``: a text prompt, stored in the header; both sides
-    condition on its umT5 embedding (the model's text encoder; "" = the empty-prompt context).
-    With several processes (``jax.distributed``) each codes its share of every wave and every one
-    returns the whole stream; a ``sink`` then gets every GOP's frames (gathered a chunk at a time),
-    so either every process passes one or none does.
+    ``reader``: ``num_frames``, ``height``, ``width``, ``fps``, ``read(n)``. ``sink`` receives its
+    reconstruction. ``gop_atoms``: M per latent frame for each GOP (rate control; the header then
+    carries their element-wise maximum and every record its own). ``target``: a byte budget the
+    atoms are fitted to (``rate.RateTarget``). ``resume``: the output path whose journal
+    (``codec.gop.journal``) records each finished GOP, bound to ``resume_identity`` (the input)."""
+
+    reader: Any
+    sink: Optional[Sink] = None
+    gop_atoms: Optional[Sequence[Sequence[int]]] = None
+    target: Optional[RateTarget] = None
+    resume: Optional[str] = None
+    resume_identity: tuple = ()
+
+
+@dataclass
+class _Coding:
+    """One stream of an encode while its GOPs are coded: its plan, header, journal and records."""
+
+    job: EncodeJob
+    plan: GopPlan
+    header: bitstream.Header
+    gop_atoms: Optional[List[Tuple[int, ...]]]
+    journal: Optional[Journal] = None
+    checked: Optional[SourceCheck] = None
+    read: Callable[[GopSpan], np.ndarray] = field(default=lambda span: np.zeros(0))
+    framed: List[bytes] = field(default_factory=list)
+    reports: Dict[int, GopReport] = field(default_factory=dict)
+
+    def result(self) -> CodecResult:
+        reports = [self.reports.get(g) or _record_report(self.header, g, bitstream.parse_record(
+            self.header, g, self.framed[g])) for g in range(self.plan.num_gops)]
+        return CodecResult(None, self.job.reader.fps, self.header, reports,
+                           bitstream.assemble(self.header, self.framed), self.journal)
+
+
+def encode_streams(jobs: Sequence[EncodeJob], model, sampler: SamplerConfig, *, variant="t2v",
+                   gop_frames: int = 33, progress: Optional[Progress] = None,
+                   devices: Union[int, GopMesh, None] = None, prompt: str = "") -> List[CodecResult]:
+    """Videos of one coded size -> one stream each, coded in one run of the GOP loop.
+
+    One stream is the case of one job. The plans are joined (``GopPlan.batch``), so every wave
+    holds the ready GOPs of every video and is coded one GOP per device: the I2V chains of
+    different videos advance side by side. Each stream is exactly what the video would give alone
+    (same keys, same records): the bytes depend neither on the batch nor on ``devices`` (a
+    device count, or a ``parallel.GopMesh``, e.g. with weight shards; default: all local devices).
+
+    Resumed jobs: GOPs their journal already holds are not coded again (replayed through the
+    decoder's path when a sink wants their frames); ``result.journal`` is open on return: remove
+    it once the stream is safely written. ``prompt``: stored in every header; both sides condition
+    on its umT5 embedding. With several processes (``jax.distributed``) each codes its share of
+    every wave and every one returns every stream; a sink then gets every GOP's frames (gathered a
+    chunk at a time), so either every process passes sinks or none does.
     """
+    if not jobs:
+        raise ValueError("an encode needs at least one video")
     mesh = GopMesh.of(devices)
-    var, plan = plan_for(model, variant, reader.num_frames, gop_frames)
-    if gop_atoms is not None:
-        gop_atoms = [tuple(int(m) for m in a) for a in gop_atoms]
-    header = _encoder_header(reader, model, sampler, var, plan, gop_atoms, prompt, target_bytes, side_lengths,
-                             atoms_pattern)
+    var = get_variant(variant) if isinstance(variant, str) else variant
+    streams = [_coding(job, model, sampler, var, gop_frames, prompt) for job in jobs]
     # before any model work: a journal of another run, or an entry that does not fit this encode, is refused here
-    journal = None if resume is None else _open_resume(resume, header, var, plan, gop_atoms, resume_identity, mesh)
-    engine = gop_engine(model, header, mesh)
-    frames = GopFrames(reader, plan)
-    read = lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE)  # noqa: E731
-    # resumed: the journalled GOPs' frames are read too, and checked against their entries
-    checked = None if journal is None else SourceCheck(read, plan.spans, journal)
-    search = SearchTargets(read if checked is None else checked,
-                           None if gop_atoms is None else (lambda span: gop_atoms[span.index]))
+    for st in streams:
+        if st.job.resume is not None:
+            st.journal = _open_resume(st, var, mesh)
+    engine = gop_engine(model, _engine_header([st.header for st in streams]), mesh)
+    plan = streams[0].plan if len(streams) == 1 else GopPlan.batch([st.plan for st in streams])[0]
+    base = np.cumsum([0] + [st.plan.num_gops for st in streams])  # each stream's first global GOP
+    local = lambda span: streams[span.stream].plan.spans[span.in_stream]  # noqa: E731
+    search = SearchTargets(lambda span: streams[span.stream].read(local(span)),
+                           lambda span: _gop_atoms(streams[span.stream], span.in_stream))
     source: Union[SearchTargets, ResumedTargets] = search
-    emit = _emitter(plan, reader.height, reader.width, sink)
-    framed: List[bytes] = [b""] * plan.num_gops  # each GOP's record, serialised as it is done
-    reports: Dict[int, GopReport] = {}
     skip: Dict[int, FinishedGop] = {}
-    if journal is not None:
-        source, skip = _resumed(journal, header, plan, var, mesh, search, sink is not None, framed, reports)
+    replay: Dict[int, bitstream.GopRecord] = {}
+    for v, st in enumerate(streams):
+        if st.journal is not None:
+            again, skipped = _resumed(st, var, mesh)
+            replay.update({int(base[v]) + g: rec for g, rec in again.items()})
+            skip.update({int(base[v]) + g: fin for g, fin in skipped.items()})
+    if replay:
+        source = ResumedTargets(search, [st.header for st in streams], replay, var)
     try:
-        for out in code_gops(plan, var, engine, source, progress=progress, stage="encode", skip=skip,
-                             gather=sink is not None):
-            g = out.span.index
-            if out.inputs.record is not None:  # replayed from the journal (by whichever process ran it)
-                if out.digest != out.inputs.record.latent_hash:
-                    assert journal is not None  # only a resumed encode replays records
-                    where = journal.entries[g].path
-                    raise JournalError(f"GOP {g}: replaying the record journalled in {where} did not reproduce the "
-                                       f"first run's latent (the journal was altered, or another platform or dtype); "
-                                       f"delete {where} to start over")
-            elif out.latent is not None:  # coded here (else: another process's GOP, gathered for the sink)
-                framed[g], reports[g] = _coded_record(header, g, out)
-                if journal is not None:
-                    assert checked is not None  # made with the journal
-                    keep = context_frames(plan, var, out.span)
-                    journal.add(g, framed[g], {f: out.frames[f - out.span.start] for f in keep},
-                                source=checked.digest(g))
-            emit(out)
-        if checked is not None:
-            checked.finish()  # the journalled GOPs after the last coded one: their frames checked too
+        _run_encode(plan, var, engine, source, streams, local, progress, skip)
     except BaseException:
-        if journal is not None:
-            journal.close()
+        for st in streams:
+            if st.journal is not None:
+                st.journal.close()
         raise
     if mesh.distributed:  # every process coded its share of each wave: gather all records everywhere
-        framed = gather_records(framed)
-        for g in range(plan.num_gops):
-            if g not in reports:
-                reports[g] = _record_report(header, g, bitstream.parse_record(header, g, framed[g]))
-    stream = bitstream.assemble(header, framed)
-    return CodecResult(None, reader.fps, header, [reports[g] for g in range(plan.num_gops)], stream, journal)
+        every = mesh.share_bytes([b for st in streams for b in st.framed])
+        for v, st in enumerate(streams):
+            st.framed = every[int(base[v]):int(base[v + 1])]
+    return [st.result() for st in streams]
+
+
+def _coding(job: EncodeJob, model, sampler: SamplerConfig, var, gop_frames: int, prompt: str) -> _Coding:
+    """A job's plan and validated header, and the reading of its GOPs' frames (padded to 16)."""
+    var, plan = plan_for(model, var, job.reader.num_frames, gop_frames)
+    gop_atoms = None if job.gop_atoms is None else [tuple(int(m) for m in a) for a in job.gop_atoms]
+    header = _encoder_header(job.reader, model, sampler, var, plan, gop_atoms, prompt, job.target)
+    frames = GopFrames(job.reader, plan)
+    st = _Coding(job, plan, header, gop_atoms, framed=[b""] * plan.num_gops)
+    st.read = lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE)
+    return st
+
+
+def _engine_header(headers: Sequence[bitstream.Header]) -> bitstream.Header:
+    """The header the engine is built for: the streams' common geometry and prompt, and atom slots
+    for the most atoms any of them uses (each GOP then runs with its own stream's atoms)."""
+    sizes = {(h.width, h.height) for h in headers}
+    if len(sizes) != 1:
+        raise ValueError(f"a batch codes videos of one coded size, got {sorted(sizes)} (use --resize WxH)")
+    atoms = tuple(max(col) for col in zip(*(h.atoms_per_frame for h in headers), strict=True))
+    return headers[0].replace(sampler=headers[0].sampler.replace(atoms_per_frame=atoms))
+
+
+def _gop_atoms(st: _Coding, g: int) -> Tuple[int, ...]:
+    """GOP ``g`` of stream ``st``: its atoms per latent frame (rate control, else the header's)."""
+    return st.gop_atoms[g] if st.gop_atoms is not None else tuple(st.header.atoms_per_frame)
+
+
+def _run_encode(plan: GopPlan, var, engine: GopEngine, source, streams: List[_Coding], local, progress,
+                skip: Dict[int, FinishedGop]) -> None:
+    """The GOP loop of an encode: each coded GOP's record (and journal entry), each replayed GOP's
+    latent checked against its record, every GOP's frames to its stream's sink."""
+    wants_frames = any(st.job.sink is not None for st in streams)
+    for out in code_gops(plan, var, engine, source, progress=progress, stage="encode", skip=skip,
+                         gather=wants_frames):
+        st, span = streams[out.span.stream], local(out.span)
+        g = span.index
+        if out.inputs.record is not None:  # replayed from the journal (by whichever process ran it)
+            if out.digest != out.inputs.record.latent_hash:
+                assert st.journal is not None  # only a resumed encode replays records
+                where = st.journal.entries[g].path
+                raise JournalError(f"GOP {g}: replaying the record journalled in {where} did not reproduce the "
+                                   f"first run's latent (the journal was altered, or another platform or dtype); "
+                                   f"delete {where} to start over")
+        elif out.latent is not None:  # coded here (else: another process's GOP, gathered for the sink)
+            st.framed[g], st.reports[g] = _coded_record(st.header, g, out)
+            if st.journal is not None:
+                assert st.checked is not None  # made with the journal
+                keep = context_frames(st.plan, var, span)
+                st.journal.add(g, st.framed[g], {f: out.frames[f - span.start] for f in keep},
+                               source=st.checked.digest(g))
+        if st.job.sink is not None:
+            skip_frames, count = st.plan.new_frames(span)
+            st.job.sink(crop(out.frames[skip_frames:skip_frames + count], st.job.reader.height, st.job.reader.width))
+    for st in streams:
+        if st.checked is not None:
+            st.checked.finish()  # the journalled GOPs after the last coded one: their frames checked too
+
+
+def encode_stream(reader, model, sampler: SamplerConfig, *, variant="t2v", gop_frames: int = 33,
+                  gop_atoms: Optional[Sequence[Sequence[int]]] = None, sink: Optional[Sink] = None,
+                  progress: Optional[Progress] = None, target: Optional[RateTarget] = None,
+                  devices: Union[int, GopMesh, None] = None, resume: Optional[str] = None,
+                  resume_identity: tuple = (), prompt: str = "") -> CodecResult:
+    """Frames from ``reader`` -> a stream: ``encode_streams`` of one ``EncodeJob`` (see both)."""
+    job = EncodeJob(reader, sink, gop_atoms, target, resume, resume_identity)
+    return encode_streams([job], model, sampler, variant=variant, gop_frames=gop_frames, progress=progress,
+                          devices=devices, prompt=prompt)[0]
+
+
+def encode_batch(readers: Sequence, model, sampler: SamplerConfig, *, variant="t2v", gop_frames: int = 33,
+                 progress: Optional[Progress] = None, devices=None, prompt: str = "") -> List[CodecResult]:
+    """Several videos -> one stream each: ``encode_streams`` of plain jobs."""
+    return encode_streams([EncodeJob(r) for r in readers], model, sampler, variant=variant, gop_frames=gop_frames,
+                          progress=progress, devices=devices, prompt=prompt)
 
 
 def _encoder_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, gop_atoms, prompt: str,
-                    target_bytes, side_lengths, atoms_pattern) -> bitstream.Header:
+                    target: Optional[RateTarget]) -> bitstream.Header:
     """The validated header of an encode: per-GOP atoms (the header holds their maximum), then a
-    byte target's atoms (``rate.fit_sampler``)."""
+    byte target's atoms (``rate.RateTarget``)."""
     flags = 0
     if gop_atoms is not None:
         if len(gop_atoms) != plan.num_gops or any(len(a) != len(sampler.atoms_per_frame) for a in gop_atoms):
@@ -180,17 +274,16 @@ def _encoder_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, g
         sampler = sampler.replace(atoms_per_frame=tuple(max(col) for col in zip(*gop_atoms, strict=True)))
         flags = bitstream.FLAG_GOP_ATOMS if any(a != sampler.atoms_per_frame for a in gop_atoms) else 0
     header = stream_header(reader, model, sampler, var, plan, flags, prompt)
-    if target_bytes is not None:
-        from gvc_jax.codec.gop.rate import fit_sampler
-
-        header = header.replace(sampler=fit_sampler(header, int(target_bytes), side_lengths, atoms_pattern))
+    if target is not None:
+        header = header.replace(sampler=target.sampler(header))
     bitstream.validate_header(header)
     return header
 
 
-def _open_resume(resume: str, header: bitstream.Header, var, plan: GopPlan, gop_atoms, resume_identity,
-                 mesh: GopMesh) -> Journal:
-    """The resume journal of output ``resume``, bound to this run and every entry checked against its plan."""
+def _open_resume(st: _Coding, var, mesh: GopMesh) -> Journal:
+    """The resume journal of ``st``'s output, bound to this run and every entry checked against its plan;
+    its frames are then read through a ``SourceCheck`` against the journal."""
+    header, plan = st.header, st.plan
     contexts: Dict[int, tuple] = {}
 
     def context_of(g: int) -> tuple:  # the frames GOP g's entry must hold
@@ -207,35 +300,41 @@ def _open_resume(resume: str, header: bitstream.Header, var, plan: GopPlan, gop_
                                            f"{len(var.coded_anchors(plan.spans[g]))}")
 
     longest = (bitstream.payload_bits(header) + 7) // 8 + bitstream.MAX_SIDE_BYTES + (1 << 16)  # framed record
-    return open_journal(resume, run_key(header, var, gop_atoms, tuple(resume_identity)), mesh,
-                        Expect(plan.num_gops, header.height, header.width, context_of, check_record, longest))
+    assert st.job.resume is not None
+    journal = open_journal(st.job.resume, run_key(header, var, st.gop_atoms, tuple(st.job.resume_identity)), mesh,
+                           Expect(plan.num_gops, header.height, header.width, context_of, check_record, longest))
+    # resumed: the journalled GOPs' frames are read too, and checked against their entries
+    st.checked = SourceCheck(st.read, plan.spans, journal)
+    st.read = st.checked
+    return journal
 
 
-def _resumed(journal: Journal, header: bitstream.Header, plan: GopPlan, var, mesh: GopMesh,
-             search: SearchTargets, wants_frames: bool, framed: list, reports: dict) -> tuple:
-    """The journal's finished GOPs into ``framed`` / ``reports``: -> (pick source, GOPs to skip).
+def _resumed(st: _Coding, var, mesh: GopMesh) -> tuple:
+    """The journal's finished GOPs into ``st``'s records and reports: -> (GOPs to replay, GOPs to
+    skip), both by the stream's GOP index.
 
     Without a sink a journalled GOP that a GOP coded now conditions on is replayed from its record
     (the decoder's path, checked against the record's latent hash): journalled frames never reach
     a coded GOP; only such a replay takes them (of the GOP before it) as context, and a change to
     them fails its latent check. The other journalled GOPs are skipped. With a sink (it wants their
     frames) every journalled GOP is replayed."""
+    journal, header, plan = st.journal, st.header, st.plan
+    assert journal is not None
     finished = {g: bitstream.parse_record(header, g, e.record) for g, e in journal.entries.items()
                 if g < plan.num_gops}
     for g, rec in finished.items():
         if not mesh.distributed or jax.process_index() == 0:  # gathered: one process holds each record
-            framed[g] = journal.entries[g].record
-        reports[g] = _record_report(header, g, rec, resumed=True)
+            st.framed[g] = journal.entries[g].record
+        st.reports[g] = _record_report(header, g, rec, resumed=True)
     skip: Dict[int, FinishedGop] = {}
-    if wants_frames:
+    if st.job.sink is not None:
         replay = set(finished)
     else:
         replay = {d for s in plan.spans if s.index not in finished for d in s.depends_on if d in finished}
         feeds = {d for r in replay for d in plan.spans[r].depends_on}
         skip = {g: FinishedGop(rec, journal.entries[g].frames if g in feeds else {})
                 for g, rec in finished.items() if g not in replay}
-    source = ResumedTargets(search, header, {g: finished[g] for g in replay}, var) if replay else search
-    return source, skip
+    return {g: finished[g] for g in replay}, skip
 
 
 def stream_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, flags: int = 0,
@@ -252,61 +351,18 @@ def stream_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, fla
         prompt=prompt)
 
 
-def encode_batch(readers: Sequence, model, sampler: SamplerConfig, *, variant="t2v", gop_frames: int = 33,
-                 progress: Optional[Progress] = None, devices=None, prompt: str = "") -> List[CodecResult]:
-    """Several videos of one coded size -> one stream each, coded in one run of the GOP loop.
-
-    Their plans are joined (``GopPlan.batch``), so every wave holds the ready GOPs of every video
-    and is coded one GOP per device: the I2V chains of different videos advance side by side.
-    Each stream is exactly what ``encode_stream`` writes for that video alone (same keys, same
-    records). With several processes each codes its share of every wave, as ``encode_stream``.
-    """
-    if not readers:
-        raise ValueError("a batch needs at least one video")
-    mesh = GopMesh.of(devices)
-    var = get_variant(variant) if isinstance(variant, str) else variant
-    plans = [plan_for(model, var, r.num_frames, gop_frames)[1] for r in readers]
-    headers = [stream_header(r, model, sampler, var, p, 0, prompt) for r, p in zip(readers, plans, strict=True)]
-    sizes = {(h.width, h.height) for h in headers}
-    if len(sizes) != 1:
-        raise ValueError(f"a batch codes videos of one coded size, got {sorted(sizes)} (use --resize WxH)")
-    for h in headers:
-        bitstream.validate_header(h)
-    engine = gop_engine(model, headers[0], mesh)  # one coded size, sampler and prompt for all
-    plan, _ = GopPlan.batch(plans)
-    frames = [GopFrames(r, p) for r, p in zip(readers, plans, strict=True)]
-    source = SearchTargets(lambda span: pad_to_multiple(frames[span.stream](plans[span.stream].spans[span.in_stream]),
-                                                        SIZE_MULTIPLE))
-    framed, reports = [b""] * plan.num_gops, {}
-    for out in code_gops(plan, var, engine, source, progress=progress, stage="encode"):
-        framed[out.span.index], reports[out.span.index] = _coded_record(
-            headers[out.span.stream], out.span.in_stream, out)
-    if mesh.distributed:
-        framed = gather_records(framed)
-    results = []
-    for v, (reader, h) in enumerate(zip(readers, headers, strict=True)):
-        mine = [s.index for s in plan.spans if s.stream == v]
-        gops = [reports.get(g) or _record_report(h, plan.spans[g].in_stream,
-                                                 bitstream.parse_record(h, plan.spans[g].in_stream, framed[g]))
-                for g in mine]
-        results.append(CodecResult(None, reader.fps, h, gops, bitstream.assemble(h, [framed[g] for g in mine])))
-    return results
-
-
 def open_journal(output: str, key: bytes, mesh: GopMesh, expect) -> Journal:
     """The resume journal of ``output``, every entry verified against ``expect`` (``journal.Expect``).
     With several processes: each its own file, every process reading all of them before any cuts,
-    starts or appends to its own (a barrier), and only the GOPs every process found count as
-    finished, so that all of them skip the same GOPs."""
+    starts or appends to its own (``GopMesh.agree``: a collective, so also a barrier), and only the
+    GOPs every process found count as finished, so that all of them skip the same GOPs."""
     if not mesh.distributed:
         return Journal.open(output, key, expect)
-    from jax.experimental import multihost_utils
-
     num_gops = expect.num_gops
     journal = Journal.read(output, key, expect, jax.process_index(), jax.process_count())
     found = np.zeros(num_gops, np.bool_)
     found[[g for g in journal.entries if g < num_gops]] = True
-    agreed = np.asarray(np.asarray(multihost_utils.process_allgather(found)).reshape(-1, num_gops).all(axis=0))
+    agreed = mesh.agree(found)
     journal.entries = {g: e for g, e in journal.entries.items() if g < num_gops and agreed[g]}
     journal.begin()  # after the gather: every process has read every journal before any is cut or started
     return journal
@@ -319,7 +375,8 @@ def _coded_record(header: bitstream.Header, g: int, out) -> tuple:
                                  latent_hash=out.digest, side=out.side,
                                  atoms_per_frame=atoms if header.per_gop_atoms else None)
     report = GopReport(g, out.seconds, atoms, latent_mse=float(jnp.mean((out.latent - out.inputs.target) ** 2)),
-                       side_bytes=tuple((tag, len(data)) for tag, data in out.side))
+                       side_bytes=tuple((tag, len(data)) for tag, data in out.side), compile_s=out.compile_s,
+                       dit_calls=out.dit_calls)
     return bitstream.record_bytes(header, g, record), report
 
 
@@ -353,27 +410,6 @@ def with_prompt(model, prompt: str):
     from gvc_jax.models.text import prompt_context
 
     return dataclasses.replace(model, text_context=prompt_context(model, prompt))
-
-
-def gather_records(framed: Sequence[bytes]) -> List[bytes]:
-    """Each process holds the framed records of its own GOPs (the others: empty): -> every record,
-    on every process (``multihost_utils.process_allgather`` of lengths, then of padded bytes)."""
-    from jax.experimental import multihost_utils
-
-    lengths = np.array([len(b) for b in framed], np.int64)
-    every = np.asarray(multihost_utils.process_allgather(lengths)).reshape(-1, len(framed))  # [processes, GOPs]
-    width = max(1, int(every.max()))
-    buf = np.zeros((len(framed), width), np.uint8)
-    for g, b in enumerate(framed):
-        buf[g, :len(b)] = np.frombuffer(b, np.uint8)
-    data = np.asarray(multihost_utils.process_allgather(buf)).reshape(-1, len(framed), width)
-    out = []
-    for g in range(len(framed)):
-        owners = [p for p in range(every.shape[0]) if every[p, g] > 0]
-        if len(owners) != 1:
-            raise RuntimeError(f"GOP {g} was coded by {len(owners)} processes, expected exactly one")
-        out.append(bytes(data[owners[0], g, :every[owners[0], g]]))
-    return out
 
 
 def check_model(header: bitstream.Header, model) -> None:
@@ -416,41 +452,55 @@ def decode_stream(stream: bytes, model, *, check_fingerprint: bool = True, stric
         raise bitstream.BitstreamError(f"the stream cannot be decoded with this model: {err}") from None
     engine = gop_engine(model, header, mesh, decoding=True)
     emit = _emitter(plan, header.orig_height, header.orig_width, sink)
-    reports: List[GopReport] = []
-    concealed: List[int] = []
-    affected: List[int] = []
-    replaced: set[int] = set()
-    exact: List[int] = []  # GOPs (not conditioned on concealed frames) that reproduce / miss their hash
-    drifted: List[int] = []
-    source = StreamPicks(header, records, var, conceal=conceal)
+    watch = _DriftWatch(strict, allow_drift)
+    source = StreamPicks([header], records, var, conceal=conceal)
     for out in code_gops(plan, var, engine, source, progress=progress, stage="decode", gather=True):
+        watch.check(out)
+        emit(out)
+    result = CodecResult(None, header.fps_num / header.fps_den, header, watch.reports, bytes(stream))
+    result.concealed, result.affected = watch.concealed, watch.affected
+    return result
+
+
+class _DriftWatch:
+    """A decode's per-GOP reports, concealed GOPs and drift rule (``decode_stream``): drift is an
+    error under ``strict``, or when one GOP reproduces its hash and another does not (a wrong
+    record, not a platform), unless ``allow_drift``; GOPs conditioned on concealed frames are
+    ``affected`` (their drift is expected)."""
+
+    def __init__(self, strict: bool, allow_drift: bool):
+        self.strict, self.allow_drift = strict, allow_drift
+        self.reports: List[GopReport] = []
+        self.concealed: List[int] = []
+        self.affected: List[int] = []
+        self.replaced: set[int] = set()   # source frames of concealed GOPs
+        self.exact: List[int] = []        # GOPs (not conditioned on concealed frames) that reproduce / miss their hash
+        self.drifted: List[int] = []
+
+    def check(self, out: GopOutput) -> None:
         span = out.span
         if out.inputs.concealed:
-            concealed.append(span.index)
-            replaced.update(range(span.start, span.stop))
-            reports.append(GopReport(span.index, out.seconds, (), drift=False))
-            emit(out)
-            continue
-        downstream = bool(replaced.intersection(span.anchors)) or any(d in concealed or d in affected
-                                                                      for d in span.depends_on)
+            self.concealed.append(span.index)
+            self.replaced.update(range(span.start, span.stop))
+            self.reports.append(GopReport(span.index, out.seconds, (), drift=False, compile_s=out.compile_s))
+            return
+        downstream = bool(self.replaced.intersection(span.anchors)) or any(
+            d in self.concealed or d in self.affected for d in span.depends_on)
         if downstream:
-            affected.append(span.index)
+            self.affected.append(span.index)
         assert out.inputs.record is not None  # a GOP that is not concealed was read from its record
         drift = out.digest != out.inputs.record.latent_hash
         if not downstream:
-            if drift and strict:
+            if drift and self.strict:
                 raise DriftError(f"GOP {span.index}: decoded latent differs from the encoder's (hash mismatch)")
-            (drifted if drift else exact).append(span.index)
-            if drifted and exact and not allow_drift:
+            (self.drifted if drift else self.exact).append(span.index)
+            if self.drifted and self.exact and not self.allow_drift:
                 raise DriftError(
-                    f"GOP {drifted[0]}: decoded latent differs from the encoder's while GOP {exact[0]} reproduces it "
-                    f"exactly, so this is a wrong record, not another platform (platform differences change every "
-                    f"GOP); decode with --allow-drift to accept it")
-        reports.append(GopReport(span.index, out.seconds, tuple(int(m) for m in out.inputs.atoms), drift=drift))
-        emit(out)
-    result = CodecResult(None, header.fps_num / header.fps_den, header, reports, bytes(stream))
-    result.concealed, result.affected = concealed, affected
-    return result
+                    f"GOP {self.drifted[0]}: decoded latent differs from the encoder's while GOP {self.exact[0]} "
+                    f"reproduces it exactly, so this is a wrong record, not another platform (platform differences "
+                    f"change every GOP); decode with --allow-drift to accept it")
+        self.reports.append(GopReport(span.index, out.seconds, tuple(int(m) for m in out.inputs.atoms), drift=drift,
+                                      compile_s=out.compile_s, dit_calls=out.dit_calls))
 
 
 def _stream_variant(header: bitstream.Header, model):
@@ -481,6 +531,15 @@ def rate_breakdown(result: CodecResult) -> dict:
     total = len(result.stream)
     return {"codebook_bytes": picks, "anchor_bytes": anchors, "residual_bytes": residual,
             "overhead_bytes": total - picks - anchors - residual, "first_anchor_bytes": first}
+
+
+def compute_report(result: CodecResult) -> dict:
+    """The compute of a run, per GOP and in total: ``compile_s`` (program preparation, from
+    ``compile_cache.clock``) and ``dit_calls`` (DiT evaluations; a GOP taken from a journal: 0)."""
+    return {"compile_s": round(sum(g.compile_s for g in result.gops), 3),
+            "compile_s_per_gop": [round(g.compile_s, 3) for g in result.gops],
+            "dit_calls": sum(g.dit_calls for g in result.gops),
+            "dit_calls_per_gop": [g.dit_calls for g in result.gops]}
 
 
 def _collector() -> Tuple[List[np.ndarray], Sink]:

@@ -306,6 +306,28 @@ def _parse_header(cur: Cursor) -> Header:
     names = ("width", "height", "orig_width", "orig_height", "num_frames", "fps_num", "fps_den",
              "gop_frames", "num_gops")
     vals = {name: cur.varint(name) for name in names}
+    fields, flags, prompt_raw = _parse_sampler_fields(cur)
+    crc_pos = cur.pos
+    (crc,) = struct.unpack(">I", cur.take(4, "header CRC"))
+    if zlib.crc32(cur.data[start:crc_pos]) != crc:
+        raise BitstreamError("header CRC mismatch (corrupted header)")
+    if variant_i >= len(VARIANTS):
+        raise BitstreamError(f"invalid header: variant index {variant_i} out of range")
+    if codebook_i >= len(CODEBOOK_KINDS):
+        raise BitstreamError(f"invalid header: codebook kind index {codebook_i} out of range")
+    try:
+        sampler = SamplerConfig(codebook=CODEBOOK_KINDS[codebook_i], **fields)
+    except ValueError as err:
+        raise BitstreamError(f"invalid header: {err}") from None
+    h = Header(model_fingerprint=fingerprint, preset=_utf8(preset_raw, "preset"), variant=VARIANTS[variant_i],
+               sampler=sampler, flags=flags, version=version, prompt=_utf8(prompt_raw, "prompt"), **vals)
+    validate_header(h)
+    return h
+
+
+def _parse_sampler_fields(cur: Cursor) -> tuple:
+    """The header's sampler fields, flags and flag-dependent parts: -> (SamplerConfig keywords but
+    the codebook kind, flags, raw prompt bytes)."""
     steps, tail = cur.varint("steps"), cur.varint("tail")
     shift, g_scale = struct.unpack(">ff", cur.take(8, "shift and g_scale"))
     K = cur.varint("K")
@@ -327,31 +349,16 @@ def _parse_header(cur: Cursor) -> Header:
         if n_prompt > MAX_PROMPT_BYTES:
             raise BitstreamError(f"invalid header: prompt length {n_prompt} > {MAX_PROMPT_BYTES}")
         prompt_raw = cur.take(n_prompt, "prompt")
-    crc_pos = cur.pos
-    (crc,) = struct.unpack(">I", cur.take(4, "header CRC"))
-    if zlib.crc32(cur.data[start:crc_pos]) != crc:
-        raise BitstreamError("header CRC mismatch (corrupted header)")
-    if variant_i >= len(VARIANTS):
-        raise BitstreamError(f"invalid header: variant index {variant_i} out of range")
-    if codebook_i >= len(CODEBOOK_KINDS):
-        raise BitstreamError(f"invalid header: codebook kind index {codebook_i} out of range")
+    fields = dict(steps=steps, tail=tail, g_scale=g_scale, shift=shift, K=K, atoms_per_frame=apf, seed=seed,
+                  x0_cache=x0_cache)
+    return fields, flags, prompt_raw
+
+
+def _utf8(raw: bytes, what: str) -> str:
     try:
-        preset = preset_raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BitstreamError("invalid header: preset is not valid utf-8") from None
-    try:
-        prompt = prompt_raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BitstreamError("invalid header: prompt is not valid utf-8") from None
-    try:
-        sampler = SamplerConfig(steps=steps, tail=tail, g_scale=g_scale, shift=shift, K=K, atoms_per_frame=apf,
-                                codebook=CODEBOOK_KINDS[codebook_i], seed=seed, x0_cache=x0_cache)
-    except ValueError as err:
-        raise BitstreamError(f"invalid header: {err}") from None
-    h = Header(model_fingerprint=fingerprint, preset=preset, variant=VARIANTS[variant_i], sampler=sampler,
-               flags=flags, version=version, prompt=prompt, **vals)
-    validate_header(h)
-    return h
+        raise BitstreamError(f"invalid header: {what} is not valid utf-8") from None
 
 
 # ----------------------------------------------------------------------------------- records

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gvc_jax import compile_cache
 from gvc_jax._memory import release_freed_memory
 from gvc_jax.codec.format import bitstream
 from gvc_jax.codec.gop.engine import GopEngine
@@ -44,7 +45,11 @@ class NonFiniteError(ValueError):
 
 
 class Progress:
-    """Progress reports of a coding run (no-op base; the CLI shows bars)."""
+    """Progress reports of a coding run (no-op base; the CLI shows bars). ``step`` is called only
+    when ``wants_steps``: the trajectory is then compiled with a per-step host callback, and JAX
+    never keeps such a program in its persistent compilation cache."""
+
+    wants_steps = False
 
     def gop(self, stage: str, done: int, total: int) -> None:
         """``done`` of ``total`` GOPs of ``stage`` ("encode" / "decode") are finished."""
@@ -75,7 +80,9 @@ class GopOutput:
     frames: np.ndarray                 # uint8 [span.length, H, W, 3] at the coded size
     inputs: GopInput
     seconds: float
-    digest: bytes                      # ``records.latent_hash`` of ``latent``
+    digest: Optional[bytes]            # ``records.latent_hash`` of ``latent`` (None: another process's GOP)
+    compile_s: float = 0.0             # program preparation (``compile_cache.clock``) during its chunk, shared
+    dit_calls: int = 0                 # DiT evaluations of its trajectory (0: concealed)
 
 
 class DecodedContext:
@@ -162,12 +169,15 @@ def anchor_payloads(variant: Variant, side) -> tuple:
 
 
 class StreamPicks:
-    """Decoder picks: read each GOP's atoms and side payloads from the stream's records."""
+    """Decoder picks: read each GOP's atoms and side payloads from the stream's records.
 
-    def __init__(self, header: bitstream.Header,
+    ``headers[span.stream]``: the header of the GOP's stream (one for a decode; a resumed batch
+    replays GOPs of several streams); ``records`` by global GOP index."""
+
+    def __init__(self, headers: Sequence[bitstream.Header],
                  records: Union[Sequence[bitstream.GopRecord], Mapping[int, bitstream.GopRecord]], variant: Variant,
                  conceal: bool = False):
-        self.header = header
+        self.headers = tuple(headers)
         self.records = records
         self.variant = variant
         self.conceal = conceal   # a record that is lost or does not parse: conceal its GOP
@@ -177,14 +187,15 @@ class StreamPicks:
             return GopInput(atoms=engine.trajectory.check_atoms(None), concealed=True)
         try:
             rec = self.records[span.index]
-            self.variant.check_side(span.index, rec.side)
+            self.variant.check_side(span.in_stream, rec.side)
         except bitstream.BitstreamError:
             if not self.conceal:
                 raise
             return GopInput(atoms=engine.trajectory.check_atoms(None), concealed=True)
-        apf = self.header.atoms_per_frame if rec.atoms_per_frame is None else rec.atoms_per_frame
+        header = self.headers[span.stream]
+        apf = header.atoms_per_frame if rec.atoms_per_frame is None else rec.atoms_per_frame
         m = engine.trajectory.check_atoms(apf)
-        picks = record_to_picks(rec.picks, self.header.steps, len(m), engine.trajectory.slots)
+        picks = record_to_picks(rec.picks, header.steps, len(m), engine.trajectory.slots)
         return GopInput(atoms=m, picks=picks, side=tuple(rec.side), record=rec)
 
     def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:
@@ -202,9 +213,9 @@ class ResumedTargets:
     (the decoder's path, so their frames are exactly the first run's once the caller has checked
     each replayed latent against its record's hash), the rest are searched."""
 
-    def __init__(self, search: SearchTargets, header: bitstream.Header, finished: dict, variant: Variant):
+    def __init__(self, search: SearchTargets, headers: Sequence[bitstream.Header], finished: dict, variant: Variant):
         self.search = search
-        self.replay = StreamPicks(header, finished, variant)
+        self.replay = StreamPicks(headers, finished, variant)
 
     def _of(self, inputs: GopInput):
         return self.search if inputs.record is None else self.replay
@@ -276,6 +287,25 @@ class FinishedGop:
     frames: dict
 
 
+@dataclass
+class _Walk:
+    """What the loop carries from chunk to chunk."""
+
+    plan: GopPlan
+    variant: Variant
+    engine: GopEngine
+    source: Any
+    progress: Progress
+    stage: str
+    context: DecodedContext
+    done: int = 0
+    last_frame: Optional[np.ndarray] = None  # the last real frame of the latest GOP (a concealed T2V GOP repeats it)
+
+    def finished(self) -> None:
+        self.done += 1
+        self.progress.gop(self.stage, self.done, self.plan.num_gops)
+
+
 def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
               progress: Optional[Progress] = None, stage: str = "code",
               skip: Optional[Dict[int, FinishedGop]] = None, gather: bool = False) -> Iterator[GopOutput]:
@@ -294,87 +324,109 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
     GOP is yielded everywhere, another process's with ``latent`` and ``picks`` None (decoding, or
     an encoder that writes the reconstruction, on several hosts). All processes must agree on it.
     """
-    progress = progress or Progress()
     skip = skip or {}
-    context = DecodedContext(plan)
-    done = 0
-    last_frame = None  # the last real frame of the latest GOP (what a concealed T2V GOP repeats)
-    progress.gop(stage, 0, plan.num_gops)
+    walk = _Walk(plan, variant, engine, source, progress or Progress(), stage, DecodedContext(plan))
+    walk.progress.gop(stage, 0, plan.num_gops)
     for wave in plan.waves():
         for span in wave:
-            if span.index in skip:
-                finished = skip[span.index]
-                anchor_side = anchor_payloads(variant, finished.record.side)
-                context.add_anchors(variant.read_anchors(span, anchor_side, engine))
-                context.add_anchors(finished.frames)
-                done += 1
-                progress.gop(stage, done, plan.num_gops)
+            if span.index in skip:  # what later GOPs need of it: its anchors and journalled context frames
+                walk.context.add_anchors(variant.read_anchors(span, anchor_payloads(variant, skip[span.index].record
+                                                                                    .side), engine))
+                walk.context.add_anchors(skip[span.index].frames)
+                walk.finished()
         for chunk in engine.mesh.chunks([span for span in wave if span.index not in skip]):
-            t0 = time.perf_counter()
-            inputs = [source.gop_input(span, engine) for span in chunk]
-            source.prepare(inputs, engine)
-            anchor_sides: list[tuple] = []
-            conds: list[Any] = []  # a GOP's conditioning dict; None for a concealed GOP (never run)
-            concealed: dict[int, Optional[np.ndarray]] = {}
-            for span, inp in zip(chunk, inputs, strict=True):
-                if inp.concealed:  # no record: frames from what was decoded before it (``conceal_gop``)
-                    concealed[span.index] = conceal_gop(span, variant, context, engine)
-                    anchor_sides.append(())
-                    conds.append(None)
-                    continue
-                anchor_side = source.anchors(variant, span, inp)  # every process: later GOPs may share them
-                context.add_anchors(variant.read_anchors(span, anchor_side, engine))
-                anchor_sides.append(anchor_side)
-                conds.append(variant.condition(span, context, engine))  # all: the programs need every shape
-            ran = [i for i, inp in enumerate(inputs) if not inp.concealed]
-            results = [None] * len(chunk)
-            if ran:
-                for i, result in zip(ran, engine.run_many(
-                        [chunk[i].in_stream for i in ran], [conds[i] for i in ran], [inputs[i].atoms for i in ran],
-                        targets=[inputs[i].target for i in ran], picks=[inputs[i].picks for i in ran],
-                        on_step=progress.step), strict=False):
-                    results[i] = result
-            latents: list[Optional[jax.Array]] = []
-            sides: list[tuple] = []
-            for span, inp, result in zip(chunk, inputs, results, strict=True):
-                if result is None:  # another process's GOP, or a concealed one
-                    latents.append(None)
-                    sides.append(())
-                    continue
-                latent = result[0]
-                side = source.side(variant, span, latent, inp)
-                latent = jax.block_until_ready(variant.apply_side(span, latent, side))
-                if not bool(jnp.all(jnp.isfinite(latent))):
-                    raise NonFiniteError(f"GOP {span.index}: the trajectory produced non-finite values "
-                                         f"(the sampler settings or the model weights are unusable)")
-                latents.append(latent)
-                sides.append(side)
-            frames = engine.frames_many(latents) if ran or engine.mesh.distributed else [None] * len(chunk)
-            frames = [concealed.get(span.index, frame) for span, frame in zip(chunk, frames, strict=False)]
-            for k, span in enumerate(chunk):  # no earlier frame to repeat when it was concealed: the one before
-                if span.index in concealed and frames[k] is None:
-                    frames[k] = conceal_gop(span, variant, context, engine, previous=last_frame)
-                frame = frames[k]
-                if frame is not None:
-                    last_frame = frame[span.stop - span.start - 1]
-            digests = [None if latent is None else latent_hash(latent) for latent in latents]
-            if engine.mesh.distributed:  # frames later GOPs condition on: from their process to every process
-                frames = engine.mesh.share(frames, [gather or context.needs(span) for span in chunk],
-                                          (engine.gop_frames, engine.height, engine.width, 3))
-                if gather:
-                    digests = [bytes(d) for d in engine.mesh.share(
-                        [None if d is None else np.frombuffer(d, np.uint8) for d in digests],
-                        [True] * len(chunk), (LATENT_HASH_BYTES,))]
-            for span, frame in zip(chunk, frames, strict=False):
-                if frame is not None:
-                    context.add(span, frame)
-                context.release(span)
-            release_freed_memory()
-            seconds = (time.perf_counter() - t0) / len(chunk)  # the chunk's wall time, shared by its GOPs
-            for span, inp, anchor_side, result, latent, side, frame, digest in zip(
-                    chunk, inputs, anchor_sides, results, latents, sides, frames, digests, strict=False):
-                done += 1
-                if result is not None or gather or inp.concealed:
-                    yield GopOutput(span, latent, None if result is None else result[1],
-                                    tuple(anchor_side) + tuple(side), frame, inp, seconds, digest)
-                progress.gop(stage, done, plan.num_gops)
+            yield from _code_chunk(walk, chunk, gather)
+
+
+def _code_chunk(walk: _Walk, chunk: Sequence[GopSpan], gather: bool) -> Iterator[GopOutput]:
+    """One chunk of a wave, one GOP per device: inputs, conditioning, trajectories, side payloads,
+    frames; then the frames later GOPs need are shared (several processes) and every GOP yielded."""
+    engine = walk.engine
+    t0, c0 = time.perf_counter(), compile_cache.clock()
+    inputs = [walk.source.gop_input(span, engine) for span in chunk]
+    walk.source.prepare(inputs, engine)
+    anchor_sides, conds, concealed = _condition(walk, chunk, inputs)
+    ran = [i for i, inp in enumerate(inputs) if not inp.concealed]
+    results: list = [None] * len(chunk)
+    if ran:
+        for i, result in zip(ran, engine.run_many(
+                [chunk[i].in_stream for i in ran], [conds[i] for i in ran], [inputs[i].atoms for i in ran],
+                targets=[inputs[i].target for i in ran], picks=[inputs[i].picks for i in ran],
+                on_step=walk.progress.step if walk.progress.wants_steps else None), strict=False):
+            results[i] = result
+    latents, sides = _complete(walk, chunk, inputs, results)
+    frames = engine.frames_many(latents) if ran or engine.mesh.distributed else [None] * len(chunk)
+    frames = _conceal(walk, chunk, [concealed.get(span.index, frame) for span, frame in zip(chunk, frames,
+                                                                                             strict=True)], concealed)
+    digests = [None if latent is None else latent_hash(latent) for latent in latents]
+    if engine.mesh.distributed:  # frames later GOPs condition on: from their process to every process
+        frames = engine.mesh.share(frames, [gather or walk.context.needs(span) for span in chunk],
+                                   (engine.gop_frames, engine.height, engine.width, 3))
+        if gather:
+            digests = [bytes(d) for d in engine.mesh.share(
+                [None if d is None else np.frombuffer(d, np.uint8) for d in digests],
+                [True] * len(chunk), (LATENT_HASH_BYTES,))]
+    for span, frame in zip(chunk, frames, strict=True):
+        if frame is not None:
+            walk.context.add(span, frame)
+        walk.context.release(span)
+    release_freed_memory()
+    seconds = (time.perf_counter() - t0) / len(chunk)  # the chunk's wall time, shared by its GOPs
+    compile_s = (compile_cache.clock() - c0) / len(chunk)
+    for k, span in enumerate(chunk):
+        result, inp = results[k], inputs[k]
+        if result is not None or gather or inp.concealed:
+            yield GopOutput(span, latents[k], None if result is None else result[1],
+                            tuple(anchor_sides[k]) + tuple(sides[k]), frames[k], inp, seconds, digests[k],
+                            compile_s, 0 if inp.concealed else engine.trajectory.dit_calls)
+        walk.finished()
+
+
+def _condition(walk: _Walk, chunk: Sequence[GopSpan], inputs: Sequence[GopInput]) -> tuple:
+    """Each GOP's anchors (into the decoded context) and conditioning, in index order: -> (anchor
+    payloads, conditioning dicts (None: a concealed GOP, never run), concealed GOPs' frames)."""
+    anchor_sides: list[tuple] = []
+    conds: list[Any] = []
+    concealed: dict[int, Optional[np.ndarray]] = {}
+    for span, inp in zip(chunk, inputs, strict=True):
+        if inp.concealed:  # no record: frames from what was decoded before it (``conceal_gop``)
+            concealed[span.index] = conceal_gop(span, walk.variant, walk.context, walk.engine)
+            anchor_sides.append(())
+            conds.append(None)
+            continue
+        anchor_side = walk.source.anchors(walk.variant, span, inp)  # every process: later GOPs may share them
+        walk.context.add_anchors(walk.variant.read_anchors(span, anchor_side, walk.engine))
+        anchor_sides.append(anchor_side)
+        conds.append(walk.variant.condition(span, walk.context, walk.engine))  # all: the programs need every shape
+    return anchor_sides, conds, concealed
+
+
+def _complete(walk: _Walk, chunk: Sequence[GopSpan], inputs: Sequence[GopInput], results: list) -> tuple:
+    """Each trajectory's side payloads (made or read) applied to its latent: -> (latents, side payloads);
+    None and () for another process's GOP or a concealed one."""
+    latents: list[Optional[jax.Array]] = []
+    sides: list[tuple] = []
+    for span, inp, result in zip(chunk, inputs, results, strict=True):
+        if result is None:
+            latents.append(None)
+            sides.append(())
+            continue
+        side = walk.source.side(walk.variant, span, result[0], inp)
+        latent = jax.block_until_ready(walk.variant.apply_side(span, result[0], side))
+        if not bool(jnp.all(jnp.isfinite(latent))):
+            raise NonFiniteError(f"GOP {span.index}: the trajectory produced non-finite values "
+                                 f"(the sampler settings or the model weights are unusable)")
+        latents.append(latent)
+        sides.append(side)
+    return latents, sides
+
+
+def _conceal(walk: _Walk, chunk: Sequence[GopSpan], frames: list, concealed: dict) -> list:
+    """A concealed GOP with no earlier frame to repeat when it was prepared repeats the one just
+    before it; every GOP's last real frame is remembered for the next."""
+    for k, span in enumerate(chunk):
+        if span.index in concealed and frames[k] is None:
+            frames[k] = conceal_gop(span, walk.variant, walk.context, walk.engine, previous=walk.last_frame)
+        if frames[k] is not None:
+            walk.last_frame = frames[k][span.stop - span.start - 1]
+    return frames

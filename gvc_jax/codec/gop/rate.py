@@ -8,7 +8,8 @@ so for I2V the budget is met up to the residual's size (the caller reports how c
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
 
 from gvc_jax.codec.format import bitstream
 from gvc_jax.codec.sampling.schedule import MAX_ATOMS, SamplerConfig
@@ -16,6 +17,20 @@ from gvc_jax.codec.sampling.schedule import MAX_ATOMS, SamplerConfig
 
 class RateError(ValueError):
     """No setting of the atoms fits the requested rate."""
+
+
+@dataclass(frozen=True)
+class RateTarget:
+    """A byte budget for one stream: the atoms are chosen (``fit_sampler``) so the stream, with
+    side payloads of ``side_lengths[g]`` bytes in GOP g, fits ``target_bytes``; ``pattern``: M ->
+    atoms per latent frame (``atoms_pattern``; None: M everywhere)."""
+
+    target_bytes: int
+    side_lengths: Tuple[Tuple[int, ...], ...] = ()
+    pattern: Optional[Callable[[int], Tuple[int, ...]]] = None
+
+    def sampler(self, header: bitstream.Header) -> SamplerConfig:
+        return fit_sampler(header, int(self.target_bytes), self.side_lengths, self.pattern)
 
 
 def stream_bytes(header: bitstream.Header, side_lengths: Sequence[Sequence[int]] = ()) -> int:

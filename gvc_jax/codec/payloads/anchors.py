@@ -174,44 +174,19 @@ def _run_ffmpeg(args, data: bytes, max_out: int, inspect=None) -> bytes:
     stderr = bytearray()
     expired = threading.Event()
 
-    def feed():
-        try:
-            proc.stdin.write(data)
-        except OSError:  # ffmpeg stopped reading (it failed, or was killed): its exit says why
-            pass
-        finally:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-
-    def drain():
-        for chunk in iter(lambda: proc.stderr.read1(1 << 16), b""):
-            stderr.extend(chunk)
-            del stderr[:-_STDERR_KEEP]
-
     def expire():
         expired.set()
         proc.kill()
 
-    helpers = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
+    helpers = [threading.Thread(target=_feed, args=(proc, data), daemon=True),
+               threading.Thread(target=_drain, args=(proc, stderr), daemon=True)]
     timer = threading.Timer(FFMPEG_TIMEOUT_S, expire)
     timer.daemon = True
-    out = bytearray()
-    stdout = cast(io.BufferedReader, proc.stdout)  # stdout=PIPE, buffered: a BufferedReader
     try:
         for t in helpers:
             t.start()
         timer.start()
-        while len(out) <= max_out:
-            chunk = stdout.read1(min(1 << 20, max_out + 1 - len(out)))
-            if not chunk:
-                break
-            out += chunk
-            if inspect is not None:
-                inspect(out)
-        if len(out) > max_out:
-            proc.kill()
+        out = _read_capped(proc, max_out, inspect)
     except BaseException:  # e.g. KeyboardInterrupt: do not leave ffmpeg running
         proc.kill()
         raise
@@ -233,6 +208,42 @@ def _run_ffmpeg(args, data: bytes, max_out: int, inspect=None) -> bytes:
     if proc.returncode != 0:
         raise RuntimeError(_ffmpeg_failure(bytes(stderr), proc.returncode))
     return bytes(out)
+
+
+def _feed(proc, data: bytes) -> None:
+    """ffmpeg's stdin (a thread): ``data``, then closed."""
+    try:
+        proc.stdin.write(data)
+    except OSError:  # ffmpeg stopped reading (it failed, or was killed): its exit says why
+        pass
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+
+def _drain(proc, stderr: bytearray) -> None:
+    """ffmpeg's stderr (a thread): its last ``_STDERR_KEEP`` bytes kept for the error message."""
+    for chunk in iter(lambda: proc.stderr.read1(1 << 16), b""):
+        stderr.extend(chunk)
+        del stderr[:-_STDERR_KEEP]
+
+
+def _read_capped(proc, max_out: int, inspect) -> bytearray:
+    """ffmpeg's stdout up to ``max_out`` + 1 bytes (then it is killed), ``inspect``ed after each read."""
+    out = bytearray()
+    stdout = cast(io.BufferedReader, proc.stdout)  # stdout=PIPE, buffered: a BufferedReader
+    while len(out) <= max_out:
+        chunk = stdout.read1(min(1 << 20, max_out + 1 - len(out)))
+        if not chunk:
+            break
+        out += chunk
+        if inspect is not None:
+            inspect(out)
+    if len(out) > max_out:
+        proc.kill()
+    return out
 
 
 def _y4m_header(raw: bytes, height: int, width: int) -> Tuple[int, int] | None:

@@ -78,7 +78,7 @@ def _on_step(listener, gop, step) -> None:
 Velocity = Callable[..., jax.Array]
 
 
-def _trajectory(velocity: Velocity, codebook: Codebook, slots: int,
+def _trajectory(velocity: Velocity, codebook: Codebook, slots: int, report_steps: bool,
                 params, cond, target, use_search, given: Picks, atoms_per_frame, gop, seed, tables, listener):
     TRACE_COUNT[0] += 1
     frames = target.shape[0]
@@ -110,7 +110,8 @@ def _trajectory(velocity: Velocity, codebook: Codebook, slots: int,
         x0_hat = x0_estimate(x, u, t)
         z, idx, coef = jax.lax.cond(stochastic, coded_noise, no_noise, x0_hat, step, given_idx, given_coef)
         x_next = sde_step(x, u, t, t_next, g, z)
-        jax.debug.callback(_on_step, listener, gop, step)  # progress only; identical in both directions
+        if report_steps:  # progress only; a program with a host callback is never kept in JAX's compilation cache
+            jax.debug.callback(_on_step, listener, gop, step)
         return (x_next, x0_hat), (idx, coef)
 
     x_start = initial_noise(seed, gop, target.shape)
@@ -122,7 +123,7 @@ def _trajectory(velocity: Velocity, codebook: Codebook, slots: int,
 
 
 # Compiled once per (velocity, codebook, atom slots) and input shapes, shared by all callers.
-_trajectory_jit = jax.jit(_trajectory, static_argnums=(0, 1, 2))
+_trajectory_jit = jax.jit(_trajectory, static_argnums=(0, 1, 2, 3))
 
 
 class Trajectory:
@@ -146,7 +147,13 @@ class Trajectory:
         self.tables = {"t": tables.t, "t_next": tables.t_next, "g": tables.g,
                        "stochastic": tables.stochastic, "reuse": tables.reuse, "t_feat": np.asarray(feats, np.float32)}
         self._velocity = velocity
-        self._fn = functools.partial(_trajectory_jit, velocity, self.codebook, self.slots)
+        self._fns = {report: functools.partial(_trajectory_jit, velocity, self.codebook, self.slots, report)
+                     for report in (False, True)}
+
+    @property
+    def dit_calls(self) -> int:
+        """DiT evaluations per GOP: every step but those the x0-cache skips."""
+        return int(self.sampler.steps - np.count_nonzero(self.tables["reuse"]))
 
     def check_atoms(self, atoms_per_frame) -> np.ndarray:
         """Validated int32 [F] atoms per latent frame (each in [1, capacity])."""
@@ -196,7 +203,8 @@ class Trajectory:
             for listener in listeners:
                 if listener:
                     _LISTENERS[listener] = on_step
-        run = self._fn_each if mesh is None else self._mapped(mesh)
+        report = on_step is not None
+        run = functools.partial(self._fn_each, report) if mesh is None else self._mapped(mesh, report)
         try:
             out = run(params, list(conds), targets, use_search, list(picks), atoms,
                       [jnp.asarray(g, jnp.uint32) for g in gops], jnp.asarray(s.seed, jnp.uint32),
@@ -209,15 +217,16 @@ class Trajectory:
                 _LISTENERS.pop(listener, None)
         return [None if o is None else tuple(o) for o in out]
 
-    def _fn_each(self, params, conds, targets, use_search, picks, atoms, gops, seed, tables, listeners):
-        return [self._fn(params, c, t, u, p, a, g, seed, tables, lis)
+    def _fn_each(self, report, params, conds, targets, use_search, picks, atoms, gops, seed, tables, listeners):
+        return [self._fns[report](params, c, t, u, p, a, g, seed, tables, lis)
                 for c, t, u, p, a, g, lis in zip(conds, targets, use_search, picks, atoms, gops, listeners,
                                                  strict=False)]
 
-    def _mapped(self, mesh):
-        """The chunk program on ``mesh``: ``_trajectory`` per device (compiled once per structure)."""
+    def _mapped(self, mesh, report: bool):
+        """The chunk program on ``mesh``: ``_trajectory`` per device (compiled once per structure);
+        ``report``: with the per-step progress callback."""
         # per GOP: cond, target, use_search, given picks, atoms, gop, listener; shared: params, seed, tables
         batched = (False, True, True, True, True, True, True, False, False, True)
-        return mesh.map(("trajectory", self._velocity, self.codebook, self.slots),
-                        functools.partial(_trajectory, self._velocity, self.codebook, self.slots), batched,
-                        plain=self._fn)
+        return mesh.map(("trajectory", self._velocity, self.codebook, self.slots, report),
+                        functools.partial(_trajectory, self._velocity, self.codebook, self.slots, report), batched,
+                        plain=self._fns[report])

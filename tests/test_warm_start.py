@@ -1,0 +1,74 @@
+"""Warm starts (``gvc_jax.compile_cache``): the command-line tools keep compiled programs under
+$GVC_JAX_CACHE/xla by default; a warm run writes the cold run's bytes; ``--no-compile-cache`` and
+an unsafe directory leave it unused; the reports carry ``compile_s`` and ``dit_calls``."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+FAST = ["--model", "preset:tiny", "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("warm") / "v.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (9, 48, 64, 3)).astype(np.uint8))
+    return str(path)
+
+
+def _run(module, args, cache_root, extra_env=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
+           and not k.startswith("JAX_PERSISTENT_CACHE")}  # the suite's own cache dir would take precedence
+    env.update({"GVC_JAX_CACHE": str(cache_root), "JAX_PLATFORMS": "cpu", **(extra_env or {})})
+    proc = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def _entries(cache_root):
+    xla = os.path.join(cache_root, "xla")
+    return sorted(os.listdir(xla)) if os.path.isdir(xla) else []
+
+
+def test_a_warm_encode_writes_the_cold_bytes_and_reports_its_compute(video, tmp_path):
+    cache = tmp_path / "cache"
+    outs = []
+    for run in ("cold", "warm"):
+        out, js = tmp_path / f"{run}.gvc", tmp_path / f"{run}.json"
+        _run("gvc_jax.encode", [video, "-o", str(out), *FAST, "--x0-cache", "alternate", "--json", str(js)], cache)
+        outs.append((out.read_bytes(), json.loads(js.read_text())))
+        if run == "cold":
+            cold_entries = _entries(cache)
+            assert any(e.startswith("jit__trajectory") for e in cold_entries), cold_entries  # no host callback in it
+            assert oct(os.stat(cache / "xla").st_mode & 0o777) == "0o700"
+    (cold, cold_report), (warm, warm_report) = outs
+    assert warm == cold
+    assert _entries(cache) == cold_entries  # the warm run compiled nothing new
+    for report in (cold_report, warm_report):
+        assert report["dit_calls_per_gop"] == [2] * report["gops"]  # 4 steps, x0-cache alternate skips 1 and 3
+        assert report["dit_calls"] == 2 * report["gops"] and report["compile_s"] >= 0
+    assert cold_report["compile_s"] > 0
+    dec = tmp_path / "dec.json"
+    _run("gvc_jax.decode", [str(tmp_path / "warm.gvc"), "-o", str(tmp_path / "d.npy"), "--model", "preset:tiny",
+                            "--quiet", "--json", str(dec)], cache)
+    report = json.loads(dec.read_text())
+    assert report["dit_calls"] == 2 * len(report["dit_calls_per_gop"]) and "compile_s" in report
+
+
+def test_no_compile_cache_and_an_unsafe_directory_leave_the_cache_unused(video, tmp_path):
+    cache = tmp_path / "off"
+    _run("gvc_jax.encode", [video, "-o", str(tmp_path / "a.gvc"), *FAST, "--no-compile-cache"], cache)
+    assert _entries(cache) == []
+    _run("gvc_jax.encode", [video, "-o", str(tmp_path / "b.gvc"), *FAST], cache, {"GVC_JAX_NO_COMPILE_CACHE": "1"})
+    assert _entries(cache) == []
+    shared = tmp_path / "shared"
+    (shared / "xla").mkdir(parents=True)
+    os.chmod(shared / "xla", 0o777)  # others could plant executables: refused, with a warning
+    proc = _run("gvc_jax.encode", [video, "-o", str(tmp_path / "c.gvc"), *FAST], shared)
+    assert "not used: others can write to it" in proc.stderr
+    assert _entries(shared) == []
+    assert (tmp_path / "a.gvc").read_bytes() == (tmp_path / "b.gvc").read_bytes() == (tmp_path / "c.gvc").read_bytes()
