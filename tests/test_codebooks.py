@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from jax.extend.random import threefry2x32_p
 
 from gvc_jax.codec.sampling import codebooks as cbm
 from gvc_jax.codec.sampling.codebooks import ATOM_BLOCK, KINDS, Codebook, frame_key, get_codebook
@@ -61,6 +62,49 @@ def test_gaussian_atoms_are_jax_normal():
     for k in (0, 5, 63):
         ref = jax.random.normal(jax.random.fold_in(KEY, k), (200,), jnp.float32)
         np.testing.assert_array_equal(np.asarray(ATOMS(cb, KEY, jnp.array([k]))[0]), np.asarray(ref))
+
+
+def test_gaussian_block_generation_is_bitwise_jax_normal():
+    """The fused block generator (hash + uniform + erf_inv over [block, D]) is jax.random.normal bit
+    for bit, over enough values to cover erf_inv's tail branch (|x| > ~2.9)."""
+    n, d = 96, 2000
+    cb = get_codebook("gaussian", 4096, d)
+    idx = jnp.arange(n, dtype=jnp.int32) * 37 + 5
+    ref = jax.jit(jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(KEY, k), (d,), jnp.float32)))(idx)
+    ref = np.asarray(ref)
+    assert (np.abs(ref) > 3.0).sum() > 100  # the w >= 5 branch of erf_inv is exercised
+    np.testing.assert_array_equal(np.asarray(ATOMS(cb, KEY, idx)).view(np.uint32), ref.view(np.uint32))
+    # the search's own block, with a one-hot residual, returns exactly atom k's coordinate j
+    for j in (0, 1, d - 1):
+        r = jnp.zeros((d,), jnp.float32).at[j].set(1.0)
+        ips = np.asarray(IPS(cb, KEY, r))[np.asarray(idx)]
+        np.testing.assert_array_equal(ips, ref[:, j])
+
+
+def test_gaussian_atoms_do_not_depend_on_the_partitionable_flag():
+    """The counters are explicit, so the other setting of jax_threefry_partitionable gives the same atoms."""
+    cb = get_codebook("gaussian", 64, 300)
+    on = np.asarray(ATOMS(cb, KEY, jnp.arange(8, dtype=jnp.int32)))
+    with jax.threefry_partitionable(False):
+        off = np.asarray(jax.jit(cb.atoms)(KEY, jnp.arange(8, dtype=jnp.int32)))
+    np.testing.assert_array_equal(off, on)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (1, 1000)])
+def test_unrolled_threefry_equals_the_primitive(shape):
+    """_threefry2x32 (unrolled, constant rotations) is the threefry2x32 primitive's function, with
+    broadcasting keys as the streamed search uses them."""
+    rng = np.random.default_rng(7)
+    k1, k2 = (jnp.asarray(rng.integers(0, 2**32, size=shape[:1] + (1,) * (len(shape) - 1), dtype=np.uint64).astype(np.uint32))
+              for _ in range(2))
+    x1, x2 = (jnp.asarray(rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32)) for _ in range(2))
+    got = jax.jit(cbm._threefry2x32)(k1, k2, x1, x2)
+    ref = jax.jit(lambda *a: threefry2x32_p.bind(*a))(k1, k2, x1, x2)
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
+    # the published Threefry-2x32 (20 rounds) known-answer vector (Random123's kat_vectors)
+    out = jax.jit(cbm._threefry2x32)(*(jnp.uint32(v) for v in (0x13198A2E, 0x03707344, 0x243F6A88, 0x85A308D3)))
+    assert [int(v) for v in out] == [0xC4923A9C, 0x483DF7A0]
 
 
 def test_rademacher_bits_are_raw_threefry():
