@@ -10,22 +10,25 @@ import types
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from gvc_jax import api, compile_cache
+from gvc_jax.codec.format.bitstream import BitstreamError
+from gvc_jax.codec.gop.loop import Progress
+from gvc_jax.codec.session import DriftError, ModelMismatchError
+from gvc_jax.evaluation import DEFAULT_METRICS, STREAMING, RunningEval, fit_metrics, parse_metrics
+from gvc_jax.io.atomic import atomic_write_bytes, emergency_cleanup, probe_writable
+from gvc_jax.io.video_writer import check_output
+from gvc_jax.models.checkpoint import CheckpointError
+from gvc_jax.parallel import init_distributed
+from gvc_jax.pixels import VideoError
 
 
 class Terminated(BaseException):
     """SIGTERM arrived: unwind like Ctrl-C (outputs in progress are removed), exit 143."""
-
 
 def _on_sigterm(signum, frame):
     raise Terminated()
 
 
 def user_error_types() -> tuple:
-    from gvc_jax.codec.format.bitstream import BitstreamError
-    from gvc_jax.codec.session import DriftError, ModelMismatchError
-    from gvc_jax.models.checkpoint import CheckpointError
-    from gvc_jax.pixels import VideoError
-
     return (VideoError, BitstreamError, CheckpointError, ModelMismatchError, DriftError, ValueError, OSError)
 
 
@@ -85,7 +88,6 @@ def add_codec_args(p: argparse.ArgumentParser, groups: Optional[Dict[str, Any]] 
     declarations (``api._option``: flags, group, help, type), into ``groups`` (argument groups by
     name, made as needed). Every flag defaults to None, so ``CodecOptions.from_args`` applies a preset
     and then only the flags given; the help shows the field's default."""
-
     groups = {} if groups is None else groups
     base = api.CodecOptions()
     for f in api.option_fields():
@@ -152,7 +154,6 @@ def start_distributed(args) -> bool:
         raise ValueError("--process-id must be >= 0")
     import threading
 
-    from gvc_jax.parallel import init_distributed
 
     joined = threading.Event()
 
@@ -233,7 +234,6 @@ def _start_watchdog(grace: float = INTERRUPT_GRACE_S) -> None:
     def watch() -> None:
         signum = os.read(r, 1)[0]
         time.sleep(grace)
-        from gvc_jax.io.atomic import emergency_cleanup
 
         emergency_cleanup()
         print("interrupted" if signum == signal.SIGINT else "terminated", file=sys.stderr, flush=True)
@@ -261,8 +261,6 @@ def callable_module(name: str, fn: Callable) -> None:
 def progress_printer(quiet: bool):
     """A ``loop.Progress`` drawing a GOP-level bar (tqdm on stderr), with the current step when the
     compilation cache is off (a program reporting its steps to the host is never cached)."""
-    from gvc_jax.codec.gop.loop import Progress
-
     if quiet:
         return Progress()
     from tqdm import tqdm
@@ -325,8 +323,6 @@ def emit_report(report: Dict[str, object], json_dest: str | None, details: Optio
 
 def add_metrics_arg(p, when: str) -> None:
     """``--metrics LIST`` (``evaluation.parse_metrics``), used ``when`` (for the help)."""
-    from gvc_jax.evaluation import DEFAULT_METRICS, STREAMING
-
     p.add_argument("--metrics", default=None, metavar="LIST",
                    help=f"comma-separated metrics {when}: {', '.join(m.replace('_', '-') for m in STREAMING)} "
                         f"(default {','.join(m.replace('_', '-') for m in DEFAULT_METRICS)}; DISTS needs frames "
@@ -335,8 +331,6 @@ def add_metrics_arg(p, when: str) -> None:
 
 def evaluator_for(metrics_arg: Optional[str], height: int, width: int):
     """The ``RunningEval`` of a ``--metrics`` value for frames of ``height`` x ``width``."""
-    from gvc_jax.evaluation import DEFAULT_METRICS, RunningEval, fit_metrics, parse_metrics
-
     names = DEFAULT_METRICS if metrics_arg is None else parse_metrics(metrics_arg)
     return RunningEval(fit_metrics(names, height, width, requested=metrics_arg is not None))
 
@@ -346,7 +340,6 @@ def write_json(dest: str, payload: dict) -> None:
     if dest == "-":
         print(text)
         return
-    from gvc_jax.io.atomic import atomic_write_bytes
 
     atomic_write_bytes(dest, (text + "\n").encode())
 
@@ -391,9 +384,6 @@ def check_outputs(files=(), videos=(), inputs=()) -> None:
     format; an existing directory is never replaced). No output may be an input (``inputs``), the
     same path, a symlink or a hard link to one, and no two outputs may be one file. ``None`` and
     ``-`` (stdout) are skipped."""
-    from gvc_jax.io.atomic import probe_writable
-    from gvc_jax.io.video_writer import check_output
-
     seen: List[str] = []
     for p, is_video in [(p, False) for p in files] + [(p, True) for p in videos]:
         if not p or p == "-":

@@ -20,11 +20,10 @@ import time
 import gvc_jax  # noqa: F401  (environment before jax)
 from gvc_jax import api, cli
 from gvc_jax.codec.format import bitstream
-from gvc_jax.codec.session import compute_report, decode_stream
+from gvc_jax.codec.session import decode_stream
 from gvc_jax.evaluation import parse_metrics
 from gvc_jax.io.video_reader import VideoReader
 from gvc_jax.io.video_writer import VideoWriter
-from gvc_jax.metrics import bpp
 from gvc_jax.parallel import GopMesh
 
 
@@ -124,8 +123,6 @@ def _evaluate(evaluator, reference, chunk) -> None:
 
 def _report(args, result, model, mesh, seconds: float, evaluator, size: int) -> dict:
     """The decoder's report (warnings for concealed and drifted GOPs on stderr)."""
-    h = result.header
-    frames, height, width = h.num_frames, h.orig_height, h.orig_width
     if result.concealed:
         after = f"; GOPs {result.affected} are conditioned on concealed frames" if result.affected else ""
         print(f"warning: GOPs {result.concealed} were damaged or missing and are concealed (frame freeze){after}",
@@ -135,10 +132,9 @@ def _report(args, result, model, mesh, seconds: float, evaluator, size: int) -> 
         print(f"warning: GOPs {drifted} decoded to a latent that differs from the encoder's "
               f"(different platform or model?); the video may differ from the encoder's reconstruction",
               file=sys.stderr)
-    report = {"input": args.input, "output": args.output, "model": model.name, "frames": frames,
-              "width": width, "height": height, "fps": result.fps, "bytes": size,
-              "bpp": bpp(size, frames, width, height), "seconds": seconds, "drifted_gops": drifted,
-              "devices": len(mesh.devices), "weight_shards": mesh.weight_shards, **compute_report(result)}
+    report = {"input": args.input, "output": args.output, "model": model.name, **result.report(size),
+              "seconds": seconds, "drifted_gops": drifted, "devices": len(mesh.devices),
+              "weight_shards": mesh.weight_shards}
     if args.conceal:
         report.update({"concealed_gops": result.concealed, "affected_gops": result.affected})
     if evaluator:

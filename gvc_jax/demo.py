@@ -19,14 +19,13 @@ import gvc_jax  # noqa: F401
 from gvc_jax import api, cli
 from gvc_jax.codec.gop.plan import ArrayReader
 from gvc_jax.codec.sampling import schedule
-from gvc_jax.codec.session import EncodeJob, decode_video, rate_breakdown
+from gvc_jax.codec.session import EncodeJob, decode_video
 from gvc_jax.evaluation import DEFAULT_METRICS, evaluate_video, fit_metrics, parse_metrics
 from gvc_jax.io.atomic import atomic_write_bytes
 from gvc_jax.io.preview import save_side_by_side
 from gvc_jax.io.sample_clips import sample_clip_path
 from gvc_jax.io.video_reader import read_video
 from gvc_jax.io.video_writer import write_video
-from gvc_jax.metrics import bpp
 from gvc_jax.parallel import GopMesh
 
 # Each variant at settings that show its strength: T2V the lowest rate; FLF2V the two coded
@@ -60,10 +59,11 @@ def code_variant(video, fps, model, options, progress, out_dir, name, devices=No
     dec = decode_video(stream, model, progress=progress, devices=devices)
     t_dec = time.perf_counter() - t0
     write_video(os.path.join(out_dir, f"{name}_decoded.mp4"), dec.video, dec.fps)
-    rate = rate_breakdown(enc)
-    row = {"variant": options.variant, "bytes": len(stream), "bpp": bpp(len(stream), frames, width, height),
+    rate = enc.report(len(stream))
+    row = {"variant": options.variant, "bytes": rate["bytes"], "bpp": rate["bpp"],
            "codebook_B": rate["codebook_bytes"], "anchor_B": rate["anchor_bytes"],
-           "residual_B": rate["residual_bytes"], "encode_s": t_enc, "decode_s": t_dec,
+           "residual_B": rate["residual_bytes"], "dit_calls": rate["dit_calls"], "encode_s": t_enc, "decode_s": t_dec,
+           "compile_s": rate["compile_s"] + dec.report()["compile_s"],
            "bit_exact": bool(not any(g.drift for g in dec.gops) and (dec.video == np.concatenate(chunks)).all())}
     names = DEFAULT_METRICS if metrics is None else parse_metrics(metrics, whole_video=True)
     row.update(evaluate_video(video, dec.video, fit_metrics(names, height, width, requested=metrics is not None),

@@ -23,7 +23,7 @@ import gvc_jax  # noqa: F401  (environment before jax)
 from gvc_jax import api, cli
 from gvc_jax.codec.format.bitstream import check_prompt
 from gvc_jax.codec.gop.journal import check_journal_path, input_identity, journal_path
-from gvc_jax.codec.session import EncodeJob, compute_report, rate_breakdown
+from gvc_jax.codec.session import EncodeJob
 from gvc_jax.evaluation import TeeReader, parse_metrics
 from gvc_jax.io.atomic import atomic_write_bytes, probe_writable
 from gvc_jax.io.preview import save_side_by_side
@@ -158,6 +158,7 @@ class _Run:
     item: _Item
     reader: Any
     result: Any = None
+    seconds: float = 0.0     # the run's encode time (a batch: all videos together)
     evaluator: Any = None
     writer: Any = None
     compare: Dict[str, Any] = field(default_factory=dict)
@@ -217,6 +218,8 @@ def _encode_files(args, options, model, mesh, writes: bool) -> tuple:
             results = setup.encode(jobs, model, progress=cli.progress_printer(args.quiet), devices=mesh,
                                    prompt=args.prompt)
             seconds = time.perf_counter() - t0
+            for run in runs:
+                run.seconds = seconds
             _write_outputs(args, runs, results, writes, mesh)
         except BaseException:
             for run in runs:
@@ -243,20 +246,14 @@ def _write_outputs(args, runs: List[_Run], results, writes: bool, mesh) -> None:
 def _report(args, options, model, mesh, run: _Run) -> dict:
     """One video's report (printed as a table, written with --json); writes its --compare image."""
     result, reader = run.result, run.reader
-    frames, width, height, fps = reader.num_frames, reader.width, reader.height, reader.fps
+    frames, width, height = reader.num_frames, reader.width, reader.height
     size = os.path.getsize(run.item.output)
-    report = {
-        "input": run.item.input, "output": run.item.output, "model": model.name, "frames": frames,
-        "width": width, "height": height, "fps": fps, "gops": len(result.gops), "bytes": size,
-        "bpp": bpp(size, frames, width, height), "kbps": 8 * size / 1000 / (frames / fps),
-        "seconds_per_gop": [round(g.seconds, 3) for g in result.gops],
-        "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant, "prompt": args.prompt,
-        "devices": len(mesh.devices), "weight_shards": mesh.weight_shards,
-        "resumed_gops": [g.index for g in result.gops if g.resumed],
-        **rate_breakdown(result), "atoms_per_frame": list(result.header.atoms_per_frame), **compute_report(result),
-    }
+    report = {"input": run.item.input, "output": run.item.output, "model": model.name, **result.report(size),
+              "latent_mse": [g.latent_mse for g in result.gops], "variant": options.variant, "prompt": args.prompt,
+              "devices": len(mesh.devices), "weight_shards": mesh.weight_shards,
+              "resumed_gops": [g.index for g in result.gops if g.resumed]}
     if not args.batch:
-        report["seconds"] = sum(g.seconds for g in result.gops)
+        report["seconds"] = run.seconds
     if options.target_bpp is not None:
         report.update({"target_bpp": options.target_bpp,
                        "target_error_pct": 100 * (report["bpp"] / options.target_bpp - 1)})

@@ -16,6 +16,7 @@ steps (anchor conditioning) uses device 0's copy (``local``), so it is not repea
 """
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable, Hashable, List, Optional, Sequence
 
 import jax
@@ -241,54 +242,60 @@ class GopMesh:
             return a
         return jax.tree.map(first, tree)
 
-    def map(self, key: Hashable, single: Callable, batched: Sequence[bool], plain: Optional[Callable] = None):
-        """-> ``run(*args)``: ``single`` applied to each GOP of a chunk, one GOP per device.
+    def map(self, key: Hashable, single: Callable, plain: Optional[Callable] = None):
+        """-> ``run(shared, per_gop)``: ``single(shared, one)`` for each entry ``one`` of the list
+        ``per_gop`` (one pytree per GOP of a chunk, all of one structure), one GOP per device;
+        ``shared`` (weights, tables) is the same for all. ``run`` returns one output per GOP.
 
-        ``batched[i]`` says whether positional argument i is a list (one entry per GOP of the chunk,
-        all of one structure) or shared by all GOPs (weights, tables). ``run`` returns one output
-        per GOP. ``plain`` (default: ``jax.jit(single)``) is what runs when the mesh has one device;
-        ``key`` names ``single`` for the cache of compiled programs (equal keys: equal programs).
+        The two kernels: with one GOP slot (a mesh of one device, or of weight shards only) the
+        plain program ``plain`` (default ``jax.jit(single)``) runs each GOP; with more, one
+        ``shard_map`` of ``single`` over the ``gop`` axis runs the chunk, its input specs derived
+        from the two arguments (``shared`` replicated, ``per_gop`` split). ``key`` names ``single``
+        for the bounded cache of compiled programs (equal keys: equal programs).
         """
-        batched = tuple(bool(b) for b in batched)
-        if self.size == 1:  # one GOP at a time: the plain program (weights may still be split over ``model``)
+        if self.size == 1:
             fn = plain or jax.jit(single)
 
-            def run_each(*args):
-                count = len(next(a for a, b in zip(args, batched, strict=False) if b))
+            def run_each(shared, per_gop: Sequence):
                 if self.mesh is not None:  # split weights: everything else goes on all devices too
-                    args = [self._on_mesh(a) for a in args]
-                return [fn(*(a[g] if b else a for a, b in zip(args, batched, strict=False))) for g in range(count)]
+                    shared, per_gop = self._on_mesh(shared), [self._on_mesh(one) for one in per_gop]
+                return [fn(shared, one) for one in per_gop]
             return run_each
-        program = _sharded_program(key, single, batched, self.mesh)
+        mesh = self.mesh
+        assert mesh is not None  # more than one GOP slot: a device mesh
+        program = _sharded_program(key, single, mesh)
 
-        def run(*args):
-            count = len(next(a for a, b in zip(args, batched, strict=False) if b))
+        def run(shared, per_gop: Sequence):
+            count = len(per_gop)
             if not 1 <= count <= self.size:
                 raise ValueError(f"a chunk holds 1 to {self.size} GOPs, got {count}")
-            per_gop = NamedSharding(self.mesh, P(GOP_AXIS))
-            placed = [self._per_gop(list(a) + [a[-1]] * (self.size - count), per_gop) if b
-                      else self._on_mesh(a) for a, b in zip(args, batched, strict=False)]
-            out = program(*placed)
+            padded = list(per_gop) + [per_gop[-1]] * (self.size - count)
+            out = program(self._on_mesh(shared), self._per_gop(padded, NamedSharding(mesh, P(GOP_AXIS))))
             if not self.distributed:
                 return [jax.tree.map(lambda x, g=g: x[g], out) for g in range(count)]
             return [self._local_part(out, g) if g in self.local_positions else None for g in range(count)]
         return run
 
 
-_PROGRAMS: dict = {}
+MAX_PROGRAMS = 16  # compiled chunk programs kept (least recently used dropped): a few geometries and models
+_PROGRAMS: "collections.OrderedDict[Hashable, Callable]" = collections.OrderedDict()
 
 
-def _sharded_program(key, single, batched, mesh):
-    """The jitted shard_map of ``single`` with one GOP per device (cached on key, mask and mesh)."""
-    cache_key = (key, batched, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
-    if cache_key not in _PROGRAMS:
-        def body(*args):
-            squeezed = [jax.tree.map(lambda x: x[0], a) if b else a
-                        for a, b in zip(args, batched, strict=False)]
-            return jax.tree.map(lambda x: x[None], single(*squeezed))
+def _sharded_program(key, single, mesh):
+    """The jitted shard_map of ``single(shared, one)`` with one GOP per device (cached on key and mesh)."""
+    cache_key = (key, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat))
+    if cache_key in _PROGRAMS:
+        _PROGRAMS.move_to_end(cache_key)
+        return _PROGRAMS[cache_key]
 
-        spec = [P(GOP_AXIS) if b else P() for b in batched]
-        # Only ``gop`` is manual: inside a GOP, XLA partitions over ``model`` (split weights) itself.
-        _PROGRAMS[cache_key] = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=tuple(spec), out_specs=P(GOP_AXIS),
-                                                     axis_names=frozenset({GOP_AXIS}), check_vma=False))
-    return _PROGRAMS[cache_key]
+    def body(shared, per_gop):
+        one = jax.tree.map(lambda x: x[0], per_gop)
+        return jax.tree.map(lambda x: x[None], single(shared, one))
+
+    # Only ``gop`` is manual: inside a GOP, XLA partitions over ``model`` (split weights) itself.
+    program = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(GOP_AXIS)), out_specs=P(GOP_AXIS),
+                                    axis_names=frozenset({GOP_AXIS}), check_vma=False))
+    _PROGRAMS[cache_key] = program
+    while len(_PROGRAMS) > MAX_PROGRAMS:
+        _PROGRAMS.popitem(last=False)
+    return program

@@ -57,7 +57,7 @@ def test_one_device_mesh_runs_the_plain_programs():
     assert mesh.mesh is None and mesh.size == 1
     assert mesh.chunks([1, 2, 3]) == [[1], [2], [3]]
     calls = []
-    run = mesh.map("test", lambda a, b: a + b, (False, True), plain=lambda a, b: calls.append(b) or a + b)
+    run = mesh.map("test", lambda a, b: a + b, plain=lambda a, b: calls.append(b) or a + b)
     out = run(np.float32(1), [np.float32(2), np.float32(3)])
     assert [float(o) for o in out] == [3.0, 4.0] and len(calls) == 2
 

@@ -30,9 +30,10 @@ from gvc_jax.codec.gop.loop import (
 from gvc_jax.codec.gop.plan import ArrayReader, GopFrames, GopPlan, GopSpan
 from gvc_jax.codec.gop.rate import RateTarget
 from gvc_jax.codec.gop.records import picks_to_record
-from gvc_jax.codec.gop.variants import get_variant
+from gvc_jax.codec.gop.variants import ANCHOR_TAG, RESIDUAL_TAG, get_variant
 from gvc_jax.codec.sampling.schedule import SamplerConfig
 from gvc_jax.io.ffmpeg import fps_fraction
+from gvc_jax.models.text import prompt_context
 from gvc_jax.parallel import GopMesh
 from gvc_jax.pixels import crop, pad_to_multiple
 
@@ -43,7 +44,6 @@ Sink = Callable[[np.ndarray], None]  # receives uint8 [n, H, W, 3] output frames
 
 class DriftError(RuntimeError):
     """The decoder's final latent differs from the encoder's (hash mismatch)."""
-
 
 class ModelMismatchError(ValueError):
     """The loaded model is not the one the stream was encoded with."""
@@ -65,7 +65,6 @@ class GopReport:
 @dataclass
 class CodecResult:
     """What encode/decode produced: the reconstructed video (uint8, if collected) and per-GOP reports."""
-
     video: Optional[np.ndarray]
     fps: float
     header: "bitstream.Header"
@@ -74,6 +73,20 @@ class CodecResult:
     journal: Optional[Journal] = None   # encoder with ``resume``: the open journal (remove it when written)
     concealed: List[int] = field(default_factory=list)  # decoder with ``conceal``: GOPs whose record was lost
     affected: List[int] = field(default_factory=list)   # ... and GOPs conditioned on a concealed one
+
+    def report(self, size: Optional[int] = None) -> dict:
+        """The numbers every front end reports of a run (encode, batch, decode, demo, rd): the video,
+        the rate (``size``: the stream's bytes, default ``len(stream)``) and its split
+        (``rate_breakdown``), time and compute per GOP (``compute_report``). Front ends add what
+        only they know (paths, quality, resumed / drifted / concealed GOPs)."""
+        h = self.header
+        frames, width, height = h.num_frames, h.orig_width, h.orig_height
+        size = len(self.stream) if size is None else int(size)
+        return {"frames": frames, "width": width, "height": height, "fps": self.fps, "gops": len(self.gops),
+                "bytes": size, "bpp": 8.0 * size / (frames * width * height),
+                "kbps": 8 * size / 1000 / (frames / self.fps),
+                "seconds_per_gop": [round(g.seconds, 3) for g in self.gops],
+                "atoms_per_frame": list(h.atoms_per_frame), **rate_breakdown(self), **compute_report(self)}
 
 
 def _emitter(plan: GopPlan, height: int, width: int, sink: Optional[Sink]):
@@ -101,7 +114,6 @@ class EncodeJob:
     carries their element-wise maximum and every record its own). ``target``: a byte budget the
     atoms are fitted to (``rate.RateTarget``). ``resume``: the output path whose journal
     (``codec.gop.journal``) records each finished GOP, bound to ``resume_identity`` (the input)."""
-
     reader: Any
     sink: Optional[Sink] = None
     gop_atoms: Optional[Sequence[Sequence[int]]] = None
@@ -113,7 +125,6 @@ class EncodeJob:
 @dataclass
 class _Coding:
     """One stream of an encode while its GOPs are coded: its plan, header, journal and records."""
-
     job: EncodeJob
     plan: GopPlan
     header: bitstream.Header
@@ -407,7 +418,6 @@ def with_prompt(model, prompt: str):
         return model
     import dataclasses
 
-    from gvc_jax.models.text import prompt_context
 
     return dataclasses.replace(model, text_context=prompt_context(model, prompt))
 
@@ -467,7 +477,6 @@ class _DriftWatch:
     error under ``strict``, or when one GOP reproduces its hash and another does not (a wrong
     record, not a platform), unless ``allow_drift``; GOPs conditioned on concealed frames are
     ``affected`` (their drift is expected)."""
-
     def __init__(self, strict: bool, allow_drift: bool):
         self.strict, self.allow_drift = strict, allow_drift
         self.reports: List[GopReport] = []
@@ -500,6 +509,7 @@ class _DriftWatch:
                     f"reproduces it exactly, so this is a wrong record, not another platform (platform differences "
                     f"change every GOP); decode with --allow-drift to accept it")
         self.reports.append(GopReport(span.index, out.seconds, tuple(int(m) for m in out.inputs.atoms), drift=drift,
+                                      side_bytes=tuple((tag, len(data)) for tag, data in out.inputs.record.side),
                                       compile_s=out.compile_s, dit_calls=out.dit_calls))
 
 
@@ -520,8 +530,6 @@ def rate_breakdown(result: CodecResult) -> dict:
     """The stream's bytes split into codebook picks, anchor images, tail residuals and the rest
     (header, record framing, hashes); ``first_anchor_bytes``: GOP 0's first anchor (the frame the
     published I2V accounting does not charge)."""
-    from gvc_jax.codec.gop.variants import ANCHOR_TAG, RESIDUAL_TAG
-
     h = result.header
     picks = sum((bitstream.payload_bits(h, g.atoms if h.per_gop_atoms else None) + 7) // 8 for g in result.gops)
     side = [(tag, n) for g in result.gops for tag, n in g.side_bytes]

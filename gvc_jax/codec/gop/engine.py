@@ -16,9 +16,11 @@ import numpy as np
 from flax import nnx
 
 from gvc_jax.codec.gop.conditioning import build_condition
+from gvc_jax.codec.gop.variants import VariantError
 from gvc_jax.codec.sampling.schedule import SamplerConfig, latent_frames
-from gvc_jax.codec.sampling.trajectory import Picks, Trajectory
+from gvc_jax.codec.sampling.trajectory import Trajectory
 from gvc_jax.codec.sampling.velocity import WanVelocity
+from gvc_jax.models.clip import image_tokens
 from gvc_jax.models.vae import denormalize_latent, normalize_latent
 from gvc_jax.parallel import GopMesh
 from gvc_jax.pixels import from_model_range, to_model_range
@@ -48,7 +50,6 @@ def _vae_decode_one(graph, cfg, params, latent):
 class GeometryError(ValueError):
     """A GOP geometry the model cannot code (strides, patch size, RoPE range)."""
 
-
 def check_geometry(model, height: int, width: int, gop_frames: int) -> None:
     """Refuse, before any model work, a coded size or GOP length the model cannot run."""
     vae_cfg, dit_cfg = model.config.vae, model.config.dit
@@ -66,7 +67,6 @@ def check_geometry(model, height: int, width: int, gop_frames: int) -> None:
 
 class MemoryLimitError(ValueError):
     """One GOP of this geometry needs more memory than the machine has."""
-
 
 def estimate_gop_bytes(model, height: int, width: int, gop_frames: int) -> int:
     """A rough upper estimate of the working memory one GOP needs (bytes).
@@ -131,7 +131,6 @@ class GopEngine:
     ``mesh`` (``parallel.GopMesh``, default one device): the ``*_many`` methods code a chunk of up
     to ``mesh.size`` GOPs, one per device, each with the single-GOP program.
     """
-
     def __init__(self, model, sampler: SamplerConfig, height: int, width: int, gop_frames: int,
                  mesh: Optional[GopMesh] = None):
         vae_cfg, dit_cfg = model.config.vae, model.config.dit
@@ -155,10 +154,10 @@ class GopEngine:
         velocity = WanVelocity(dit_graph, dit_cfg)
         self.trajectory = Trajectory(velocity, sampler, self.latent_shape, velocity.time_features)
         self._encode_many = self.mesh.map(
-            ("vae_encode", vae_graph, vae_cfg), functools.partial(_vae_encode_one, vae_graph, vae_cfg), (False, True),
+            ("vae_encode", vae_graph, vae_cfg), functools.partial(_vae_encode_one, vae_graph, vae_cfg),
             plain=lambda params, frames: self._encode(params, frames[None])[0])
         self._decode_many = self.mesh.map(
-            ("vae_decode", vae_graph, vae_cfg), functools.partial(_vae_decode_one, vae_graph, vae_cfg), (False, True),
+            ("vae_decode", vae_graph, vae_cfg), functools.partial(_vae_decode_one, vae_graph, vae_cfg),
             plain=lambda params, latent: self._decode(params, latent[None])[0])
         self._unconditioned: Optional[dict] = None
 
@@ -172,11 +171,8 @@ class GopEngine:
     def image_tokens(self, images: Sequence[np.ndarray]) -> jax.Array:
         """CLIP tokens of decoded anchor images (uint8 [H, W, 3] each), concatenated: [N * tokens, width]."""
         if self.model.image_encoder is None:
-            from gvc_jax.codec.gop.variants import VariantError
-
             raise VariantError(f"model {self.model.name} has an image branch but no CLIP image encoder "
                                "(convert its release with python -m weights_convert release ...)")
-        from gvc_jax.models.clip import image_tokens
 
         tokens = image_tokens(self.model.image_encoder, np.stack([np.asarray(i) for i in images]))
         return jnp.asarray(tokens, jnp.float32).reshape(-1, tokens.shape[-1])
@@ -187,10 +183,6 @@ class GopEngine:
             self._unconditioned = self.condition()
         return self._unconditioned
 
-    def target_latent(self, frames: np.ndarray) -> jax.Array:
-        """uint8 [G, H, W, 3] -> normalised latent [F, h, w, C]."""
-        return self.target_latents([frames])[0]
-
     def target_latents(self, gop_frames: Sequence[np.ndarray]) -> list:
         """The target latents of a chunk of GOPs (uint8 [G, H, W, 3] each), one GOP per device."""
         return self._encode_many(self._vae_params_all, [jnp.asarray(to_model_range(f), jnp.float32)
@@ -200,11 +192,17 @@ class GopEngine:
         """float [G, H, W, 3] in [-1, 1] (e.g. anchors with zeros between) -> normalised latent."""
         return self._encode(self.vae_params, jnp.asarray(video, jnp.float32)[None])[0]
 
-    def run(self, gop: int, cond: dict, atoms_per_frame=None, *, target=None, picks: Optional[Picks] = None,
+    # single-GOP forms, kept until the tests stop using them (issue 23 deletes them)
+    def target_latent(self, frames: np.ndarray) -> jax.Array:
+        return self.target_latents([frames])[0]
+
+    def run(self, gop: int, cond: dict, atoms_per_frame=None, *, target=None, picks=None,
             on_step: Optional[Callable[[int, int], None]] = None):
-        """The shared trajectory of one GOP: -> (final latent, canonical picks)."""
-        return self.trajectory.run(self.dit_params, cond, gop, atoms_per_frame, target=target, picks=picks,
-                                   on_step=on_step)
+        return self.trajectory.run_many(self.mesh, self._dit_params_all, [cond], [gop], [atoms_per_frame],
+                                        targets=[target], picks=[picks], on_step=on_step)[0]
+
+    def frames(self, latent) -> np.ndarray:
+        return self.frames_many([latent])[0]
 
     def run_many(self, gops: Sequence[int], conds: Sequence[dict], atoms: Sequence, *, targets: Sequence,
                  picks: Sequence, on_step: Optional[Callable[[int, int], None]] = None) -> list:
@@ -212,10 +210,6 @@ class GopEngine:
         Per GOP one of ``targets[g]`` (encode) and ``picks[g]`` (decode) is given."""
         return self.trajectory.run_many(self.mesh, self._dit_params_all, conds, gops, atoms, targets=targets,
                                         picks=picks, on_step=on_step)
-
-    def frames(self, latent) -> np.ndarray:
-        """Normalised latent -> uint8 [G, H, W, 3]."""
-        return self.frames_many([latent])[0]
 
     def frames_many(self, latents: Sequence) -> list:
         """The decoded frames (uint8 [G, H, W, 3]) of a chunk of GOP latents, one GOP per device."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -59,16 +59,54 @@ class Progress:
 
 
 @dataclass
-class GopInput:
-    """What one direction provides for a GOP."""
+class EncoderInput:
+    """What the encoder brings to a GOP: its source frames, and the target latent made from them."""
 
-    atoms: np.ndarray                  # int32 [F_lat] atoms per latent frame
-    target: Optional[jax.Array] = None  # encoder: normalised target latent
-    frames: Optional[np.ndarray] = None  # encoder: the GOP's source frames (uint8, coded size)
-    picks: Optional[Picks] = None      # decoder: dense picks read from the stream
-    side: tuple = ()                   # decoder: the record's side payloads
-    record: Optional[bitstream.GopRecord] = None
-    concealed: bool = False            # decoder: the record is lost; the GOP is concealed, not run
+    frames: np.ndarray                  # uint8 [span.length, H, W, 3] at the coded size
+    target: Optional[jax.Array] = None  # normalised target latent (``PickSource.prepare``)
+
+
+@dataclass
+class DecoderInput:
+    """What the decoder brings to a GOP: the stream's record (None: lost, the GOP is concealed)."""
+
+    record: Optional[bitstream.GopRecord]
+    picks: Optional[Picks] = None       # the record's picks, dense
+    side: tuple = ()                    # the record's side payloads
+
+
+@dataclass
+class GopInput:
+    """A GOP's inputs: atoms per latent frame, and the encoder's or the decoder's part (a resumed
+    encode replays some GOPs through the decoder's)."""
+
+    atoms: np.ndarray                   # int32 [F_lat] atoms per latent frame
+    enc: Optional[EncoderInput] = None
+    dec: Optional[DecoderInput] = None
+
+    @property
+    def target(self) -> Optional[jax.Array]:
+        return None if self.enc is None else self.enc.target
+
+    @property
+    def frames(self) -> Optional[np.ndarray]:
+        return None if self.enc is None else self.enc.frames
+
+    @property
+    def picks(self) -> Optional[Picks]:
+        return None if self.dec is None else self.dec.picks
+
+    @property
+    def side(self) -> tuple:
+        return () if self.dec is None else self.dec.side
+
+    @property
+    def record(self) -> Optional[bitstream.GopRecord]:
+        return None if self.dec is None else self.dec.record
+
+    @property
+    def concealed(self) -> bool:
+        return self.dec is not None and self.dec.record is None
 
 
 @dataclass
@@ -128,10 +166,29 @@ class DecodedContext:
             del self._anchors[frame]
 
 
-def _source_frames(inputs: GopInput) -> np.ndarray:
-    """An encoder GOP's source frames (``SearchTargets.gop_input`` always gives them)."""
-    assert inputs.frames is not None
-    return inputs.frames
+class PickSource(Protocol):
+    """Where a GOP's atoms come from: the one thing that differs between the directions.
+
+    Encoder: ``SearchTargets`` (search against the target latent of the GOP's source frames);
+    decoder: ``StreamPicks`` (the stream's records); a resumed encode: ``ResumedTargets`` (both)."""
+
+    def gop_input(self, span: GopSpan, engine: GopEngine) -> GopInput:
+        """The GOP's inputs: atoms per latent frame, and its frames (encoder) or record (decoder)."""
+
+    def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:
+        """Work for a whole chunk at once (the encoder's target latents, one GOP per device)."""
+
+    def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
+        """The GOP's anchor payloads: coded (encoder) or read (decoder)."""
+
+    def side(self, variant: Variant, span: GopSpan, latent, inputs: GopInput) -> tuple:
+        """The GOP's other side payloads, after its trajectory: made (encoder) or read (decoder)."""
+
+
+def _encoder(inputs: GopInput) -> EncoderInput:
+    """An encoder GOP's part (``SearchTargets.gop_input`` always gives it)."""
+    assert inputs.enc is not None
+    return inputs.enc
 
 
 class SearchTargets:
@@ -148,13 +205,13 @@ class SearchTargets:
 
     def gop_input(self, span: GopSpan, engine: GopEngine) -> GopInput:
         m = engine.trajectory.check_atoms(None if self.atoms is None else self.atoms(span))
-        return GopInput(atoms=m, frames=self.frames(span))
+        return GopInput(atoms=m, enc=EncoderInput(self.frames(span)))
 
     def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:
         """The target latents of a chunk's GOPs, VAE-encoded one GOP per device (several processes:
         None for the GOPs of the others)."""
-        for inp, target in zip(inputs, engine.target_latents([_source_frames(inp) for inp in inputs]), strict=False):
-            inp.target = target
+        for inp, target in zip(inputs, engine.target_latents([_encoder(inp).frames for inp in inputs]), strict=False):
+            _encoder(inp).target = target
 
     def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
         return tuple(variant.make_anchors(span, inputs.frames))
@@ -184,19 +241,19 @@ class StreamPicks:
 
     def gop_input(self, span: GopSpan, engine: GopEngine) -> GopInput:
         if span.index in getattr(self.records, "lost", ()):
-            return GopInput(atoms=engine.trajectory.check_atoms(None), concealed=True)
+            return GopInput(atoms=engine.trajectory.check_atoms(None), dec=DecoderInput(None))
         try:
             rec = self.records[span.index]
             self.variant.check_side(span.in_stream, rec.side)
         except bitstream.BitstreamError:
             if not self.conceal:
                 raise
-            return GopInput(atoms=engine.trajectory.check_atoms(None), concealed=True)
+            return GopInput(atoms=engine.trajectory.check_atoms(None), dec=DecoderInput(None))
         header = self.headers[span.stream]
         apf = header.atoms_per_frame if rec.atoms_per_frame is None else rec.atoms_per_frame
         m = engine.trajectory.check_atoms(apf)
         picks = record_to_picks(rec.picks, header.steps, len(m), engine.trajectory.slots)
-        return GopInput(atoms=m, picks=picks, side=tuple(rec.side), record=rec)
+        return GopInput(atoms=m, dec=DecoderInput(rec, picks, tuple(rec.side)))
 
     def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:
         """Nothing to compute: the picks were read with the record."""
@@ -232,11 +289,11 @@ class ResumedTargets:
             return
         # every GOP keeps its place in the chunk (with several processes a target is made where its
         # GOP runs): a replayed GOP's place gets a searched GOP's frames, and its target is dropped
-        stand_in = _source_frames(searched[0])
-        for inp, target in zip(inputs, engine.target_latents([stand_in if i.record is not None else _source_frames(i)
+        stand_in = _encoder(searched[0]).frames
+        for inp, target in zip(inputs, engine.target_latents([stand_in if i.record is not None else _encoder(i).frames
                                                               for i in inputs]), strict=False):
             if inp.record is None:
-                inp.target = target
+                _encoder(inp).target = target
 
     def anchors(self, variant: Variant, span: GopSpan, inputs: GopInput) -> tuple:
         return self._of(inputs).anchors(variant, span, inputs)
@@ -294,7 +351,7 @@ class _Walk:
     plan: GopPlan
     variant: Variant
     engine: GopEngine
-    source: Any
+    source: PickSource
     progress: Progress
     stage: str
     context: DecodedContext
@@ -306,7 +363,7 @@ class _Walk:
         self.progress.gop(self.stage, self.done, self.plan.num_gops)
 
 
-def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source, *,
+def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source: PickSource, *,
               progress: Optional[Progress] = None, stage: str = "code",
               skip: Optional[Dict[int, FinishedGop]] = None, gather: bool = False) -> Iterator[GopOutput]:
     """Walk the plan wave by wave; yield each GOP's result as soon as it is done.

@@ -20,6 +20,9 @@ import numpy as np
 
 from gvc_jax.codec.format.bits import BitstreamError
 from gvc_jax.codec.format.bitstream import VARIANTS as VARIANT_NAMES  # the format's code table
+from gvc_jax.codec.gop.plan import GopPlan, gop_count
+from gvc_jax.codec.payloads import anchors, residual
+from gvc_jax.pixels import to_model_range
 
 
 class VariantError(ValueError):
@@ -38,7 +41,6 @@ class Variant:
     ``anchor_codec`` / ``anchor_quality`` for coded anchor frames, ``residual_step`` for the
     tail latent residual (``None``: no residual).
     """
-
     anchor_codec: Optional[str] = None
     anchor_quality: Optional[int] = None
     residual_step: Optional[float] = None
@@ -66,13 +68,9 @@ class Variant:
 
     def gop_count(self, num_frames: int, gop_frames: int) -> int:
         """The GOPs ``plan`` makes, without building the plan."""
-        from gvc_jax.codec.gop.plan import gop_count
-
         return gop_count(num_frames, gop_frames, self.hop(gop_frames))
 
     def plan(self, num_frames: int, gop_frames: int, temporal_stride: int = 4):
-        from gvc_jax.codec.gop.plan import GopPlan
-
         return GopPlan.split(num_frames, gop_frames, hop=self.hop(gop_frames), temporal_stride=temporal_stride)
 
     def condition(self, span, context, engine) -> dict:
@@ -87,7 +85,6 @@ class Variant:
         """Encoder: code this GOP's new anchors from its source ``frames`` (uint8 [G, H, W, 3])."""
         if not self.coded_anchors(span):
             return ()
-        from gvc_jax.codec.payloads import anchors
 
         codec = self.anchor_codec or anchors.DEFAULT_ANCHOR_CODEC
         quality = anchors.DEFAULT_ANCHOR_QUALITY if self.anchor_quality is None else self.anchor_quality
@@ -102,7 +99,6 @@ class Variant:
                                  f"needs {len(wanted)}")
         if not wanted:
             return {}
-        from gvc_jax.codec.payloads import anchors
 
         return {f: anchors.unpack_anchor(data, engine.height, engine.width)
                 for f, (_, data) in zip(wanted, side, strict=True)}
@@ -111,8 +107,6 @@ class Variant:
         """Conditioning on decoded anchor pixels at GOP ``positions`` (source frames
         ``span.anchors``): the frame mask, the latent of [anchors, zeros elsewhere] and, for a DiT
         with an image branch, the CLIP tokens of the anchors (first ‖ last for FLF2V)."""
-        from gvc_jax.pixels import to_model_range
-
         video = np.zeros((engine.gop_frames, engine.height, engine.width, 3), np.float32)
         images = [context.pixels(frame) for frame in span.anchors]
         for pos, image in zip(positions, images, strict=True):
@@ -136,7 +130,6 @@ class Variant:
 
 class AnchoredVariant(Variant):
     """GOPs of ``G`` frames every ``G - 1``: each GOP's first frame is the previous GOP's last."""
-
     requires = frozenset({"text", "latent"})
     provides = frozenset({"text", "latent", "image"})
     chain: ClassVar[bool] = False
@@ -149,8 +142,6 @@ class AnchoredVariant(Variant):
         raise NotImplementedError
 
     def plan(self, num_frames: int, gop_frames: int, temporal_stride: int = 4):
-        from gvc_jax.codec.gop.plan import GopPlan
-
         if gop_frames < 2:
             raise VariantError(f"variant {self.name} needs GOPs of at least 5 frames")
         plan = GopPlan.split(num_frames, gop_frames, hop=self.hop(gop_frames), chain=self.chain,
@@ -161,7 +152,6 @@ class AnchoredVariant(Variant):
 
 class T2V(Variant):
     """Text-to-video: GOPs are independent; the only payload is the codebook picks."""
-
     name = "t2v"
 
 
@@ -169,7 +159,6 @@ class FLF2V(AnchoredVariant):
     """First-last-frame-to-video: GOP n covers frames [n(G-1), n(G-1) + G) and is conditioned on
     its two decoded boundary frames. Each boundary is coded once, in the record of the first GOP
     that touches it (GOP 0 carries two); the GOPs do not depend on each other's output."""
-
     name = "flf2v"
     side_tags = frozenset({ANCHOR_TAG})
 
@@ -187,7 +176,6 @@ class I2V(AnchoredVariant):
     """Image-to-video chain: GOP 0 is conditioned on the coded first frame, GOP k on the decoded
     last frame of GOP k-1 (closed loop). The tail residual corrects the last latent frame, which
     carries that frame, before decoding."""
-
     name = "i2v"
     chain = True
     side_tags = frozenset({ANCHOR_TAG, RESIDUAL_TAG})
@@ -204,7 +192,6 @@ class I2V(AnchoredVariant):
     def make_side(self, span, latent, target):
         if self.residual_step is None:
             return ()
-        from gvc_jax.codec.payloads import residual
 
         r = np.asarray(target[-1], np.float32) - np.asarray(latent[-1], np.float32)
         return ((RESIDUAL_TAG, residual.encode_residual(r, self.residual_step)),)
@@ -215,7 +202,6 @@ class I2V(AnchoredVariant):
             return latent
         if len(payloads) > 1:
             raise BitstreamError(f"GOP {span.index}: {len(payloads)} residual payloads, at most 1 allowed")
-        from gvc_jax.codec.payloads import residual
 
         r = residual.decode_residual(payloads[0], tuple(latent.shape[1:]))
         return latent.at[-1].add(r.astype(latent.dtype))

@@ -4,7 +4,6 @@ The encoder knows the decoder's final latent exactly; it codes ``r = true - deco
 latent frame ([h, w, C]) and both sides add the dequantised ``r`` before VAE decoding.
 
 Payload::
-
     u8 format (1)   u8 C
     per channel:    f16 step (in STEP_RANGE, as on the encoder)   u8 mode   [mode * c int8 predictor coefficients]
                     varint A (max |e|)   [u8 k, only if A > 0]
@@ -31,6 +30,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from gvc_jax.codec.format.bits import BitstreamError, Cursor
+from gvc_jax.codec.format.bitstream import encode_varint
 
 FORMAT = 1
 DEFAULT_STEP = 0.25
@@ -44,7 +44,6 @@ COEF_SHIFT = 6  # predictor coefficients are int8 in units of 1/64
 
 class ResidualError(ValueError):
     """Bad residual options (step) or input shapes."""
-
 
 def check_step(step, channels: int | None = None) -> np.ndarray:
     """-> float32 [C] (or [1]) steps as stored (float16-rounded); ResidualError if unusable."""
@@ -127,7 +126,6 @@ def encode_residual(residual, step) -> bytes:
     position + neighbours) with the smallest exact cost, coefficients included."""
     import constriction
 
-    from gvc_jax.codec.format.bitstream import encode_varint
 
     levels, steps = _quantise(residual, step)
     channels = levels.shape[-1]

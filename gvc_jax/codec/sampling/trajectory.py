@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, NamedTuple, Sequence, Tuple
 
 import jax
@@ -27,6 +28,7 @@ import numpy as np
 from gvc_jax.codec.sampling.codebooks import Codebook, frame_key, get_codebook
 from gvc_jax.codec.sampling.schedule import INITIAL_NOISE_STREAM, SamplerConfig, StepTables
 from gvc_jax.codec.sampling.sde import sde_step, x0_estimate
+from gvc_jax.parallel import GopMesh
 
 
 class Picks(NamedTuple):
@@ -38,6 +40,30 @@ class Picks(NamedTuple):
     @classmethod
     def empty(cls, steps: int, frames: int, max_atoms: int) -> "Picks":
         return cls(np.zeros((steps, frames, max_atoms), np.int32), np.zeros((steps, frames, max_atoms), np.float32))
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class GopSlot:
+    """One GOP's trajectory inputs: what differs between the GOPs of a chunk (one per device)."""
+
+    cond: Any                # the DiT conditioning pytree (``codec.gop.conditioning``)
+    target: Any              # float32 [F, h, w, C] normalised target latent (decoder: zeros)
+    use_search: Any          # bool: search the codebook (encoder) or read ``given`` (decoder)
+    given: "Picks"           # the stream's picks (encoder: empty)
+    atoms: Any               # int32 [F] atoms per latent frame
+    gop: Any                 # uint32: the GOP's index in its stream (its keys)
+    listener: Any            # int32: the progress listener (0: none)
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class Shared:
+    """The trajectory inputs every GOP of a chunk shares."""
+
+    params: Any              # the DiT's weights (replicated, or split over ``model``)
+    seed: Any                # uint32 codebook / noise seed
+    tables: Any              # the step tables (``schedule.StepTables`` as arrays)
 
 
 def canonical_picks(indices, coeffs):
@@ -78,9 +104,12 @@ def _on_step(listener, gop, step) -> None:
 Velocity = Callable[..., jax.Array]
 
 
-def _trajectory(velocity: Velocity, codebook: Codebook, slots: int, report_steps: bool,
-                params, cond, target, use_search, given: Picks, atoms_per_frame, gop, seed, tables, listener):
+def _trajectory(velocity: Velocity, codebook: Codebook, slots: int, report_steps: bool, shared: Shared,
+                slot: GopSlot):
     TRACE_COUNT[0] += 1
+    params, seed, tables = shared.params, shared.seed, shared.tables
+    cond, target, use_search, given = slot.cond, slot.target, slot.use_search, slot.given
+    atoms_per_frame, gop, listener = slot.atoms, slot.gop, slot.listener
     frames = target.shape[0]
     slot_used = jnp.arange(slots)[None, :] < atoms_per_frame[:, None]  # [F, S]
     frame_ids = jnp.arange(frames)
@@ -166,18 +195,15 @@ class Trajectory:
 
     def run(self, params, cond, gop: int, atoms_per_frame=None, *, target=None, picks: Picks | None = None,
             on_step: Callable[[int, int], None] | None = None):
-        """-> (final latent [F,h,w,C] float32, Picks [T, F, slots] canonical).
-
-        ``atoms_per_frame``: M per latent frame for this GOP (default: the sampler's);
-        ``on_step(gop, step)`` is called on the host as each step finishes.
-        """
+        """One GOP (kept until the tests stop using it; issue 23 deletes it)."""
         return self.run_many(None, params, [cond], [gop], [atoms_per_frame], targets=[target], picks=[picks],
                              on_step=on_step)[0]
 
     def run_many(self, mesh, params, conds: Sequence, gops: Sequence[int], atoms: Sequence, *, targets: Sequence,
                  picks: Sequence, on_step: Callable[[int, int], None] | None = None) -> list:
-        """A chunk of GOPs, one per device of ``mesh`` (``parallel.GopMesh``; None: one device, the
-        plain program): -> [(final latent, Picks)] in order. Every device runs the single-GOP program.
+        """A chunk of GOPs, one per device of ``mesh`` (``parallel.GopMesh``; None: a mesh of one
+        device): -> [(final latent, Picks)] in order. Every device runs the single-GOP program.
+        ``on_step(gop, step)`` (None: no progress) is called on the host as each step finishes.
 
         Per GOP exactly one of ``targets[g]`` (search: encoder) and ``picks[g]`` (read: decoder) is
         given, so a chunk can mix both directions (a resumed encode replays finished GOPs).
@@ -203,12 +229,12 @@ class Trajectory:
             for listener in listeners:
                 if listener:
                     _LISTENERS[listener] = on_step
-        report = on_step is not None
-        run = functools.partial(self._fn_each, report) if mesh is None else self._mapped(mesh, report)
+        shared = Shared(params, jnp.asarray(s.seed, jnp.uint32), self.tables)
+        per_gop = [GopSlot(c, t, u, p, a, jnp.asarray(g, jnp.uint32), jnp.asarray(lis, jnp.int32))
+                   for c, t, u, p, a, g, lis in zip(conds, targets, use_search, picks, atoms, gops, listeners,
+                                                    strict=True)]
         try:
-            out = run(params, list(conds), targets, use_search, list(picks), atoms,
-                      [jnp.asarray(g, jnp.uint32) for g in gops], jnp.asarray(s.seed, jnp.uint32),
-                      self.tables, [jnp.asarray(x, jnp.int32) for x in listeners])
+            out = self._mapped(mesh or GopMesh(1), on_step is not None)(shared, per_gop)
             if on_step is not None:
                 out = jax.block_until_ready(out)
                 jax.effects_barrier()
@@ -217,16 +243,9 @@ class Trajectory:
                 _LISTENERS.pop(listener, None)
         return [None if o is None else tuple(o) for o in out]
 
-    def _fn_each(self, report, params, conds, targets, use_search, picks, atoms, gops, seed, tables, listeners):
-        return [self._fns[report](params, c, t, u, p, a, g, seed, tables, lis)
-                for c, t, u, p, a, g, lis in zip(conds, targets, use_search, picks, atoms, gops, listeners,
-                                                 strict=False)]
-
     def _mapped(self, mesh, report: bool):
         """The chunk program on ``mesh``: ``_trajectory`` per device (compiled once per structure);
         ``report``: with the per-step progress callback."""
-        # per GOP: cond, target, use_search, given picks, atoms, gop, listener; shared: params, seed, tables
-        batched = (False, True, True, True, True, True, True, False, False, True)
         return mesh.map(("trajectory", self._velocity, self.codebook, self.slots, report),
-                        functools.partial(_trajectory, self._velocity, self.codebook, self.slots, report), batched,
+                        functools.partial(_trajectory, self._velocity, self.codebook, self.slots, report),
                         plain=self._fns[report])
