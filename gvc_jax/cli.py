@@ -9,11 +9,20 @@ import sys
 import types
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import jax
+
 from gvc_jax import api, compile_cache
 from gvc_jax.codec.format.bitstream import BitstreamError
 from gvc_jax.codec.gop.loop import Progress
 from gvc_jax.codec.session import DriftError, ModelMismatchError
-from gvc_jax.evaluation import DEFAULT_METRICS, STREAMING, RunningEval, fit_metrics, parse_metrics
+from gvc_jax.evaluation import (
+    DEFAULT_METRICS,
+    MULTI_PROCESS_DEFAULT_METRICS,
+    STREAMING,
+    RunningEval,
+    fit_metrics,
+    parse_metrics,
+)
 from gvc_jax.io.atomic import atomic_write_bytes, emergency_cleanup, probe_writable
 from gvc_jax.io.video_writer import check_output
 from gvc_jax.models.checkpoint import CheckpointError
@@ -325,13 +334,14 @@ def add_metrics_arg(p, when: str) -> None:
     """``--metrics LIST`` (``evaluation.parse_metrics``), used ``when`` (for the help)."""
     p.add_argument("--metrics", default=None, metavar="LIST",
                    help=f"comma-separated metrics {when}: {', '.join(m.replace('_', '-') for m in STREAMING)} "
-                        f"(default {','.join(m.replace('_', '-') for m in DEFAULT_METRICS)}; DISTS needs frames "
-                        f"of 32x32 or more); per-frame values go in --json")
+                        f"(default {','.join(m.replace('_', '-') for m in DEFAULT_METRICS)}, without dists with "
+                        f"--distributed; DISTS needs frames of 32x32 or more); per-frame values go in --json")
 
 
 def evaluator_for(metrics_arg: Optional[str], height: int, width: int):
     """The ``RunningEval`` of a ``--metrics`` value for frames of ``height`` x ``width``."""
-    names = DEFAULT_METRICS if metrics_arg is None else parse_metrics(metrics_arg)
+    default = DEFAULT_METRICS if jax.process_count() == 1 else MULTI_PROCESS_DEFAULT_METRICS
+    names = default if metrics_arg is None else parse_metrics(metrics_arg)
     return RunningEval(fit_metrics(names, height, width, requested=metrics_arg is not None))
 
 

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output video (.mp4, .mkv, .y4m, .npy, or a new or empty directory for PNG frames)")
     cli.add_model_args(p)
     p.add_argument("--reference", default=None, metavar="VIDEO",
-                   help="report the quality against this video (--metrics; default PSNR, MS-SSIM, LPIPS)")
+                   help="report the quality against this video (--metrics; default PSNR, MS-SSIM, LPIPS, DISTS)")
     cli.add_metrics_arg(p, "with --reference")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 2) if a GOP's decoded latent differs from the encoder's")

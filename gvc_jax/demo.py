@@ -20,7 +20,7 @@ from gvc_jax import api, cli
 from gvc_jax.codec.gop.plan import ArrayReader
 from gvc_jax.codec.sampling import schedule
 from gvc_jax.codec.session import EncodeJob, decode_video
-from gvc_jax.evaluation import DEFAULT_METRICS, evaluate_video, fit_metrics, parse_metrics
+from gvc_jax.evaluation import BATCH_DEFAULT_METRICS, evaluate_video, fit_metrics, parse_metrics
 from gvc_jax.io.atomic import atomic_write_bytes
 from gvc_jax.io.preview import save_side_by_side
 from gvc_jax.io.sample_clips import sample_clip_path
@@ -65,9 +65,9 @@ def code_variant(video, fps, model, options, progress, out_dir, name, devices=No
            "residual_B": rate["residual_bytes"], "dit_calls": rate["dit_calls"], "encode_s": t_enc, "decode_s": t_dec,
            "compile_s": rate["compile_s"] + dec.report()["compile_s"],
            "bit_exact": bool(not any(g.drift for g in dec.gops) and (dec.video == np.concatenate(chunks)).all())}
-    names = DEFAULT_METRICS if metrics is None else parse_metrics(metrics, whole_video=True)
-    row.update(evaluate_video(video, dec.video, fit_metrics(names, height, width, requested=metrics is not None),
-                              fps))
+    names = BATCH_DEFAULT_METRICS if metrics is None else parse_metrics(metrics, whole_video=True)
+    row.update(evaluate_video(video, dec.video, fit_metrics(names, height, width, requested=metrics is not None,
+                                                            frames=frames), fps))
     return row, dec.video
 
 
@@ -93,7 +93,9 @@ def main(argv) -> int:
     cli.add_model_args(p)
     # every codec option but the variant (--variants) and a rate target: over each variant's demo settings
     cli.add_codec_args(p, only=[f.name for f in api.option_fields() if f.name != "variant"])
-    cli.add_metrics_arg(p, "of each variant's decoded video")
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help="comma-separated metrics of each variant's decoded video: psnr, ms-ssim, lpips, lpips-vgg, "
+                        "dists, tlp, warp, vmaf (default psnr,ms-ssim,lpips,dists)")
     args = p.parse_args(argv)
     if args.metrics is not None:
         parse_metrics(args.metrics, whole_video=True)

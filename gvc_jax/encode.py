@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--resize", type=cli.parse_size, default=None, metavar="WxH", help="resize frames before coding")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval", action="store_true",
-                   help="report the quality of the reconstruction (--metrics; default PSNR, MS-SSIM, LPIPS)")
+                   help="report the quality of the reconstruction (--metrics; default PSNR, MS-SSIM, LPIPS, DISTS)")
     cli.add_metrics_arg(e, "with --eval")
     e.add_argument("--decoded", default=None, metavar="VIDEO", help="also write the reconstruction (e.g. out.mp4)")
     e.add_argument("--compare", default=None, metavar="PNG",

@@ -31,13 +31,14 @@ PER_PAIR: Dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "warp": M.warp_error_per_pair,
 }
 STREAMING = tuple(PER_FRAME) + tuple(PER_PAIR)
-# DISTS is asked for, not the default: on a CPU its VGG16 (~5 frames/s at 256x144) inside the sink of a
-# multi-process run held process 0 past gloo's 30 s collective timeout on a loaded 2-core machine.
-DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips")
-# Whole-video metrics (need every frame at once) and the default of the tools that hold whole videos in one
-# process (rd.py, ablate.py), where DISTS has no collective to hold up.
+# The default of every tool: the metrics 2026 papers report per frame. In a run of several processes
+# (--distributed) DISTS is left out of the default: on a CPU its VGG16 (~5 frames/s at 256x144) inside
+# the sink held process 0 past gloo's 30 s collective timeout on a loaded 2-core machine.
+DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
+MULTI_PROCESS_DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips")
+# Whole-video metrics (need every frame at once), for the tools that hold whole videos in one process.
 WHOLE_VIDEO = ("vmaf",)
-BATCH_DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
+BATCH_DEFAULT_METRICS = DEFAULT_METRICS
 ALL_METRICS = STREAMING + WHOLE_VIDEO
 
 

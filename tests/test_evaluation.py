@@ -43,7 +43,7 @@ def test_metrics_lists_and_small_frames():
             parse_metrics(bad)
         assert "\n" not in str(err.value)
     assert "whole videos only" in str(pytest.raises(ValueError, parse_metrics, "vmaf").value)
-    assert DEFAULT_METRICS == ("psnr", "ms_ssim", "lpips")
+    assert DEFAULT_METRICS == ("psnr", "ms_ssim", "lpips", "dists")
     assert fit_metrics(("psnr", "dists"), 16, 64, requested=False) == ("psnr",)  # not asked for: dropped
     with pytest.raises(ValueError, match="DISTS needs"):
         fit_metrics(("dists",), 16, 64, requested=True)
