@@ -119,6 +119,29 @@ class ClipSource:
 # ----------------------------------------------------------------------------- discovery
 
 
+_SIZED_RE = re.compile(r"^(?P<name>.+?)_(?P<w>\d+)x(?P<h>\d+)(?:_.*)?$")
+
+
+def parse_clip_filename(path: str, yuv_re: "re.Pattern[str]", dataset: str, expected: str) -> "ClipSource | None":
+    """A dataset file -> its ``ClipSource``: a raw ``.yuv`` named as ``yuv_re`` says (groups name, w,
+    h, fps), or a video file (``NAME[_WxH[_...]].mp4``, sizes from the name when present); a ``.yuv``
+    named otherwise is ignored with a warning naming ``expected``; anything else: None."""
+    filename = os.path.basename(path)
+    m = yuv_re.match(filename)
+    if m:
+        return ClipSource(m["name"], path, "yuv", int(m["w"]), int(m["h"]), float(m["fps"]))
+    stem, suffix = os.path.splitext(filename)
+    if suffix.lower() == ".yuv":
+        warnings.warn(f"{dataset}: ignoring {filename} (not {expected})", stacklevel=4)
+        return None
+    if suffix.lower() in VIDEO_SUFFIXES:
+        sized = _SIZED_RE.match(stem)
+        if sized:
+            return ClipSource(sized["name"], path, "video", int(sized["w"]), int(sized["h"]))
+        return ClipSource(stem, path, "video")
+    return None
+
+
 def _natural_key(text: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 

@@ -17,27 +17,17 @@ sequences are 8-bit; every one has at least 240 frames, so the 96-frame protocol
 """
 from __future__ import annotations
 
-import os
 import re
-import warnings
 
-from experiments.datasets.common import VIDEO_SUFFIXES, ClipSource, VideoClipsBuilder
+from experiments.datasets.common import ClipSource, VideoClipsBuilder, parse_clip_filename
 
 HEVC_B = ("BasketballDrive", "BQTerrace", "Cactus", "Kimono1", "ParkScene")
 _YUV_RE = re.compile(r"^(?P<name>[A-Za-z0-9]+)_(?P<w>\d+)x(?P<h>\d+)_(?P<fps>\d+(?:\.\d+)?)(?:fps)?\.yuv$", re.I)
-_SIZED_RE = re.compile(r"^(?P<name>.+?)_(?P<w>\d+)x(?P<h>\d+)(?:_.*)?$")
 
 
 def parse_hevcb_filename(path: str) -> ClipSource | None:
     """``Cactus_1920x1080_50.yuv`` -> ClipSource("Cactus", path, "yuv", 1920, 1080, 50.0)."""
-    filename = os.path.basename(path)
-    m = _YUV_RE.match(filename)
-    if m:
-        return ClipSource(m["name"], path, "yuv", int(m["w"]), int(m["h"]), float(m["fps"]))
-    stem, suffix = os.path.splitext(filename)
-    if suffix.lower() == ".yuv":
-        warnings.warn(f"hevcb: ignoring {filename} (not NAME_WxH_FPS.yuv)", stacklevel=3)
-        return None
+    return parse_clip_filename(path, _YUV_RE, "hevcb", "NAME_WxH_FPS.yuv")
     if suffix.lower() in VIDEO_SUFFIXES:
         sized = _SIZED_RE.match(stem)
         if sized:

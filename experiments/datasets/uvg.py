@@ -22,27 +22,17 @@ Example::
 """
 from __future__ import annotations
 
-import os
 import re
-import warnings
 
 from experiments.datasets import UVG_CLASSIC  # noqa: F401  (re-exported)
-from experiments.datasets.common import VIDEO_SUFFIXES, ClipSource, VideoClipsBuilder
+from experiments.datasets.common import ClipSource, VideoClipsBuilder, parse_clip_filename
 
 _YUV_RE = re.compile(r"^(?P<name>.+?)_(?P<w>\d+)x(?P<h>\d+)_(?P<fps>\d+(?:\.\d+)?)fps_420_8bit_YUV\.yuv$", re.I)
-_SIZED_RE = re.compile(r"^(?P<name>.+?)_(?P<w>\d+)x(?P<h>\d+)(?:_.*)?$")
 
 
 def parse_uvg_filename(path: str) -> ClipSource | None:
     """``Beauty_1920x1080_120fps_420_8bit_YUV.yuv`` -> ClipSource("Beauty", path, "yuv", 1920, 1080, 120.0)."""
-    filename = os.path.basename(path)
-    m = _YUV_RE.match(filename)
-    if m:
-        return ClipSource(m["name"], path, "yuv", int(m["w"]), int(m["h"]), float(m["fps"]))
-    stem, suffix = os.path.splitext(filename)
-    if suffix.lower() == ".yuv":
-        warnings.warn(f"uvg: ignoring {filename} (not NAME_WxH_FPSfps_420_8bit_YUV.yuv)", stacklevel=3)
-        return None
+    return parse_clip_filename(path, _YUV_RE, "uvg", "NAME_WxH_FPSfps_420_8bit_YUV.yuv")
     if suffix.lower() in VIDEO_SUFFIXES:
         sized = _SIZED_RE.match(stem)
         if sized:
