@@ -28,12 +28,6 @@ _YUV_RE = re.compile(r"^(?P<name>[A-Za-z0-9]+)_(?P<w>\d+)x(?P<h>\d+)_(?P<fps>\d+
 def parse_hevcb_filename(path: str) -> ClipSource | None:
     """``Cactus_1920x1080_50.yuv`` -> ClipSource("Cactus", path, "yuv", 1920, 1080, 50.0)."""
     return parse_clip_filename(path, _YUV_RE, "hevcb", "NAME_WxH_FPS.yuv")
-    if suffix.lower() in VIDEO_SUFFIXES:
-        sized = _SIZED_RE.match(stem)
-        if sized:
-            return ClipSource(sized["name"], path, "video", int(sized["w"]), int(sized["h"]))
-        return ClipSource(stem, path, "video")
-    return None
 
 
 class HevcB(VideoClipsBuilder):

@@ -33,12 +33,6 @@ _YUV_RE = re.compile(r"^(?P<name>.+?)_(?P<w>\d+)x(?P<h>\d+)_(?P<fps>\d+(?:\.\d+)
 def parse_uvg_filename(path: str) -> ClipSource | None:
     """``Beauty_1920x1080_120fps_420_8bit_YUV.yuv`` -> ClipSource("Beauty", path, "yuv", 1920, 1080, 120.0)."""
     return parse_clip_filename(path, _YUV_RE, "uvg", "NAME_WxH_FPSfps_420_8bit_YUV.yuv")
-    if suffix.lower() in VIDEO_SUFFIXES:
-        sized = _SIZED_RE.match(stem)
-        if sized:
-            return ClipSource(sized["name"], path, "video", int(sized["w"]), int(sized["h"]))
-        return ClipSource(stem, path, "video")
-    return None
 
 
 class Uvg(VideoClipsBuilder):
