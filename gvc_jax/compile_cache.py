@@ -99,6 +99,25 @@ def _on_event(name: str, seconds: float, **_kw: Any) -> None:
 jax.monitoring.register_event_duration_secs_listener(_on_event)  # type: ignore[arg-type]  # (name, secs, **kw)
 
 
+class TraceCounter:
+    """Counts how often JAX traces functions named ``fun_name`` while it is open (a ``with``
+    block): a new trace means a new program (tests check that changing M compiles nothing)."""
+
+    def __init__(self, fun_name: str):
+        self.fun_name, self.count = fun_name, 0
+
+    def _on(self, name: str, seconds: float, **kw: Any) -> None:
+        if name == "/jax/core/compile/jaxpr_trace_duration" and kw.get("fun_name") == self.fun_name:
+            self.count += 1
+
+    def __enter__(self) -> "TraceCounter":
+        jax.monitoring.register_event_duration_secs_listener(self._on)  # type: ignore[arg-type]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._on)  # type: ignore[arg-type]
+
+
 def clock() -> float:
     """Seconds spent preparing programs in this process so far (trace, lower, compile or load)."""
     return _seconds[0]
