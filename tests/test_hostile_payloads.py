@@ -9,10 +9,10 @@ import os
 import struct
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from conftest import run_within
 
 from gvc_jax.codec.format.bits import BitstreamError
 from gvc_jax.codec.payloads import anchors as A
@@ -20,7 +20,7 @@ from gvc_jax.codec.payloads import residual as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 64, 96  # what the decoder expects
-LIMIT_S = 20
+LIMIT_S = 120  # hang guards (each check takes well under a second): not timings
 BIG = {"x265": (8192, "yuv420p12le", ["-preset", "ultrafast", "-x265-params", "qp=51:info=0:log-level=none"]),
        "vvenc": (2048, "yuv420p10le", ["-preset", "faster", "-qp", "63"]),
        "svtav1": (2048, "yuv420p", ["-preset", "8", "-crf", "63"])}
@@ -47,17 +47,16 @@ def _big_payload(name, tmp_path):
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys
 from gvc_jax.codec.payloads import anchors
 from gvc_jax.codec.format.bits import BitstreamError
 payload = open(sys.argv[1], "rb").read()
-t0 = time.perf_counter()
 try:
     anchors.unpack_anchor(payload, int(sys.argv[2]), int(sys.argv[3]))
     error = None
 except BitstreamError as e:
     error = str(e)
-print(json.dumps({"error": error, "seconds": time.perf_counter() - t0,
+print(json.dumps({"error": error,
                   # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec from the parent
                   # (here a big pytest worker); VmHWM is this process's own peak
                   "self_mb": next(int(l.split()[1]) for l in open("/proc/self/status")
@@ -67,12 +66,12 @@ print(json.dumps({"error": error, "seconds": time.perf_counter() - t0,
 
 
 def _decode_in_child(payload, tmp_path):
-    """unpack_anchor in a fresh process: its error, time and peak memory (its own, and ffmpeg's)."""
+    """unpack_anchor in a fresh process: its error and peak memory (its own, and ffmpeg's)."""
     path = tmp_path / "payload.bin"
     path.write_bytes(payload)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(H), str(W)], capture_output=True,
-                          timeout=120, env=env, cwd=ROOT)
+                          timeout=300, env=env, cwd=ROOT)  # a hang guard
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     return json.loads(done.stdout.decode().strip().splitlines()[-1])
 
@@ -85,17 +84,14 @@ def test_a_huge_hevc_anchor_is_refused_from_its_headers(tmp_path):
     print(f"8192x8192 HEVC, {len(payload)} B: {got}")
     assert got["error"] and "\n" not in got["error"]
     assert "8192x8192" in got["error"] and f"expected {W}x{H}" in got["error"]
-    assert got["seconds"] < LIMIT_S
     assert got["self_mb"] < 200 and got["children_mb"] < 150  # one decoded frame alone is 201 MB
 
 
 @pytest.mark.parametrize("name", ["vvenc", "svtav1"])
 def test_huge_vvc_and_av1_anchors_are_refused_from_their_headers(tmp_path, name):
     payload = _big_payload(name, tmp_path)
-    t0 = time.perf_counter()
     with pytest.raises(BitstreamError) as err:
-        A.unpack_anchor(payload, H, W)
-    assert time.perf_counter() - t0 < LIMIT_S
+        run_within(LIMIT_S, A.unpack_anchor, payload, H, W)
     assert "\n" not in str(err.value) and "declares a 2048x2048 picture" in str(err.value), err.value
 
 
@@ -116,10 +112,9 @@ def test_huge_webp_headers_are_refused_before_pillow(chunk):
     _available("webp")
     data = _webp_declaring(chunk, 16383, 16383)
     assert A.webp_size(data) == (16383, 16383)
-    t0 = time.perf_counter()
     with pytest.raises(BitstreamError, match="declares a 16383x16383 picture, expected 96x64") as err:
-        A.unpack_anchor(bytes([A.ANCHOR_CODEC_NAMES.index("webp"), 30]) + data, H, W)
-    assert "\n" not in str(err.value) and time.perf_counter() - t0 < LIMIT_S
+        run_within(LIMIT_S, A.unpack_anchor, bytes([A.ANCHOR_CODEC_NAMES.index("webp"), 30]) + data, H, W)
+    assert "\n" not in str(err.value)
     with pytest.raises(BitstreamError, match="not a WebP"):
         A.unpack_anchor(bytes([A.ANCHOR_CODEC_NAMES.index("webp"), 30]) + b"RIFF" + bytes(40), H, W)
 
@@ -155,20 +150,18 @@ def test_ffmpeg_output_is_capped_and_the_process_killed():
     """An endless stream is cut at the cap: the error comes at once, holding about the cap."""
     if not A._ffmpeg_components("decoders"):
         pytest.skip("no runnable ffmpeg")
-    t0 = time.perf_counter()
-    with pytest.raises(RuntimeError, match="passed the 1000000 bytes"):
-        A._run_ffmpeg(["-f", "lavfi", "-i", "color=gray:s=1024x1024", "-f", "rawvideo", "-"], b"", 1_000_000)
-    assert time.perf_counter() - t0 < LIMIT_S
+    with pytest.raises(RuntimeError, match="passed the 1000000 bytes"):  # endless: a hang guard
+        run_within(LIMIT_S, A._run_ffmpeg, ["-f", "lavfi", "-i", "color=gray:s=1024x1024", "-f", "rawvideo", "-"], b"",
+                   1_000_000)
 
 
 def test_ffmpeg_is_killed_at_the_deadline(monkeypatch):
     if not A._ffmpeg_components("decoders"):
         pytest.skip("no runnable ffmpeg")
     monkeypatch.setattr(A, "FFMPEG_TIMEOUT_S", 1)
-    t0 = time.perf_counter()
-    with pytest.raises(RuntimeError, match="more than 1 s"):  # one 16x16 frame a second, forever
-        A._run_ffmpeg(["-re", "-f", "lavfi", "-i", "color=gray:s=16x16:r=1", "-f", "rawvideo", "-"], b"", 1 << 30)
-    assert time.perf_counter() - t0 < 10
+    with pytest.raises(RuntimeError, match="more than 1 s"):  # one 16x16 frame a second, forever: a hang guard
+        run_within(LIMIT_S, A._run_ffmpeg, ["-re", "-f", "lavfi", "-i", "color=gray:s=16x16:r=1", "-f", "rawvideo",
+                                            "-"], b"", 1 << 30)
 
 
 # ----------------------------------------------------------------------------------- residual
