@@ -25,7 +25,7 @@ registered in ``CODEBOOKS``; ``Codebook(kind, K, D)`` and :func:`get_codebook` b
   (the published method, fp32) with the bits of ``jax_threefry_partitionable=True`` (JAX's
   default). Streaming search; a block of atoms is one fused, unrolled hash + normal transform
   (:func:`_threefry2x32`, :func:`_normal_from_bits`), the same integer and float ops as
-  ``jax.random.normal`` (2.9x faster than calling it on CPU, where JAX lowers the hash as a loop).
+  ``jax.random.normal`` (~3x faster than calling it on CPU, where JAX lowers the hash as a loop).
 
 Atom k's values depend only on (key, kind, D, k): never on block sizes or on which indices are
 requested together. Raw bits come from the threefry2x32 hash with explicit counters, so they do not
@@ -117,7 +117,7 @@ def _threefry_words(key: jax.Array, n_words: int) -> jax.Array:
 
 
 def _threefry_words_batch(kd: jax.Array, n_words: int) -> jax.Array:
-    """[n, n_words] uint32: :func:`_threefry_words` of n raw keys ``kd`` [n, 2] in one fused hash."""
+    """[n, n_words] uint32: :func:`_threefry_words` of n raw keys ``kd`` [n, 2] in one hash call."""
     n_calls = (n_words + 1) // 2
     counts = jnp.arange(n_calls, dtype=jnp.uint32)[None, :]
     # The primitive, not the unrolled _threefry2x32: its CPU lowering is a loop, so XLA stores the
