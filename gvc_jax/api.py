@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from gvc_jax import compile_cache, pixels
+from gvc_jax.codec import planner
 from gvc_jax.codec.format.bitstream import MAX_GOP_FRAMES, read_file
 from gvc_jax.codec.gop.journal import input_identity
 from gvc_jax.codec.gop.plan import ArrayReader, check_gop_frames
@@ -31,7 +32,7 @@ from gvc_jax.codec.gop.rate import RateTarget, atoms_pattern
 from gvc_jax.codec.gop.variants import get_variant
 from gvc_jax.codec.payloads import anchors, residual
 from gvc_jax.codec.sampling import schedule
-from gvc_jax.codec.session import SIZE_MULTIPLE, EncodeJob, decode_video, encode_streams
+from gvc_jax.codec.session import SIZE_MULTIPLE, EncodeJob, decode_video, encode_streams, stream_header
 from gvc_jax.io.video_reader import VideoReader
 from gvc_jax.models.registry import resolve_model, with_execution
 from gvc_jax.parallel import GopMesh, check_devices, init_distributed
@@ -77,6 +78,12 @@ class CodecOptions:
     residual_step:  i2v tail-residual quantiser step in latent units (None: the default; 0: no residual)
     target_bpp:     choose M (and M_tail in proportion) so the stream lands just under this rate,
                     from the exact rate formula and the measured anchor sizes (None: use ``atoms``)
+    max_dit_calls:  with ``target_bpp``: the rate-compute planner (``codec.planner``, our own design)
+                    chooses ``steps``, ``x0_cache`` and M for the least predicted distortion within
+                    this many DiT calls per GOP (None: no planner)
+    speed:          with ``target_bpp``, instead of ``max_dit_calls``: ``quality`` / ``balanced`` /
+                    ``fast``, a budget of 1.0 / 0.6 / 0.4 times ``steps`` DiT calls per GOP
+    calibration:    the planner's calibration table (None: ``calibration.json`` in the model directory)
     codebook_size:  K, atoms in each (step, frame) codebook
     codebook:       atom kind: ``hadamard`` (fast, integer-exact), ``gaussian`` (the published method), ``rademacher``
     steps, tail:    sampling steps T and deterministic final steps (``steps - tail`` steps carry bits)
@@ -111,6 +118,16 @@ class CodecOptions:
                                           help="choose M (and M_tail in proportion) to land just under this rate, "
                                                "anchors included (i2v: the tail residual comes on top; the report "
                                                "says how close it got)")
+    max_dit_calls: Optional[int] = _option(None, "--max-dit-calls", SAMPLER_GROUP, type=int, metavar="N",
+                                           help="with --target-bpp: plan --steps, --x0-cache and -M for the least "
+                                                "predicted distortion within N DiT calls per GOP (README: Rate-compute "
+                                                "planner; our own design, from the model's calibration table)")
+    speed: Optional[str] = _option(None, "--speed", SAMPLER_GROUP, choices=tuple(planner.SPEEDS),
+                                   help="with --target-bpp, instead of --max-dit-calls: a DiT-call budget of 1.0 / "
+                                        "0.6 / 0.4 times --steps (quality / balanced / fast)")
+    calibration: Optional[str] = _option(None, "--calibration", SAMPLER_GROUP, metavar="FILE",
+                                         help="the planner's calibration table (default: MODEL/calibration.json, "
+                                              "written by experiments/calibrate.py)")
     codebook_size: int = _option(schedule.DEFAULT_K, "-K", "--codebook-size", SAMPLER_GROUP, type=int,
                                  help="codebook size")
     codebook: str = _option(schedule.DEFAULT_CODEBOOK, "--codebook", SAMPLER_GROUP, choices=schedule.CODEBOOK_KINDS,
@@ -140,6 +157,7 @@ class CodecOptions:
         if self.target_bpp is not None and not (isinstance(self.target_bpp, (int, float))
                                                 and math.isfinite(self.target_bpp) and 0 < self.target_bpp <= 24):
             raise ValueError(f"target_bpp must be in (0, 24], got {self.target_bpp!r}")
+        self._check_planner()
         if not isinstance(self.tail_frames, int) or self.tail_frames < 0:
             raise ValueError(f"tail_frames must be a non-negative integer, got {self.tail_frames!r}")
         if self.gop_frames is not None:
@@ -147,6 +165,27 @@ class CodecOptions:
                 raise ValueError(f"gop_frames must be 4k+1 in [1, {MAX_GOP_FRAMES}], got {self.gop_frames}")
             check_gop_frames(self.gop_frames)
         self.sampler(480, 832)  # validates every sampler field
+
+    def _check_planner(self) -> None:
+        if self.max_dit_calls is not None and (not isinstance(self.max_dit_calls, int) or isinstance(
+                self.max_dit_calls, bool) or not 1 <= self.max_dit_calls <= schedule.MAX_STEPS):
+            raise ValueError(f"max_dit_calls (--max-dit-calls) must be an integer in [1, {schedule.MAX_STEPS}], "
+                             f"got {self.max_dit_calls!r}")
+        if self.speed is not None and self.speed not in planner.SPEEDS:
+            raise ValueError(f"speed (--speed) must be one of {', '.join(planner.SPEEDS)}, got {self.speed!r}")
+        if self.max_dit_calls is not None and self.speed is not None:
+            raise ValueError("give max_dit_calls (--max-dit-calls) or speed (--speed), not both")
+        if (self.max_dit_calls is not None or self.speed is not None) and self.target_bpp is None:
+            raise ValueError("max_dit_calls / speed (--max-dit-calls / --speed) need target_bpp (--target-bpp): "
+                             "the planner chooses the schedule for a rate")
+        if self.calibration is not None and (self.max_dit_calls is None and self.speed is None
+                                             or not isinstance(self.calibration, (str, os.PathLike))):
+            raise ValueError("calibration (--calibration) is a table path, used with --max-dit-calls or --speed")
+
+    @property
+    def plans(self) -> bool:
+        """Whether the rate-compute planner chooses the schedule (``codec.planner``)."""
+        return self.max_dit_calls is not None or self.speed is not None
 
     def variant_object(self):
         """The ``codec.gop.variants.Variant`` with this run's encoder settings."""
@@ -208,6 +247,7 @@ class CodecOptions:
         gop = self.gop_frames_for(max(r.num_frames for r in readers), stride)
         sampler = self.sampler(readers[0].height, readers[0].width, gop, stride)
         variant = self.variant_object()
+        table = self._calibration(model) if self.plans else None  # a bad table: refused before any work
         targets: list = [None] * len(readers)
         if self.target_bpp is not None:
             if reopen is None:
@@ -215,7 +255,24 @@ class CodecOptions:
             for i in range(len(readers)):
                 with reopen(i) as again:
                     targets[i] = self._rate_target(variant, model, again, gop, len(sampler.atoms_per_frame))
-        return CodingSetup(self, variant, gop, sampler, tuple(targets))
+        chosen = None
+        if table is not None:
+            videos = [planner.Video(stream_header(r, model, sampler, variant, variant.plan(r.num_frames, gop, stride)),
+                                    t, r.num_frames * r.width * r.height)
+                      for r, t in zip(readers, targets, strict=True)]
+            budget = planner.compute_budget(self.max_dit_calls, self.speed, self.steps)
+            chosen = planner.plan(table, videos, sampler.tail, budget)
+            sampler = sampler.replace(steps=chosen.schedule.steps, x0_cache=chosen.schedule.x0_cache,
+                                      atoms_per_frame=chosen.atoms_per_frame)
+        return CodingSetup(self, variant, gop, sampler, tuple(targets), chosen)
+
+    def _calibration(self, model) -> "planner.CalibrationTable":
+        """The planner's validated table for ``model`` (``calibration``, else the model directory's)."""
+        path = os.fspath(self.calibration) if self.calibration is not None else planner.table_path(model)
+        if path is None:
+            raise planner.CalibrationError(f"the planner needs a calibration table: model {model.name} has no "
+                                           f"directory; give --calibration FILE (experiments/calibrate.py)")
+        return planner.read_table(path, model.fingerprint)
 
     def _rate_target(self, variant, model, reader, gop_frames: int, latent_frames: int) -> RateTarget:
         """The byte budget of ``target_bpp`` for ``reader``'s video, the lengths of its anchor payloads
@@ -254,6 +311,7 @@ class CodingSetup:
     gop_frames: int
     sampler: schedule.SamplerConfig
     targets: tuple               # per video: a rate.RateTarget, or None
+    plan: Optional[planner.Plan] = None  # the rate-compute planner's choice (``max_dit_calls`` / ``speed``)
 
     def encode(self, jobs: Sequence[EncodeJob], model, *, progress=None, devices=None, prompt: str = "") -> list:
         """``session.encode_streams`` of ``jobs`` with these settings -> one ``CodecResult`` each."""

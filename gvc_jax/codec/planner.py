@@ -1,0 +1,375 @@
+"""Rate-compute planner: ``--target-bpp B`` with ``--max-dit-calls N`` or ``--speed`` -> a schedule.
+
+**Our own design.** The published rate-compute scheduler (TURBO.md section 8) maps a target bpp to
+a trajectory length and a refresh period after a one-time calibration, but its mapping and its
+calibration procedure are not public. What follows is ours, and is only as good as its table.
+
+What it chooses: the sampling steps T, the x0-cache skips (``off``, ``alternate`` or an explicit
+list that is a prefix of ``alternate``'s, so never two skips in a row: ``schedule.check_x0_cache``)
+and M (M_tail in proportion when ``tail_atoms`` is set), so that
+
+- the stream fits the byte budget of ``target_bpp`` exactly (M from ``rate.fit_atoms`` for the
+  candidate's T, the same machinery the encoder then runs), and
+- DiT calls per GOP (``steps - len(x0_cache)``, ``Trajectory.dit_calls``) stay within the budget,
+
+minimising the predicted LPIPS (then the predicted PSNR, then fewer DiT calls).
+
+Predictions come from a **calibration table** (``calibration.json`` in the model directory,
+written by ``experiments/calibrate.py``): measured LPIPS and PSNR of coded sample clips at a few
+(T, x0-cache off / alternate, M) points, each with its *payload* bpp (the rank-coded picks only:
+for one model, picks bits per pixel is bits per latent value up to a constant, so it carries over
+between frame sizes, unlike header and anchor bytes). The model of distortion, deliberately
+simple: for each measured (T, mode) a curve monotone in payload bpp (pool-adjacent-violators,
+then piecewise linear in log2 bpp, clamped -- and flagged -- outside the measured range);
+between measured T linear in T; a partial skip list linear in its share of ``alternate``'s skips.
+No extrapolation in T: candidates stay inside the table's measured steps.
+
+The plan space is a product of independent dimensions (``Schedule``: steps, skips; M follows
+from the rate). A multi-resolution stage plan is meant to be one more dimension of ``Schedule``
+and of ``candidates`` (with its own table axis), not a second planner.
+
+The table is read as hostile input: size cap, strict JSON (no NaN / Infinity), schema, types and
+ranges, and the model fingerprint. Any problem is one line naming the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from gvc_jax.codec.sampling.schedule import MAX_ATOMS, MAX_STEPS
+
+TABLE_NAME = "calibration.json"
+TABLE_FORMAT = "gvc-jax-calibration"
+TABLE_VERSION = 1
+MAX_TABLE_BYTES = 1 << 20
+MAX_POINTS = 4096
+MODES = ("off", "alternate")
+# --speed: the DiT-call budget per GOP as a share of --steps (our choice; "balanced" at T = 20
+# gives 12 calls, like TURBO.md's published turbo schedule; "fast" gives 8).
+SPEEDS = {"quality": 1.0, "balanced": 0.6, "fast": 0.4}
+_POINT_FIELDS = {"steps": int, "x0_cache": str, "atoms": int, "payload_bpp": float, "bpp": float,
+                 "psnr": float, "lpips": float, "dit_calls": int}
+
+
+class CalibrationError(ValueError):
+    """A calibration table that is missing, malformed or for another model."""
+
+
+class PlanError(ValueError):
+    """No schedule meets both the rate and the compute budget."""
+
+
+# ------------------------------------------------------------------------------ the table
+
+def table_path(model) -> Optional[str]:
+    """The calibration table of a model directory (None: a model without a directory)."""
+    path = getattr(model, "path", None)
+    return os.path.join(path, TABLE_NAME) if path else None
+
+
+def make_table(points: Sequence[dict], fingerprint: str, model_name: str, measured: dict) -> dict:
+    """A table (validated like a read one) from measured ``points`` (dicts of ``_POINT_FIELDS``)."""
+    table = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "model_fingerprint": fingerprint,
+             "model_name": model_name, "design": "gvc-jax's own (the published mapping is not public)",
+             "measured": measured, "points": [dict(p) for p in points]}
+    CalibrationTable.from_dict(table, "<new table>", fingerprint)
+    return table
+
+
+def write_table(table: dict, path: str) -> None:
+    from gvc_jax.io.atomic import atomic_write_bytes
+    atomic_write_bytes(path, (json.dumps(table, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _no_constants(name: str):
+    raise ValueError(f"non-finite number {name}")
+
+
+def read_table(path: str, fingerprint: Optional[str]) -> "CalibrationTable":
+    """The validated table at ``path`` for the model of ``fingerprint`` (None: any model)."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_TABLE_BYTES:
+            raise CalibrationError(f"calibration table {path}: {size} bytes, over the {MAX_TABLE_BYTES} limit")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TABLE_BYTES + 1)
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except FileNotFoundError:
+        raise CalibrationError(f"calibration table {path} not found (measure one: python experiments/calibrate.py "
+                               f"--model DIR)") from None
+    except CalibrationError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise CalibrationError(f"calibration table {path}: unreadable ({str(err)[:200]})") from None
+    return CalibrationTable.from_dict(data, path, fingerprint)
+
+
+def _number(v: Any, kind: type) -> bool:
+    if isinstance(v, bool):
+        return False
+    if kind is int:
+        return isinstance(v, int)
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _check_point(p: Any, i: int) -> dict:
+    if not isinstance(p, dict) or set(p) != set(_POINT_FIELDS):
+        raise ValueError(f"point {i} must have exactly the fields {sorted(_POINT_FIELDS)}")
+    for name, kind in _POINT_FIELDS.items():
+        ok = isinstance(p[name], str) if kind is str else _number(p[name], kind)
+        if not ok:
+            raise ValueError(f"point {i}: {name} must be {'a string' if kind is str else 'a finite ' + kind.__name__}")
+    limits = {"steps": (2, MAX_STEPS), "atoms": (1, MAX_ATOMS), "payload_bpp": (1e-9, 24.0), "bpp": (1e-9, 24.0),
+              "psnr": (0.0, 100.0), "lpips": (0.0, 2.0), "dit_calls": (1, MAX_STEPS)}
+    for name, (lo, hi) in limits.items():
+        if not lo <= p[name] <= hi:
+            raise ValueError(f"point {i}: {name} = {p[name]} outside [{lo}, {hi}]")
+    if p["x0_cache"] not in MODES:
+        raise ValueError(f"point {i}: x0_cache must be one of {MODES}, got {p['x0_cache'][:40]!r}")
+    calls = p["steps"] - (p["steps"] // 2 if p["x0_cache"] == "alternate" else 0)
+    if p["dit_calls"] != calls:
+        raise ValueError(f"point {i}: dit_calls {p['dit_calls']} is not {calls} for {p['steps']} steps, "
+                         f"x0-cache {p['x0_cache']}")
+    return p
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Measured distortion of one (steps, mode): monotone in payload bpp (log2 axis)."""
+
+    log_bpp: np.ndarray   # increasing, distinct
+    lpips: np.ndarray     # non-increasing
+    psnr: np.ndarray      # non-decreasing
+
+    @classmethod
+    def fit(cls, points: List[dict]) -> "Curve":
+        by_rate: Dict[float, List[dict]] = {}
+        for p in points:  # points at one rate (several clips, or a repeat) are averaged
+            by_rate.setdefault(round(math.log2(p["payload_bpp"]), 9), []).append(p)
+        xs = np.array(sorted(by_rate))
+        lp = np.array([np.mean([p["lpips"] for p in by_rate[x]]) for x in xs])
+        ps = np.array([np.mean([p["psnr"] for p in by_rate[x]]) for x in xs])
+        return cls(xs, -_isotonic(-lp), _isotonic(ps))
+
+    def at(self, payload_bpp: float) -> Tuple[float, float, bool]:
+        """(lpips, psnr, outside the measured range) at ``payload_bpp``."""
+        x = math.log2(payload_bpp)
+        outside = not self.log_bpp[0] - 1e-9 <= x <= self.log_bpp[-1] + 1e-9
+        return (float(np.interp(x, self.log_bpp, self.lpips)), float(np.interp(x, self.log_bpp, self.psnr)), outside)
+
+
+def _isotonic(y: np.ndarray) -> np.ndarray:
+    """Least-squares non-decreasing fit (pool adjacent violators, equal weights)."""
+    blocks: List[List[float]] = []  # [mean, count]
+    for v in map(float, y):
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return np.array([m for m, n in blocks for _ in range(int(n))])
+
+
+@dataclass(frozen=True)
+class CalibrationTable:
+    """A validated table: one ``Curve`` per (steps, mode); every measured steps has both modes."""
+
+    path: str
+    curves: Dict[Tuple[int, str], Curve]
+    data: dict
+
+    @property
+    def steps(self) -> Tuple[int, ...]:
+        return tuple(sorted({t for t, _ in self.curves}))
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str, fingerprint: Optional[str]) -> "CalibrationTable":
+        try:
+            curves = cls._curves(data, fingerprint)
+        except ValueError as err:
+            raise CalibrationError(f"calibration table {path}: {err}") from None
+        return cls(path, curves, data)
+
+    @staticmethod
+    def _curves(data: Any, fingerprint: Optional[str]) -> Dict[Tuple[int, str], Curve]:
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        if data.get("format") != TABLE_FORMAT:
+            raise ValueError(f"format must be {TABLE_FORMAT!r}")
+        if data.get("version") != TABLE_VERSION or isinstance(data.get("version"), bool):
+            raise ValueError(f"unsupported version {str(data.get('version'))[:20]} (this reader: {TABLE_VERSION})")
+        fp = data.get("model_fingerprint")
+        if not isinstance(fp, str) or len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp):
+            raise ValueError("model_fingerprint must be 64 lowercase hex digits")
+        if fingerprint is not None and fp != fingerprint:
+            raise ValueError(f"measured for another model (fingerprint {fp[:12]}..., this one {fingerprint[:12]}...): "
+                             f"recalibrate with experiments/calibrate.py")
+        points = data.get("points")
+        if not isinstance(points, list) or not 2 <= len(points) <= MAX_POINTS:
+            raise ValueError(f"points must be a list of 2 to {MAX_POINTS} points")
+        groups: Dict[Tuple[int, str], List[dict]] = {}
+        for i, p in enumerate(points):
+            p = _check_point(p, i)
+            groups.setdefault((p["steps"], p["x0_cache"]), []).append(p)
+        for t in sorted({t for t, _ in groups}):
+            missing = [m for m in MODES if (t, m) not in groups]
+            if missing:
+                raise ValueError(f"steps {t} has no x0-cache {missing[0]!r} points (every measured steps needs both)")
+        return {key: Curve.fit(group) for key, group in groups.items()}
+
+    def predict(self, steps: int, skip_share: float, payload_bpp: float) -> Tuple[float, float, bool]:
+        """(lpips, psnr, extrapolated) for ``steps`` (inside the measured range) with ``skip_share``
+        of ``alternate``'s skips, at ``payload_bpp``: linear in T between measured steps and in the
+        skip share between ``off`` and ``alternate``."""
+        ts = self.steps
+        if not ts[0] <= steps <= ts[-1]:
+            raise PlanError(f"steps {steps} outside the calibrated {ts[0]}..{ts[-1]}")
+        hi = next(t for t in ts if t >= steps)
+        lo = max(t for t in ts if t <= steps)
+        w_t = 0.0 if hi == lo else (steps - lo) / (hi - lo)
+        out = np.zeros(2)
+        outside = False
+        for t, wt in ((lo, 1 - w_t), (hi, w_t)):
+            for mode, wm in (("off", 1 - skip_share), ("alternate", skip_share)):
+                if wt * wm == 0:
+                    continue
+                lp, ps, far = self.curves[(t, mode)].at(payload_bpp)
+                out += wt * wm * np.array([lp, ps])
+                outside |= far
+        return float(out[0]), float(out[1]), outside
+
+
+# ------------------------------------------------------------------------------ planning
+
+@dataclass(frozen=True)
+class Schedule:
+    """One point of the plan space. Each field is one independent dimension; ``candidates`` takes
+    their product. M is not a dimension: the rate fixes it for each schedule. A multi-resolution
+    stage plan (``--mr``, TURBO.md) is to be one more field here (with its own axis in the table)."""
+
+    steps: int
+    x0_cache: Tuple[int, ...] = ()
+
+    @property
+    def dit_calls(self) -> int:
+        """DiT evaluations per GOP (as ``Trajectory.dit_calls``)."""
+        return self.steps - len(self.x0_cache)
+
+    @property
+    def skip_share(self) -> float:
+        """The share of ``alternate``'s skips this schedule takes (the table's skip axis)."""
+        full = self.steps // 2
+        return len(self.x0_cache) / full if full else 0.0
+
+
+def compute_budget(max_dit_calls: Optional[int], speed: Optional[str], steps: int) -> int:
+    """DiT calls per GOP allowed: ``max_dit_calls``, or ``SPEEDS[speed]`` of ``steps`` (at least 1)."""
+    if max_dit_calls is not None:
+        return int(max_dit_calls)
+    if speed not in SPEEDS:
+        raise ValueError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
+    return max(1, round(SPEEDS[speed] * steps))
+
+
+def candidates(table: CalibrationTable, tail: int, budget: int) -> List[Schedule]:
+    """Every schedule inside the table's steps (and above ``tail``) within ``budget`` DiT calls:
+    T, and the first s of ``alternate``'s skips (s = 0 .. T // 2; never two in a row)."""
+    out = []
+    for steps in range(max(table.steps[0], tail + 1), table.steps[-1] + 1):
+        skips = tuple(range(1, steps, 2))
+        for s in range(len(skips) + 1):
+            sched = Schedule(steps, skips[:s])
+            if sched.dit_calls <= budget:
+                out.append(sched)
+    return out
+
+
+@dataclass(frozen=True)
+class Video:
+    """What the planner knows of one video: its stream header (any steps / atoms: the planner
+    replaces them), its rate target (``rate.RateTarget``) and its pixel count (frames x W x H)."""
+
+    header: Any
+    target: Any
+    pixels: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen schedule, its M (of the first video) and what the table predicts for it."""
+
+    schedule: Schedule
+    atoms_per_frame: Tuple[int, ...]
+    budget: int
+    bpp: float              # predicted total bpp (mean over the videos; exact up to the prompt's bytes)
+    payload_bpp: float
+    lpips: float            # predicted, from the table
+    psnr: float
+    extrapolated: bool      # the rate lies outside the table's measured payload bpp (clamped)
+    table: str
+    considered: int         # schedules that met both budgets
+
+    def report(self) -> dict:
+        """The plan's lines of the encoder's report (the realised numbers come from the stream)."""
+        return {"plan": "rate-compute planner (gvc-jax's own design; the published mapping is not public)",
+                "plan_steps": self.schedule.steps, "plan_x0_cache": list(self.schedule.x0_cache),
+                "plan_atoms": int(self.atoms_per_frame[0]), "plan_dit_calls": self.schedule.dit_calls,
+                "plan_max_dit_calls": self.budget, "plan_predicted_bpp": round(self.bpp, 6),
+                "plan_predicted_lpips": round(self.lpips, 4), "plan_predicted_psnr": round(self.psnr, 3),
+                "plan_extrapolated": self.extrapolated, "plan_table": self.table}
+
+
+def _fit(video: Video, sched: Schedule):
+    """-> (atoms per frame, stream bytes, payload bits) of ``video`` with ``sched`` at its byte budget,
+    or None where even one atom does not fit."""
+    from gvc_jax.codec.format import bitstream
+    from gvc_jax.codec.gop import rate
+
+    h = video.header
+    flags = (h.flags | bitstream.FLAG_X0_CACHE) if sched.x0_cache else (h.flags & ~bitstream.FLAG_X0_CACHE)
+    h = h.replace(sampler=h.sampler.replace(steps=sched.steps, x0_cache=sched.x0_cache), flags=flags)
+    t = video.target
+    try:
+        apf = rate.fit_atoms(h, int(t.target_bytes), t.side_lengths, t.pattern)
+    except rate.RateError:
+        return None
+    fitted = h.replace(sampler=h.sampler.replace(atoms_per_frame=apf))
+    picks = h.num_gops * 8 * ((bitstream.payload_bits(fitted) + 7) // 8)
+    return apf, rate.stream_bytes(fitted, t.side_lengths), picks
+
+
+def plan(table: CalibrationTable, videos: Sequence[Video], tail: int, budget: int) -> Plan:
+    """The schedule of least predicted LPIPS (then higher PSNR, then fewer DiT calls) whose every
+    video fits its byte budget with at least one atom, within ``budget`` DiT calls per GOP."""
+    scheds = candidates(table, tail, budget)
+    if not scheds:
+        first = max(table.steps[0], tail + 1)
+        need = f"at least {-(-first // 2)}" if first <= table.steps[-1] else "more steps than the tail"
+        raise PlanError(f"no schedule within {budget} DiT calls per GOP: the table {table.path} covers steps "
+                        f"{table.steps[0]}..{table.steps[-1]} (tail {tail}), which need {need} calls")
+    best: Optional[tuple] = None
+    considered = 0
+    for sched in scheds:
+        fits = [_fit(v, sched) for v in videos]
+        if any(f is None for f in fits):
+            continue
+        considered += 1
+        preds = [table.predict(sched.steps, sched.skip_share, f[2] / v.pixels)
+                 for v, f in zip(videos, fits, strict=True)]
+        lp = float(np.mean([p[0] for p in preds]))
+        ps = float(np.mean([p[1] for p in preds]))
+        key = (round(lp, 9), -round(ps, 9), sched.dit_calls, sched.steps)
+        if best is None or key < best[0]:
+            bpp = float(np.mean([8.0 * f[1] / v.pixels for v, f in zip(videos, fits, strict=True)]))
+            pay = float(np.mean([f[2] / v.pixels for v, f in zip(videos, fits, strict=True)]))
+            best = (key, Plan(sched, tuple(fits[0][0]), budget, bpp, pay, lp, ps, any(p[2] for p in preds),
+                              table.path, 0))
+    if best is None:
+        raise PlanError(f"the target rate is too low for every schedule within {budget} DiT calls per GOP "
+                        f"(even one atom per latent frame is over the byte budget at the fewest calibrated steps)")
+    return dataclasses.replace(best[1], considered=considered)

@@ -1,0 +1,219 @@
+"""Rate-compute planner (``codec.planner``): --target-bpp with --max-dit-calls / --speed lands within
+5 % of the rate and within the DiT-call budget; infeasible budgets and hostile tables are one-line
+errors; the default model ships a valid table."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gvc_jax import api
+from gvc_jax.codec import planner
+from gvc_jax.codec.format import bitstream
+from gvc_jax.codec.gop.plan import ArrayReader
+from gvc_jax.codec.gop.rate import RateTarget
+from gvc_jax.codec.sampling.schedule import SamplerConfig, check_x0_cache
+
+OPTS = dict(codebook_size=4096, tail=1, gop_frames=9)
+
+
+def _points(steps=(3, 6), atoms=(2, 8, 32), lpips_of=None):
+    """Synthetic measured points: distortion falls with rate and steps; ``lpips_of(T, mode, M)`` overrides."""
+    out = []
+    for t in steps:
+        for mode in planner.MODES:
+            for m in atoms:
+                pay = 0.004 * m * (t - 1)
+                lp = lpips_of(t, mode, m) if lpips_of else 0.8 - 0.05 * np.log2(m) - 0.01 * t + 0.02 * (mode != "off")
+                out.append({"steps": t, "x0_cache": mode, "atoms": m, "payload_bpp": pay, "bpp": pay + 0.01,
+                            "psnr": 15 + 2 * np.log2(m) + 0.1 * t, "lpips": float(lp),
+                            "dit_calls": t - (t // 2 if mode == "alternate" else 0)})
+    return out
+
+
+def _table(path, fingerprint, **kw):
+    planner.write_table(planner.make_table(_points(**kw), fingerprint, "test", {"note": "synthetic"}), str(path))
+    return str(path)
+
+
+def _video(frames=9):
+    rng = np.random.default_rng(1)
+    return np.clip(rng.integers(0, 200, (1, 40, 56, 3)) + 3 * np.arange(frames)[:, None, None, None], 0,
+                   255).astype(np.uint8)
+
+
+def _plan_and_encode(model, video, **options):
+    opts = api.CodecOptions(**OPTS, **options)
+    setup = opts.resolve(model, [ArrayReader(video, 16.0)], lambda _: ArrayReader(video, 16.0))
+    from gvc_jax.codec.session import EncodeJob
+    result = setup.encode([EncodeJob(ArrayReader(video, 16.0), target=setup.targets[0])], model)[0]
+    return setup, result
+
+
+@pytest.mark.parametrize("target,calls", [(0.3, 3), (0.6, 5)])
+def test_plan_lands_within_5_percent_and_the_dit_budget(tiny, tmp_path, target, calls):
+    video = _video()
+    table = _table(tmp_path / "cal.json", tiny.fingerprint)
+    setup, result = _plan_and_encode(tiny, video, target_bpp=target, max_dit_calls=calls, calibration=table)
+    bpp = 8 * len(result.stream) / video[..., 0].size
+    assert 0.95 * target <= bpp <= target, (target, bpp)
+    report = result.report()
+    assert max(report["dit_calls_per_gop"]) <= calls and report["dit_calls"] > 0
+    sched = setup.plan.schedule
+    h = result.header.sampler
+    assert (h.steps, h.x0_cache) == (sched.steps, sched.x0_cache)  # the stream uses the plan
+    assert report["dit_calls_per_gop"][0] == sched.dit_calls
+    assert abs(setup.plan.bpp - bpp) / bpp < 0.02  # the predicted rate is the realised one (the same formula)
+    assert check_x0_cache(sched.x0_cache, sched.steps) == sched.x0_cache
+
+
+def _unit_video(fingerprint_steps=6, num_frames=33, target_bytes=4000):
+    h = bitstream.Header(model_fingerprint=bytes(8), preset="t", variant="t2v", width=128, height=80,
+                         orig_width=128, orig_height=80, num_frames=num_frames, fps_num=16, fps_den=1, gop_frames=33,
+                         num_gops=1, sampler=SamplerConfig(steps=fingerprint_steps, tail=1, K=16384,
+                                                           atoms_per_frame=(8,) * 9))
+    return planner.Video(h, RateTarget(target_bytes), num_frames * 128 * 80)
+
+
+def test_plan_follows_the_table(tmp_path):
+    """More steps predicted better: with skips as good as no skips the planner takes the most steps
+    and, the prediction being equal, every skip (the fewest calls); with skips much worse it takes
+    fewer steps and no skips."""
+    fp = "ab" * 32
+    cheap = planner.read_table(_table(tmp_path / "a.json", fp, lpips_of=lambda t, mode, m: 0.9 - 0.05 * t - 0.01 * m),
+                               fp)
+    p = planner.plan(cheap, [_unit_video()], tail=1, budget=4)
+    assert (p.schedule.steps, p.schedule.x0_cache) == (6, (1, 3, 5)) and p.schedule.dit_calls == 3
+    costly = planner.read_table(_table(tmp_path / "b.json", fp, lpips_of=lambda t, mode, m: 0.9 - 0.05 * t
+                                       - 0.01 * m + 0.5 * (mode == "alternate")), fp)
+    p = planner.plan(costly, [_unit_video()], tail=1, budget=4)
+    assert (p.schedule.steps, p.schedule.x0_cache) == (4, ())
+    p = planner.plan(costly, [_unit_video()], tail=1, budget=100)  # no compute limit: the most steps
+    assert p.schedule.steps == 6 and p.considered == sum(1 + t // 2 for t in range(3, 7))
+
+
+def test_speed_budgets():
+    assert [planner.compute_budget(None, s, 20) for s in ("quality", "balanced", "fast")] == [20, 12, 8]
+    assert planner.compute_budget(7, None, 20) == 7
+
+
+def test_infeasible_budgets_are_one_line_errors(tiny, tmp_path):
+    fp = "cd" * 32
+    table = planner.read_table(_table(tmp_path / "c.json", fp), fp)
+    with pytest.raises(planner.PlanError, match="no schedule within 1 DiT calls") as err:
+        planner.plan(table, [_unit_video()], tail=1, budget=1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(planner.PlanError, match="too low") as err:
+        planner.plan(table, [_unit_video(target_bytes=60)], tail=1, budget=6)
+    assert "\n" not in str(err.value)
+    with pytest.raises(planner.PlanError, match="no schedule"):  # the tail leaves no calibrated steps
+        planner.plan(table, [_unit_video()], tail=6, budget=6)
+    cal = _table(tmp_path / "cal.json", tiny.fingerprint)
+    video = _video()
+    with pytest.raises(ValueError, match="too low"):  # end to end: below the header and one atom
+        _plan_and_encode(tiny, video, target_bpp=0.001, max_dit_calls=4, calibration=cal)
+
+
+def test_flag_validation():
+    for bad, match in [(dict(max_dit_calls=4), "need target_bpp"), (dict(speed="fast"), "need target_bpp"),
+                       (dict(target_bpp=0.1, max_dit_calls=0), "max_dit_calls"),
+                       (dict(target_bpp=0.1, max_dit_calls=True), "max_dit_calls"),
+                       (dict(target_bpp=0.1, max_dit_calls=2.5), "max_dit_calls"),
+                       (dict(target_bpp=0.1, speed="turbo"), "speed"),
+                       (dict(target_bpp=0.1, speed="fast", max_dit_calls=4), "not both"),
+                       (dict(target_bpp=0.1, calibration="x.json"), "calibration"),
+                       (dict(target_bpp=0.1, speed="fast", calibration=3), "calibration")]:
+        with pytest.raises(ValueError, match=match):
+            api.CodecOptions(**bad)
+    assert api.CodecOptions(target_bpp=0.1, speed="balanced").plans
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from gvc_jax import encode as encode_cli
+    from gvc_jax.cli import run_main
+
+    video = tmp_path / "v.npy"
+    np.save(video, _video())
+    out = str(tmp_path / "o.gvc")
+    cases = [["--max-dit-calls", "4"], ["--speed", "fast", "--target-bpp", "0.2", "--max-dit-calls", "3"],
+             ["--target-bpp", "0.2", "--max-dit-calls", "4", "--model", "preset:tiny"],  # no table for a preset
+             ["--target-bpp", "0.2", "--max-dit-calls", "4", "--model", "preset:tiny",
+              "--calibration", str(tmp_path / "none.json")]]
+    for extra in cases:
+        assert run_main(encode_cli.main, [str(video), "-o", out, "--quiet", *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), (extra, err)
+    assert "none.json" in err[0]
+    assert not os.path.exists(out)
+
+
+def _hostile(good: dict):
+    def edit(fn):
+        d = json.loads(json.dumps(good))
+        fn(d)
+        return d
+
+    def point(field, value):
+        return edit(lambda d: d["points"][0].__setitem__(field, value))
+
+    yield "format", edit(lambda d: d.__setitem__("format", "other"))
+    yield "version", edit(lambda d: d.__setitem__("version", 2))
+    yield "version", edit(lambda d: d.__setitem__("version", True))
+    yield "fingerprint", edit(lambda d: d.__setitem__("model_fingerprint", "00" * 32))
+    yield "fingerprint", edit(lambda d: d.__setitem__("model_fingerprint", "zz"))
+    yield "points", edit(lambda d: d.__setitem__("points", {}))
+    yield "points", edit(lambda d: d.__setitem__("points", d["points"][:1]))
+    yield "points", edit(lambda d: d.__setitem__("points", d["points"] * 400))
+    yield "lpips", point("lpips", -0.1)
+    yield "lpips", point("lpips", "0.3")
+    yield "non-finite", point("psnr", 1e308 * 10)
+    yield "psnr", point("psnr", 120.0)
+    yield "payload_bpp", point("payload_bpp", 0)
+    yield "steps", point("steps", 10**9)
+    yield "atoms", point("atoms", 1.5)
+    yield "x0_cache", point("x0_cache", "sometimes")
+    yield "dit_calls", point("dit_calls", 1)
+    yield "exactly the fields", edit(lambda d: d["points"][0].pop("bpp"))
+    yield "exactly the fields", edit(lambda d: d["points"][0].__setitem__("extra", 1))
+    yield "needs both", edit(lambda d: d.__setitem__("points", [p for p in d["points"]
+                                                              if (p["steps"], p["x0_cache"]) != (6, "alternate")]))
+    yield "not a JSON object", [1, 2]
+
+
+def test_hostile_tables_are_refused(tmp_path):
+    fp = "ef" * 32
+    good = planner.make_table(_points(), fp, "test", {})
+    for i, (match, data) in enumerate(_hostile(good)):
+        path = tmp_path / f"h{i}.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(planner.CalibrationError, match=match) as err:
+            planner.read_table(str(path), fp)
+        assert str(path) in str(err.value) and "\n" not in str(err.value), (match, err.value)
+    raws = [b"{", b"\xff\xfe", b'{"format": NaN}', b"[" * 100000, b" " * (planner.MAX_TABLE_BYTES + 1)]
+    for i, raw in enumerate(raws):
+        path = tmp_path / f"r{i}.json"
+        path.write_bytes(raw)
+        with pytest.raises(planner.CalibrationError, match=str(path)):
+            planner.read_table(str(path), fp)
+    with pytest.raises(planner.CalibrationError, match="not found"):
+        planner.read_table(str(tmp_path / "missing.json"), fp)
+
+
+def test_default_model_ships_a_valid_table(default_model):
+    path = planner.table_path(default_model)
+    table = planner.read_table(path, default_model.fingerprint)
+    assert os.path.dirname(path) == os.path.realpath(os.path.dirname(path)) or os.path.isfile(path)
+    assert len(table.steps) >= 2 and all((t, m) in table.curves for t in table.steps for m in planner.MODES)
+    assert table.data["measured"]["clips"]
+
+
+def test_default_model_plan_end_to_end(default_model):
+    """The shipped table drives a real encode: within 5 % of the rate and the --speed budget."""
+    video = _video(frames=9)
+    target = 0.25
+    setup, result = _plan_and_encode(default_model, video, target_bpp=target, speed="fast",
+                                     steps=20)
+    bpp = 8 * len(result.stream) / video[..., 0].size
+    assert 0.95 * target <= bpp <= target
+    assert max(result.report()["dit_calls_per_gop"]) <= 8
+    assert setup.plan.lpips > 0 and setup.plan.table.endswith(planner.TABLE_NAME)
