@@ -59,9 +59,9 @@ def main(argv=None) -> int:
 
     e32 = GopEngine(f32, sampler, video.shape[1], video.shape[2], gop)
     e16 = GopEngine(b16, sampler, video.shape[1], video.shape[2], gop)
-    target = e32.target_latent(video[:gop])
-    x32, picks = e32.run(0, e32.unconditioned(), target=target)
-    x16, _ = e16.run(0, e16.unconditioned(), picks=picks)
+    target = e32.target_latents([video[:gop]])[0]
+    [(x32, picks)] = e32.run_many([0], [e32.unconditioned()], [None], targets=[target], picks=[None])
+    [(x16, _)] = e16.run_many([0], [e16.unconditioned()], [None], targets=[None], picks=[picks])
     a, b, t = (np.asarray(v, np.float64) for v in (x32, x16, target))
     out["gop0_latent_rel_rms_bf16_vs_fp32"] = float(np.sqrt(np.mean((a - b) ** 2) / np.mean(a ** 2)))
     out["gop0_latent_rel_rms_fp32_vs_target"] = float(np.sqrt(np.mean((a - t) ** 2) / np.mean(t ** 2)))

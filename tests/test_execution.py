@@ -3,19 +3,16 @@ fingerprint, bf16 weights where the layout says so, exact round trips, the comma
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SHORT_SAMPLER as SAMPLER
 from flax import nnx
 
-from gvc_jax.codec.sampling.schedule import SamplerConfig
 from gvc_jax.codec.session import decode_video, encode_video
-from gvc_jax.models.registry import compute_dtype, init_preset, with_execution
-
-SAMPLER = SamplerConfig(steps=4, tail=1, g_scale=3.0, shift=3.0, K=256, atoms_per_frame=(4, 4), seed=1,
-                        x0_cache=(2,))
+from gvc_jax.models.registry import compute_dtype, with_execution
 
 
 @pytest.fixture(scope="module")
-def model():
-    return init_preset("tiny")
+def model(tiny):
+    return tiny
 
 
 def test_auto_dtype_per_backend():

@@ -27,6 +27,11 @@ def make(M, K=128, codebook="hadamard", steps=8, tail=2, frames_m=None):
     return Trajectory(gaussian_velocity, cfg, SHAPE)
 
 
+def run(traj, gop, atoms=None, *, target=None, picks=None, on_step=None):
+    """One GOP through ``Trajectory.run_many`` without a mesh (the plain program)."""
+    return traj.run_many(None, PARAMS, [{}], [gop], [atoms], targets=[target], picks=[picks], on_step=on_step)[0]
+
+
 def target(seed=0):
     return (0.1 + PRIOR_STD * np.random.default_rng(seed).normal(size=SHAPE)).astype(np.float32)
 
@@ -34,20 +39,20 @@ def target(seed=0):
 @pytest.mark.parametrize("codebook", ["hadamard", "rademacher", "gaussian"])
 def test_decoder_reproduces_encoder_bitwise(codebook):
     traj = make(4, codebook=codebook)
-    x_enc, picks = traj.run(PARAMS, {}, gop=3, target=target())
-    x_dec, picks_dec = traj.run(PARAMS, {}, gop=3, picks=Picks(np.asarray(picks.indices), np.asarray(picks.coeffs)))
+    x_enc, picks = run(traj, gop=3, target=target())
+    x_dec, picks_dec = run(traj, gop=3, picks=Picks(np.asarray(picks.indices), np.asarray(picks.coeffs)))
     np.testing.assert_array_equal(np.asarray(x_enc), np.asarray(x_dec))
     np.testing.assert_array_equal(np.asarray(picks.indices), np.asarray(picks_dec.indices))
     # a single flipped sign changes the result
     coeffs = np.asarray(picks.coeffs).copy()
     coeffs[0, 0, 0] *= -1
-    x_bad, _ = traj.run(PARAMS, {}, gop=3, picks=Picks(np.asarray(picks.indices), coeffs))
+    x_bad, _ = run(traj, gop=3, picks=Picks(np.asarray(picks.indices), coeffs))
     assert not np.array_equal(np.asarray(x_bad), np.asarray(x_enc))
 
 
 def test_picks_are_canonical_and_follow_atoms_per_frame():
     traj = make(None, frames_m=(2, 5, 3), steps=6, tail=2)
-    _, picks = traj.run(PARAMS, {}, gop=0, target=target())
+    _, picks = run(traj, gop=0, target=target())
     idx, coef = np.asarray(picks.indices), np.asarray(picks.coeffs)
     assert idx.shape == (6, 3, 16)  # slots: the next power of two >= max M, at least 16
     for s in range(6):
@@ -72,10 +77,10 @@ def test_fidelity_grows_with_rate():
     x0 = target(1)
     mses = []
     for M in (1, 4, 16):
-        x, _ = make(M, K=128, steps=12, tail=2).run(PARAMS, {}, gop=0, target=x0)
+        x, _ = run(make(M, K=128, steps=12, tail=2), gop=0, target=x0)
         mses.append(float(np.mean((np.asarray(x) - x0) ** 2)))
     # an uncoded sample: the same sampler with atoms searched against an unrelated target
-    free, _ = make(16, K=128, steps=12, tail=2).run(PARAMS, {}, gop=0, target=target(99))
+    free, _ = run(make(16, K=128, steps=12, tail=2), gop=0, target=target(99))
     free_mse = float(np.mean((np.asarray(free) - x0) ** 2))
     assert mses[0] > mses[1] > mses[2], mses
     assert mses[2] < 0.25 * free_mse, (mses, free_mse)
@@ -83,15 +88,15 @@ def test_fidelity_grows_with_rate():
 
 def test_gop_index_and_seed_change_the_trajectory():
     traj = make(4)
-    a, _ = traj.run(PARAMS, {}, gop=0, target=target())
-    b, _ = traj.run(PARAMS, {}, gop=1, target=target())
+    a, _ = run(traj, gop=0, target=target())
+    b, _ = run(traj, gop=1, target=target())
     assert not np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_run_needs_exactly_one_source():
     traj = make(2)
     with pytest.raises(ValueError):
-        traj.run(PARAMS, {}, gop=0)
+        run(traj, gop=0)
     with pytest.raises(ValueError):
         Trajectory(gaussian_velocity, SamplerConfig(atoms_per_frame=(2, 2), K=64), SHAPE)
 
@@ -102,18 +107,18 @@ def test_per_gop_atoms_are_data_and_match_a_config_with_those_atoms():
     big = make(None, frames_m=(5, 5, 5), steps=6, tail=2)
     small = make(None, frames_m=(2, 3, 1), steps=6, tail=2)
     assert big.slots == small.slots == 16
-    x_data, p_data = big.run(PARAMS, {}, 0, np.array([2, 3, 1]), target=target())
-    x_cfg, p_cfg = small.run(PARAMS, {}, 0, target=target())
+    x_data, p_data = run(big, 0, np.array([2, 3, 1]), target=target())
+    x_cfg, p_cfg = run(small, 0, target=target())
     np.testing.assert_array_equal(np.asarray(x_data), np.asarray(x_cfg))
     np.testing.assert_array_equal(np.asarray(p_data.indices), np.asarray(p_cfg.indices))
     with pytest.raises(ValueError, match="atoms per frame"):
-        big.run(PARAMS, {}, 0, np.array([2, 3, 17]), target=target())
+        run(big, 0, np.array([2, 3, 17]), target=target())
 
 
 def test_on_step_reports_every_step_of_the_gop():
     traj = make(2, steps=5, tail=1)
     seen = []
-    traj.run(PARAMS, {}, gop=4, target=target(), on_step=lambda g, s: seen.append((g, s)))
+    run(traj, gop=4, target=target(), on_step=lambda g, s: seen.append((g, s)))
     assert seen == [(4, s) for s in range(5)]
 
 
@@ -128,19 +133,19 @@ def test_x0_cache_skips_the_velocity_on_its_steps_and_round_trips():
         jax.debug.callback(lambda tt: calls.append(float(tt)), t)
         return gaussian_velocity(params, x_t, t, t_feat, cond)
 
-    def run(skips, **picks):
+    def code(skips, **picks):
         cfg = SamplerConfig(steps=8, tail=2, g_scale=2.0, shift=3.0, K=128, atoms_per_frame=(4,) * SHAPE[0],
                             seed=7, x0_cache=skips)
         calls.clear()
-        x, p = Trajectory(counted_velocity, cfg, SHAPE).run(PARAMS, {}, gop=0, **picks)
+        x, p = run(Trajectory(counted_velocity, cfg, SHAPE), gop=0, **picks)
         jax.effects_barrier()
         return np.asarray(x), p, len(calls)
 
-    x_ref, _, n_full = run((), target=target())
+    x_ref, _, n_full = code((), target=target())
     skips = x0_cache_schedule("alternate", 8)
     assert skips == (1, 3, 5, 7)
-    x_enc, picks, n_enc = run(skips, target=target())
-    x_dec, _, n_dec = run(skips, picks=Picks(np.asarray(picks.indices), np.asarray(picks.coeffs)))
+    x_enc, picks, n_enc = code(skips, target=target())
+    x_dec, _, n_dec = code(skips, picks=Picks(np.asarray(picks.indices), np.asarray(picks.coeffs)))
     assert n_full == 8 and n_enc == n_dec == 4  # the DiT really is not called on skipped steps
     np.testing.assert_array_equal(x_enc, x_dec)
     # the rebuilt velocity is a real approximation: close to, not equal to, the full trajectory
