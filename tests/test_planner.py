@@ -217,3 +217,17 @@ def test_default_model_plan_end_to_end(default_model):
     assert 0.95 * target <= bpp <= target
     assert max(result.report()["dit_calls_per_gop"]) <= 8
     assert setup.plan.lpips > 0 and setup.plan.table.endswith(planner.TABLE_NAME)
+
+
+def test_calibrate_writes_a_table_the_planner_reads(default_model, tmp_path):
+    """experiments/calibrate.py on a few frames of one clip: a valid table for the model, every point measured."""
+    from experiments import calibrate
+
+    out = tmp_path / "cal.json"
+    assert calibrate.main(["--clips", "bikes", "--frames", "5", "--size", "64x48", "--steps", "4,5", "--atoms", "2",
+                           "--out", str(out)]) == 0
+    table = planner.read_table(str(out), default_model.fingerprint)
+    assert table.steps == (4, 5) and len(table.data["points"]) == 4
+    assert {p["dit_calls"] for p in table.data["points"]} == {4, 2, 5, 3}
+    assert all(0 < p["lpips"] < 2 and p["psnr"] > 5 for p in table.data["points"])
+    assert not os.path.exists(str(out) + ".partial.json")
