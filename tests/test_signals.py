@@ -6,38 +6,34 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
+from conftest import slow_t2v, step_progress_env
 
 from gvc_jax.io.ffmpeg import quiet_fork
-from gvc_jax.io.video_writer import write_video
 
-SLOW = ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", "400", "--tail", "1", "--gop-frames", "9"]
+SLOW = slow_t2v(400)
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sig")
-    rng = np.random.default_rng(0)
-    path = str(d / "in.npy")
-    write_video(path, rng.integers(0, 255, (20, 32, 48, 3)).astype(np.uint8), 16.0)
-    return path
+def clip(video_file):
+    return video_file("noise", 0, 20, 16.0)
 
 
 def _start(args, cwd):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env = step_progress_env()  # waited for: "step N" on the progress bar
     with quiet_fork():
         return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_for(proc, needle: bytes, timeout=240):
-    """Read stderr until ``needle`` appears (the progress bar reached a sampling step)."""
+def _wait_for(proc, needle: bytes, timeout=600):
+    """Read stderr until ``needle`` appears (the progress bar reached a sampling step); ``timeout``
+    is a hang guard (seconds are needed, minutes on a loaded machine)."""
     seen = b""
-    t0 = time.time()
+    t0 = time.monotonic()
     os.set_blocking(proc.stderr.fileno(), False)
     while needle not in seen:
-        if proc.poll() is not None or time.time() - t0 > timeout:
+        if proc.poll() is not None or time.monotonic() - t0 > timeout:
             raise AssertionError(f"process ended or timed out before {needle!r}: {seen[-500:]!r}")
         chunk = proc.stderr.read()
         if chunk:
@@ -58,7 +54,7 @@ def test_interrupted_encode_leaves_nothing(clip, tmp_path, sig, code, when):
                   out)
     _wait_for(proc, when)
     proc.send_signal(sig)
-    rc = proc.wait(timeout=60)
+    rc = proc.wait(timeout=180)  # a hang guard
     err = proc.stderr.read().decode(errors="replace")
     assert rc == code, err[-2000:]
     assert "Traceback" not in err and "egmentation" not in err
@@ -77,5 +73,5 @@ def test_interrupted_decode_leaves_nothing(clip, tmp_path):
     proc = _start(["-m", "gvc_jax.decode", gvc, "-o", "frames", "--model", "preset:tiny"], out)
     _wait_for(proc, b"GOP 1 step")  # the first GOP's frames are already in the (temporary) output
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143
+    assert proc.wait(timeout=180) == 143
     assert os.listdir(out) == []
