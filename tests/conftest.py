@@ -47,6 +47,14 @@ FAST_ANCHORED = ["-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--gop-f
 FAST_I2V = ["--model", "preset:tiny-anchored", *FAST_ANCHORED, "--variant", "i2v", "--anchor-codec", "webp", "--quiet"]
 
 
+def step_progress_env() -> dict:
+    """The environment of a command-line run whose progress bar shows each sampling step: without
+    the persistent compilation cache (a program that reports its steps to the host is never cached,
+    so with the cache on the bar shows GOPs only)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    return {**env, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", "GVC_JAX_NO_COMPILE_CACHE": "1"}
+
+
 def slow_t2v(steps: int) -> list:
     """The flags of a T2V encode slow enough to interrupt (``steps`` sampling steps per GOP)."""
     return ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", str(steps), "--tail", "1", "--gop-frames", "9"]
