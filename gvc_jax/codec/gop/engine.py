@@ -192,18 +192,6 @@ class GopEngine:
         """float [G, H, W, 3] in [-1, 1] (e.g. anchors with zeros between) -> normalised latent."""
         return self._encode(self.vae_params, jnp.asarray(video, jnp.float32)[None])[0]
 
-    # single-GOP forms, kept until the tests stop using them (issue 23 deletes them)
-    def target_latent(self, frames: np.ndarray) -> jax.Array:
-        return self.target_latents([frames])[0]
-
-    def run(self, gop: int, cond: dict, atoms_per_frame=None, *, target=None, picks=None,
-            on_step: Optional[Callable[[int, int], None]] = None):
-        return self.trajectory.run_many(self.mesh, self._dit_params_all, [cond], [gop], [atoms_per_frame],
-                                        targets=[target], picks=[picks], on_step=on_step)[0]
-
-    def frames(self, latent) -> np.ndarray:
-        return self.frames_many([latent])[0]
-
     def run_many(self, gops: Sequence[int], conds: Sequence[dict], atoms: Sequence, *, targets: Sequence,
                  picks: Sequence, on_step: Optional[Callable[[int, int], None]] = None) -> list:
         """The shared trajectory of a chunk of GOPs, one per device: -> [(final latent, picks)] in order.

@@ -91,7 +91,6 @@ def initial_noise(seed, gop, shape):
 # callback without recompiling, and GOPs running side by side (one per device) report separately.
 _LISTENERS: Dict[int, Callable[[int, int], None]] = {}
 _NEXT_LISTENER = itertools.count(1)
-TRACE_COUNT = [0]  # times the trajectory program was traced (tests count compilations with it)
 
 
 def _on_step(listener, gop, step) -> None:
@@ -106,7 +105,6 @@ Velocity = Callable[..., jax.Array]
 
 def _trajectory(velocity: Velocity, codebook: Codebook, slots: int, report_steps: bool, shared: Shared,
                 slot: GopSlot):
-    TRACE_COUNT[0] += 1
     params, seed, tables = shared.params, shared.seed, shared.tables
     cond, target, use_search, given = slot.cond, slot.target, slot.use_search, slot.given
     atoms_per_frame, gop, listener = slot.atoms, slot.gop, slot.listener
@@ -192,12 +190,6 @@ class Trajectory:
         if m.min() < 1 or m.max() > self.slots:
             raise ValueError(f"atoms per frame must be in [1, {self.slots}], got {m.tolist()}")
         return m.astype(np.int32)
-
-    def run(self, params, cond, gop: int, atoms_per_frame=None, *, target=None, picks: Picks | None = None,
-            on_step: Callable[[int, int], None] | None = None):
-        """One GOP (kept until the tests stop using it; issue 23 deletes it)."""
-        return self.run_many(None, params, [cond], [gop], [atoms_per_frame], targets=[target], picks=[picks],
-                             on_step=on_step)[0]
 
     def run_many(self, mesh, params, conds: Sequence, gops: Sequence[int], atoms: Sequence, *, targets: Sequence,
                  picks: Sequence, on_step: Callable[[int, int], None] | None = None) -> list:
