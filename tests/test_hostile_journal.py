@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import FAST_I2V, noise_video
 from test_resume import SOURCE, unit_expect
 
 from gvc_jax import cli
@@ -17,8 +18,7 @@ from gvc_jax import encode as encode_cli
 from gvc_jax.codec.gop import journal as jrnl
 from gvc_jax.io.video_writer import write_video
 
-ARGS = ["--model", "preset:tiny-anchored", "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9",
-        "--variant", "i2v", "--anchor-codec", "webp", "--quiet"]
+ARGS = FAST_I2V
 H, W = 32, 48  # the coded size (multiples of 16); I2V GOPs [0, 9), [8, 17), [16, 25): context frames 8, 16
 
 
@@ -30,8 +30,7 @@ def run(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("hostile-journal")
     clip = str(d / "in.npy")
-    rng = np.random.default_rng(3)
-    write_video(clip, rng.integers(0, 255, (25, H, W, 3)).astype(np.uint8), 16.0)
+    write_video(clip, noise_video(3, 25), 16.0)  # [25, H, W, 3]; its own file: a test alters it and restores it
     out = str(d / "full.gvc")
     real, kept = bitstream.assemble, {}
 
@@ -105,32 +104,32 @@ def _bomb_z() -> bytes:
 
 # Peak memory as VmHWM (this process's own): ru_maxrss would carry the pytest worker's over fork + exec.
 MEASURE = """
-import sys, time
+import sys
 from gvc_jax import cli, encode
-t0 = time.perf_counter()
 rc = cli.run_main(encode.main, sys.argv[2:])
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 with open(sys.argv[1], "w") as f:
-    f.write(f"{rc} {time.perf_counter() - t0} {peak_kb}")
+    f.write(f"{rc} {peak_kb}")
 """
 
 
 def _measured(tmp_path, name: str, journal: bytes, clip: str) -> tuple:
-    """Resume with ``journal`` in a fresh process: -> (exit status, seconds in main, peak RSS in MB, stderr)."""
+    """Resume with ``journal`` in a fresh process: -> (exit status, peak RSS in MB, stderr)."""
     out = str(tmp_path / f"{name}.gvc")
     with open(jrnl.journal_path(out), "wb") as f:
         f.write(journal)
     report = str(tmp_path / f"{name}.txt")
     proc = subprocess.run([sys.executable, "-c", MEASURE, report, clip, "-o", out, *ARGS, "--resume"],
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
-    rc, seconds, rss_kb = open(report).read().split()
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=600)  # a hang guard
+    rc, rss_kb = open(report).read().split()
     with open(jrnl.journal_path(out), "rb") as f:
         assert f.read() == journal
     assert not os.path.exists(out)
-    return int(rc), float(seconds), int(rss_kb) / 1024, proc.stderr.strip()
+    return int(rc), int(rss_kb) / 1024, proc.stderr.strip()
 
 
-def test_size_bomb_is_refused_in_bounded_time_and_memory(run, tmp_path):
+def test_size_bomb_is_refused_in_bounded_memory(run, tmp_path):
     """GOP 0's entry declares a 16384 x 16384 context frame that inflates to 805 MB (CRC valid): refused
     from its declared size, nothing inflated. Compared with a journal refused for its frame index."""
     clip, _, journal = run
@@ -138,14 +137,12 @@ def test_size_bomb_is_refused_in_bounded_time_and_memory(run, tmp_path):
     bomb = build(journal, [(g0, s0, r0, [(f, 16384, 16384, _bomb_z())]), *rest])
     assert len(bomb) > 700_000
     base = build(journal, [(g0, s0, r0, [(f - 1, h, w, z)]), *rest])
-    rc0, t_base, rss_base, _ = _measured(tmp_path, "base", base, clip)
-    rc, t_bomb, rss_bomb, err = _measured(tmp_path, "bomb", bomb, clip)
-    print(f"size bomb: {len(bomb)} B journal, refused in {t_bomb:.2f} s, peak RSS {rss_bomb:.0f} MB; "
-          f"baseline {t_base:.2f} s, {rss_base:.0f} MB")
+    rc0, rss_base, _ = _measured(tmp_path, "base", base, clip)
+    rc, rss_bomb, err = _measured(tmp_path, "bomb", bomb, clip)
+    print(f"size bomb: {len(bomb)} B journal, refused with peak RSS {rss_bomb:.0f} MB; baseline {rss_base:.0f} MB")
     assert rc0 == 2 and rc == 2
     assert err.startswith("error: ") and "\n" not in err and "holds a 16384x16384 frame" in err, err
     assert jrnl.journal_path(str(tmp_path / "bomb.gvc")) in err
-    assert t_bomb < 10 and t_bomb < t_base + 5, (t_bomb, t_base)
     assert rss_bomb - rss_base < 200, (rss_bomb, rss_base)  # MB; inflating it would take 805
 
 
