@@ -96,8 +96,11 @@ def forward_flops(dit_cfg, latent_shape):
 
 
 def trajectory_args(traj, params, cond, target, use_search, picks, atoms, gop=0):
-    return (params, cond, target, use_search, picks, atoms, jnp.asarray(gop, jnp.uint32),
-            jnp.asarray(traj.sampler.seed, jnp.uint32), traj.tables, jnp.asarray(0, jnp.int32))
+    """``_trajectory``'s (Shared, GopSlot) inputs for one GOP, without a progress listener."""
+    from gvc_jax.codec.sampling.trajectory import GopSlot, Shared
+
+    return (Shared(params, jnp.asarray(traj.sampler.seed, jnp.uint32), traj.tables),
+            GopSlot(cond, target, use_search, picks, atoms, jnp.asarray(gop, jnp.uint32), jnp.asarray(0, jnp.int32)))
 
 
 def compile_trajectory(traj, args_):
@@ -151,7 +154,7 @@ def abstract_run(args, model_cfg, sampler, latent_shape):
     a = trajectory_args(traj, params, cond, sds(latent_shape, jnp.float32), sds((), jnp.bool_), picks,
                         sds((f,), jnp.int32))
     if shared is not None:
-        a = tuple(jax.device_put(x, shared) if isinstance(x, jax.Array) else x for x in a)
+        a = jax.tree.map(lambda x: jax.device_put(x, shared) if isinstance(x, jax.Array) else x, a)
     with jax.set_mesh(mesh.mesh) if shards > 1 else contextlib.nullcontext():
         _, info = compile_trajectory(traj, a)
     return {"weight_shards": shards, **info}
@@ -200,8 +203,7 @@ def real_run(args, model_cfg, sampler, latent_shape, model=None):
         dt, target = timed(lambda: engine.target_latents([frames])[0])
         parts["vae_encode"].append(dt)
         dt, (x_enc, picks) = timed(lambda: compiled(*trajectory_args(traj, engine.dit_params, cond, target,
-                                                                     jnp.asarray(True), empty, atoms)[:-1],
-                                                    jnp.asarray(0, jnp.int32)))
+                                                                     jnp.asarray(True), empty, atoms)))
         parts["encode_trajectory"].append(dt)
         dt, (x_dec, _) = timed(lambda: compiled(*trajectory_args(traj, engine.dit_params, cond, target,
                                                                  jnp.asarray(False), picks, atoms)))
