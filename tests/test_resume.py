@@ -8,23 +8,19 @@ import time
 
 import numpy as np
 import pytest
+from conftest import slow_t2v, step_progress_env
 
 from gvc_jax import cli
 from gvc_jax import encode as encode_cli
 from gvc_jax.codec.gop import journal as jrnl
 from gvc_jax.io.ffmpeg import quiet_fork
-from gvc_jax.io.video_writer import write_video
 
-ARGS = ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", "100", "--tail", "1", "--gop-frames", "9"]
+ARGS = slow_t2v(100)  # slow enough to be killed between GOPs
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    d = tmp_path_factory.mktemp("resume")
-    rng = np.random.default_rng(1)
-    path = str(d / "in.npy")
-    write_video(path, rng.integers(0, 255, (24, 32, 48, 3)).astype(np.uint8), 16.0)  # 3 GOPs of 9 frames
-    return path
+def clip(video_file):
+    return video_file("noise", 1, 24, 16.0)  # 3 GOPs of 9 frames
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +33,14 @@ def reference(clip, tmp_path_factory):
 
 
 def _killed_after_first_gop(clip, out, extra=()):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env = step_progress_env()  # waited for: "GOP 1 step" on the progress bar
     with quiet_fork():
         proc = subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", clip, "-o", out, *ARGS, "--resume", *extra],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    seen, t0 = b"", time.time()
+    seen, t0 = b"", time.monotonic()
     os.set_blocking(proc.stderr.fileno(), False)
-    while b"GOP 1 step" not in seen:  # GOP 0 is finished and journaled
-        assert proc.poll() is None and time.time() - t0 < 300, seen[-500:]
+    while b"GOP 1 step" not in seen:  # GOP 0 is finished and journaled (600 s: a hang guard)
+        assert proc.poll() is None and time.monotonic() - t0 < 600, seen[-500:]
         seen += proc.stderr.read() or b""
         time.sleep(0.05)
     proc.kill()  # SIGKILL: no cleanup runs
