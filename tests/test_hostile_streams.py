@@ -9,33 +9,26 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from conftest import FAST_CODEC as FAST
+from conftest import FAST_T2V as T2V
 
 from gvc_jax import cli
 from gvc_jax import decode as decode_cli
 from gvc_jax import encode as encode_cli
 from gvc_jax.codec.format import bitstream
 from gvc_jax.io.video_reader import read_video
-from gvc_jax.io.video_writer import write_video
 
-FAST = ["-K", "512", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9", "--quiet"]
-T2V = ["--model", "preset:tiny", *FAST]
 ANCHORED = ["--model", "preset:tiny-anchored", *FAST, "--anchor-codec", "webp", "--anchor-quality", "50"]
 MODEL_OF = {"t2v": "preset:tiny", "flf2v": "preset:tiny-anchored", "i2v": "preset:tiny-anchored"}
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    """25 frames: three GOPs of 9 frames (T2V) or of 9 frames every 8 (FLF2V, I2V)."""
-    d = tmp_path_factory.mktemp("clip")
-    rng = np.random.default_rng(7)
-    frames = np.clip(rng.integers(0, 200, (1, 36, 52, 3)) + 3 * np.arange(25)[:, None, None, None], 0, 255)
-    path = str(d / "in.npy")
-    write_video(path, frames.astype(np.uint8), 20.0)
-    return path
+def clip(clip25):
+    """conftest's ``clip25``: three GOPs of 9 frames (T2V) or of 9 frames every 8 (FLF2V, I2V)."""
+    return clip25
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +57,7 @@ def _one_error(capsys, needle=""):
 
 # ----------------------------------------------------------------------------- outputs vs inputs
 
-def test_an_output_never_overwrites_an_input(clip, tmp_path, capsys):
+def test_an_output_never_overwrites_an_input(clip, tmp_path, capsys, within):
     """-o, --decoded, --json onto the input (same path, a symlink, a hard link), an output inside
     a frame-directory input, the decoder's video onto its stream or reference: refused up front."""
     link, hard = str(tmp_path / "link.npy"), str(tmp_path / "hard.npy")
@@ -84,11 +77,9 @@ def test_an_output_never_overwrites_an_input(clip, tmp_path, capsys):
         [clip, "-o", gvc, "--json", hard],
         [str(frames_dir), "-o", str(frames_dir / "x.gvc")],
     ]
-    for argv in cases:
-        t0 = time.perf_counter()
-        assert cli.run_main(encode_cli.main, [*argv, *T2V]) == 2, argv
+    for argv in cases:  # refused before any work: a hang guard, not a timing
+        assert within(120, cli.run_main, encode_cli.main, [*argv, *T2V]) == 2, argv
         _one_error(capsys, "refusing to")
-        assert time.perf_counter() - t0 < 10
     assert _digest(clip) == before and not os.path.exists(gvc)
     # the decoder: its video onto the stream, onto the reference, --json onto the stream
     assert cli.run_main(encode_cli.main, [clip, "-o", gvc, *T2V, "--max-frames", "9"]) == 0
@@ -100,12 +91,10 @@ def test_an_output_never_overwrites_an_input(clip, tmp_path, capsys):
     assert _digest(gvc, clip) == stream_before
 
 
-def test_an_unwritable_output_is_found_before_any_work(clip, tmp_path, capsys):
+def test_an_unwritable_output_is_found_before_any_work(clip, tmp_path, capsys, within):
     """A directory where files cannot be created (``/proc``; for root ``os.access`` says yes)."""
-    t0 = time.perf_counter()
-    assert cli.run_main(encode_cli.main, [clip, "-o", "/proc/x.gvc", *T2V]) == 2
+    assert within(120, cli.run_main, encode_cli.main, [clip, "-o", "/proc/x.gvc", *T2V]) == 2  # a hang guard
     _one_error(capsys, "/proc")
-    assert time.perf_counter() - t0 < 5
     assert not [n for n in os.listdir(tmp_path)]
 
 
@@ -124,7 +113,7 @@ def test_batch_outputs_never_overwrite_its_videos(clip, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- lying streams
 
-def test_a_tiny_stream_declaring_2_24_frames_is_refused_at_once(streams, tmp_path, capsys):
+def test_a_tiny_stream_declaring_2_24_frames_is_refused_at_once(streams, tmp_path, capsys, within):
     """A header of 2^24 frames in 5-frame GOPs and no records: refused from the file size and the
     GOP count before any plan is built (it used to build millions of spans), with --conceal too."""
     h, _ = bitstream.read_header(open(streams["t2v"][0], "rb").read())
@@ -134,11 +123,11 @@ def test_a_tiny_stream_declaring_2_24_frames_is_refused_at_once(streams, tmp_pat
         path.write_bytes(forged)
         for extra in ([], ["--conceal"]):
             out = tmp_path / "o.npy"
-            t0 = time.perf_counter()
-            assert cli.run_main(decode_cli.main, [str(path), "-o", str(out), "--model", "preset:tiny", "--quiet",
-                                                  *extra]) == 2
+            # a hang guard (building millions of spans would not finish), not a timing
+            assert within(120, cli.run_main, decode_cli.main, [str(path), "-o", str(out), "--model", "preset:tiny",
+                                                               "--quiet", *extra]) == 2
             _one_error(capsys)
-            assert time.perf_counter() - t0 < 10 and not out.exists()
+            assert not out.exists()
     # the same as a separate process, its peak memory measured (VmHWM: ru_maxrss would carry the pytest
     # worker's over fork + exec): about what importing JAX costs
     probe = ("import runpy, sys\n"
@@ -146,12 +135,11 @@ def test_a_tiny_stream_declaring_2_24_frames_is_refused_at_once(streams, tmp_pat
              "try:\n    runpy.run_module('gvc_jax.decode', run_name='__main__')\n"
              "finally:\n    print('maxrss_kb', next(int(l.split()[1]) for l in open('/proc/self/status')\n"
              "                                 if l.startswith('VmHWM:')), file=sys.stderr)\n")
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", probe, str(path), str(tmp_path / "o.npy")], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})  # a hang guard
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and lines[0].startswith("error: ") and len(lines) == 2, lines
-    assert int(lines[1].split()[1]) < 1_000_000 and time.perf_counter() - t0 < 60, lines
+    assert int(lines[1].split()[1]) < 1_000_000, lines
 
 
 def _v1_stream(stream: bytes, order) -> bytes:
@@ -262,16 +250,15 @@ def test_coordinator_address_and_init_timeout(tmp_path, capsys):
         _one_error(capsys, "--init-timeout")
     assert cli.parse_coordinator("[::1]:1234") == ("::1", 1234)
     # a peer that never comes: one line and exit 2 within the timeout (not JAX's 300 s and an abort)
+    # (the process's own timeout is the hang guard: under JAX's 300 s, so its default would fail too)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "gvc_jax.decode", "x.gvc", "-o", str(tmp_path / "o.npy"),
                            "--distributed", "--coordinator", "127.0.0.1:9", "--num-processes", "2",
                            "--process-id", "1", "--init-timeout", "3"], capture_output=True, text=True, env=env,
-                          timeout=60)
+                          timeout=240)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--init-timeout 3" in lines[0], lines
-    assert time.perf_counter() - t0 < 30
     assert not os.listdir(tmp_path)
 
 
