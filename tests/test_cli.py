@@ -6,24 +6,12 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import FAST_T2V as FAST  # the clip: conftest's ``clip`` (11 frames of 52x36, two GOPs)
 
 from gvc_jax import cli
 from gvc_jax import decode as decode_cli
 from gvc_jax import encode as encode_cli
 from gvc_jax.io.video_reader import read_video
-from gvc_jax.io.video_writer import write_video
-
-FAST = ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clip")
-    rng = np.random.default_rng(3)
-    frames = np.clip(rng.integers(0, 200, (1, 36, 52, 3)) + 3 * np.arange(11)[:, None, None, None], 0, 255)
-    path = str(d / "in.npy")
-    write_video(path, frames.astype(np.uint8), 20.0)
-    return path
 
 
 def run(main, argv):
