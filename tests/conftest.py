@@ -194,7 +194,8 @@ def clip25(video_file):
 # processes overlap the other worker's work. A file not listed (a new one) goes after the listed
 # heavy ones and before the quick ones; the order inside each file is kept.
 LONGEST_FIRST = (
-    "test_topology.py", "test_distributed.py", "test_train_default.py",  # 110-250 s each
+    "test_topology.py",  # the 36-cell matrix: 4-device and 2-process worker runs (~17 min wall on a loaded machine)
+    "test_distributed.py", "test_train_default.py",  # 110-350 s each
     "test_release.py", "test_codebooks.py", "test_cli.py", "test_pipeline.py", "test_hostile_models.py",
     "test_resume.py", "test_vae.py", "test_signals.py", "test_notebook.py", "test_convert.py",
     "test_trajectory.py", "test_dit.py", "test_batch.py", "test_harness.py", "test_evaluation.py",
