@@ -9,7 +9,8 @@ versions, so anything that changes a program gets a new entry; a cached program 
 executable, so streams do not change (tested: a warm encode writes the cold encode's bytes).
 
 Off: ``--no-compile-cache`` on the command line, ``GVC_JAX_NO_COMPILE_CACHE=1``, or
-``compile_cache.disable()`` before the first call. A directory chosen by the user for JAX itself
+``compile_cache.disable()`` before the first call (JAX's cache is then off for the process, also
+a directory set for JAX itself). Otherwise a directory chosen by the user for JAX itself
 (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is respected and left as it is.
 
 The cache holds executables that JAX loads without further checks, so it is used only when it is
@@ -74,12 +75,13 @@ def ensure() -> Optional[str]:
         if _state["decided"]:
             return _state["dir"]
         _state["decided"] = True
+        if _state["disabled"] or os.environ.get(ENV_OFF, "") not in ("", "0"):
+            jax.config.update("jax_enable_compilation_cache", False)  # also a directory set for JAX itself
+            return None
         current = jax.config.values.get("jax_compilation_cache_dir")
         if current:
             _state["dir"] = current  # the user's own choice for JAX (e.g. JAX_COMPILATION_CACHE_DIR)
             return current
-        if _state["disabled"] or os.environ.get(ENV_OFF, "") not in ("", "0"):
-            return None
         path = default_dir()
         problem = _safe_dir(path)
         if problem:

@@ -1,8 +1,8 @@
 """Anchor still codecs: round trips, quality ordering, determinism, malformed payloads."""
-import time
 
 import numpy as np
 import pytest
+from conftest import run_within
 
 from gvc_jax.codec.format.bits import BitstreamError
 from gvc_jax.codec.payloads import anchors as A
@@ -49,10 +49,8 @@ def test_malformed_payloads_are_bitstream_errors(image):
     cases = [b"", b"\x00", bytes([9, 40]) + good[2:], bytes([0, 200]) + good[2:], good[:2] + b"junk" * 10,
              good[:2] + bytes(len(good) - 2)]
     for bad in cases:
-        t0 = time.perf_counter()
         with pytest.raises(BitstreamError):
-            A.unpack_anchor(bad, 64, 96)
-        assert time.perf_counter() - t0 < 10
+            run_within(120, A.unpack_anchor, bad, 64, 96)  # a hang guard (ffmpeg has its own deadline too)
     try:  # HEVC conceals a cut picture: an error, or a deterministic image (record CRCs catch real cuts)
         cut = A.unpack_anchor(good[:len(good) // 2], 64, 96)
         np.testing.assert_array_equal(cut, A.unpack_anchor(good[:len(good) // 2], 64, 96))

@@ -1,7 +1,6 @@
 """Tests for gvc_jax.codec.format.ranks: subset ranks (exhaustive small, random large), bit sizes, bit I/O."""
 import itertools
 import math
-import time
 
 import numpy as np
 import pytest
@@ -54,18 +53,11 @@ def test_random_large(M):
     assert unrank_subset(math.comb(K, M) - 1, K, M) == list(range(K - M, K))
 
 
-def test_speed_k16384_m128():
+def test_rank_round_trip_k16384_m128():
+    """The default geometry's largest M round-trips (its speed is a benchmark: experiments/bench_step.py)."""
     K, M = 16384, 128
     idx = np.sort(np.random.default_rng(0).choice(K, M, replace=False))
-    rank_subset(idx, K)  # warm
-    t0 = time.perf_counter()
-    r = rank_subset(idx, K)
-    t1 = time.perf_counter()
-    u = unrank_subset(r, K, M)
-    t2 = time.perf_counter()
-    assert u == idx.tolist()
-    # Budget is "well under 10 ms"; allow slack for a loaded shared CPU.
-    assert t1 - t0 < 0.02 and t2 - t1 < 0.02, (t1 - t0, t2 - t1)
+    assert unrank_subset(rank_subset(idx, K), K, M) == idx.tolist()
 
 
 @pytest.mark.parametrize("K,M", [(2000, 1000), (1000, 999), (3000, 2990), (1200, 700)])

@@ -1,8 +1,8 @@
 """The tail residual coder: exact round trips, bounded error, size against 8-bit + zlib, errors."""
-import time
 
 import numpy as np
 import pytest
+from conftest import run_within
 
 from gvc_jax.codec.format.bits import BitstreamError
 from gvc_jax.codec.payloads import residual as R
@@ -70,27 +70,28 @@ def test_size_against_the_published_8bit_zlib_at_equal_error():
 
 
 def test_malformed_payloads_are_bitstream_errors():
-    good = R.encode_residual(_laplace(), 0.2)
-    rng = np.random.default_rng(1)
-    t0 = time.perf_counter()
-    for n in range(len(good)):
-        try:
-            out = R.decode_residual(good[:n], SHAPE)
-        except BitstreamError:
-            continue
-        assert out.shape == SHAPE  # a cut inside the range coder's last words may still decode
-    for _ in range(200):
-        bad = bytearray(good)
-        bad[int(rng.integers(len(bad)))] ^= 1 << int(rng.integers(8))
-        try:
-            R.decode_residual(bytes(bad), SHAPE)
-        except BitstreamError:
-            pass
-    with pytest.raises(BitstreamError, match="channel count"):
-        R.decode_residual(good, (6, 8, 4))
-    with pytest.raises(BitstreamError):
-        R.decode_residual(good + b"\x01", SHAPE)
-    assert time.perf_counter() - t0 < 20
+    def check():
+        good = R.encode_residual(_laplace(), 0.2)
+        rng = np.random.default_rng(1)
+        for n in range(len(good)):
+            try:
+                out = R.decode_residual(good[:n], SHAPE)
+            except BitstreamError:
+                continue
+            assert out.shape == SHAPE  # a cut inside the range coder's last words may still decode
+        for _ in range(200):
+            bad = bytearray(good)
+            bad[int(rng.integers(len(bad)))] ^= 1 << int(rng.integers(8))
+            try:
+                R.decode_residual(bytes(bad), SHAPE)
+            except BitstreamError:
+                pass
+        with pytest.raises(BitstreamError, match="channel count"):
+            R.decode_residual(good, (6, 8, 4))
+        with pytest.raises(BitstreamError):
+            R.decode_residual(good + b"\x01", SHAPE)
+
+    run_within(300, check)  # a hang guard: every malformed payload is refused or decoded, none hangs
 
 
 @pytest.mark.parametrize("step", [0, -1, float("nan"), float("inf"), [0.1, 0.2]])

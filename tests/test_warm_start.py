@@ -65,10 +65,16 @@ def test_no_compile_cache_and_an_unsafe_directory_leave_the_cache_unused(video, 
     assert _entries(cache) == []
     _run("gvc_jax.encode", [video, "-o", str(tmp_path / "b.gvc"), *FAST], cache, {"GVC_JAX_NO_COMPILE_CACHE": "1"})
     assert _entries(cache) == []
+    jax_dir = tmp_path / "jax-dir"  # a directory set for JAX itself: --no-compile-cache turns it off too
+    jax_dir.mkdir()
+    _run("gvc_jax.encode", [video, "-o", str(tmp_path / "d.gvc"), *FAST, "--no-compile-cache"], cache,
+         {"JAX_COMPILATION_CACHE_DIR": str(jax_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+    assert os.listdir(jax_dir) == []
     shared = tmp_path / "shared"
     (shared / "xla").mkdir(parents=True)
     os.chmod(shared / "xla", 0o777)  # others could plant executables: refused, with a warning
     proc = _run("gvc_jax.encode", [video, "-o", str(tmp_path / "c.gvc"), *FAST], shared)
     assert "not used: others can write to it" in proc.stderr
     assert _entries(shared) == []
-    assert (tmp_path / "a.gvc").read_bytes() == (tmp_path / "b.gvc").read_bytes() == (tmp_path / "c.gvc").read_bytes()
+    streams = {(tmp_path / f"{n}.gvc").read_bytes() for n in "abcd"}
+    assert len(streams) == 1
