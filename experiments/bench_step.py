@@ -28,7 +28,7 @@ from gvc_jax.codec.sampling.velocity import WanVelocity
 from gvc_jax.models.registry import resolve_model
 
 
-def _median_time(fn, runs: int) -> float:
+def median_time(fn, runs: int) -> float:
     jax.block_until_ready(fn())  # compile + warm-up
     times = []
     for _ in range(runs):
@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
     x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
     feat = jnp.asarray(velocity.time_features(np.array([0.5]))[0])
     fwd = jax.jit(velocity)
-    t_dit = _median_time(lambda: fwd(engine.dit_params, x, jnp.float32(0.5), feat, engine.unconditioned()), args.runs)
+    t_dit = median_time(lambda: fwd(engine.dit_params, x, jnp.float32(0.5), feat, engine.unconditioned()), args.runs)
 
     cb = engine.trajectory.codebook
     frame_ids = jnp.arange(frames)
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
         keys = jax.vmap(lambda f: frame_key(0, 0, 3, f))(frame_ids)
         return jax.vmap(lambda k, r: cb.search(k, r, args.M))(keys, residual.reshape(frames, -1))
 
-    t_search = _median_time(lambda: search_step(x), args.runs)
+    t_search = median_time(lambda: search_step(x), args.runs)
     result = {"model": model.name, "device": str(jax.devices()[0]), "latent_shape": shape,
               "tokens": int(shape[0] * shape[1] * shape[2] // 4), "D": cb.D, "K": args.K, "M": args.M,
               "codebook": args.codebook, "dit_forward_s": t_dit, "search_step_s": t_search,

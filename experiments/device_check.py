@@ -44,7 +44,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -305,24 +304,13 @@ def section_codebook_hashes(partial: dict) -> dict:
     return {}
 
 
-def _median_time(fn, runs: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn())  # compile + warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def section_attention(cfg: dict, runs: int) -> Callable[[dict], dict]:
     def run(partial: dict) -> dict:
         import jax
         import jax.numpy as jnp
 
         from experiments import dit_flops
+        from experiments.bench_step import median_time
         from gvc_jax.models.attention import attend
 
         mcfg = dit_flops.model_config(cfg["model"], cfg["dtype"])
@@ -336,13 +324,13 @@ def section_attention(cfg: dict, runs: int) -> Callable[[dict], dict]:
         partial["dtype"] = cfg["dtype"]
         fns = {impl: jax.jit(lambda q, k, v, impl=impl: attend(q, k, v, impl)) for impl in ("chunked", "cudnn")}
         ref = fns["chunked"](q, k, v)
-        partial["chunked_s"] = _median_time(lambda: fns["chunked"](q, k, v), runs)
+        partial["chunked_s"] = median_time(lambda: fns["chunked"](q, k, v), runs)
         backend = jax.default_backend()
         if backend not in ("gpu", "cuda"):
             raise NotAvailable(f"cuDNN attention cannot run here: backend {backend!r} (it needs an NVIDIA GPU); "
                                f"only the chunked path was timed")
         out = fns["cudnn"](q, k, v)
-        partial["cudnn_s"] = _median_time(lambda: fns["cudnn"](q, k, v), runs)
+        partial["cudnn_s"] = median_time(lambda: fns["cudnn"](q, k, v), runs)
         diff = jnp.abs(out.astype(jnp.float32) - ref.astype(jnp.float32))
         partial["max_abs_diff"] = float(diff.max())
         partial["mean_abs_diff"] = float(diff.mean())
