@@ -269,13 +269,14 @@ def callable_module(name: str, fn: Callable) -> None:
 
 def progress_printer(quiet: bool):
     """A ``loop.Progress`` drawing a GOP-level bar (tqdm on stderr), with the current step when the
-    compilation cache is off (a program reporting its steps to the host is never cached)."""
+    compilation cache is off or ``GVC_JAX_STEP_PROGRESS=1`` (a program reporting its steps to the
+    host is never cached: the trajectory then compiles in every run, the other programs still load)."""
     if quiet:
         return Progress()
     from tqdm import tqdm
 
     class Bars(Progress):
-        wants_steps = compile_cache.ensure() is None
+        wants_steps = compile_cache.ensure() is None or os.environ.get("GVC_JAX_STEP_PROGRESS", "") == "1"
 
         def __init__(self) -> None:
             self.bars: Dict[str, "tqdm"] = {}

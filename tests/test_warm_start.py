@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from gvc_jax import compile_cache
+
 FAST = ["--model", "preset:tiny", "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--quiet"]
 
 
@@ -59,22 +61,26 @@ def test_a_warm_encode_writes_the_cold_bytes_and_reports_its_compute(video, tmp_
     assert report["dit_calls"] == 2 * len(report["dit_calls_per_gop"]) and "compile_s" in report
 
 
-def test_no_compile_cache_and_an_unsafe_directory_leave_the_cache_unused(video, tmp_path):
-    cache = tmp_path / "off"
-    _run("gvc_jax.encode", [video, "-o", str(tmp_path / "a.gvc"), *FAST, "--no-compile-cache"], cache)
-    assert _entries(cache) == []
-    _run("gvc_jax.encode", [video, "-o", str(tmp_path / "b.gvc"), *FAST], cache, {"GVC_JAX_NO_COMPILE_CACHE": "1"})
-    assert _entries(cache) == []
-    jax_dir = tmp_path / "jax-dir"  # a directory set for JAX itself: --no-compile-cache turns it off too
+def test_no_compile_cache_and_the_environment_switch_leave_every_cache_unused(video, tmp_path):
+    cache, jax_dir = tmp_path / "off", tmp_path / "jax-dir"  # also a directory set for JAX itself
     jax_dir.mkdir()
-    _run("gvc_jax.encode", [video, "-o", str(tmp_path / "d.gvc"), *FAST, "--no-compile-cache"], cache,
-         {"JAX_COMPILATION_CACHE_DIR": str(jax_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
-    assert os.listdir(jax_dir) == []
-    shared = tmp_path / "shared"
-    (shared / "xla").mkdir(parents=True)
-    os.chmod(shared / "xla", 0o777)  # others could plant executables: refused, with a warning
-    proc = _run("gvc_jax.encode", [video, "-o", str(tmp_path / "c.gvc"), *FAST], shared)
-    assert "not used: others can write to it" in proc.stderr
-    assert _entries(shared) == []
-    streams = {(tmp_path / f"{n}.gvc").read_bytes() for n in "abcd"}
-    assert len(streams) == 1
+    jax_env = {"JAX_COMPILATION_CACHE_DIR": str(jax_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    _run("gvc_jax.encode", [video, "-o", str(tmp_path / "a.gvc"), *FAST, "--no-compile-cache"], cache, jax_env)
+    _run("gvc_jax.encode", [video, "-o", str(tmp_path / "b.gvc"), *FAST], cache,
+         {**jax_env, "GVC_JAX_NO_COMPILE_CACHE": "1"})
+    assert _entries(cache) == [] and os.listdir(jax_dir) == []
+    assert (tmp_path / "a.gvc").read_bytes() == (tmp_path / "b.gvc").read_bytes()
+
+
+def test_a_directory_others_can_write_to_is_refused(tmp_path):
+    """The cache holds executables JAX loads without checks: only a 0700 directory of this user."""
+    shared = tmp_path / "xla"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    assert compile_cache._safe_dir(str(shared)) == "others can write to it"
+    os.chmod(shared, 0o700)
+    assert compile_cache._safe_dir(str(shared)) is None
+    (tmp_path / "file").write_text("x")
+    assert compile_cache._safe_dir(str(tmp_path / "file")) is not None
+    fresh = tmp_path / "new" / "xla"
+    assert compile_cache._safe_dir(str(fresh)) is None and oct(os.stat(fresh).st_mode & 0o777) == "0o700"
