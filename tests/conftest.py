@@ -54,6 +54,24 @@ def step_progress_env() -> dict:
     return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", "GVC_JAX_STEP_PROGRESS": "1"}
 
 
+def wait_for_stderr(proc, needle: bytes, timeout: float = 600) -> bytes:
+    """Read ``proc``'s stderr until ``needle`` appears (a progress bar reached a sampling step); the
+    process ending first is a failure, and ``timeout`` is a hang guard, not a timing (seconds are
+    needed, minutes on a loaded machine). -> what was read."""
+    import time
+
+    seen, deadline = b"", time.monotonic() + timeout
+    os.set_blocking(proc.stderr.fileno(), False)
+    while needle not in seen:
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended before {needle!r}: {seen[-500:]!r}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"hung: no {needle!r} after {timeout} s: {seen[-500:]!r}")
+        seen += proc.stderr.read() or b""
+        time.sleep(0.05)
+    return seen
+
+
 def slow_t2v(steps: int) -> list:
     """The flags of a T2V encode slow enough to interrupt (``steps`` sampling steps per GOP)."""
     return ["--model", "preset:tiny", "-K", "512", "-M", "3", "--steps", str(steps), "--tail", "1", "--gop-frames", "9"]

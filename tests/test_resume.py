@@ -4,11 +4,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import slow_t2v, step_progress_env
+from conftest import slow_t2v, step_progress_env, wait_for_stderr
 
 from gvc_jax import cli
 from gvc_jax import encode as encode_cli
@@ -37,12 +36,7 @@ def _killed_after_first_gop(clip, out, extra=()):
     with quiet_fork():
         proc = subprocess.Popen([sys.executable, "-m", "gvc_jax.encode", clip, "-o", out, *ARGS, "--resume", *extra],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    seen, t0 = b"", time.monotonic()
-    os.set_blocking(proc.stderr.fileno(), False)
-    while b"GOP 1 step" not in seen:  # GOP 0 is finished and journaled (600 s: a hang guard)
-        assert proc.poll() is None and time.monotonic() - t0 < 600, seen[-500:]
-        seen += proc.stderr.read() or b""
-        time.sleep(0.05)
+    wait_for_stderr(proc, b"GOP 1 step")  # GOP 0 is finished and journaled
     proc.kill()  # SIGKILL: no cleanup runs
     proc.wait(timeout=60)
     assert not os.path.exists(out)

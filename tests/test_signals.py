@@ -4,10 +4,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import slow_t2v, step_progress_env
+from conftest import slow_t2v, step_progress_env, wait_for_stderr
 
 from gvc_jax.io.ffmpeg import quiet_fork
 
@@ -26,22 +25,6 @@ def _start(args, cwd):
                                 stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_for(proc, needle: bytes, timeout=600):
-    """Read stderr until ``needle`` appears (the progress bar reached a sampling step); ``timeout``
-    is a hang guard (seconds are needed, minutes on a loaded machine)."""
-    seen = b""
-    t0 = time.monotonic()
-    os.set_blocking(proc.stderr.fileno(), False)
-    while needle not in seen:
-        if proc.poll() is not None or time.monotonic() - t0 > timeout:
-            raise AssertionError(f"process ended or timed out before {needle!r}: {seen[-500:]!r}")
-        chunk = proc.stderr.read()
-        if chunk:
-            seen += chunk
-        time.sleep(0.05)
-    return seen
-
-
 @pytest.mark.parametrize("sig,code,when", [
     (signal.SIGINT, 130, b"step 3"),       # in the middle of a GOP's trajectory
     (signal.SIGTERM, 143, b"step 3"),
@@ -52,7 +35,7 @@ def test_interrupted_encode_leaves_nothing(clip, tmp_path, sig, code, when):
     out.mkdir()
     proc = _start(["-m", "gvc_jax.encode", clip, "-o", "a.gvc", "--decoded", "rec.mp4", "--json", "r.json", *SLOW],
                   out)
-    _wait_for(proc, when)
+    wait_for_stderr(proc, when)
     proc.send_signal(sig)
     rc = proc.wait(timeout=180)  # a hang guard
     err = proc.stderr.read().decode(errors="replace")
@@ -71,7 +54,7 @@ def test_interrupted_decode_leaves_nothing(clip, tmp_path):
     out = tmp_path / "dec"
     out.mkdir()
     proc = _start(["-m", "gvc_jax.decode", gvc, "-o", "frames", "--model", "preset:tiny"], out)
-    _wait_for(proc, b"GOP 1 step")  # the first GOP's frames are already in the (temporary) output
+    wait_for_stderr(proc, b"GOP 1 step")  # the first GOP's frames are already in the (temporary) output
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=180) == 143
     assert os.listdir(out) == []
