@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     if "x265" in codecs:
         from experiments.bjontegaard import bd_rate
 
-        print("BD-rate against x265 (bits at equal quality; negative is better)\n\n| codec | PSNR | LPIPS |\n|---|---|---|")
+        print("BD-rate against x265 (bits at equal quality; negative is better)\n\n"
+              "| codec | PSNR | LPIPS |\n|---|---|---|")
         base = [results[("x265", q)] for q in args.qualities]
         for c in codecs:
             if c == "x265":
@@ -96,7 +97,9 @@ def main(argv=None) -> int:
             cells = []
             for metric, higher in (("psnr", True), ("lpips", False)):
                 try:
-                    cells.append(f"{bd_rate([r['bytes'] for r in base], [r[metric] for r in base], [r['bytes'] for r in test], [r[metric] for r in test], higher_is_better=higher):+.1f} %")
+                    bd = bd_rate([r["bytes"] for r in base], [r[metric] for r in base], [r["bytes"] for r in test],
+                                 [r[metric] for r in test], higher_is_better=higher)
+                    cells.append(f"{bd:+.1f} %")
                 except ValueError as err:
                     cells.append(f"n/a ({err})")
             print(f"| {c} | " + " | ".join(cells) + " |")

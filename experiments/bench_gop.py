@@ -16,7 +16,8 @@ call the compiled executable. Reports:
 - compile time of the trajectory and XLA's ``memory_analysis()`` of it;
 - peak memory: the device's ``peak_bytes_in_use`` on accelerators, the process's max RSS on CPU;
 - MFU: FLOPs of one DiT forward from the compiled program's cost analysis (layers unrolled and
-  one-op attention, so XLA counts every loop iteration), times the forwards, over trajectory time and the chip's peak (a table
+  one-op attention, so XLA counts every loop iteration), times the forwards, over trajectory time and the chip's
+  peak (a table
   of known chips, or ``--peak-tflops``). The codebook search is not counted as useful FLOPs.
 
 ``--abstract`` builds the model with abstract shapes only (``nnx.eval_shape``): no weights are
@@ -202,15 +203,15 @@ def real_run(args, model_cfg, sampler, latent_shape, model=None):
     for _ in range(args.runs):
         dt, target = timed(lambda: engine.target_latents([frames])[0])
         parts["vae_encode"].append(dt)
-        dt, (x_enc, picks) = timed(lambda: compiled(*trajectory_args(traj, engine.dit_params, cond, target,
-                                                                     jnp.asarray(True), empty, atoms)))
+        dt, (x_enc, picks) = timed(lambda target=target: compiled(*trajectory_args(
+            traj, engine.dit_params, cond, target, jnp.asarray(True), empty, atoms)))
         parts["encode_trajectory"].append(dt)
-        dt, (x_dec, _) = timed(lambda: compiled(*trajectory_args(traj, engine.dit_params, cond, target,
-                                                                 jnp.asarray(False), picks, atoms)))
+        dt, (x_dec, _) = timed(lambda target=target, picks=picks: compiled(*trajectory_args(
+            traj, engine.dit_params, cond, target, jnp.asarray(False), picks, atoms)))
         parts["decode_trajectory"].append(dt)
         if not bool(jnp.array_equal(x_enc, x_dec)):
             raise SystemExit("decode trajectory differs from encode: the benchmark is broken")
-        dt, _ = timed(lambda: engine.frames_many([x_dec])[0])
+        dt, _ = timed(lambda x_dec=x_dec: engine.frames_many([x_dec])[0])
         parts["vae_decode"].append(dt)
     med = {k: statistics.median(v) for k, v in parts.items()}
     forwards = sampler.steps - len(sampler.x0_cache)

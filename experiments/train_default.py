@@ -390,11 +390,13 @@ def compute_latents(args) -> None:
              cond=((conds - mean) / std).astype(np.float32), mean=mean, std=std)
     json.dump({"mean": mean.tolist(), "std": std.tolist(), "seconds": time.time() - t0,
                "shape": list(mus.shape)}, open(os.path.join(wd, "latent_stats.json"), "w"), indent=1)
-    print(f"latents {mus.shape}, {time.time() - t0:.0f} s; mean {np.round(mean, 3)}; std {np.round(std, 3)}", flush=True)
+    print(f"latents {mus.shape}, {time.time() - t0:.0f} s; mean {np.round(mean, 3)}; std {np.round(std, 3)}",
+          flush=True)
 
 
 def stats_config(wd: str) -> VAEConfig:
-    st = json.load(open(existing(os.path.join(wd, "latent_stats.json"), "latent statistics", " (run --stage latents first)")))
+    st = json.load(open(existing(os.path.join(wd, "latent_stats.json"), "latent statistics",
+                                 " (run --stage latents first)")))
     return VAE_CFG.replace(latents_mean=tuple(float(np.float32(v)) for v in st["mean"]),
                            latents_std=tuple(float(np.float32(v)) for v in st["std"]))
 
@@ -453,7 +455,8 @@ def train_dit(args) -> None:
         print(f"DiT initialised from {args.init}", flush=True)
     steps = args.steps or DEFAULTS["dit_steps"]
     tx, params, opt_state, ckpt, start, log = start_training(
-        wd, "dit_warm" if args.init else "dit", "DiT", params, args.lr or DEFAULTS["dit_lr"], steps, min(200, steps // 10 + 1), args.resume)
+        wd, "dit_warm" if args.init else "dit", "DiT", params, args.lr or DEFAULTS["dit_lr"], steps,
+        min(200, steps // 10 + 1), args.resume)
     batch = DEFAULTS["dit_batch"]
     ctx = jnp.zeros((batch, DIT_CFG.text_len, DIT_CFG.text_dim), jnp.float32)
 
@@ -585,7 +588,7 @@ def _read_log(path: str) -> list:
     if not os.path.isfile(path):
         return []
     with open(path) as f:
-        recs = list({r["step"]: r for r in (json.loads(l) for l in f if l.strip())}.values())
+        recs = list({r["step"]: r for r in (json.loads(line) for line in f if line.strip())}.values())
     return sorted(recs, key=lambda r: r["step"])
 
 
@@ -627,16 +630,17 @@ def plot_losses(args) -> None:
         _plot_series(ax, steps, np.array([r["psnr"] for r in recs]), f"train crops, {label}")
         probe = [(offset + r["step"], r["probe33_psnr"]) for r in recs if "probe33_psnr" in r]
         if probe:
-            ax.plot(*zip(*probe), "o", ms=2.5, color="k", label="fixed training probe" if n == "vae" else None)
+            ax.plot(*zip(*probe, strict=False), "o", ms=2.5, color="k",
+                    label="fixed training probe" if n == "vae" else None)
         dev = [(offset + r["step"], r["dev_bbb33_psnr"]) for r in recs if "dev_bbb33_psnr" in r]
         if dev:
-            ax.plot(*zip(*dev), "s-", ms=4, color="tab:red",
+            ax.plot(*zip(*dev, strict=False), "s-", ms=4, color="tab:red",
                     label="dev: bigbuckbunny 0-32 (not trained on)" if n == "vae_refine" else None)
         offset = int(steps[-1]) + 1
     ax.set(xlabel="step", title="VAE reconstruction PSNR (dB)")
     ax = axes[1]
     offset = 0
-    for n, label in zip(DIT_STAGES, ("from scratch", "warm start on the new latents")):
+    for n, label in zip(DIT_STAGES, ("from scratch", "warm start on the new latents"), strict=False):
         recs = logs[n]
         if recs:
             steps = offset + np.array([r["step"] for r in recs])
@@ -656,7 +660,8 @@ def plot_losses(args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", required=True, choices=("vae", "vae_refine", "latents", "dit", "export", "eval", "plot", "all"))
+    p.add_argument("--stage", required=True,
+                   choices=("vae", "vae_refine", "latents", "dit", "export", "eval", "plot", "all"))
     p.add_argument("--workdir", required=True, help="work directory for data, checkpoints and logs (not in git)")
     p.add_argument("--steps", type=int, default=None, help="training steps of the vae / dit stage")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of the vae / dit stage")
@@ -677,8 +682,8 @@ def main(argv=None) -> int:
               else (args.stage,))
     for st in stages:
         t0 = time.time()
-        {"vae": train_vae, "vae_refine": lambda a: train_vae(a, refine=True), "latents": compute_latents, "dit": train_dit, "export": export,
-         "eval": evaluate_model, "plot": plot_losses}[st](args)
+        {"vae": train_vae, "vae_refine": lambda a: train_vae(a, refine=True), "latents": compute_latents,
+         "dit": train_dit, "export": export, "eval": evaluate_model, "plot": plot_losses}[st](args)
         print(f"stage {st}: {time.time() - t0:.0f} s", flush=True)
     return 0
 

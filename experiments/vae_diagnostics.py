@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     flat = np.broadcast_to(cols[:, None, None, None, :] * 2 - 1, (len(cols), 5, 32, 32, 3))
     y = (np.asarray(model.vae.decode(model.vae.encode(jnp.asarray(flat)))) + 1) / 2
     out["flat"] = [{"in": list(map(float, c)), "out": np.round(yy[:, 8:24, 8:24].mean((0, 1, 2)), 3).tolist(),
-                    "psnr_db": psnr(yy, np.broadcast_to(c, yy.shape))} for c, yy in zip(cols, y)]
+                    "psnr_db": psnr(yy, np.broadcast_to(c, yy.shape))} for c, yy in zip(cols, y, strict=False)]
     print(json.dumps(out, indent=1))
     return 0
 

@@ -1,4 +1,5 @@
-"""Tests for gvc_jax.codec.format.bitstream: round trips, exact sizes, overhead bounds, golden bytes, errors, fuzzing."""
+"""Tests for gvc_jax.codec.format.bitstream: round trips, exact sizes, overhead bounds, golden bytes, errors,
+fuzzing."""
 import dataclasses
 import hashlib
 import math
@@ -164,7 +165,8 @@ def test_overhead_bounds_realistic():
         per_gop = (len(data) - bs.header_bytes(h)) / h.num_gops - math.ceil(bs.payload_bits(h) / 8)
         assert per_gop <= 16
         assert len(data) == bs.header_bytes(h) + h.num_gops * per_gop + h.num_gops * math.ceil(bs.payload_bits(h) / 8)
-    # docs/method_notes.md §Rate accounting: K=16384, M=64 at 17 stochastic steps x 9 latent frames -> 664 bits per (step, frame).
+    # docs/method_notes.md §Rate accounting: K=16384, M=64 at 17 stochastic steps x 9 latent frames
+    # -> 664 bits per (step, frame).
     assert bs.payload_bits(cases[0]) == 17 * 9 * 664
 
 
@@ -470,7 +472,6 @@ def test_fuzz():
     stats = {"n": 0, "errors": 0, "valid": 0, "max_s": 0.0}
     t_start = time.perf_counter()
     h, data = _valid()
-    hl = bs.header_bytes(h)
     # 1. Every truncation of a valid stream.
     for n in range(len(data)):
         _check(data[:n], stats)

@@ -70,7 +70,8 @@ def test_help_runs_as_module():
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["--g-scale", "nan"], "g_scale"), (["--shift", "1e-40"], "shift"), (["--steps", "1001", "--tail", "1000"], "steps"),
+    (["--g-scale", "nan"], "g_scale"), (["--shift", "1e-40"], "shift"),
+    (["--steps", "1001", "--tail", "1000"], "steps"),
     (["-K", str((1 << 24) + 1)], "K"), (["--tail", "0"], "tail"), (["--gop-frames", "4101"], "gop_frames"),
     (["--variant", "v2v"], "variant"), (["--decoded", "x.webm"], "x.webm"), (["--compare", "c.jpg"], "compare"),
     (["--json", "nodir/r.json"], "nodir"), (["-o", "nodir/a.gvc"], "nodir"), (["--decoded", "a.gvc"], "two"),

@@ -95,7 +95,8 @@ def test_unrolled_threefry_equals_the_primitive(shape):
     """_threefry2x32 (unrolled, constant rotations) is the threefry2x32 primitive's function, with
     broadcasting keys as the streamed search uses them."""
     rng = np.random.default_rng(7)
-    k1, k2 = (jnp.asarray(rng.integers(0, 2**32, size=shape[:1] + (1,) * (len(shape) - 1), dtype=np.uint64).astype(np.uint32))
+    k1, k2 = (jnp.asarray(rng.integers(0, 2**32, size=shape[:1] + (1,) * (len(shape) - 1),
+                                       dtype=np.uint64).astype(np.uint32))
               for _ in range(2))
     x1, x2 = (jnp.asarray(rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32)) for _ in range(2))
     got = jax.jit(cbm._threefry2x32)(k1, k2, x1, x2)
@@ -131,7 +132,7 @@ def test_search_block_size_invariant(kind, K, D, monkeypatch):
         cb2 = Codebook(kind, K, D)
         assert cb2.block == block
         # fresh jit wrappers: cb2 == cb, so the shared cached executables would hide the new block
-        i, s = jax.jit(lambda k, x: cb2.search(k, x, 16))(KEY, r)
+        i, s = jax.jit(lambda k, x, cb2=cb2: cb2.search(k, x, 16))(KEY, r)
         np.testing.assert_array_equal(np.asarray(i), np.asarray(ref_i))
         np.testing.assert_array_equal(np.asarray(s), np.asarray(ref_s))
         np.testing.assert_allclose(np.asarray(jax.jit(cb2.inner_products)(KEY, r)), ref_ip, rtol=1e-5, atol=1e-4)
@@ -319,8 +320,11 @@ def test_hadamard_program_size_does_not_grow_with_the_number_of_bases():
         cb = get_codebook("hadamard", K, 48)  # P = 64
         r = jnp.zeros((48,), jnp.float32)
         idx, c = jnp.arange(8, dtype=jnp.int32), jnp.ones((8,), jnp.float32)
-        lower = lambda f, *a: len(jax.jit(f).lower(*a).as_text().splitlines())
-        return (lower(lambda k, r: cb.inner_products(k, r), KEY, r) + lower(lambda k, i, c: cb.combine(k, i, c), KEY, idx, c)
+        def lower(f, *a):
+            return len(jax.jit(f).lower(*a).as_text().splitlines())
+
+        return (lower(lambda k, r: cb.inner_products(k, r), KEY, r)
+                + lower(lambda k, i, c: cb.combine(k, i, c), KEY, idx, c)
                 + lower(lambda k, i: cb.atoms(k, i), KEY, idx))
     one, sixteen = program_lines(64), program_lines(16 * 64)
     assert sixteen < 1.5 * one, (one, sixteen)

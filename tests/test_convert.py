@@ -245,7 +245,8 @@ def test_fingerprint_stable_and_sensitive(work, tmp_path):
     assert changed["fingerprint"] != w["summary"]["fingerprint"]
     # the fingerprint covers dtype and paths too
     state = convert_dit(read_safetensors(str(w["src"] / "transformer")), DIT_PRESETS["tiny-t2v"])
-    bf16 = convert_dit(read_safetensors(str(w["src"] / "transformer")), DIT_PRESETS["tiny-t2v"].replace(param_dtype="bfloat16"))
+    bf16 = convert_dit(read_safetensors(str(w["src"] / "transformer")),
+                       DIT_PRESETS["tiny-t2v"].replace(param_dtype="bfloat16"))
     assert fingerprint(state) != fingerprint(bf16)
     assert fingerprint(state) == fingerprint(_np_flat(state))
 
@@ -289,7 +290,8 @@ def test_original_layout_rule_errors(work, tmp_path):
                          str(tmp_path / "o1"))
     assert "\n" not in str(e.value)
     # a stray key
-    save_file({**dit_sd, "blocks.0.foo.weight": dit_sd["blocks.0.norm3.weight"].clone()}, str(tmp_path / "x.safetensors"))
+    save_file({**dit_sd, "blocks.0.foo.weight": dit_sd["blocks.0.norm3.weight"].clone()},
+              str(tmp_path / "x.safetensors"))
     with pytest.raises(CheckpointError, match=r"blocks\.0\.foo\.weight"):
         convert_original(str(tmp_path / "x.safetensors"), str(tmp_path / "Wan2.1_VAE.pth"), "tiny-flf2v",
                          str(tmp_path / "o2"))
@@ -317,7 +319,8 @@ def _broken_transformer(work, root, edit):
 
 CASES = {
     "missing": (lambda sd: sd.pop("blocks.1.attn2.to_k.weight"), r"missing parameter blocks/1/attn2/to_k/kernel"),
-    "extra": (lambda sd: sd.__setitem__("blocks.0.attn1.bogus.weight", torch.zeros(3)), r"blocks\.0\.attn1\.bogus\.weight"),
+    "extra": (lambda sd: sd.__setitem__("blocks.0.attn1.bogus.weight", torch.zeros(3)),
+              r"blocks\.0\.attn1\.bogus\.weight"),
     "shape": (lambda sd: sd.__setitem__("proj_out.bias", torch.zeros(17)), r"shape mismatch for 'proj_out\.bias'"),
 }
 
@@ -346,7 +349,8 @@ def test_cli_subprocess_error_and_success(work, tmp_path):
     assert len(lines) == 1 and "blocks/1/attn2/to_k/kernel" in lines[0] and "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "o")
     w = work["t2v"]
-    r = subprocess.run([sys.executable, "-m", "weights_convert", "diffusers", "--transformer", str(w["src"] / "transformer"),
+    r = subprocess.run([sys.executable, "-m", "weights_convert", "diffusers",
+                        "--transformer", str(w["src"] / "transformer"),
                         "--vae", str(w["src"] / "vae"), "--out", str(tmp_path / "ok"), "--preset", "tiny-t2v"],
                        capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr
@@ -367,7 +371,8 @@ def test_cli_refuses_existing_output(work, tmp_path, capsys):
 def test_preset_mismatch_is_refused(work, tmp_path):
     w = work["t2v"]
     with pytest.raises(CheckpointError, match="differs from preset 'tiny-flf2v'"):
-        convert_diffusers(str(w["src"] / "transformer"), str(w["src"] / "vae"), str(tmp_path / "o"), preset="tiny-flf2v")
+        convert_diffusers(str(w["src"] / "transformer"), str(w["src"] / "vae"), str(tmp_path / "o"),
+                          preset="tiny-flf2v")
 
 
 # ----------------------------------------------------------------------------- scan layers
@@ -463,7 +468,8 @@ def test_stray_norm_added_q_is_ignored_and_bf16_sources(work, tmp_path):
     with pytest.raises(CheckpointError, match="norm_added_z"):
         convert_dit(src, cfg)
     # bf16 / fp16 safetensors are read without torch, bit-exactly
-    t = {"a": torch.randn(3, 5).to(torch.bfloat16), "b": torch.randn(4).to(torch.float16), "c": torch.arange(6).reshape(2, 3)}
+    t = {"a": torch.randn(3, 5).to(torch.bfloat16), "b": torch.randn(4).to(torch.float16),
+         "c": torch.arange(6).reshape(2, 3)}
     save_file(t, str(tmp_path / "m.safetensors"))
     lazy = read_safetensors(str(tmp_path / "m.safetensors"))
     assert lazy["a"].dtype == "bfloat16" and lazy["a"].shape == (3, 5)

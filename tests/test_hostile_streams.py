@@ -207,7 +207,8 @@ def test_conceal_a_flipped_record_and_a_cut_stream(streams, variant, tmp_path, c
         assert cli.run_main(decode_cli.main, [str(damaged), "-o", str(out), *model]) == 2
         _one_error(capsys)
         assert not out.exists()
-        assert cli.run_main(decode_cli.main, [str(damaged), "-o", str(out), *model, "--conceal", "--json", str(js)]) == 3
+        argv = [str(damaged), "-o", str(out), *model, "--conceal", "--json", str(js)]
+        assert cli.run_main(decode_cli.main, argv) == 3
         err = capsys.readouterr().err
         assert f"GOPs {lost} were damaged or missing" in err, err
         video = read_video(str(out))[0]

@@ -24,7 +24,7 @@ def test_streamed_gop_frames_and_emitted_output_cover_the_video_once(n, hop):
         out.append(clip[skip:skip + count])
     np.testing.assert_array_equal(np.concatenate(out), video)  # every frame once, in order
     assert reader._pos == n  # each source frame read exactly once
-    for a, b in zip(plan.spans, plan.spans[1:]):
+    for a, b in zip(plan.spans, plan.spans[1:], strict=False):
         assert b.start == a.start + hop
 
 

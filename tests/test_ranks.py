@@ -29,7 +29,7 @@ def test_exhaustive_round_trip_and_dense(K):
         # Colexicographic order (combinatorial number system): rank order = order of reversed tuples.
         order = sorted(range(len(subsets)), key=lambda i: subsets[i][::-1])
         assert [got[i] for i in order] == list(range(len(subsets)))
-        for s, r in zip(subsets, got):
+        for s, r in zip(subsets, got, strict=False):
             assert tuple(unrank_subset(r, K, M)) == s
         assert subset_rank_bits(K, M) == _bits_reference(K, M)
 
@@ -47,7 +47,7 @@ def test_random_large(M):
     # The extreme ranks.
     for r in (0, 1, math.comb(K, M) - 1, math.comb(K, M) // 3):
         u = unrank_subset(r, K, M)
-        assert all(a < b for a, b in zip(u, u[1:])) and 0 <= u[0] and u[-1] < K
+        assert all(a < b for a, b in zip(u, u[1:], strict=False)) and 0 <= u[0] and u[-1] < K
         assert rank_subset(u, K) == r
     assert unrank_subset(0, K, M) == list(range(M))
     assert unrank_subset(math.comb(K, M) - 1, K, M) == list(range(K - M, K))

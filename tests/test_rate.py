@@ -22,7 +22,7 @@ def _record(rng, h, sides):
 
 def test_stream_bytes_is_exact():
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    for _ in range(20):
         h = _header(apf=tuple(int(m) for m in rng.integers(1, 40, 3)), K=int(rng.choice([64, 1000, 16384])),
                     num_gops=3)
         sides = [list(rng.integers(0, 300, rng.integers(0, 3))) for _ in range(3)]

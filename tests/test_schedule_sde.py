@@ -71,7 +71,8 @@ def test_sde_preserves_gaussian_marginals():
     tab = StepTables.build(cfg)
     rng = np.random.default_rng(2)
     x = rng.normal(size=20000)
-    for t, tn, g in zip(tab.t.astype(np.float64), tab.t_next.astype(np.float64), tab.g.astype(np.float64)):
+    for t, tn, g in zip(tab.t.astype(np.float64), tab.t_next.astype(np.float64), tab.g.astype(np.float64),
+                        strict=False):
         var = (1 - t) ** 2 * s**2 + t**2
         x0_mean = (1 - t) * s**2 / var * x
         u = (x - x0_mean) / t

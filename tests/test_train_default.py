@@ -79,7 +79,7 @@ def test_vae_resume_is_bit_identical_to_an_uninterrupted_run(stage1, tmp_path, m
     assert td.main(["--stage", "vae", "--workdir", b, *STAGE1_STEPS, "--resume"]) == 0
 
     (pa, _), (pb, _) = _params(os.path.join(a, "vae_final")), _params(os.path.join(b, "vae_final"))
-    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=False):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in open(os.path.join(b, "vae_log.jsonl"))]
     assert steps[0] == 0 and steps[-1] == 3
@@ -92,7 +92,7 @@ def test_refine_trains_the_decoder_only_then_dit_and_export(stage1, tmp_path):
     before, _ = _params(os.path.join(wd, "vae_stage1"))
     after, _ = _params(os.path.join(wd, "vae_final"))
     changed = {}
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after)):
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after), strict=False):
         part = path[0].key
         changed.setdefault(part, []).append(not np.array_equal(np.asarray(x), np.asarray(y)))
     assert not any(changed["encoder"]) and not any(changed["quant_conv"])

@@ -123,7 +123,8 @@ def test_load_raises_on_missing_and_unused():
     sd = {k: v.numpy() for k, v in tv.state_dict().items()}
     sd.pop("encoder.conv_in.bias")
     sd["encoder.extra.weight"] = np.zeros(3, np.float32)
-    with pytest.raises(CheckpointError, match="(?s)unused source key 'encoder.extra.weight'.*missing parameter encoder/conv_in/bias"):
+    with pytest.raises(CheckpointError,
+                       match="(?s)unused source key 'encoder.extra.weight'.*missing parameter encoder/conv_in/bias"):
         load_diffusers_vae(WanVAE(TINY_VAE, rngs=nnx.Rngs(0)), sd)
 
 
