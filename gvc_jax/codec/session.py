@@ -129,9 +129,9 @@ class _Coding:
     plan: GopPlan
     header: bitstream.Header
     gop_atoms: Optional[List[Tuple[int, ...]]]
+    read: Callable[[GopSpan], np.ndarray]     # a GOP's frames at the coded size (through ``checked`` when resumed)
     journal: Optional[Journal] = None
     checked: Optional[SourceCheck] = None
-    read: Callable[[GopSpan], np.ndarray] = field(default=lambda span: np.zeros(0))
     framed: List[bytes] = field(default_factory=list)
     reports: Dict[int, GopReport] = field(default_factory=dict)
 
@@ -205,8 +205,8 @@ def _coding(job: EncodeJob, model, sampler: SamplerConfig, var, gop_frames: int,
     gop_atoms = None if job.gop_atoms is None else [tuple(int(m) for m in a) for a in job.gop_atoms]
     header = _encoder_header(job.reader, model, sampler, var, plan, gop_atoms, prompt, job.target)
     frames = GopFrames(job.reader, plan)
-    st = _Coding(job, plan, header, gop_atoms, framed=[b""] * plan.num_gops)
-    st.read = lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE)
+    st = _Coding(job, plan, header, gop_atoms, lambda span: pad_to_multiple(frames(span), SIZE_MULTIPLE),
+                 framed=[b""] * plan.num_gops)
     return st
 
 
