@@ -148,7 +148,7 @@ def weight_sharding(model, video, ref) -> dict:
     frames[:, :40, :56] = video[:GOP]
     x = plain.target_latents([frames])[0]
     t, feats = plain.trajectory.tables["t"][3], plain.trajectory.tables["t_feat"][3]
-    cond = plain.unconditioned()
+    cond = plain.unconditioned()[-1]  # the one stage's conditioning
     velocity = plain.trajectory._velocity
     u_plain = jax.jit(velocity)(params, x, t, feats, cond)
     u_split = jax.jit(velocity)(sharded, *split._on_mesh((x, t, feats, cond)))

@@ -382,7 +382,7 @@ def open_journal(output: str, key: bytes, mesh: GopMesh, expect) -> Journal:
 def _coded_record(header: bitstream.Header, g: int, out) -> tuple:
     """GOP ``g`` of ``header``'s stream, just coded (``out``): -> (framed record, report)."""
     atoms = tuple(int(m) for m in out.inputs.atoms)
-    record = bitstream.GopRecord(picks=picks_to_record(out.picks, header.stochastic_steps, atoms),
+    record = bitstream.GopRecord(picks=picks_to_record(out.picks, header.sampler, atoms),
                                  latent_hash=out.digest, side=out.side,
                                  atoms_per_frame=atoms if header.per_gop_atoms else None)
     report = GopReport(g, out.seconds, atoms, latent_mse=float(jnp.mean((out.latent - out.inputs.target) ** 2)),

@@ -16,10 +16,14 @@ frame, each between 1 and the header's value (rate control changes M per GOP). W
 one varint step index each): steps on which neither side calls the DiT. With flag ``FLAG_PROMPT``
 the text prompt follows (varint byte count, then UTF-8, at most ``MAX_PROMPT_BYTES``): the decoder
 encodes the same text with the model's text encoder (no prompt: the model's empty-prompt context).
+With flag ``FLAG_STAGES`` the multi-resolution stage plan follows (``multires.StagePlan.to_bytes``:
+version, stage count, each stage's size / 16, each switch step), and every record carries one more
+row of picks per transition after the stochastic steps' rows.
 
-Picks: for each stochastic step s, for each latent frame f: the subset rank of the M_f indices in
-``subset_rank_bits(K, M_f)`` bits, then M_f sign bits (1 = negative), all MSB first; zero padding
-to a byte after the last frame of the last step. Nothing here depends on model outputs.
+Picks: for each stochastic step s (then each stage transition), for each latent frame f: the
+subset rank of the M_f indices in ``subset_rank_bits(K, M_f)`` bits, then M_f sign bits
+(1 = negative), all MSB first; zero padding to a byte after the last frame of the last row.
+Nothing here depends on model outputs.
 
 ``read`` validates every field and every length against the bytes actually present before it
 allocates or does work proportional to a claimed size, and raises ``BitstreamError`` with a
@@ -40,13 +44,14 @@ import numpy as np
 
 from gvc_jax.codec.format.bits import BitReader, BitstreamError, BitWriter, Cursor, encode_varint
 from gvc_jax.codec.format.ranks import rank_subset, subset_rank_bits, unrank_subset
+from gvc_jax.codec.sampling.multires import MAX_STAGES, StagePlan, StagePlanError
 from gvc_jax.codec.sampling.schedule import CODEBOOK_KINDS, MAX_K, MAX_STEPS, SamplerConfig  # noqa: F401 (format limits)
 from gvc_jax.temporal import is_valid, latent_frames
 
 __all__ = [
     "BitstreamError", "MAGIC", "FORMAT_VERSION", "VARIANTS", "CODEBOOK_KINDS", "Header", "GopRecord",
     "write", "read", "payload_bits", "encode_varint", "header_bytes", "validate_header", "FLAG_GOP_ATOMS",
-    "FLAG_X0_CACHE", "FLAG_PROMPT", "MAX_PROMPT_BYTES", "check_prompt",
+    "FLAG_X0_CACHE", "FLAG_PROMPT", "FLAG_STAGES", "MAX_PROMPT_BYTES", "check_prompt",
 ]
 
 VARIANTS = ("t2v", "i2v", "flf2v")  # the header's variant byte indexes this (``codec.gop.variants`` implements them)
@@ -56,7 +61,8 @@ READ_VERSIONS = (1, 2)
 FLAG_GOP_ATOMS = 1          # v2: every record carries its own atoms per latent frame
 FLAG_X0_CACHE = 2           # v2: the header carries the sampler's x0-cache skip schedule
 FLAG_PROMPT = 4             # v2: the header carries a text prompt (UTF-8)
-KNOWN_FLAGS = {1: 0, 2: FLAG_GOP_ATOMS | FLAG_X0_CACHE | FLAG_PROMPT}
+FLAG_STAGES = 8             # v2: the header carries a multi-resolution stage plan (``multires.StagePlan``)
+KNOWN_FLAGS = {1: 0, 2: FLAG_GOP_ATOMS | FLAG_X0_CACHE | FLAG_PROMPT | FLAG_STAGES}
 
 # Format limits (a reader rejects anything beyond them before allocating).
 MAX_PRESET_BYTES = 64
@@ -118,6 +124,11 @@ class Header:
     def stochastic_steps(self) -> int:
         """Steps that carry bits: steps - tail."""
         return self.sampler.stochastic_steps
+
+    @property
+    def pick_rows(self) -> int:
+        """Atom sets per latent frame in a record: the stochastic steps, then the stage transitions."""
+        return self.sampler.pick_rows
 
     @property
     def per_gop_atoms(self) -> bool:
@@ -241,14 +252,20 @@ def validate_header(h: Header) -> None:
         raise bad(str(err)) from None
     if bool(h.flags & FLAG_PROMPT) != bool(h.prompt):
         raise bad("FLAG_PROMPT must be set exactly when the header has a prompt")
+    if bool(h.flags & FLAG_STAGES) != (h.sampler.stages is not None):
+        raise bad("FLAG_STAGES must be set exactly when the sampler has a stage plan")
+    if h.sampler.stages is not None and h.sampler.stages.coded != (h.width, h.height):
+        raise bad(f"the stage plan ends at {h.sampler.stages.spec()} -> {h.sampler.stages.coded}, not the coded "
+                  f"size {h.width}x{h.height}")
 
 
 def payload_bits(header: Header, atoms_per_frame: Sequence[int] | None = None) -> int:
-    """Bits of one GOP's picks: stochastic_steps * sum_f (subset_rank_bits(K, M_f) + M_f)."""
+    """Bits of one GOP's picks: pick_rows * sum_f (subset_rank_bits(K, M_f) + M_f), where pick_rows is
+    the stochastic steps plus one atom set per stage transition (``SamplerConfig.pick_rows``)."""
     apf = header.atoms_per_frame if atoms_per_frame is None else atoms_per_frame
     bits = {m: subset_rank_bits(header.K, m) for m in set(int(m) for m in apf)}
     per_step = sum(bits[int(m)] + int(m) for m in apf)
-    return header.stochastic_steps * per_step
+    return header.pick_rows * per_step
 
 
 # ----------------------------------------------------------------------------------- header
@@ -279,6 +296,8 @@ def _encode_header_fields(h: Header) -> bytes:
     if h.flags & FLAG_PROMPT:
         prompt = h.prompt.encode("utf-8")
         out += encode_varint(len(prompt)) + prompt
+    if h.flags & FLAG_STAGES:
+        out += h.sampler.stages.to_bytes()
     out += struct.pack(">I", zlib.crc32(out))
     return bytes(out)
 
@@ -349,8 +368,16 @@ def _parse_sampler_fields(cur: Cursor) -> tuple:
         if n_prompt > MAX_PROMPT_BYTES:
             raise BitstreamError(f"invalid header: prompt length {n_prompt} > {MAX_PROMPT_BYTES}")
         prompt_raw = cur.take(n_prompt, "prompt")
+    stages = None
+    if flags & FLAG_STAGES:
+        try:
+            window = cur.data[cur.pos:min(cur.end, cur.pos + StagePlan.encoded_length(MAX_STAGES))]
+            stages, used = StagePlan.read(window)
+            cur.pos += used
+        except StagePlanError as err:
+            raise BitstreamError(f"invalid header: {err}") from None
     fields = dict(steps=steps, tail=tail, g_scale=g_scale, shift=shift, K=K, atoms_per_frame=apf, seed=seed,
-                  x0_cache=x0_cache)
+                  x0_cache=x0_cache, stages=stages)
     return fields, flags, prompt_raw
 
 
@@ -381,8 +408,8 @@ def _validate_record(h: Header, g: int, rec: GopRecord) -> None:
         raise bad(f"atoms per frame {apf} must be {h.latent_frames} ints, each in [1, header's {h.atoms_per_frame}]")
     if not h.per_gop_atoms and apf != tuple(h.atoms_per_frame):
         raise bad(f"atoms per frame {apf} differ from the header's, but the header has no FLAG_GOP_ATOMS")
-    if len(rec.picks) != h.stochastic_steps:
-        raise bad(f"{len(rec.picks)} steps of picks, header has {h.stochastic_steps} stochastic steps")
+    if len(rec.picks) != h.pick_rows:
+        raise bad(f"{len(rec.picks)} rows of picks, header has {h.pick_rows} (stochastic steps and transitions)")
     for s, step in enumerate(rec.picks):
         if len(step) != h.latent_frames:
             raise bad(f"step {s} has {len(step)} frames of picks, header has {h.latent_frames} latent frames")
@@ -452,7 +479,7 @@ def _decode_picks(h: Header, data: bytes, g: int, apf) -> tuple:
     rank_bits = [(combs[m] - 1).bit_length() for m in apf]
     totals = [combs[m] for m in apf]
     steps = []
-    for s in range(h.stochastic_steps):
+    for s in range(h.pick_rows):
         frames = []
         for f, m in enumerate(apf):
             rank = br.read(rank_bits[f])
@@ -492,7 +519,7 @@ def _parse_body(h: Header, data: bytes, g: int, body_start: int, body_len: int) 
         for f, (m, cap) in enumerate(zip(apf, h.atoms_per_frame, strict=True)):
             if not 1 <= m <= cap:
                 raise BitstreamError(f"GOP {g}: atoms_per_frame[{f}]={m} not in [1, header's {cap}]")
-    if h.stochastic_steps * sum(apf) // 8 > bc.left:  # the sign bits alone do not fit: no big-int work
+    if h.pick_rows * sum(apf) // 8 > bc.left:  # the sign bits alone do not fit: no big-int work
         raise BitstreamError(f"GOP {g}: record of {body_len} bytes cannot hold the sign bits of {apf} atoms")
     pick_bytes = (payload_bits(h, apf) + 7) // 8
     if pick_bytes + 1 > bc.left:
@@ -570,7 +597,7 @@ _HEADER_READ = 16 << 10    # more than the largest valid header (1025 latent-fra
 def max_stream_bytes(h: Header) -> int:
     """An upper bound on the size of any valid stream with this header, computed without big-int
     work: rank bits <= M * bit_length(K), plus the sign bits, counts, lengths, CRCs and hashes."""
-    pick_bits = h.stochastic_steps * sum(m * (h.K.bit_length() + 1) for m in h.atoms_per_frame)
+    pick_bits = h.pick_rows * sum(m * (h.K.bit_length() + 1) for m in h.atoms_per_frame)
     record = 10 + 4 + HASH_BYTES + 10 * h.latent_frames + pick_bits // 8 + 1 + 2 + MAX_SIDE_BYTES \
         + MAX_SIDE_PAYLOADS * 11
     return _HEADER_READ + h.num_gops * record
@@ -638,8 +665,8 @@ def _min_record_bytes(h: Header, left: int) -> int:
     + 1 (side count) bytes plus its atom counts (v2) or the sign bits of its picks; the exact pick
     bytes when ``left`` could hold that many records anyway."""
     if h.per_gop_atoms:
-        return 14 + h.latent_frames + h.stochastic_steps * h.latent_frames // 8
-    min_record = 14 + h.stochastic_steps * sum(h.atoms_per_frame) // 8  # sign bits: no big-int work yet
+        return 14 + h.latent_frames + h.pick_rows * h.latent_frames // 8
+    min_record = 14 + h.pick_rows * sum(h.atoms_per_frame) // 8  # sign bits: no big-int work yet
     if h.num_gops * min_record <= left:
         min_record = 14 + (payload_bits(h) + 7) // 8
     return min_record

@@ -8,7 +8,7 @@ compilation.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from gvc_jax.codec.sampling.velocity import WanVelocity
 from gvc_jax.models.clip import image_tokens
 from gvc_jax.models.vae import denormalize_latent, normalize_latent
 from gvc_jax.parallel import GopMesh
-from gvc_jax.pixels import from_model_range, to_model_range
+from gvc_jax.pixels import from_model_range, resize_frames, to_model_range
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -136,6 +136,12 @@ class GopEngine:
         vae_cfg, dit_cfg = model.config.vae, model.config.dit
         check_geometry(model, height, width, gop_frames)
         s = vae_cfg.spatial_stride
+        # the stages' pixel sizes (a multi-resolution plan), the coded size last
+        self.stage_sizes = ((width, height),) if sampler.stages is None else sampler.stages.sizes
+        if self.stage_sizes[-1] != (width, height):
+            raise GeometryError(f"the stage plan ends at {self.stage_sizes[-1]}, not the coded size {width}x{height}")
+        for w, h in self.stage_sizes[:-1]:
+            check_geometry(model, h, w, gop_frames)
         self.model = model
         self.sampler = sampler
         self.mesh = mesh or GopMesh(1)
@@ -152,21 +158,37 @@ class GopEngine:
         self._encode = functools.partial(_vae_encode, vae_graph, vae_cfg)
         self._decode = functools.partial(_vae_decode, vae_graph, vae_cfg)
         velocity = WanVelocity(dit_graph, dit_cfg)
-        self.trajectory = Trajectory(velocity, sampler, self.latent_shape, velocity.time_features)
+        self.trajectory = Trajectory(velocity, sampler, self.latent_shape, velocity.time_features,
+                                     stage_grids=[(h // s, w // s) for w, h in self.stage_sizes])
         self._encode_many = self.mesh.map(
             ("vae_encode", vae_graph, vae_cfg), functools.partial(_vae_encode_one, vae_graph, vae_cfg),
             plain=lambda params, frames: self._encode(params, frames[None])[0])
         self._decode_many = self.mesh.map(
             ("vae_decode", vae_graph, vae_cfg), functools.partial(_vae_decode_one, vae_graph, vae_cfg),
             plain=lambda params, latent: self._decode(params, latent[None])[0])
-        self._unconditioned: Optional[dict] = None
+        self._unconditioned: Optional[tuple] = None
 
-    def condition(self, **kw) -> dict:
-        """``conditioning.build_condition`` for this model and geometry, as device arrays."""
-        cond = build_condition(self.model.config.dit, self.model.text_context, self.latent_shape,
-                               pixel_frames=self.gop_frames, temporal_stride=self.model.config.vae.temporal_stride,
-                               **kw)
-        return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), cond)
+    def condition(self, anchors: Optional[Dict[int, np.ndarray]] = None, image_tokens=None) -> tuple:
+        """The conditioning of every stage (``conditioning.build_condition``, as device arrays), built
+        from the same decoded anchors: ``anchors`` maps a GOP position to a decoded image (uint8
+        [H, W, 3] at the coded size), resized for a lower stage (bicubic, ``pixels.resize_frames``)
+        and encoded with the VAE at that stage's size."""
+        conds = []
+        f_lat, _, _, channels = self.latent_shape
+        for w, h in self.stage_sizes:
+            kw: dict = {}
+            if anchors:
+                video = np.zeros((self.gop_frames, h, w, 3), np.float32)
+                for pos, image in anchors.items():
+                    video[pos] = to_model_range(resize_frames(np.asarray(image)[None], (w, h))[0])
+                kw = dict(cond_latent=self.latent_of(video), visible=tuple(anchors))
+            s = self.model.config.vae.spatial_stride
+            cond = build_condition(self.model.config.dit, self.model.text_context, (f_lat, h // s, w // s, channels),
+                                   pixel_frames=self.gop_frames,
+                                   temporal_stride=self.model.config.vae.temporal_stride, image_tokens=image_tokens,
+                                   **kw)
+            conds.append(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), cond))
+        return tuple(conds)
 
     def image_tokens(self, images: Sequence[np.ndarray]) -> jax.Array:
         """CLIP tokens of decoded anchor images (uint8 [H, W, 3] each), concatenated: [N * tokens, width]."""
@@ -177,7 +199,7 @@ class GopEngine:
         tokens = image_tokens(self.model.image_encoder, np.stack([np.asarray(i) for i in images]))
         return jnp.asarray(tokens, jnp.float32).reshape(-1, tokens.shape[-1])
 
-    def unconditioned(self) -> dict:
+    def unconditioned(self) -> tuple:
         """The conditioning of a GOP without anchors (computed once)."""
         if self._unconditioned is None:
             self._unconditioned = self.condition()

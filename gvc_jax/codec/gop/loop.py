@@ -252,7 +252,7 @@ class StreamPicks:
         header = self.headers[span.stream]
         apf = header.atoms_per_frame if rec.atoms_per_frame is None else rec.atoms_per_frame
         m = engine.trajectory.check_atoms(apf)
-        picks = record_to_picks(rec.picks, header.steps, len(m), engine.trajectory.slots)
+        picks = record_to_picks(rec.picks, header.sampler, len(m), engine.trajectory.slots)
         return GopInput(atoms=m, dec=DecoderInput(rec, picks, tuple(rec.side)))
 
     def prepare(self, inputs: Sequence[GopInput], engine: GopEngine) -> None:

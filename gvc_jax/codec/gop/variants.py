@@ -22,7 +22,6 @@ from gvc_jax.codec.format.bits import BitstreamError
 from gvc_jax.codec.format.bitstream import VARIANTS as VARIANT_NAMES  # the format's code table
 from gvc_jax.codec.gop.plan import GopPlan, gop_count
 from gvc_jax.codec.payloads import anchors, residual
-from gvc_jax.pixels import to_model_range
 
 
 class VariantError(ValueError):
@@ -73,8 +72,8 @@ class Variant:
     def plan(self, num_frames: int, gop_frames: int, temporal_stride: int = 4):
         return GopPlan.split(num_frames, gop_frames, hop=self.hop(gop_frames), temporal_stride=temporal_stride)
 
-    def condition(self, span, context, engine) -> dict:
-        """The GOP's ``cond`` pytree. ``context`` holds the decoded frames of its dependencies."""
+    def condition(self, span, context, engine) -> tuple:
+        """The GOP's ``cond`` pytree per stage. ``context`` holds the decoded frames of its dependencies."""
         return engine.unconditioned()
 
     def coded_anchors(self, span) -> Tuple[int, ...]:
@@ -103,16 +102,13 @@ class Variant:
         return {f: anchors.unpack_anchor(data, engine.height, engine.width)
                 for f, (_, data) in zip(wanted, side, strict=True)}
 
-    def anchored_condition(self, span, context, engine, positions) -> dict:
+    def anchored_condition(self, span, context, engine, positions) -> tuple:
         """Conditioning on decoded anchor pixels at GOP ``positions`` (source frames
         ``span.anchors``): the frame mask, the latent of [anchors, zeros elsewhere] and, for a DiT
         with an image branch, the CLIP tokens of the anchors (first ‖ last for FLF2V)."""
-        video = np.zeros((engine.gop_frames, engine.height, engine.width, 3), np.float32)
         images = [context.pixels(frame) for frame in span.anchors]
-        for pos, image in zip(positions, images, strict=True):
-            video[pos] = to_model_range(image)
         tokens = engine.image_tokens(images) if "image" in engine.model.config.dit.conditioning else None
-        return engine.condition(cond_latent=engine.latent_of(video), visible=positions, image_tokens=tokens)
+        return engine.condition(dict(zip(positions, images, strict=True)), image_tokens=tokens)
 
     def make_side(self, span, latent, target) -> Tuple[Tuple[int, bytes], ...]:
         """Encoder: side payloads for the GOP, given its trajectory's final latent and the target."""
@@ -168,7 +164,7 @@ class FLF2V(AnchoredVariant):
     def coded_anchors(self, span) -> Tuple[int, ...]:
         return tuple(dict.fromkeys(span.anchors)) if span.in_stream == 0 else span.anchors[1:]
 
-    def condition(self, span, context, engine) -> dict:
+    def condition(self, span, context, engine) -> tuple:
         return self.anchored_condition(span, context, engine, (0, engine.gop_frames - 1))
 
 
@@ -186,7 +182,7 @@ class I2V(AnchoredVariant):
     def coded_anchors(self, span) -> Tuple[int, ...]:
         return span.anchors if span.in_stream == 0 else ()
 
-    def condition(self, span, context, engine) -> dict:
+    def condition(self, span, context, engine) -> tuple:
         return self.anchored_condition(span, context, engine, (0,))
 
     def make_side(self, span, latent, target):

@@ -13,12 +13,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Sequence, Tuple, TypeGuard, cast
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, TypeGuard, cast
 
 import numpy as np
 
 from gvc_jax.codec.sampling.codebooks import KINDS as CODEBOOK_KINDS  # the stream's codebook byte indexes these
 from gvc_jax.temporal import latent_frames  # noqa: F401  (re-exported for the sampler's users)
+
+if TYPE_CHECKING:  # the plan's module builds on this one (codebooks, step limits)
+    from gvc_jax.codec.sampling.multires import StagePlan
 
 DEFAULT_STEPS = 20
 DEFAULT_TAIL = 3
@@ -85,6 +88,7 @@ class SamplerConfig:
     codebook: str = DEFAULT_CODEBOOK
     seed: int = 0
     x0_cache: Tuple[int, ...] = ()
+    stages: Optional["StagePlan"] = None  # multi-resolution stage plan (``multires.StagePlan``); None: one size
 
     def __post_init__(self):
         try:
@@ -121,6 +125,22 @@ class SamplerConfig:
         if not 0 <= self.seed < 2**32:
             raise SamplerError(f"seed must be in [0, 2**32), got {self.seed}")
         object.__setattr__(self, "x0_cache", check_x0_cache(self.x0_cache, self.steps))
+        self._check_stages()
+
+    def _check_stages(self) -> None:
+        """A stage plan's switch steps lie strictly inside the stochastic steps, and the x0-cache never
+        skips a switch step (the cached clean estimate has the previous stage's shape)."""
+        if self.stages is None:
+            return
+        switches = getattr(self.stages, "switches", None)
+        if not isinstance(switches, tuple) or not switches or not all(_is_int(v) for v in switches):
+            raise SamplerError(f"stages must be a multires.StagePlan, got {self.stages!r}")
+        if not (0 < switches[0] and switches[-1] < self.stochastic_steps):
+            raise SamplerError(f"stage switch steps must be strictly inside the stochastic steps (1 to "
+                               f"{self.stochastic_steps - 1}), got {switches}")
+        clash = sorted(set(switches) & set(self.x0_cache))
+        if clash:
+            raise SamplerError(f"the x0-cache must not skip a stage's first step, got {clash}")
 
     @classmethod
     def for_gop(cls, gop_frames: int, M: int | Sequence[int] = DEFAULT_M, *, temporal_stride: int = 4,
@@ -140,6 +160,25 @@ class SamplerConfig:
     def stochastic_steps(self) -> int:
         """Steps that carry bits: the first ``steps - tail`` (tail >= 1: never the one ending at t = 0)."""
         return self.steps - self.tail
+
+    @property
+    def transitions(self) -> int:
+        """Stage transitions (0 without a stage plan): each carries one coded atom set per latent frame."""
+        return 0 if self.stages is None else len(self.stages.switches)
+
+    @property
+    def pick_rows(self) -> int:
+        """Atom sets per latent frame a GOP's record carries: the stochastic steps, then the transitions."""
+        return self.stochastic_steps + self.transitions
+
+    @property
+    def dense_rows(self) -> int:
+        """Rows of the trajectory's dense picks: every step (deterministic ones all zero), then the transitions."""
+        return self.steps + self.transitions
+
+    def coded_rows(self) -> Tuple[int, ...]:
+        """The dense rows a record carries, in stream order (the stochastic steps, then the transitions)."""
+        return tuple(range(self.stochastic_steps)) + tuple(range(self.steps, self.dense_rows))
 
     @property
     def max_atoms(self) -> int:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gvc_jax.codec.sampling import multires
 from gvc_jax.codec.sampling.codebooks import Codebook, frame_key, get_codebook
 from gvc_jax.codec.sampling.schedule import INITIAL_NOISE_STREAM, SamplerConfig, StepTables
 from gvc_jax.codec.sampling.sde import sde_step, x0_estimate
@@ -47,10 +48,10 @@ class Picks(NamedTuple):
 class GopSlot:
     """One GOP's trajectory inputs: what differs between the GOPs of a chunk (one per device)."""
 
-    cond: Any                # the DiT conditioning pytree (``codec.gop.conditioning``)
+    cond: Any                # per stage, the DiT conditioning pytree (``codec.gop.conditioning``)
     target: Any              # float32 [F, h, w, C] normalised target latent (decoder: zeros)
     use_search: Any          # bool: search the codebook (encoder) or read ``given`` (decoder)
-    given: "Picks"           # the stream's picks (encoder: empty)
+    given: "Picks"           # the stream's picks, [T + transitions, F, S] (encoder: empty)
     atoms: Any               # int32 [F] atoms per latent frame
     gop: Any                 # uint32: the GOP's index in its stream (its keys)
     listener: Any            # int32: the progress listener (0: none)
@@ -103,13 +104,29 @@ def _on_step(listener, gop, step) -> None:
 Velocity = Callable[..., jax.Array]
 
 
-def _trajectory(velocity: Velocity, codebook: Codebook, slots: int, report_steps: bool, shared: Shared,
-                slot: GopSlot):
+@dataclass(frozen=True)
+class StageLayout:
+    """The static shape of a trajectory: one latent grid and codebook per stage (one stage without
+    a multi-resolution plan), the step at which each later stage starts, and the stochastic steps
+    (the transition atoms' reserved key indices start there). Hashable: part of the program's key."""
+
+    grids: Tuple[Tuple[int, int], ...]     # (h, w) latent grid per stage, the coded grid last
+    codebooks: Tuple[Codebook, ...]        # per stage, over that stage's D = h * w * C
+    switches: Tuple[int, ...]              # first step of stages 1.. (empty: one stage)
+    stochastic_steps: int
+
+    @property
+    def stages(self) -> int:
+        return len(self.grids)
+
+
+def _stage_scan(velocity: Velocity, codebook: Codebook, slots: int, report_steps: bool, shared: Shared,
+                slot: GopSlot, cond, target, x, rows: slice):
+    """Steps ``rows`` of one stage, all at one latent grid: -> (final state, picks [steps, F, S])."""
     params, seed, tables = shared.params, shared.seed, shared.tables
-    cond, target, use_search, given = slot.cond, slot.target, slot.use_search, slot.given
-    atoms_per_frame, gop, listener = slot.atoms, slot.gop, slot.listener
+    use_search, gop, listener = slot.use_search, slot.gop, slot.listener
     frames = target.shape[0]
-    slot_used = jnp.arange(slots)[None, :] < atoms_per_frame[:, None]  # [F, S]
+    slot_used = jnp.arange(slots)[None, :] < slot.atoms[:, None]  # [F, S]
     frame_ids = jnp.arange(frames)
 
     def coded_noise(x0_hat, step, given_idx, given_coef):
@@ -141,12 +158,56 @@ def _trajectory(velocity: Velocity, codebook: Codebook, slots: int, report_steps
             jax.debug.callback(_on_step, listener, gop, step)
         return (x_next, x0_hat), (idx, coef)
 
-    x_start = initial_noise(seed, gop, target.shape)
-    steps = tables["t"].shape[0]
-    xs = (tables["t"], tables["t_next"], tables["g"], tables["stochastic"], tables["reuse"], tables["t_feat"],
-          jnp.arange(steps), given.indices, given.coeffs)
-    (x_final, _), (idx, coef) = jax.lax.scan(step_fn, (x_start, jnp.zeros_like(x_start)), xs)
-    return x_final, Picks(idx, coef)
+    xs = tuple(tables[k][rows] for k in ("t", "t_next", "g", "stochastic", "reuse", "t_feat")) + (
+        jnp.arange(rows.start, rows.stop), slot.given.indices[rows], slot.given.coeffs[rows])
+    # the cached clean estimate starts empty in every stage (TURBO §6: cleared at a switch)
+    (x_final, _), (idx, coef) = jax.lax.scan(step_fn, (x, jnp.zeros_like(x)), xs)
+    return x_final, idx, coef
+
+
+def _transition(layout: StageLayout, slots: int, shared: Shared, slot: GopSlot, stage: int, x, target_next):
+    """Carry the state out of ``stage`` into ``stage + 1`` at the start of its switch step (TURBO §4-5):
+    spectral zero-pad with band noise and variance alignment, then the transition atoms of the next
+    stage's codebook (searched against the high band of its target, or read). -> (state, picks [F, S])."""
+    seed, gop, tables = shared.seed, slot.gop, shared.tables
+    tau, row = layout.switches[stage], layout.stochastic_steps + stage
+    step_count = tables["t"].shape[0]
+    t = tables["t"][tau]
+    small, codebook = layout.grids[stage], layout.codebooks[stage + 1]
+    x = multires.transition(x, t, multires.transition_noise_key(seed, gop, stage, tau), layout.grids[stage + 1])
+    keys = multires.transition_atom_keys(seed, gop, layout.stochastic_steps, stage, x.shape[0])
+    given = slot.given.indices[step_count + stage], slot.given.coeffs[step_count + stage]
+    assert row == multires.transition_atom_step(layout.stochastic_steps, stage)
+    idx, coef = jax.lax.cond(
+        slot.use_search,
+        lambda: multires.search_transition_atoms(codebook, keys, target_next, small, slots, slot.atoms),
+        lambda: given)
+    idx, coef = canonical_picks(idx, coef)
+    return x + multires.inject_transition_atoms(codebook, keys, idx, coef, t, x.shape, small), idx, coef
+
+
+def _trajectory(velocity: Velocity, layout: StageLayout, slots: int, report_steps: bool, shared: Shared,
+                slot: GopSlot):
+    """One GOP's whole trajectory: a scan per stage, a transition between stages. -> (final latent at
+    the coded grid, Picks [T + transitions, F, S]: one row per step, then one per transition)."""
+    target = slot.target
+    frames, channels = target.shape[0], target.shape[-1]
+    # low stages aim at the DCT low-pass of the one full-resolution target (TURBO §3)
+    targets = [multires.lowpass_target(target, grid) for grid in layout.grids[:-1]] + [target]
+    steps = shared.tables["t"].shape[0]
+    bounds = (0,) + layout.switches + (steps,)
+    x = initial_noise(shared.seed, slot.gop, (frames, *layout.grids[0], channels))
+    step_idx, step_coef, trans_idx, trans_coef = [], [], [], []
+    for s in range(layout.stages):
+        if s:
+            x, idx, coef = _transition(layout, slots, shared, slot, s - 1, x, targets[s])
+            trans_idx.append(idx[None])
+            trans_coef.append(coef[None])
+        x, idx, coef = _stage_scan(velocity, layout.codebooks[s], slots, report_steps, shared, slot, slot.cond[s],
+                                   targets[s], x, slice(bounds[s], bounds[s + 1]))
+        step_idx.append(idx)
+        step_coef.append(coef)
+    return x, Picks(jnp.concatenate(step_idx + trans_idx), jnp.concatenate(step_coef + trans_coef))
 
 
 # Compiled once per (velocity, codebook, atom slots) and input shapes, shared by all callers.
@@ -161,20 +222,28 @@ class Trajectory:
     """
 
     def __init__(self, velocity: Velocity, sampler: SamplerConfig, latent_shape: Tuple[int, ...],
-                 time_features: Callable[[np.ndarray], np.ndarray] | None = None):
+                 time_features: Callable[[np.ndarray], np.ndarray] | None = None,
+                 stage_grids: Sequence[Tuple[int, int]] | None = None):
         frames, h, w, c = latent_shape
         if len(sampler.atoms_per_frame) != frames:
             raise ValueError(f"atoms_per_frame has {len(sampler.atoms_per_frame)} entries for {frames} latent frames")
+        grids = ((h, w),) if stage_grids is None else tuple((int(a), int(b)) for a, b in stage_grids)
+        switches = () if sampler.stages is None else sampler.stages.switches
+        if len(grids) != len(switches) + 1 or grids[-1] != (h, w):
+            raise ValueError(f"stage grids {grids} do not fit {len(switches) + 1} stages ending at the coded grid "
+                             f"{(h, w)}")
         self.sampler = sampler
         self.latent_shape = tuple(latent_shape)
         self.slots = sampler.capacity
-        self.codebook = get_codebook(sampler.codebook, sampler.K, h * w * c)
+        self.layout = StageLayout(grids, tuple(get_codebook(sampler.codebook, sampler.K, gh * gw * c)
+                                               for gh, gw in grids), tuple(switches), sampler.stochastic_steps)
+        self.codebook = self.layout.codebooks[-1]
         tables = StepTables.build(sampler)
         feats = time_features(tables.t) if time_features is not None else tables.t[:, None]
         self.tables = {"t": tables.t, "t_next": tables.t_next, "g": tables.g,
                        "stochastic": tables.stochastic, "reuse": tables.reuse, "t_feat": np.asarray(feats, np.float32)}
         self._velocity = velocity
-        self._fns = {report: functools.partial(_trajectory_jit, velocity, self.codebook, self.slots, report)
+        self._fns = {report: functools.partial(_trajectory_jit, velocity, self.layout, self.slots, report)
                      for report in (False, True)}
 
     @property
@@ -211,7 +280,8 @@ class Trajectory:
             raise ValueError("give exactly one of a target (encode) or picks (decode) per GOP")
         atoms = [jnp.asarray(self.check_atoms(a)) for a in atoms]
         use_search = [jnp.asarray(p is None) for p in picks]
-        empty = Picks.empty(s.steps, self.latent_shape[0], self.slots)
+        empty = Picks.empty(s.dense_rows, self.latent_shape[0], self.slots)
+        conds = [self._stage_conds(c) for c in conds]
         picks = [empty if p is None else p for p in picks]
         zeros = np.zeros(self.latent_shape, np.float32)
         targets = [jnp.asarray(zeros if t is None else t, jnp.float32) for t in targets]
@@ -235,9 +305,16 @@ class Trajectory:
                 _LISTENERS.pop(listener, None)
         return [None if o is None else tuple(o) for o in out]
 
+    def _stage_conds(self, cond) -> tuple:
+        """A GOP's conditioning, one pytree per stage (a single pytree serves a one-stage trajectory)."""
+        conds = cond if isinstance(cond, tuple) else (cond,)
+        if len(conds) != self.layout.stages:
+            raise ValueError(f"{len(conds)} conditionings for a trajectory of {self.layout.stages} stages")
+        return conds
+
     def _mapped(self, mesh, report: bool):
         """The chunk program on ``mesh``: ``_trajectory`` per device (compiled once per structure);
         ``report``: with the per-step progress callback."""
-        return mesh.map(("trajectory", self._velocity, self.codebook, self.slots, report),
-                        functools.partial(_trajectory, self._velocity, self.codebook, self.slots, report),
+        return mesh.map(("trajectory", self._velocity, self.layout, self.slots, report),
+                        functools.partial(_trajectory, self._velocity, self.layout, self.slots, report),
                         plain=self._fns[report])
