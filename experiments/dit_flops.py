@@ -13,9 +13,10 @@ calls of its schedule times the per-call FLOPs at the resolution of each call:
 - ``x0-cache``: the codec's ``--x0-cache alternate`` (``schedule.x0_cache_schedule``): the odd steps
   reuse the previous clean estimate, so T - floor(T / 2) calls, tail steps included;
 - ``turbo``: the multi-resolution trajectory with the x0-cache of TURBO.md §6 (period 2, one stage
-  switch, warmup refresh after it, never a skip in the tail or at a switch). Its calls are *computed
-  from that rule* (``mr_refresh_calls``), not counted from the codec's trajectory, until the MR
-  trajectory lands; at 720p: 12 calls, 4 of them at 832x480.
+  switch, warmup refresh after it, never a skip in the tail or at a switch): the calls of the
+  codec's own sampler for ``--mr 832x480@8 --x0-cache turbo`` (its stage plan and skip schedule,
+  which the trajectory runs: the x0-cache table decides which steps call the DiT); at 720p: 12
+  calls, 4 of them at 832x480.
 
 The codebook search and the VAE are not DiT FLOPs and are not counted.
 """
@@ -37,29 +38,21 @@ TURBO_LOW_720P = (832, 480)
 
 def mr_refresh_calls(steps: int, tail: int, switches: Sequence[int] = (), period: int = TURBO_PERIOD,
                      warmup: bool = True) -> List[Tuple[int, int]]:
-    """The DiT calls of a multi-resolution trajectory with the x0-cache, as (step, stage) pairs, by the
-    rule of TURBO.md §6: step i is skipped only if it is stochastic (``i < steps - tail``), it is not a
-    switch step, and ``(i - stage_start) % period != 0``; a stage starts at 0, or at its switch step
-    ``tau`` (``tau + 1`` with ``warmup``: one more refresh right after the switch). The switch step
-    itself is a call at the new stage's size. ``period = 1`` or no x0-cache: every step is a call."""
-    switches = tuple(int(s) for s in switches)
-    stochastic = steps - tail
-    if any(b <= a for a, b in zip(switches, switches[1:], strict=False)) or any(
-            not 0 < s < stochastic for s in switches):
-        raise ValueError(f"switch steps must be strictly increasing and inside the stochastic steps "
-                         f"(1..{stochastic - 1}), got {switches}")
-    calls = []
-    stage, start = 0, 0
-    for i in range(steps):
-        if stage < len(switches) and i == switches[stage]:
-            stage += 1
-            start = i + 1 if warmup else i
-            calls.append((i, stage))
-            continue
-        skip = i < stochastic and i >= start and (i - start) % period != 0
-        if not skip:
-            calls.append((i, stage))
-    return calls
+    """The DiT calls of a multi-resolution trajectory with the x0-cache, as (step, stage) pairs: the
+    codec's refresh rule (``multires.mr_refresh_schedule``, TURBO.md §6): a step skips only if it is
+    stochastic, not a switch step, and ``(i - stage_start) % period != 0`` (``stage_start``: 0, or the
+    switch step, + 1 with ``warmup``). ``period = 1``: every step is a call."""
+    from gvc_jax.codec.sampling.multires import mr_refresh_schedule
+
+    rule = mr_refresh_schedule(steps, tail, period, tuple(int(s) for s in switches), warmup=warmup)
+    return [(i, rule.stage[i]) for i in rule.calls]
+
+
+def sampler_calls(sampler) -> List[Tuple[int, int]]:
+    """The DiT calls of a codec ``SamplerConfig`` as (step, stage) pairs: every step its x0-cache does
+    not skip, with the stage of its stage plan (0 without one)."""
+    stages = sampler.stages.step_stages(sampler.steps) if sampler.stages is not None else [0] * sampler.steps
+    return [(i, int(stages[i])) for i in range(sampler.steps) if i not in set(sampler.x0_cache)]
 
 
 def x0_cache_calls(spec: str, steps: int) -> List[int]:
@@ -150,11 +143,15 @@ def gop_flops(model: str = DEFAULT_MODEL, size: Tuple[int, int] = (1280, 720), l
         out["analytic_matmul_flops"][f"{low[0]}x{low[1]}"] = analytic_matmul_flops(cfg.dit, low_shape)
         out["low_tokens"] = tokens(cfg.dit, low_shape)
         tau = switch if switch is not None else min(max(1, round(TURBO_SWITCH_720P * steps / 20)), steps - tail - 1)
-        calls = mr_refresh_calls(steps, tail, (tau,), TURBO_PERIOD, warmup=True)
+        from gvc_jax.api import CodecOptions
+
+        sampler = CodecOptions(mr=f"{low[0]}x{low[1]}@{tau}", x0_cache="turbo", steps=steps, tail=tail).sampler(
+            size[1], size[0], gop_frames)
+        calls = sampler_calls(sampler)
         rows["turbo"] = {"calls": len(calls), "calls_low": sum(1 for _, s in calls if s == 0),
                          "call_steps": [i for i, _ in calls], "switch_step": tau, "low_size": f"{low[0]}x{low[1]}",
-                         "source": "computed from the TURBO.md §6 schedule (period 2, one switch, warmup), "
-                                   "not from the codec's trajectory (the MR trajectory has not landed)"}
+                         "source": f"the codec's sampler for --mr {sampler.stages.spec()} --x0-cache turbo (the "
+                                   "stage plan and skip schedule the trajectory runs)"}
     for row in rows.values():
         low_calls = row["calls_low"]
         row["gop_flops"] = (row["calls"] - low_calls) * per_call["full"] + low_calls * per_call.get("low", 0.0)

@@ -495,7 +495,8 @@ def load_dit(wd: str):
 # ----------------------------------------------------------------------------- stage 4: export
 
 def model_config(wd: str) -> ModelConfig:
-    return ModelConfig(MODEL_NAME, DIT_CFG, stats_config(wd), default_shift=None)
+    # the DiT trains on latent crops of DEFAULTS["dit_crop"] = (16, 24): 192x128 pixels, the --mr auto floor
+    return ModelConfig(MODEL_NAME, DIT_CFG, stats_config(wd), default_shift=None, native_size=(192, 128))
 
 
 def export(args) -> None:

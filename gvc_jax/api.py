@@ -31,7 +31,7 @@ from gvc_jax.codec.gop.plan import ArrayReader, check_gop_frames
 from gvc_jax.codec.gop.rate import RateTarget, atoms_pattern
 from gvc_jax.codec.gop.variants import get_variant
 from gvc_jax.codec.payloads import anchors, residual
-from gvc_jax.codec.sampling import schedule
+from gvc_jax.codec.sampling import multires, schedule
 from gvc_jax.codec.session import SIZE_MULTIPLE, EncodeJob, decode_video, encode_streams, stream_header
 from gvc_jax.io.video_reader import VideoReader
 from gvc_jax.models.registry import resolve_model, with_execution
@@ -91,8 +91,13 @@ class CodecOptions:
     shift:          time-grid shift (None: 5.0 above 480p, else 3.0)
     seed:           codebook and initial-noise seed
     x0_cache:       steps whose DiT call is skipped, the velocity rebuilt from the previous clean
-                    estimate: ``off``, ``alternate`` (every odd step) or step indices "3,5,9" /
-                    a tuple; carried in the header, so the decoder skips the same steps
+                    estimate: ``off``, ``alternate`` (every odd step; with ``mr``: TURBO's refresh
+                    rule, never in the tail or at a switch), ``turbo`` (that rule plus one refresh
+                    right after each switch) or step indices "3,5,9" / a tuple; carried in the
+                    header, so the decoder skips the same steps
+    mr:             multi-resolution stages: ``off``, ``auto`` (from the model's native size) or
+                    ``WxH@STEP[,WxH@STEP...]``, the lower stages' pixel sizes, smallest first, each
+                    with the stochastic step at which it ends; the coded size is the last stage
     gop_frames:     frames per GOP, 4k+1 (None: 33, or the smallest 4k+1 that holds a shorter clip)
     """
     variant: str = _option("t2v", "--variant", VARIANTS_GROUP,
@@ -142,7 +147,14 @@ class CodecOptions:
     x0_cache: Union[str, Tuple[int, ...]] = _option(
         "off", "--x0-cache", SAMPLER_GROUP, metavar="SPEC",
         help="skip the DiT on some steps, rebuilding the velocity from the previous clean estimate: off, alternate "
-             "(every odd step, ~2x fewer DiT calls) or step indices '3,5,9'; never two in a row; stored in the header")
+             "(every odd step, ~2x fewer DiT calls; with --mr never in the tail or at a switch), turbo (as alternate "
+             "with --mr, plus one refresh after each switch) or step indices '3,5,9'; never two in a row; stored in "
+             "the header")
+    mr: str = _option("off", "--mr", SAMPLER_GROUP, metavar="PLAN",
+                      help="multi-resolution trajectory: off, auto (stages from the model's native size) or "
+                           "WxH@STEP[,WxH@STEP...]: the lower stages' sizes, smallest first, each with the stochastic "
+                           "step it ends at (e.g. 832x480@8 for 720p); the coded size is the last stage; stored in "
+                           "the header")
     gop_frames: Optional[int] = _option(None, "--gop-frames", INPUT_GROUP, type=int,
                                         help="frames per GOP, 4k+1 (default 33, or fewer for a shorter clip)")
 
@@ -164,7 +176,12 @@ class CodecOptions:
             if not isinstance(self.gop_frames, int) or not 1 <= self.gop_frames <= MAX_GOP_FRAMES:
                 raise ValueError(f"gop_frames must be 4k+1 in [1, {MAX_GOP_FRAMES}], got {self.gop_frames}")
             check_gop_frames(self.gop_frames)
-        self.sampler(480, 832)  # validates every sampler field
+        self.sampler(480, 832, stages=None)  # validates every sampler field
+        if not isinstance(self.mr, str):
+            raise ValueError(f"mr (--mr) must be a string, got {self.mr!r}")
+        # the plan's syntax and step range (its sizes are checked against the video and the model in ``sampler``)
+        multires.parse_stage_plan(self.mr, coded=(multires.MAX_SIZE, multires.MAX_SIZE), steps=self.steps,
+                                  tail=self.tail, spatial_stride=1, patch=1)
 
     def _check_planner(self) -> None:
         if self.max_dit_calls is not None and (not isinstance(self.max_dit_calls, int) or isinstance(
@@ -178,6 +195,10 @@ class CodecOptions:
         if (self.max_dit_calls is not None or self.speed is not None) and self.target_bpp is None:
             raise ValueError("max_dit_calls / speed (--max-dit-calls / --speed) need target_bpp (--target-bpp): "
                              "the planner chooses the schedule for a rate")
+        if (self.max_dit_calls is not None or self.speed is not None) and str(self.mr).strip().lower() not in \
+                multires.MR_OFF:
+            raise ValueError("the rate-compute planner (--max-dit-calls / --speed) does not plan multi-resolution "
+                             "stages yet: give --mr off, or --target-bpp alone with --mr")
         if self.calibration is not None and (self.max_dit_calls is None and self.speed is None
                                              or not isinstance(self.calibration, (str, os.PathLike))):
             raise ValueError("calibration (--calibration) is a table path, used with --max-dit-calls or --speed")
@@ -224,9 +245,31 @@ class CodecOptions:
         fit = temporal_stride * -(-(max(num_frames, 1) - 1) // temporal_stride) + 1
         return min(DEFAULT_GOP_FRAMES, fit)
 
+    def stage_plan(self, height: int, width: int, model=None) -> Optional[multires.StagePlan]:
+        """``mr`` for a clip of this (unpadded) size: the checked plan, or None (one size). ``model``
+        gives the grid (VAE stride, DiT patch) and the native size of ``auto`` (default: Wan2.1's)."""
+        coded = (-(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        grid: dict = {}
+        if model is not None:
+            grid = dict(spatial_stride=model.config.vae.spatial_stride, patch=model.config.dit.patch_size,
+                        native=model.config.native_size or multires.WAN_NATIVE_SIZE)
+        return multires.parse_stage_plan(self.mr, coded=coded, steps=self.steps, tail=self.tail, **grid)
+
+    def x0_cache_steps(self, stages: Optional[multires.StagePlan]) -> Tuple[int, ...]:
+        """The x0-cache skip schedule: ``x0_cache`` for these stages (see the field's doc)."""
+        mode = self.x0_cache.strip() if isinstance(self.x0_cache, str) else None
+        if mode == "turbo" or (mode == "alternate" and stages is not None):
+            switches = () if stages is None else stages.switches
+            return multires.mr_refresh_schedule(self.steps, self.tail, 2, switches,
+                                                warmup=mode == "turbo").as_x0_cache()
+        return schedule.x0_cache_schedule(self.x0_cache, self.steps)
+
     def sampler(self, height: int, width: int, gop_frames: Optional[int] = None,
-                temporal_stride: int = 4) -> schedule.SamplerConfig:
-        """The ``SamplerConfig`` for a clip of this (unpadded) size."""
+                temporal_stride: int = 4, model=None, stages: Any = "plan") -> schedule.SamplerConfig:
+        """The ``SamplerConfig`` for a clip of this (unpadded) size (``model``: see ``stage_plan``;
+        ``stages``: a plan instead of ``mr``'s)."""
+        if stages == "plan":
+            stages = self.stage_plan(height, width, model)
         shift = self.shift if self.shift is not None else schedule.default_shift(height, width)
         gop_frames = gop_frames or self.gop_frames or DEFAULT_GOP_FRAMES
         n = schedule.latent_frames(gop_frames, temporal_stride)
@@ -235,7 +278,7 @@ class CodecOptions:
         return schedule.SamplerConfig.for_gop(
             gop_frames, atoms, temporal_stride=temporal_stride,
             steps=self.steps, tail=self.tail, g_scale=self.g_scale, shift=shift, K=self.codebook_size,
-            codebook=self.codebook, seed=self.seed, x0_cache=schedule.x0_cache_schedule(self.x0_cache, self.steps))
+            codebook=self.codebook, seed=self.seed, x0_cache=self.x0_cache_steps(stages), stages=stages)
 
 
     def resolve(self, model, readers: Sequence, reopen: Optional[Callable[[int], Any]] = None) -> "CodingSetup":
@@ -245,7 +288,7 @@ class CodecOptions:
         manager), needed with ``target_bpp`` (its anchors are coded once ahead to measure them)."""
         stride = model.config.vae.temporal_stride
         gop = self.gop_frames_for(max(r.num_frames for r in readers), stride)
-        sampler = self.sampler(readers[0].height, readers[0].width, gop, stride)
+        sampler = self.sampler(readers[0].height, readers[0].width, gop, stride, model)
         variant = self.variant_object()
         table = self._calibration(model) if self.plans else None  # a bad table: refused before any work
         targets: list = [None] * len(readers)
@@ -325,6 +368,8 @@ PRESETS = {
     "high-rate": CodecOptions(atoms=128),
     "fast": CodecOptions(steps=10, tail=2),   # half the DiT calls
     "x0-cache": CodecOptions(x0_cache="alternate"),  # the DiT on every other step (see docs/benchmarks.md)
+    # multi-resolution stages from the model's native size, TURBO's refresh rule with a warmup call
+    "turbo": CodecOptions(mr="auto", x0_cache="turbo"),
     "published": CodecOptions(codebook="gaussian"),  # the published method's Gaussian atoms (slow search)
     "i2v": CodecOptions(variant="i2v", tail_atoms=2 * schedule.DEFAULT_M),  # adaptive atoms on the tail frame
     "flf2v": CodecOptions(variant="flf2v"),

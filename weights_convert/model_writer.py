@@ -158,6 +158,7 @@ class ModelWriter:
             "name": model_config.name,
             "variant": dit_cfg.variant,
             "default_shift": model_config.default_shift,
+            "native_size": None if model_config.native_size is None else list(model_config.native_size),
             "dit": _config_dict(dit_cfg),
             "vae": _config_dict(model_config.vae),
             "dtype": {"dit": dit_cfg.param_dtype, "vae": model_config.vae.param_dtype},

@@ -331,8 +331,7 @@ def _fit(video: Video, sched: Schedule):
     from gvc_jax.codec.gop import rate
 
     h = video.header
-    flags = (h.flags | bitstream.FLAG_X0_CACHE) if sched.x0_cache else (h.flags & ~bitstream.FLAG_X0_CACHE)
-    h = h.replace(sampler=h.sampler.replace(steps=sched.steps, x0_cache=sched.x0_cache), flags=flags)
+    h = h.with_sampler(h.sampler.replace(steps=sched.steps, x0_cache=sched.x0_cache))
     t = video.target
     try:
         apf = rate.fit_atoms(h, int(t.target_bytes), t.side_lengths, t.pattern)

@@ -31,6 +31,7 @@ from gvc_jax.codec.gop.plan import ArrayReader, GopFrames, GopPlan, GopSpan
 from gvc_jax.codec.gop.rate import RateTarget
 from gvc_jax.codec.gop.records import picks_to_record
 from gvc_jax.codec.gop.variants import ANCHOR_TAG, RESIDUAL_TAG, get_variant
+from gvc_jax.codec.sampling import multires
 from gvc_jax.codec.sampling.schedule import SamplerConfig
 from gvc_jax.io.ffmpeg import fps_fraction
 from gvc_jax.models.text import prompt_context
@@ -358,7 +359,7 @@ def stream_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, fla
         height=-(-reader.height // SIZE_MULTIPLE) * SIZE_MULTIPLE, orig_width=reader.width,
         orig_height=reader.height, num_frames=reader.num_frames, fps_num=fps_num, fps_den=fps_den,
         gop_frames=plan.gop_frames, num_gops=plan.num_gops, sampler=sampler,
-        flags=flags | (bitstream.FLAG_X0_CACHE if sampler.x0_cache else 0) | (bitstream.FLAG_PROMPT if prompt else 0),
+        flags=flags | bitstream.sampler_flags(sampler) | (bitstream.FLAG_PROMPT if prompt else 0),
         prompt=prompt)
 
 
@@ -537,8 +538,21 @@ def rate_breakdown(result: CodecResult) -> dict:
     residual = sum(n for tag, n in side if tag == RESIDUAL_TAG)
     first = next((n for tag, n in (result.gops[0].side_bytes if result.gops else ()) if tag == ANCHOR_TAG), 0)
     total = len(result.stream)
-    return {"codebook_bytes": picks, "anchor_bytes": anchors, "residual_bytes": residual,
-            "overhead_bytes": total - picks - anchors - residual, "first_anchor_bytes": first}
+    out = {"codebook_bytes": picks, "anchor_bytes": anchors, "residual_bytes": residual,
+           "overhead_bytes": total - picks - anchors - residual, "first_anchor_bytes": first}
+    return {**out, **stage_bits(h, [g.atoms if h.per_gop_atoms else h.atoms_per_frame for g in result.gops])}
+
+
+def stage_bits(h: "bitstream.Header", atoms: Sequence[Sequence[int]]) -> dict:
+    """With a stage plan: the pick bits of each stage's steps and of each transition, summed over the
+    GOPs (``atoms``: each GOP's atoms per latent frame), and the plan; without one: nothing."""
+    plan = h.sampler.stages
+    if plan is None:
+        return {}
+    per_gop = [multires.rank_coded_gop_bits(h.stochastic_steps, m, h.K, plan.switches) for m in atoms]
+    return {"mr": plan.spec(), "stage_sizes": [f"{w}x{ht}" for w, ht in plan.sizes],
+            "stage_bits": [sum(b.stages[s] for b in per_gop) for s in range(plan.stages)],
+            "transition_bits": [sum(b.transitions[s] for b in per_gop) for s in range(plan.stages - 1)]}
 
 
 def compute_report(result: CodecResult) -> dict:

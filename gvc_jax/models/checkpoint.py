@@ -462,7 +462,7 @@ def model_config_from_manifest(manifest: dict, mpath: str = MANIFEST) -> ModelCo
     dit = _build_config(DiTConfig, manifest["dit"], mpath, "dit")
     vae = _build_config(VAEConfig, manifest["vae"], mpath, "vae")
     try:
-        return ModelConfig(manifest["name"], dit, vae, manifest.get("default_shift"))
+        return ModelConfig(manifest["name"], dit, vae, manifest.get("default_shift"), manifest.get("native_size"))
     except ValueError as e:
         raise CheckpointError(f"{mpath}: {e}") from None
 

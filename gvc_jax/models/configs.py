@@ -265,6 +265,8 @@ class ModelConfig:
     dit: DiTConfig
     vae: VAEConfig
     default_shift: Optional[float] = None  # None: 5.0 above 480p, else 3.0 (docs/method_notes.md §Time grid)
+    # (width, height) the DiT was trained at: the floor of ``--mr auto`` (None: Wan2.1's 832x480 bucket)
+    native_size: Optional[Tuple[int, int]] = None
 
     def __post_init__(self):
         check_str("ModelConfig", "name", self.name)
@@ -273,6 +275,12 @@ class ModelConfig:
         if self.default_shift is not None:
             _set(self, "default_shift", check_real("ModelConfig", "default_shift", self.default_shift, 0.0,
                                                    MAX_SHIFT, open_low=True))
+        if self.native_size is not None:
+            size = check_seq("ModelConfig", "native_size", self.native_size, 2, 2)
+            _set(self, "native_size", tuple(check_int("ModelConfig", f"native_size[{i}]", v, 16, 16384)
+                                            for i, v in enumerate(size)))
+            if any(v % 16 for v in self.native_size):
+                raise ValueError(f"{self.name}: native_size {self.native_size} must be multiples of 16")
         if self.dit.out_channels != self.vae.z_dim:
             raise ValueError(f"{self.name}: DiT out_channels {self.dit.out_channels} != VAE z_dim {self.vae.z_dim}")
 

@@ -62,6 +62,7 @@ FLAG_GOP_ATOMS = 1          # v2: every record carries its own atoms per latent 
 FLAG_X0_CACHE = 2           # v2: the header carries the sampler's x0-cache skip schedule
 FLAG_PROMPT = 4             # v2: the header carries a text prompt (UTF-8)
 FLAG_STAGES = 8             # v2: the header carries a multi-resolution stage plan (``multires.StagePlan``)
+SAMPLER_FLAGS = FLAG_X0_CACHE | FLAG_STAGES  # set from the sampler (``sampler_flags``)
 KNOWN_FLAGS = {1: 0, 2: FLAG_GOP_ATOMS | FLAG_X0_CACHE | FLAG_PROMPT | FLAG_STAGES}
 
 # Format limits (a reader rejects anything beyond them before allocating).
@@ -75,6 +76,11 @@ MAX_SIDE_PAYLOADS = 255
 MAX_SIDE_BYTES = 1 << 26  # side payload bytes a GOP may carry (anchor images, residuals): 64 MiB
 HASH_BYTES = 8
 FINGERPRINT_BYTES = 8
+
+
+def sampler_flags(sampler: SamplerConfig) -> int:
+    """The header flags a sampler needs: its x0-cache schedule and its stage plan travel in the header."""
+    return (FLAG_X0_CACHE if sampler.x0_cache else 0) | (FLAG_STAGES if sampler.stages is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,10 @@ class Header:
 
     def replace(self, **kw) -> "Header":
         return dataclasses.replace(self, **kw)
+
+    def with_sampler(self, sampler: SamplerConfig) -> "Header":
+        """This header with another sampler, and the flags that say what the sampler carries."""
+        return self.replace(sampler=sampler, flags=(self.flags & ~SAMPLER_FLAGS) | sampler_flags(sampler))
 
     # The sampler's fields, for readers of the header.
     steps = property(lambda self: self.sampler.steps)
@@ -296,7 +306,7 @@ def _encode_header_fields(h: Header) -> bytes:
     if h.flags & FLAG_PROMPT:
         prompt = h.prompt.encode("utf-8")
         out += encode_varint(len(prompt)) + prompt
-    if h.flags & FLAG_STAGES:
+    if h.flags & FLAG_STAGES and h.sampler.stages is not None:  # validate_header: set exactly with a plan
         out += h.sampler.stages.to_bytes()
     out += struct.pack(">I", zlib.crc32(out))
     return bytes(out)
