@@ -139,21 +139,26 @@ def abstract_run(args, model_cfg, sampler, latent_shape):
     graphdef, params, _ = abstract_model(dit_factory(model_cfg.dit))
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=place(a.shape)), params)
     velocity = WanVelocity(graphdef, model_cfg.dit)
-    traj = Trajectory(velocity, sampler, latent_shape, velocity.time_features)
     f, h, w, c = latent_shape
+    grids = [(h, w)] if sampler.stages is None else sampler.stages.latent_sizes(model_cfg.vae.spatial_stride)
+    traj = Trajectory(velocity, sampler, latent_shape, velocity.time_features, stage_grids=grids)
     cfg = model_cfg.dit
 
     def sds(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=shared)
 
-    cond = {"context": sds((cfg.text_len, cfg.text_dim), jnp.float32)}
-    if cfg.in_channels > cfg.out_channels:
-        cond["y"] = sds((f, h, w, cfg.in_channels - cfg.out_channels), jnp.float32)
-    if cfg.image_dim is not None:
-        cond["image_context"] = sds((cfg.pos_embed_seq_len or 257, cfg.image_dim), jnp.float32)
-    picks = Picks(sds((sampler.steps, f, traj.slots), jnp.int32), sds((sampler.steps, f, traj.slots), jnp.float32))
-    a = trajectory_args(traj, params, cond, sds(latent_shape, jnp.float32), sds((), jnp.bool_), picks,
-                        sds((f,), jnp.int32))
+    def stage_cond(gh, gw):
+        cond = {"context": sds((cfg.text_len, cfg.text_dim), jnp.float32)}
+        if cfg.in_channels > cfg.out_channels:
+            cond["y"] = sds((f, gh, gw, cfg.in_channels - cfg.out_channels), jnp.float32)
+        if cfg.image_dim is not None:
+            cond["image_context"] = sds((cfg.pos_embed_seq_len or 257, cfg.image_dim), jnp.float32)
+        return cond
+
+    rows = sampler.dense_rows
+    picks = Picks(sds((rows, f, traj.slots), jnp.int32), sds((rows, f, traj.slots), jnp.float32))
+    a = trajectory_args(traj, params, tuple(stage_cond(gh, gw) for gh, gw in grids), sds(latent_shape, jnp.float32),
+                        sds((), jnp.bool_), picks, sds((f,), jnp.int32))
     if shared is not None:
         a = jax.tree.map(lambda x: jax.device_put(x, shared) if isinstance(x, jax.Array) else x, a)
     with jax.set_mesh(mesh.mesh) if shards > 1 else contextlib.nullcontext():
@@ -183,7 +188,7 @@ def real_run(args, model_cfg, sampler, latent_shape, model=None):
     traj = engine.trajectory
     f = latent_shape[0]
     atoms = jnp.asarray(traj.check_atoms(None))
-    empty = Picks(*(jnp.asarray(a) for a in Picks.empty(sampler.steps, f, traj.slots)))
+    empty = Picks(*(jnp.asarray(a) for a in Picks.empty(sampler.dense_rows, f, traj.slots)))
     target0 = jnp.zeros(latent_shape, jnp.float32)
     compiled, info = compile_trajectory(traj, trajectory_args(traj, engine.dit_params, cond, target0,
                                                               jnp.asarray(True), empty, atoms))

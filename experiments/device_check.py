@@ -405,11 +405,13 @@ def section_gop(name: str, cfg: dict, runs: int, state: dict, report: Report) ->
             if opts is None:
                 raise NotAvailable("no `turbo` options preset in gvc_jax.api.PRESETS yet "
                                    "(this row runs without edits once it exists)")
+            # the preset's refresh rule with the stage plan dit_flops counts (832x480@8 at 720p, T = 20)
+            low = cfg["low"]
+            opts = opts.replace(mr=f"{low[0]}x{low[1]}@{dit_flops.turbo_switch(cfg['steps'], cfg['tail'])}")
         else:
             opts = CodecOptions(x0_cache="alternate" if name == "x0-cache" else "off")
         opts = opts.replace(atoms=cfg["M"], codebook_size=cfg["K"], steps=cfg["steps"], tail=cfg["tail"],
-                            gop_frames=cfg["gop_frames"]) if name != "turbo" else \
-            opts.replace(atoms=cfg["M"], codebook_size=cfg["K"], gop_frames=cfg["gop_frames"])
+                            gop_frames=cfg["gop_frames"])
         if "model" not in state:
             log(f"building {cfg['model']} with random weights ({cfg['dtype']})")
             state["model"], state["model_cfg"], state["build_s"] = random_model(cfg)
@@ -424,10 +426,9 @@ def section_gop(name: str, cfg: dict, runs: int, state: dict, report: Report) ->
         partial.update(real_run(args, model_cfg, sampler, shape, model))
         flops = report.sections.get("dit_flops", {})
         row = flops.get("schedules", {}).get(name) if flops.get("ok") else None
-        calls = sampler.steps - len(sampler.x0_cache)
-        if name == "turbo":  # the codec's count once its sampler states it, else the schedule's
-            calls = getattr(sampler, "dit_calls", None) or (row["calls"] if row is not None else None)
+        calls = sampler.steps - len(sampler.x0_cache)  # the codec's sampler: every step its x0-cache does not skip
         partial["dit_calls"] = calls
+        partial["mr"] = sampler.stages.spec() if sampler.stages is not None else "off"
         if row is None or row["calls"] != calls:
             partial["mfu_note"] = "no FLOP count for this schedule (dit_flops failed or counts other calls)"
             return {}

@@ -48,6 +48,11 @@ def mr_refresh_calls(steps: int, tail: int, switches: Sequence[int] = (), period
     return [(i, rule.stage[i]) for i in rule.calls]
 
 
+def turbo_switch(steps: int, tail: int) -> int:
+    """turbo's switch step: 8 of 20 steps (720p), scaled with T, strictly inside the stochastic steps."""
+    return min(max(1, round(TURBO_SWITCH_720P * steps / 20)), steps - tail - 1)
+
+
 def sampler_calls(sampler) -> List[Tuple[int, int]]:
     """The DiT calls of a codec ``SamplerConfig`` as (step, stage) pairs: every step its x0-cache does
     not skip, with the stage of its stage plan (0 without one)."""
@@ -142,7 +147,7 @@ def gop_flops(model: str = DEFAULT_MODEL, size: Tuple[int, int] = (1280, 720), l
         out["per_call_flops"][f"{low[0]}x{low[1]}"] = per_call["low"]
         out["analytic_matmul_flops"][f"{low[0]}x{low[1]}"] = analytic_matmul_flops(cfg.dit, low_shape)
         out["low_tokens"] = tokens(cfg.dit, low_shape)
-        tau = switch if switch is not None else min(max(1, round(TURBO_SWITCH_720P * steps / 20)), steps - tail - 1)
+        tau = switch if switch is not None else turbo_switch(steps, tail)
         from gvc_jax.api import CodecOptions
 
         sampler = CodecOptions(mr=f"{low[0]}x{low[1]}@{tau}", x0_cache="turbo", steps=steps, tail=tail).sampler(

@@ -66,7 +66,7 @@ def test_gop_flops_combines_calls_and_sizes():
     assert turbo["calls"] == len(dit_flops.mr_refresh_calls(6, 2, (turbo["switch_step"],)))
     assert turbo["gop_flops"] == pytest.approx((turbo["calls"] - turbo["calls_low"]) * full + turbo["calls_low"] * low)
     assert turbo["ratio_to_plain"] == pytest.approx(turbo["gop_flops"] / (6 * full))
-    assert "computed from the TURBO.md" in turbo["source"]
+    assert "the codec's sampler for --mr 48x32@" in turbo["source"]  # counted from the real sampler
     assert "| turbo |" in dit_flops.markdown(r)
     short = dit_flops.gop_flops("preset:tiny", (64, 48), (48, 32), gop_frames=5, steps=2, tail=1, dtype="float32")
     assert "turbo" not in short["schedules"] and "2 stochastic steps" in short["turbo_note"]  # no room for a switch
