@@ -214,3 +214,42 @@ def test_the_planner_refuses_stages_it_cannot_plan():
     with pytest.raises(ValueError, match="does not plan multi-resolution"):
         CodecOptions(mr="auto", target_bpp=0.05, speed="fast")
     assert CodecOptions(mr="auto", target_bpp=0.05).mr == "auto"
+
+
+def test_mutated_stage_plans_are_refused_or_valid():
+    """Every byte of the header's stage plan set to other values, the header CRC recomputed: the reader
+    either refuses it with a BitstreamError or returns a plan that passes every check."""
+    import struct
+    import zlib
+
+    raw = _header_bytes()
+    plan_bytes = PLAN.to_bytes()
+    start = len(raw) - 4 - len(plan_bytes)
+    assert raw[start:start + len(plan_bytes)] == plan_bytes
+    rng = np.random.default_rng(0)
+    outcomes = {"refused": 0, "valid": 0}
+    for pos in range(start, start + len(plan_bytes)):
+        for value in {0, 1, 2, 3, 255, raw[pos] ^ 1, *rng.integers(0, 256, 6).tolist()} - {raw[pos]}:
+            body = bytearray(raw[:-4])
+            body[pos] = value
+            forged = bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
+            try:
+                h, _ = bitstream.read_header(forged)
+            except bitstream.BitstreamError:
+                outcomes["refused"] += 1
+                continue
+            outcomes["valid"] += 1
+            assert h.sampler.stages.coded == (h.width, h.height)
+            assert 0 < h.sampler.stages.switches[0] and h.sampler.stages.switches[-1] < h.stochastic_steps
+    assert outcomes["refused"] > 50
+
+
+def test_a_lost_record_of_a_staged_stream_is_concealed(coded):
+    enc, dec = coded["flf2v"]
+    h, records = bitstream.read(enc.stream)
+    damaged = bytearray(enc.stream)
+    damaged[-3] ^= 0xFF   # inside the last record: its CRC fails
+    out = decode_video(bytes(damaged), model_for("flf2v"), conceal=True)
+    assert out.concealed == [h.num_gops - 1]
+    first = GOP  # the first GOP's frames decode exactly as without damage
+    assert np.array_equal(out.video[:first], dec.video[:first])
