@@ -252,6 +252,11 @@ def validate_header(h: Header) -> None:
     want = latent_frames(h.gop_frames)
     if h.latent_frames != want:
         raise bad(f"atoms_per_frame has {h.latent_frames} entries, gop_frames={h.gop_frames} has {want} latent frames")
+    _validate_flags(h, bad)
+
+
+def _validate_flags(h: Header, bad) -> None:
+    """The flags, and the flag-dependent fields they announce (x0-cache, prompt, stage plan)."""
     if h.flags & ~KNOWN_FLAGS[h.version] or not 0 <= h.flags < 1 << 32:
         raise bad(f"flags={h.flags:#x} has bits unknown to format version {h.version}")
     if bool(h.flags & FLAG_X0_CACHE) != bool(h.sampler.x0_cache):
