@@ -13,6 +13,13 @@ compiled for a fixed number of atom slots (``SamplerConfig.capacity``: the next 
 Shapes: a GOP latent ``x`` is [F, h, w, C] (normalised); one latent frame flattens (h, w, C)
 to D = h*w*C. Picks are [T, F, S] with S slots; a slot is unused when its coefficient is 0
 (then its index is 0). Rows of deterministic steps are all zero.
+
+Multi-resolution stages (``SamplerConfig.stages``, ``StageLayout``): the program runs one scan per
+stage over its slice of the step tables, each on its own latent grid with its own codebook and
+conditioning, aiming at the DCT low-pass of the one target; between two stages ``_transition``
+carries the state up (``multires.transition``) and adds the coded transition atoms. Picks are
+then [T + transitions, F, S]: the transition rows follow the step rows. One stage is the plain
+program.
 """
 from __future__ import annotations
 
@@ -170,14 +177,13 @@ def _transition(layout: StageLayout, slots: int, shared: Shared, slot: GopSlot, 
     spectral zero-pad with band noise and variance alignment, then the transition atoms of the next
     stage's codebook (searched against the high band of its target, or read). -> (state, picks [F, S])."""
     seed, gop, tables = shared.seed, slot.gop, shared.tables
-    tau, row = layout.switches[stage], layout.stochastic_steps + stage
+    tau = layout.switches[stage]
     step_count = tables["t"].shape[0]
     t = tables["t"][tau]
     small, codebook = layout.grids[stage], layout.codebooks[stage + 1]
     x = multires.transition(x, t, multires.transition_noise_key(seed, gop, stage, tau), layout.grids[stage + 1])
     keys = multires.transition_atom_keys(seed, gop, layout.stochastic_steps, stage, x.shape[0])
     given = slot.given.indices[step_count + stage], slot.given.coeffs[step_count + stage]
-    assert row == multires.transition_atom_step(layout.stochastic_steps, stage)
     idx, coef = jax.lax.cond(
         slot.use_search,
         lambda: multires.search_transition_atoms(codebook, keys, target_next, small, slots, slot.atoms),
@@ -210,7 +216,7 @@ def _trajectory(velocity: Velocity, layout: StageLayout, slots: int, report_step
     return x, Picks(jnp.concatenate(step_idx + trans_idx), jnp.concatenate(step_coef + trans_coef))
 
 
-# Compiled once per (velocity, codebook, atom slots) and input shapes, shared by all callers.
+# Compiled once per (velocity, stage layout, atom slots) and input shapes, shared by all callers.
 _trajectory_jit = jax.jit(_trajectory, static_argnums=(0, 1, 2, 3))
 
 
