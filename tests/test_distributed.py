@@ -1,7 +1,8 @@
 """GOPs over several processes (``--distributed``, jax.distributed on localhost: 2 processes x 2
-CPU devices) from the command line: the streams and videos equal those of one process, process 0
-alone writes, and split weights are read from a model directory. (The same bytes, cross-decoding,
-batches and resumed encodes of every variant on 2 processes: the topology matrix, test_topology.py.)
+CPU devices) from the command line, from a model directory read onto split weights: the stream and
+the video equal those of one process, process 0 alone writes, and two processes decode it. (The
+same bytes as 1 device, cross-decoding, batches and resumed encodes of every variant on 2 processes:
+the topology matrix, test_topology.py.)
 
 On a loaded 2-core machine the two processes must reach each collective within gloo's fixed 30 s
 of each other. They are started together and do the same work: the persistent compilation cache
@@ -16,11 +17,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from conftest import FAST_ANCHORED, bikes
 
-from gvc_jax import cli
-from gvc_jax import encode as encode_cli
 from gvc_jax.io.video_writer import write_video
 
 INIT_TIMEOUT_S = 300  # --init-timeout: both processes start together, but imports crawl on a loaded machine
@@ -76,47 +74,43 @@ def _clip(tmp_path) -> str:
     return clip
 
 
-@pytest.mark.parametrize("variant", ["flf2v"])  # T2V: the split-weights test; I2V: the batch test
-def test_two_processes_write_the_one_process_stream(tmp_path, variant):
-    clip = _clip(tmp_path)
-    model = "preset:tiny" if variant == "t2v" else "preset:tiny-anchored"
-    args = ["--model", model, *FAST_ANCHORED, "--variant", variant, "--anchor-codec", "webp", "--quiet"]
-    ref = str(tmp_path / "one.gvc")
-    assert cli.run_main(encode_cli.main, [clip, "-o", ref, *args, "--decoded", str(tmp_path / "one.npy")]) == 0
-    out = str(tmp_path / "two.gvc")
-    # --eval on process 0 over the gathered frames; PSNR alone (the learned metrics would load and
-    # compile their networks in process 0 for a number this test does not look at)
-    finish(_start_two([clip, "-o", out, *args, "--decoded", str(tmp_path / "two.npy"), "--eval", "--metrics", "psnr"],
-                      lambda i: ["--json", str(tmp_path / f"r{i}.json")]))
-    with open(out, "rb") as f, open(ref, "rb") as g:
-        assert f.read() == g.read()  # 3 GOPs over 2 processes x 2 devices: the same bytes
-    one = np.load(tmp_path / "one.npy")
-    assert np.array_equal(np.load(tmp_path / "two.npy"), one)  # every GOP's frames gathered on process 0
-    report = json.loads((tmp_path / "r0.json").read_text())
-    assert report["devices"] == 4 and report["psnr"] > 5
-    assert not (tmp_path / "r1.json").exists()  # only process 0 writes
-    # and decoded on both processes: process 0 writes the video of the one-process decoder, no drift
-    finish(_start_two([out, "-o", str(tmp_path / "dec.npy"), "--model", model, "--strict", "--quiet",
-                       "--json", str(tmp_path / "d.json")], tool="gvc_jax.decode"))
-    assert np.array_equal(np.load(tmp_path / "dec.npy"), one)
-    decoded = json.loads((tmp_path / "d.json").read_text())
-    assert decoded["devices"] == 4 and decoded["drifted_gops"] == []
-
-
-def test_two_processes_read_a_model_directory_onto_split_weights(tmp_path, tiny):
-    """--weight-shards 2 on 2 processes x 2 devices: each process reads only its devices' parts of
-    the DiT (orbax into a global NamedSharding), and the stream equals one process on 4 devices."""
+def test_two_processes_write_the_one_process_stream_from_split_weights(tmp_path, tiny_anchored):
+    """FLF2V from a model directory with --weight-shards 2 on 2 processes x 2 devices: each process
+    reads only its devices' parts of the DiT (orbax into a global NamedSharding); the stream and the
+    video equal those of one process on 2 devices (the same host device count: XLA's CPU code depends
+    on it, and FLF2V's bytes with it), one GOP at a time on the same 2 shards; process 0 alone writes
+    (the stream, the frames of every GOP gathered, the report of --eval over them), and the stream
+    decoded on both processes (the same layout) is that video, strictly. (Two processes against one
+    device, every variant, through the API: the topology matrix.)"""
     from flax import nnx
 
     from weights_convert.model_writer import save_model
 
     model = str(tmp_path / "model")
-    save_model(model, tiny.config, nnx.state(tiny.dit, nnx.Param), nnx.state(tiny.vae, nnx.Param))
+    save_model(model, tiny_anchored.config, nnx.state(tiny_anchored.dit, nnx.Param),
+               nnx.state(tiny_anchored.vae, nnx.Param))
     clip = _clip(tmp_path)
-    args = ["--model", model, *FAST_ANCHORED, "--weight-shards", "2", "--quiet"]
+    args = ["--model", model, *FAST_ANCHORED, "--variant", "flf2v", "--anchor-codec", "webp", "--weight-shards", "2",
+            "--quiet"]
 
-    one = subprocess.run([sys.executable, "-m", "gvc_jax.encode", clip, "-o", str(tmp_path / "one.gvc"), *args],
-                         env=cpu_env(4), capture_output=True, text=True, timeout=FINISH_TIMEOUT_S)
+    one = subprocess.run([sys.executable, "-m", "gvc_jax.encode", clip, "-o", str(tmp_path / "one.gvc"), *args,
+                          "--decoded", str(tmp_path / "one.npy")],
+                         env=cpu_env(2), capture_output=True, text=True, timeout=FINISH_TIMEOUT_S)
     assert one.returncode == 0, one.stderr[-2000:]
-    finish(_start_two([clip, "-o", str(tmp_path / "two.gvc"), *args]))
-    assert (tmp_path / "two.gvc").read_bytes() == (tmp_path / "one.gvc").read_bytes()
+    out = str(tmp_path / "two.gvc")
+    # --eval on process 0 over the gathered frames; PSNR alone (the learned metrics would load and
+    # compile their networks in process 0 for a number this test does not look at)
+    finish(_start_two([clip, "-o", out, *args, "--decoded", str(tmp_path / "two.npy"), "--eval", "--metrics", "psnr"],
+                      lambda i: ["--json", str(tmp_path / f"r{i}.json")]))
+    assert (tmp_path / "two.gvc").read_bytes() == (tmp_path / "one.gvc").read_bytes()  # 3 GOPs: the same bytes
+    one_video = np.load(tmp_path / "one.npy")
+    assert np.array_equal(np.load(tmp_path / "two.npy"), one_video)  # every GOP's frames gathered on process 0
+    report = json.loads((tmp_path / "r0.json").read_text())
+    assert report["devices"] == 4 and report["weight_shards"] == 2 and report["psnr"] > 5
+    assert not (tmp_path / "r1.json").exists()  # only process 0 writes
+    # and decoded on both processes: process 0 writes the video of the one-process encoder, no drift
+    finish(_start_two([out, "-o", str(tmp_path / "dec.npy"), "--model", model, "--weight-shards", "2", "--strict",
+                       "--quiet", "--json", str(tmp_path / "d.json")], tool="gvc_jax.decode"))
+    assert np.array_equal(np.load(tmp_path / "dec.npy"), one_video)
+    decoded = json.loads((tmp_path / "d.json").read_text())
+    assert decoded["devices"] == 4 and decoded["weight_shards"] == 2 and decoded["drifted_gops"] == []

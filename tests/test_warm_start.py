@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from gvc_jax import compile_cache
+from gvc_jax import cli, compile_cache
+from gvc_jax import decode as decode_cli
 
 FAST = ["--model", "preset:tiny", "-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--quiet"]
 
@@ -54,9 +55,10 @@ def test_a_warm_encode_writes_the_cold_bytes_and_reports_its_compute(video, tmp_
         assert report["dit_calls_per_gop"] == [2] * report["gops"]  # 4 steps, x0-cache alternate skips 1 and 3
         assert report["dit_calls"] == 2 * report["gops"] and report["compile_s"] >= 0
     assert cold_report["compile_s"] > 0
+    # the decoder's report, from the command line run in this process (its cache is the suite's)
     dec = tmp_path / "dec.json"
-    _run("gvc_jax.decode", [str(tmp_path / "warm.gvc"), "-o", str(tmp_path / "d.npy"), "--model", "preset:tiny",
-                            "--quiet", "--json", str(dec)], cache)
+    assert cli.run_main(decode_cli.main, [str(tmp_path / "warm.gvc"), "-o", str(tmp_path / "d.npy"), "--model",
+                                          "preset:tiny", "--quiet", "--json", str(dec)]) == 0
     report = json.loads(dec.read_text())
     assert report["dit_calls"] == 2 * len(report["dit_calls_per_gop"]) and "compile_s" in report
 
