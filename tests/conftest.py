@@ -211,12 +211,13 @@ def clip25(video_file):
 # processes overlap the other worker's work. A file not listed (a new one) goes after the listed
 # heavy ones and before the quick ones; the order inside each file is kept.
 LONGEST_FIRST = (
-    "test_topology.py",  # the 36-cell matrix: 4-device and 2-process worker runs (~17 min wall on a loaded machine)
-    "test_distributed.py", "test_train_default.py",  # 110-350 s each
-    "test_release.py", "test_codebooks.py", "test_cli.py", "test_pipeline.py", "test_hostile_models.py",
-    "test_resume.py", "test_vae.py", "test_signals.py", "test_notebook.py", "test_convert.py",
-    "test_trajectory.py", "test_dit.py", "test_batch.py", "test_harness.py", "test_evaluation.py",
-    "test_hostile_journal.py", "test_bitstream.py", "test_execution.py", "test_default_model.py",  # 15-70 s
+    "test_topology.py",  # the 36-cell matrix: a 4-device worker run and a 2-process one (~5-6 min alone)
+    "test_train_default.py", "test_distributed.py", "test_mr_trajectory.py",  # 100-150 s each
+    "test_codebooks.py", "test_release.py", "test_cli.py", "test_device_check.py", "test_warm_start.py",  # 70-110 s
+    "test_pipeline.py", "test_multires.py", "test_hostile_models.py", "test_resume.py", "test_vae.py",
+    "test_planner.py", "test_signals.py", "test_notebook.py", "test_convert.py", "test_trajectory.py", "test_dit.py",
+    "test_batch.py", "test_harness.py", "test_evaluation.py", "test_hostile_journal.py", "test_bitstream.py",
+    "test_execution.py", "test_default_model.py", "test_golden_streams.py", "test_api.py",  # 15-70 s
 )
 QUICK_LAST = (  # under ~12 s each, shortest last
     "test_umt5.py", "test_rate.py", "test_hostile_streams.py", "test_io.py", "test_dists.py", "test_variants.py",
