@@ -253,3 +253,23 @@ def test_a_lost_record_of_a_staged_stream_is_concealed(coded):
     assert out.concealed == [h.num_gops - 1]
     first = GOP  # the first GOP's frames decode exactly as without damage
     assert np.array_equal(out.video[:first], dec.video[:first])
+
+
+def test_a_warm_staged_encode_writes_the_cold_bytes(tmp_path):
+    """The staged trajectory is one cacheable program: a second run with the same persistent cache
+    compiles nothing new and writes the same bytes."""
+    from test_warm_start import FAST, _entries, _run
+
+    src = tmp_path / "v.npy"
+    np.save(src, np.random.default_rng(0).integers(0, 256, (9, 48, 64, 3)).astype(np.uint8))
+    cache = tmp_path / "cache"
+    outs = []
+    for run in ("cold", "warm"):
+        out = tmp_path / f"{run}.gvc"
+        _run("gvc_jax.encode", [str(src), "-o", str(out), *FAST, "--mr", "32x32@2", "--x0-cache", "turbo"], cache)
+        outs.append(out.read_bytes())
+        if run == "cold":
+            cold_entries = _entries(cache)
+            assert any(e.startswith("jit__trajectory") for e in cold_entries), cold_entries
+    assert outs[0] == outs[1] and bitstream.read(outs[0])[0].sampler.stages == PLAN
+    assert _entries(cache) == cold_entries
