@@ -32,7 +32,7 @@ from gvc_jax.codec.gop.rate import RateTarget, atoms_pattern
 from gvc_jax.codec.gop.variants import get_variant
 from gvc_jax.codec.payloads import anchors, residual
 from gvc_jax.codec.sampling import multires, schedule
-from gvc_jax.codec.session import SIZE_MULTIPLE, EncodeJob, decode_video, encode_streams, stream_header
+from gvc_jax.codec.session import SIZE_MULTIPLE, EncodeJob, coded_size, decode_video, encode_streams, stream_header
 from gvc_jax.io.video_reader import VideoReader
 from gvc_jax.models.registry import resolve_model, with_execution
 from gvc_jax.parallel import GopMesh, check_devices, init_distributed
@@ -248,7 +248,7 @@ class CodecOptions:
     def stage_plan(self, height: int, width: int, model=None) -> Optional[multires.StagePlan]:
         """``mr`` for a clip of this (unpadded) size: the checked plan, or None (one size). ``model``
         gives the grid (VAE stride, DiT patch) and the native size of ``auto`` (default: Wan2.1's)."""
-        coded = (-(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        coded = (coded_size(width), coded_size(height))
         grid: dict = {}
         if model is not None:
             grid = dict(spatial_stride=model.config.vae.spatial_stride, patch=model.config.dit.patch_size,

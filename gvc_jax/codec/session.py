@@ -349,14 +349,18 @@ def _resumed(st: _Coding, var, mesh: GopMesh) -> tuple:
     return {g: finished[g] for g in replay}, skip
 
 
+def coded_size(pixels: int) -> int:
+    """A width or height as coded: padded up to a multiple of ``SIZE_MULTIPLE`` (cropped back on decode)."""
+    return -(-pixels // SIZE_MULTIPLE) * SIZE_MULTIPLE
+
+
 def stream_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, flags: int = 0,
                   prompt: str = "") -> bitstream.Header:
     """The header of the stream of ``reader``'s video coded with ``plan`` (coded size: padded to 16)."""
     fps_num, fps_den = fps_fraction(reader.fps)
     return bitstream.Header(
         model_fingerprint=bytes.fromhex(model.fingerprint)[:8], preset=model.name, variant=var.name,
-        width=-(-reader.width // SIZE_MULTIPLE) * SIZE_MULTIPLE,
-        height=-(-reader.height // SIZE_MULTIPLE) * SIZE_MULTIPLE, orig_width=reader.width,
+        width=coded_size(reader.width), height=coded_size(reader.height), orig_width=reader.width,
         orig_height=reader.height, num_frames=reader.num_frames, fps_num=fps_num, fps_den=fps_den,
         gop_frames=plan.gop_frames, num_gops=plan.num_gops, sampler=sampler,
         flags=flags | bitstream.sampler_flags(sampler) | (bitstream.FLAG_PROMPT if prompt else 0),

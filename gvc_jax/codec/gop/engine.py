@@ -138,9 +138,7 @@ class GopEngine:
         s = vae_cfg.spatial_stride
         # the stages' pixel sizes (a multi-resolution plan), the coded size last
         self.stage_sizes = ((width, height),) if sampler.stages is None else sampler.stages.sizes
-        if self.stage_sizes[-1] != (width, height):
-            raise GeometryError(f"the stage plan ends at {self.stage_sizes[-1]}, not the coded size {width}x{height}")
-        for w, h in self.stage_sizes[:-1]:
+        for w, h in self.stage_sizes[:-1]:  # (the Trajectory checks that the last stage is the coded grid)
             check_geometry(model, h, w, gop_frames)
         self.model = model
         self.sampler = sampler
@@ -158,8 +156,9 @@ class GopEngine:
         self._encode = functools.partial(_vae_encode, vae_graph, vae_cfg)
         self._decode = functools.partial(_vae_decode, vae_graph, vae_cfg)
         velocity = WanVelocity(dit_graph, dit_cfg)
+        self.stage_grids = tuple((h // s, w // s) for w, h in self.stage_sizes)  # latent (h, w) per stage
         self.trajectory = Trajectory(velocity, sampler, self.latent_shape, velocity.time_features,
-                                     stage_grids=[(h // s, w // s) for w, h in self.stage_sizes])
+                                     stage_grids=self.stage_grids)
         self._encode_many = self.mesh.map(
             ("vae_encode", vae_graph, vae_cfg), functools.partial(_vae_encode_one, vae_graph, vae_cfg),
             plain=lambda params, frames: self._encode(params, frames[None])[0])
@@ -175,15 +174,14 @@ class GopEngine:
         and encoded with the VAE at that stage's size."""
         conds = []
         f_lat, _, _, channels = self.latent_shape
-        for w, h in self.stage_sizes:
+        for (w, h), grid in zip(self.stage_sizes, self.stage_grids, strict=True):
             kw: dict = {}
             if anchors:
                 video = np.zeros((self.gop_frames, h, w, 3), np.float32)
                 for pos, image in anchors.items():
                     video[pos] = to_model_range(resize_frames(np.asarray(image)[None], (w, h))[0])
                 kw = dict(cond_latent=self.latent_of(video), visible=tuple(anchors))
-            s = self.model.config.vae.spatial_stride
-            cond = build_condition(self.model.config.dit, self.model.text_context, (f_lat, h // s, w // s, channels),
+            cond = build_condition(self.model.config.dit, self.model.text_context, (f_lat, *grid, channels),
                                    pixel_frames=self.gop_frames,
                                    temporal_stride=self.model.config.vae.temporal_stride, image_tokens=image_tokens,
                                    **kw)
