@@ -79,8 +79,9 @@ class CodecOptions:
     target_bpp:     choose M (and M_tail in proportion) so the stream lands just under this rate,
                     from the exact rate formula and the measured anchor sizes (None: use ``atoms``)
     max_dit_calls:  with ``target_bpp``: the rate-compute planner (``codec.planner``, our own design)
-                    chooses ``steps``, ``x0_cache`` and M for the least predicted distortion within
-                    this many DiT calls per GOP (None: no planner)
+                    chooses ``steps``, ``x0_cache``, the stage plan (see ``mr``) and M for the least
+                    predicted distortion within this many full-size DiT calls per GOP (a call at a
+                    lower stage counts its share of the tokens; None: no planner)
     speed:          with ``target_bpp``, instead of ``max_dit_calls``: ``quality`` / ``balanced`` /
                     ``fast``, a budget of 1.0 / 0.6 / 0.4 times ``steps`` DiT calls per GOP
     calibration:    the planner's calibration table (None: ``calibration.json`` in the model directory)
@@ -97,7 +98,9 @@ class CodecOptions:
                     header, so the decoder skips the same steps
     mr:             multi-resolution stages: ``off``, ``auto`` (from the model's native size) or
                     ``WxH@STEP[,WxH@STEP...]``, the lower stages' pixel sizes, smallest first, each
-                    with the stochastic step at which it ends; the coded size is the last stage
+                    with the stochastic step at which it ends; the coded size is the last stage.
+                    None (the default): ``off``, except that the planner then chooses between
+                    ``off`` and ``auto``; with the planner ``off`` / ``auto`` fix that choice
     gop_frames:     frames per GOP, 4k+1 (None: 33, or the smallest 4k+1 that holds a shorter clip)
     """
     variant: str = _option("t2v", "--variant", VARIANTS_GROUP,
@@ -124,9 +127,11 @@ class CodecOptions:
                                                "anchors included (i2v: the tail residual comes on top; the report "
                                                "says how close it got)")
     max_dit_calls: Optional[int] = _option(None, "--max-dit-calls", SAMPLER_GROUP, type=int, metavar="N",
-                                           help="with --target-bpp: plan --steps, --x0-cache and -M for the least "
-                                                "predicted distortion within N DiT calls per GOP (README: Rate-compute "
-                                                "planner; our own design, from the model's calibration table)")
+                                           help="with --target-bpp: plan --steps, --x0-cache, --mr and -M for the "
+                                                "least predicted distortion within N full-size DiT calls per GOP (a "
+                                                "call at a lower --mr stage counts its share of the tokens; README: "
+                                                "Rate-compute planner; our own design, from the model's calibration "
+                                                "table)")
     speed: Optional[str] = _option(None, "--speed", SAMPLER_GROUP, choices=tuple(planner.SPEEDS),
                                    help="with --target-bpp, instead of --max-dit-calls: a DiT-call budget of 1.0 / "
                                         "0.6 / 0.4 times --steps (quality / balanced / fast)")
@@ -150,11 +155,12 @@ class CodecOptions:
              "(every odd step, ~2x fewer DiT calls; with --mr never in the tail or at a switch), turbo (as alternate "
              "with --mr, plus one refresh after each switch) or step indices '3,5,9'; never two in a row; stored in "
              "the header")
-    mr: str = _option("off", "--mr", SAMPLER_GROUP, metavar="PLAN",
-                      help="multi-resolution trajectory: off, auto (stages from the model's native size) or "
-                           "WxH@STEP[,WxH@STEP...]: the lower stages' sizes, smallest first, each with the stochastic "
-                           "step it ends at (e.g. 832x480@8 for 720p); the coded size is the last stage; stored in "
-                           "the header")
+    mr: Optional[str] = _option(None, "--mr", SAMPLER_GROUP, metavar="PLAN",
+                                help="multi-resolution trajectory: off (default), auto (stages from the model's native "
+                                     "size) or WxH@STEP[,WxH@STEP...]: the lower stages' sizes, smallest first, each "
+                                     "with the stochastic step it ends at (e.g. 832x480@8 for 720p); the coded size is "
+                                     "the last stage; stored in the header. With --max-dit-calls / --speed left out, "
+                                     "the planner chooses off or auto; off / auto fix it")
     gop_frames: Optional[int] = _option(None, "--gop-frames", INPUT_GROUP, type=int,
                                         help="frames per GOP, 4k+1 (default 33, or fewer for a shorter clip)")
 
@@ -177,10 +183,10 @@ class CodecOptions:
                 raise ValueError(f"gop_frames must be 4k+1 in [1, {MAX_GOP_FRAMES}], got {self.gop_frames}")
             check_gop_frames(self.gop_frames)
         self.sampler(480, 832, stages=None)  # validates every sampler field
-        if not isinstance(self.mr, str):
+        if self.mr is not None and not isinstance(self.mr, str):
             raise ValueError(f"mr (--mr) must be a string, got {self.mr!r}")
         # the plan's syntax and step range (its sizes are checked against the video and the model in ``sampler``)
-        multires.parse_stage_plan(self.mr, coded=(multires.MAX_SIZE, multires.MAX_SIZE), steps=self.steps,
+        multires.parse_stage_plan(self.mr or "off", coded=(multires.MAX_SIZE, multires.MAX_SIZE), steps=self.steps,
                                   tail=self.tail, spatial_stride=1, patch=1)
 
     def _check_planner(self) -> None:
@@ -195,10 +201,11 @@ class CodecOptions:
         if (self.max_dit_calls is not None or self.speed is not None) and self.target_bpp is None:
             raise ValueError("max_dit_calls / speed (--max-dit-calls / --speed) need target_bpp (--target-bpp): "
                              "the planner chooses the schedule for a rate")
-        if (self.max_dit_calls is not None or self.speed is not None) and str(self.mr).strip().lower() not in \
-                multires.MR_OFF:
-            raise ValueError("the rate-compute planner (--max-dit-calls / --speed) does not plan multi-resolution "
-                             "stages yet: give --mr off, or --target-bpp alone with --mr")
+        if (self.max_dit_calls is not None or self.speed is not None) and self.mr is not None and \
+                self.mr.strip().lower() not in multires.MR_OFF + ("auto",):
+            raise ValueError("the rate-compute planner (--max-dit-calls / --speed) chooses between --mr off and "
+                             "auto: give one of those, leave --mr out (either), or give --target-bpp alone with a "
+                             "stage plan")
         if self.calibration is not None and (self.max_dit_calls is None and self.speed is None
                                              or not isinstance(self.calibration, (str, os.PathLike))):
             raise ValueError("calibration (--calibration) is a table path, used with --max-dit-calls or --speed")
@@ -207,6 +214,12 @@ class CodecOptions:
     def plans(self) -> bool:
         """Whether the rate-compute planner chooses the schedule (``codec.planner``)."""
         return self.max_dit_calls is not None or self.speed is not None
+
+    def planner_mr_axis(self) -> Tuple[str, ...]:
+        """The MR axis values the planner may choose (``mr`` None: both)."""
+        if self.mr is None:
+            return planner.MR_AXIS
+        return ("auto",) if self.mr.strip().lower() == "auto" else ("off",)
 
     def variant_object(self):
         """The ``codec.gop.variants.Variant`` with this run's encoder settings."""
@@ -253,7 +266,7 @@ class CodecOptions:
         if model is not None:
             grid = dict(spatial_stride=model.config.vae.spatial_stride, patch=model.config.dit.patch_size,
                         native=model.config.native_size or multires.WAN_NATIVE_SIZE)
-        return multires.parse_stage_plan(self.mr, coded=coded, steps=self.steps, tail=self.tail, **grid)
+        return multires.parse_stage_plan(self.mr or "off", coded=coded, steps=self.steps, tail=self.tail, **grid)
 
     def x0_cache_steps(self, stages: Optional[multires.StagePlan]) -> Tuple[int, ...]:
         """The x0-cache skip schedule: ``x0_cache`` for these stages (see the field's doc)."""
@@ -304,9 +317,12 @@ class CodecOptions:
                                     t, r.num_frames * r.width * r.height)
                       for r, t in zip(readers, targets, strict=True)]
             budget = planner.compute_budget(self.max_dit_calls, self.speed, self.steps)
-            chosen = planner.plan(table, videos, sampler.tail, budget)
+            height, width = readers[0].height, readers[0].width
+            chosen = planner.plan(table, videos, sampler.tail, budget, self.planner_mr_axis(),
+                                  lambda steps: self.replace(mr="auto", steps=steps, x0_cache="off").stage_plan(
+                                      height, width, model))
             sampler = sampler.replace(steps=chosen.schedule.steps, x0_cache=chosen.schedule.x0_cache,
-                                      atoms_per_frame=chosen.atoms_per_frame)
+                                      stages=chosen.schedule.stages, atoms_per_frame=chosen.atoms_per_frame)
         return CodingSetup(self, variant, gop, sampler, tuple(targets), chosen)
 
     def _calibration(self, model) -> "planner.CalibrationTable":

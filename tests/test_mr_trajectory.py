@@ -210,12 +210,6 @@ def test_one_and_four_devices_give_the_same_stream_with_stages():
     assert result == {"devices": 4, "flf2v": [True, True, True]}
 
 
-def test_the_planner_refuses_stages_it_cannot_plan():
-    with pytest.raises(ValueError, match="does not plan multi-resolution"):
-        CodecOptions(mr="auto", target_bpp=0.05, speed="fast")
-    assert CodecOptions(mr="auto", target_bpp=0.05).mr == "auto"
-
-
 def test_mutated_stage_plans_are_refused_or_valid():
     """Every byte of the header's stage plan set to other values, the header CRC recomputed: the reader
     either refuses it with a BitstreamError or returns a plan that passes every check."""

@@ -1,6 +1,7 @@
 """Rate-compute planner (``codec.planner``): --target-bpp with --max-dit-calls / --speed lands within
 5 % of the rate and within the DiT-call budget; infeasible budgets and hostile tables are one-line
 errors; the default model ships a valid table."""
+import dataclasses
 import json
 import os
 
@@ -12,22 +13,25 @@ from gvc_jax.codec import planner
 from gvc_jax.codec.format import bitstream
 from gvc_jax.codec.gop.plan import ArrayReader
 from gvc_jax.codec.gop.rate import RateTarget
+from gvc_jax.codec.sampling.multires import StagePlan
 from gvc_jax.codec.sampling.schedule import SamplerConfig, check_x0_cache
 
 OPTS = dict(codebook_size=4096, tail=1, gop_frames=9)
 
 
-def _points(steps=(3, 6), atoms=(2, 8, 32), lpips_of=None):
-    """Synthetic measured points: distortion falls with rate and steps; ``lpips_of(T, mode, M)`` overrides."""
+def _points(steps=(3, 6), atoms=(2, 8, 32), lpips_of=None, mr=("off",)):
+    """Synthetic measured points: distortion falls with rate and steps; ``lpips_of(T, mode, M, mr)`` overrides."""
     out = []
-    for t in steps:
-        for mode in planner.MODES:
-            for m in atoms:
-                pay = 0.004 * m * (t - 1)
-                lp = lpips_of(t, mode, m) if lpips_of else 0.8 - 0.05 * np.log2(m) - 0.01 * t + 0.02 * (mode != "off")
-                out.append({"steps": t, "x0_cache": mode, "atoms": m, "payload_bpp": pay, "bpp": pay + 0.01,
-                            "psnr": 15 + 2 * np.log2(m) + 0.1 * t, "lpips": float(lp),
-                            "dit_calls": t - (t // 2 if mode == "alternate" else 0)})
+    for axis in mr:
+        for t in steps:
+            for mode in planner.MODES:
+                for m in atoms:
+                    pay = 0.004 * m * (t - 1)
+                    lp = (lpips_of(t, mode, m, axis) if lpips_of else
+                          0.8 - 0.05 * np.log2(m) - 0.01 * t + 0.02 * (mode != "off"))
+                    out.append({"steps": t, "x0_cache": mode, "mr": axis, "atoms": m, "payload_bpp": pay,
+                                "bpp": pay + 0.01, "psnr": 15 + 2 * np.log2(m) + 0.1 * t, "lpips": float(lp),
+                                "dit_calls": t - (t // 2 if mode == "alternate" else 0)})
     return out
 
 
@@ -80,16 +84,88 @@ def test_plan_follows_the_table(tmp_path):
     and, the prediction being equal, every skip (the fewest calls); with skips much worse it takes
     fewer steps and no skips."""
     fp = "ab" * 32
-    cheap = planner.read_table(_table(tmp_path / "a.json", fp, lpips_of=lambda t, mode, m: 0.9 - 0.05 * t - 0.01 * m),
-                               fp)
+    cheap = planner.read_table(_table(tmp_path / "a.json", fp, lpips_of=lambda t, mode, m, mr: 0.9 - 0.05 * t
+                                      - 0.01 * m), fp)
     p = planner.plan(cheap, [_unit_video()], tail=1, budget=4)
     assert (p.schedule.steps, p.schedule.x0_cache) == (6, (1, 3, 5)) and p.schedule.dit_calls == 3
-    costly = planner.read_table(_table(tmp_path / "b.json", fp, lpips_of=lambda t, mode, m: 0.9 - 0.05 * t
+    costly = planner.read_table(_table(tmp_path / "b.json", fp, lpips_of=lambda t, mode, m, mr: 0.9 - 0.05 * t
                                        - 0.01 * m + 0.5 * (mode == "alternate")), fp)
     p = planner.plan(costly, [_unit_video()], tail=1, budget=4)
     assert (p.schedule.steps, p.schedule.x0_cache) == (4, ())
     p = planner.plan(costly, [_unit_video()], tail=1, budget=100)  # no compute limit: the most steps
     assert p.schedule.steps == 6 and p.considered == sum(1 + t // 2 for t in range(3, 7))
+
+
+def _mr_table(tmp_path, fp, name="mr.json"):
+    """Skips costly, the auto plan slightly better than one size at the same T, mode and M."""
+    return planner.read_table(_table(tmp_path / name, fp, mr=planner.MR_AXIS, lpips_of=lambda t, mode, m, mr: 0.9
+                                     - 0.05 * t - 0.01 * m + 0.5 * (mode == "alternate") - 0.01 * (mr == "auto")), fp)
+
+
+def _half_plan(steps):  # a two-stage plan for the 128x80 unit video: the low stage has 0.3 of its tokens
+    return StagePlan(((64, 48), (128, 80)), (max(1, (steps - 1) // 2),))
+
+
+def test_schedule_cost_counts_low_stage_calls_by_their_tokens():
+    plan = StagePlan(((64, 48), (128, 96)), (2,))  # the low stage: a quarter of the tokens
+    assert planner.alternate_skips(6, 1, plan) == (1, 3)  # TURBO's rule: not at the switch (2) nor in the tail
+    assert planner.alternate_skips(6, 1, None) == (1, 3, 5)
+    assert planner.Schedule(6, (), plan).cost == 0.25 * 2 + 4
+    assert planner.Schedule(6, (1, 3), plan, 2).cost == 0.25 + 3 and planner.Schedule(6, (1, 3), plan, 2).dit_calls == 4
+    assert planner.Schedule(6, (1,), plan, 2).skip_share == 0.5 and planner.Schedule(6, (1,)).skip_share == 1 / 3
+    assert planner.Schedule(6, (1, 3)).cost == 4
+    assert planner.Schedule(6).mr == "off" and planner.Schedule(6, (), plan).mr == "auto"
+
+
+def test_plan_chooses_the_stage_plan_within_the_token_weighted_budget(tmp_path):
+    """Budget 5: one size can afford 5 steps without skips, the auto plan 6 steps (its two low-stage
+    calls cost 0.3 each: 4.6), predicted better: the planner takes it. ``mr`` restricted to off, or
+    no plan for the size, leaves one size; a format 1 table (no MR points) never proposes stages."""
+    fp = "9a" * 32
+    table = _mr_table(tmp_path, fp)
+    assert table.mr_values == ("off", "auto") and table.steps_of("auto") == (3, 6)
+    p = planner.plan(table, [_unit_video()], 1, 5, planner.MR_AXIS, _half_plan)
+    sched = p.schedule
+    assert (sched.steps, sched.x0_cache, sched.stages) == (6, (), _half_plan(6))
+    assert sched.dit_calls == 6 and abs(sched.cost - 4.6) < 1e-9  # more raw calls than the budget, fewer tokens
+    rep = p.report()
+    assert rep["plan_mr"] == "64x48@2" and rep["plan_dit_cost"] == 4.6 and rep["plan_dit_calls"] == 6
+    assert p.bpp > 0 and p.payload_bpp > 0
+    plain = planner.plan(table, [_unit_video()], 1, 5, ("off",), _half_plan)
+    assert (plain.schedule.steps, plain.schedule.stages) == (5, None)
+    assert planner.plan(table, [_unit_video()], 1, 5, planner.MR_AXIS, lambda t: None).schedule.stages is None
+    with pytest.raises(planner.PlanError, match="no --mr auto plan") as err:  # auto only, and no plan for the size
+        planner.plan(table, [_unit_video()], 1, 5, ("auto",), lambda t: None)
+    assert "\n" not in str(err.value)
+    # the rate counts the transition atoms: the stage plan's stream is fitted to the same byte budget
+    assert p.bpp <= 8 * 4000 / _unit_video().pixels
+    v2 = planner.make_table(_points(), fp, "test", {})
+    v1 = {**v2, "version": 1, "points": [{k: v for k, v in pt.items() if k != "mr"} for pt in v2["points"]]}
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    old = planner.read_table(str(tmp_path / "v1.json"), fp)
+    assert old.mr_values == ("off",)
+    assert planner.plan(old, [_unit_video()], 1, 100, planner.MR_AXIS, _half_plan).schedule.stages is None
+
+
+def test_plan_with_stages_end_to_end(tiny, tmp_path):
+    """A model whose native size is below the video's: the planner takes the auto stage plan it
+    predicts better, the stream carries it, the rate lands within 5 % and the token-weighted DiT
+    work within --max-dit-calls."""
+    model = dataclasses.replace(tiny, config=dataclasses.replace(tiny.config, native_size=(32, 32)))
+    video = _video()
+    assert api.CodecOptions(**OPTS, mr="auto", steps=6).stage_plan(*video.shape[1:3], model) is not None
+    table = _mr_table(tmp_path, tiny.fingerprint)
+    setup, result = _plan_and_encode(model, video, target_bpp=0.6, max_dit_calls=5, calibration=table.path)
+    sched = setup.plan.schedule
+    assert sched.stages is not None and sched.cost <= 5 < sched.dit_calls
+    assert result.header.sampler.stages == sched.stages and result.header.sampler.steps == sched.steps
+    bpp = 8 * len(result.stream) / video[..., 0].size
+    assert 0.95 * 0.6 <= bpp <= 0.6, bpp
+    report = result.report()
+    assert report["mr"] == sched.stages.spec() and report["dit_calls_per_gop"][0] == sched.dit_calls
+    assert len(report["transition_bits"]) == 1 and report["transition_bits"][0] > 0
+    off, _ = _plan_and_encode(model, video, target_bpp=0.6, max_dit_calls=5, calibration=table.path, mr="off")
+    assert off.plan.schedule.stages is None and off.sampler.stages is None
 
 
 def test_speed_budgets():
@@ -126,6 +202,12 @@ def test_flag_validation():
         with pytest.raises(ValueError, match=match):
             api.CodecOptions(**bad)
     assert api.CodecOptions(target_bpp=0.1, speed="balanced").plans
+    with pytest.raises(ValueError, match="chooses between --mr off and auto"):
+        api.CodecOptions(target_bpp=0.1, speed="fast", mr="832x480@8")
+    assert api.CodecOptions(target_bpp=0.1, speed="fast").planner_mr_axis() == ("off", "auto")
+    assert api.CodecOptions(target_bpp=0.1, speed="fast", mr="auto").planner_mr_axis() == ("auto",)
+    assert api.CodecOptions(target_bpp=0.1, speed="fast", mr="off").planner_mr_axis() == ("off",)
+    assert api.CodecOptions(mr="832x480@8", target_bpp=0.05).mr == "832x480@8"  # --target-bpp alone: any plan
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -157,7 +239,7 @@ def _hostile(good: dict):
         return edit(lambda d: d["points"][0].__setitem__(field, value))
 
     yield "format", edit(lambda d: d.__setitem__("format", "other"))
-    yield "version", edit(lambda d: d.__setitem__("version", 2))
+    yield "version", edit(lambda d: d.__setitem__("version", 3))
     yield "version", edit(lambda d: d.__setitem__("version", True))
     yield "fingerprint", edit(lambda d: d.__setitem__("model_fingerprint", "00" * 32))
     yield "fingerprint", edit(lambda d: d.__setitem__("model_fingerprint", "zz"))
@@ -174,6 +256,14 @@ def _hostile(good: dict):
     yield "x0_cache", point("x0_cache", "sometimes")
     yield "dit_calls", point("dit_calls", 1)
     yield "exactly the fields", edit(lambda d: d["points"][0].pop("bpp"))
+    yield "exactly the fields", edit(lambda d: d["points"][0].pop("mr"))  # format 2 points say their mr
+    yield "exactly the fields", edit(lambda d: d.__setitem__("version", 1))  # format 1 points do not
+    yield "mr must be", point("mr", "sometimes")
+    yield "no mr 'off' points", edit(lambda d: [p.__setitem__("mr", "auto") for p in d["points"]])
+    yield "mr auto", edit(lambda d: [p.__setitem__("mr", "auto") for p in d["points"] if p["steps"] == 6
+                                     and p["x0_cache"] == "off"])  # (6, auto) without its alternate points
+    yield "dit_calls", edit(lambda d: [p.__setitem__("dit_calls", 1) for p in d["points"] if p["steps"] == 6
+                                       and p["x0_cache"] == "alternate" and not p.__setitem__("mr", "auto")])
     yield "exactly the fields", edit(lambda d: d["points"][0].__setitem__("extra", 1))
     yield "needs both", edit(lambda d: d.__setitem__("points", [p for p in d["points"]
                                                               if (p["steps"], p["x0_cache"]) != (6, "alternate")]))
@@ -203,7 +293,8 @@ def test_default_model_ships_a_valid_table(default_model):
     path = planner.table_path(default_model)
     table = planner.read_table(path, default_model.fingerprint)
     assert os.path.dirname(path) == os.path.realpath(os.path.dirname(path)) or os.path.isfile(path)
-    assert len(table.steps) >= 2 and all((t, m) in table.curves for t in table.steps for m in planner.MODES)
+    assert all(len(table.steps_of(mr)) >= 2 for mr in table.mr_values)
+    assert all((t, m, mr) in table.curves for mr in table.mr_values for t in table.steps_of(mr) for m in planner.MODES)
     assert table.data["measured"]["clips"]
 
 

@@ -4,15 +4,21 @@
 a trajectory length and a refresh period after a one-time calibration, but its mapping and its
 calibration procedure are not public. What follows is ours, and is only as good as its table.
 
-What it chooses: the sampling steps T, the x0-cache skips (``off``, ``alternate`` or an explicit
-list that is a prefix of ``alternate``'s, so never two skips in a row: ``schedule.check_x0_cache``)
-and M (M_tail in proportion when ``tail_atoms`` is set), so that
+What it chooses: the sampling steps T, the multi-resolution plan (``off``, or the model's
+``--mr auto`` plan for the video's size and that T), the x0-cache skips (``off``, ``alternate`` or
+a prefix of ``alternate``'s list -- with stages, TURBO's refresh rule, never in the tail or at a
+switch -- so never two skips in a row: ``schedule.check_x0_cache``) and M (M_tail in proportion
+when ``tail_atoms`` is set), so that
 
 - the stream fits the byte budget of ``target_bpp`` exactly (M from ``rate.fit_atoms`` for the
-  candidate's T, the same machinery the encoder then runs), and
-- DiT calls per GOP (``steps - len(x0_cache)``, ``Trajectory.dit_calls``) stay within the budget,
+  candidate's T and stages, transition atoms included: the machinery the encoder then runs), and
+- the DiT work per GOP stays within the budget. The budget is counted in **full-size DiT calls**:
+  a call at a lower stage counts its share of the coded size's tokens (``Schedule.cost``; tokens
+  are proportional to pixel area). Without stages this is the plain call count
+  (``steps - len(x0_cache)``, ``Trajectory.dit_calls``). Attention grows faster than the token
+  count, so the token share overstates a low stage's cost: the budget errs on the safe side.
 
-minimising the predicted LPIPS (then the predicted PSNR, then fewer DiT calls).
+minimising the predicted LPIPS (then the predicted PSNR, then the DiT cost).
 
 Predictions come from a **calibration table** (``calibration.json`` in the model directory,
 written by ``experiments/calibrate.py``): measured LPIPS and PSNR of coded sample clips at a few
@@ -24,9 +30,15 @@ then piecewise linear in log2 bpp, clamped -- and flagged -- outside the measure
 between measured T linear in T; a partial skip list linear in its share of ``alternate``'s skips.
 No extrapolation in T: candidates stay inside the table's measured steps.
 
-The plan space is a product of independent dimensions (``Schedule``: steps, skips; M follows
-from the rate). A multi-resolution stage plan is meant to be one more dimension of ``Schedule``
-and of ``candidates`` (with its own table axis), not a second planner.
+The MR axis (table format 2): every point says ``mr`` -- ``off`` or ``auto`` (coded with the
+model's ``--mr auto`` plan for the calibration size: ``measured.width`` x ``measured.height`` must
+be above the model's native size for such points to exist). Curves are per (T, x0-cache, mr); an
+``auto`` candidate is predicted by the ``auto`` curves, whatever the video's own auto plan is (its
+stage sizes and switch step follow the same rule at another size). Format 1 tables (no ``mr``
+field) read as all ``off``: the planner then never proposes stages.
+
+The plan space is a product of independent dimensions (``Schedule``: steps, stages, skips; M
+follows from the rate).
 
 The table is read as hostile input: size cap, strict JSON (no NaN / Infinity), schema, types and
 ranges, and the model fingerprint. Any problem is one line naming the file.
@@ -38,23 +50,29 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from gvc_jax.codec.format import bitstream
+from gvc_jax.codec.gop import rate
+from gvc_jax.codec.sampling.multires import StagePlan, mr_refresh_schedule
 from gvc_jax.codec.sampling.schedule import MAX_ATOMS, MAX_STEPS
 
 TABLE_NAME = "calibration.json"
 TABLE_FORMAT = "gvc-jax-calibration"
-TABLE_VERSION = 1
+TABLE_VERSION = 2
+READ_VERSIONS = (1, 2)      # format 1: no ``mr`` field (every point is ``off``)
 MAX_TABLE_BYTES = 1 << 20
 MAX_POINTS = 4096
 MODES = ("off", "alternate")
+MR_AXIS = ("off", "auto")   # the table's multi-resolution axis (``auto``: the model's --mr auto plan)
 # --speed: the DiT-call budget per GOP as a share of --steps (our choice; "balanced" at T = 20
 # gives 12 calls, like TURBO.md's published turbo schedule; "fast" gives 8).
 SPEEDS = {"quality": 1.0, "balanced": 0.6, "fast": 0.4}
-_POINT_FIELDS = {"steps": int, "x0_cache": str, "atoms": int, "payload_bpp": float, "bpp": float,
+_POINT_FIELDS = {"steps": int, "x0_cache": str, "mr": str, "atoms": int, "payload_bpp": float, "bpp": float,
                  "psnr": float, "lpips": float, "dit_calls": int}
+_V1_FIELDS = {k: v for k, v in _POINT_FIELDS.items() if k != "mr"}
 
 
 class CalibrationError(ValueError):
@@ -118,10 +136,11 @@ def _number(v: Any, kind: type) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _check_point(p: Any, i: int) -> dict:
-    if not isinstance(p, dict) or set(p) != set(_POINT_FIELDS):
-        raise ValueError(f"point {i} must have exactly the fields {sorted(_POINT_FIELDS)}")
-    for name, kind in _POINT_FIELDS.items():
+def _check_point(p: Any, i: int, version: int) -> dict:
+    fields = _POINT_FIELDS if version >= 2 else _V1_FIELDS
+    if not isinstance(p, dict) or set(p) != set(fields):
+        raise ValueError(f"point {i} must have exactly the fields {sorted(fields)}")
+    for name, kind in fields.items():
         ok = isinstance(p[name], str) if kind is str else _number(p[name], kind)
         if not ok:
             raise ValueError(f"point {i}: {name} must be {'a string' if kind is str else 'a finite ' + kind.__name__}")
@@ -132,16 +151,25 @@ def _check_point(p: Any, i: int) -> dict:
             raise ValueError(f"point {i}: {name} = {p[name]} outside [{lo}, {hi}]")
     if p["x0_cache"] not in MODES:
         raise ValueError(f"point {i}: x0_cache must be one of {MODES}, got {p['x0_cache'][:40]!r}")
-    calls = p["steps"] - (p["steps"] // 2 if p["x0_cache"] == "alternate" else 0)
-    if p["dit_calls"] != calls:
-        raise ValueError(f"point {i}: dit_calls {p['dit_calls']} is not {calls} for {p['steps']} steps, "
-                         f"x0-cache {p['x0_cache']}")
+    p = {**p, "mr": p.get("mr", "off")}
+    if p["mr"] not in MR_AXIS:
+        raise ValueError(f"point {i}: mr must be one of {MR_AXIS}, got {p['mr'][:40]!r}")
+    steps, calls = p["steps"], p["dit_calls"]
+    if p["x0_cache"] == "off":
+        ok, want = calls == steps, f"{steps}"
+    elif p["mr"] == "off":
+        ok, want = calls == steps - steps // 2, f"{steps - steps // 2}"
+    else:  # TURBO's refresh rule skips fewer steps (never in the tail or at a switch)
+        ok, want = steps - steps // 2 <= calls <= steps, f"{steps - steps // 2} to {steps}"
+    if not ok:
+        raise ValueError(f"point {i}: dit_calls {calls} is not {want} for {steps} steps, x0-cache {p['x0_cache']}, "
+                         f"mr {p['mr']}")
     return p
 
 
 @dataclass(frozen=True)
 class Curve:
-    """Measured distortion of one (steps, mode): monotone in payload bpp (log2 axis)."""
+    """Measured distortion of one (steps, mode, mr): monotone in payload bpp (log2 axis)."""
 
     log_bpp: np.ndarray   # increasing, distinct
     lpips: np.ndarray     # non-increasing
@@ -175,17 +203,29 @@ def _isotonic(y: np.ndarray) -> np.ndarray:
     return np.array([m for m, n in blocks for _ in range(int(n))])
 
 
+CurveKey = Tuple[int, str, str]  # (steps, x0-cache mode, mr)
+
+
 @dataclass(frozen=True)
 class CalibrationTable:
-    """A validated table: one ``Curve`` per (steps, mode); every measured steps has both modes."""
+    """A validated table: one ``Curve`` per (steps, mode, mr); every measured (steps, mr) has both modes."""
 
     path: str
-    curves: Dict[Tuple[int, str], Curve]
+    curves: Dict[CurveKey, Curve]
     data: dict
+
+    def steps_of(self, mr: str = "off") -> Tuple[int, ...]:
+        """The measured steps of the ``mr`` axis value (empty: none measured)."""
+        return tuple(sorted({t for t, _, m in self.curves if m == mr}))
 
     @property
     def steps(self) -> Tuple[int, ...]:
-        return tuple(sorted({t for t, _ in self.curves}))
+        """The measured steps of single-resolution points."""
+        return self.steps_of("off")
+
+    @property
+    def mr_values(self) -> Tuple[str, ...]:
+        return tuple(m for m in MR_AXIS if self.steps_of(m))
 
     @classmethod
     def from_dict(cls, data: Any, path: str, fingerprint: Optional[str]) -> "CalibrationTable":
@@ -196,13 +236,14 @@ class CalibrationTable:
         return cls(path, curves, data)
 
     @staticmethod
-    def _curves(data: Any, fingerprint: Optional[str]) -> Dict[Tuple[int, str], Curve]:
+    def _curves(data: Any, fingerprint: Optional[str]) -> Dict[CurveKey, Curve]:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         if data.get("format") != TABLE_FORMAT:
             raise ValueError(f"format must be {TABLE_FORMAT!r}")
-        if data.get("version") != TABLE_VERSION or isinstance(data.get("version"), bool):
-            raise ValueError(f"unsupported version {str(data.get('version'))[:20]} (this reader: {TABLE_VERSION})")
+        version = data.get("version")
+        if isinstance(version, bool) or version not in READ_VERSIONS:
+            raise ValueError(f"unsupported version {str(version)[:20]} (this reader: {READ_VERSIONS})")
         fp = data.get("model_fingerprint")
         if not isinstance(fp, str) or len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp):
             raise ValueError("model_fingerprint must be 64 lowercase hex digits")
@@ -212,23 +253,27 @@ class CalibrationTable:
         points = data.get("points")
         if not isinstance(points, list) or not 2 <= len(points) <= MAX_POINTS:
             raise ValueError(f"points must be a list of 2 to {MAX_POINTS} points")
-        groups: Dict[Tuple[int, str], List[dict]] = {}
+        groups: Dict[CurveKey, List[dict]] = {}
         for i, p in enumerate(points):
-            p = _check_point(p, i)
-            groups.setdefault((p["steps"], p["x0_cache"]), []).append(p)
-        for t in sorted({t for t, _ in groups}):
-            missing = [m for m in MODES if (t, m) not in groups]
+            p = _check_point(p, i, int(version))
+            groups.setdefault((p["steps"], p["x0_cache"], p["mr"]), []).append(p)
+        if not any(m == "off" for _, _, m in groups):
+            raise ValueError("no mr 'off' points (the single-resolution curves are needed)")
+        for t, mr in sorted({(t, m) for t, _, m in groups}):
+            missing = [mode for mode in MODES if (t, mode, mr) not in groups]
             if missing:
-                raise ValueError(f"steps {t} has no x0-cache {missing[0]!r} points (every measured steps needs both)")
+                raise ValueError(f"steps {t} (mr {mr}) has no x0-cache {missing[0]!r} points (every measured steps "
+                                 f"needs both)")
         return {key: Curve.fit(group) for key, group in groups.items()}
 
-    def predict(self, steps: int, skip_share: float, payload_bpp: float) -> Tuple[float, float, bool]:
-        """(lpips, psnr, extrapolated) for ``steps`` (inside the measured range) with ``skip_share``
-        of ``alternate``'s skips, at ``payload_bpp``: linear in T between measured steps and in the
-        skip share between ``off`` and ``alternate``."""
-        ts = self.steps
-        if not ts[0] <= steps <= ts[-1]:
-            raise PlanError(f"steps {steps} outside the calibrated {ts[0]}..{ts[-1]}")
+    def predict(self, steps: int, skip_share: float, payload_bpp: float,
+                mr: str = "off") -> Tuple[float, float, bool]:
+        """(lpips, psnr, extrapolated) for ``steps`` (inside the measured range of ``mr``) with
+        ``skip_share`` of ``alternate``'s skips, at ``payload_bpp``: linear in T between measured
+        steps and in the skip share between ``off`` and ``alternate``."""
+        ts = self.steps_of(mr)
+        if not ts or not ts[0] <= steps <= ts[-1]:
+            raise PlanError(f"steps {steps} outside the calibrated steps of mr {mr}: {ts}")
         hi = next(t for t in ts if t >= steps)
         lo = max(t for t in ts if t <= steps)
         w_t = 0.0 if hi == lo else (steps - lo) / (hi - lo)
@@ -238,7 +283,7 @@ class CalibrationTable:
             for mode, wm in (("off", 1 - skip_share), ("alternate", skip_share)):
                 if wt * wm == 0:
                     continue
-                lp, ps, far = self.curves[(t, mode)].at(payload_bpp)
+                lp, ps, far = self.curves[(t, mode, mr)].at(payload_bpp)
                 out += wt * wm * np.array([lp, ps])
                 outside |= far
         return float(out[0]), float(out[1]), outside
@@ -246,29 +291,54 @@ class CalibrationTable:
 
 # ------------------------------------------------------------------------------ planning
 
+def alternate_skips(steps: int, tail: int, stages: Optional[StagePlan]) -> Tuple[int, ...]:
+    """``--x0-cache alternate``'s skips: every odd step, or with stages TURBO's refresh rule (period
+    2, never in the tail or at a switch: ``multires.mr_refresh_schedule``)."""
+    if stages is None:
+        return tuple(range(1, steps, 2))
+    return mr_refresh_schedule(steps, tail, 2, stages.switches).as_x0_cache()
+
+
 @dataclass(frozen=True)
 class Schedule:
     """One point of the plan space. Each field is one independent dimension; ``candidates`` takes
-    their product. M is not a dimension: the rate fixes it for each schedule. A multi-resolution
-    stage plan (``--mr``, TURBO.md) is to be one more field here (with its own axis in the table)."""
+    their product. M is not a dimension: the rate fixes it for each schedule. ``x0_cache`` is a
+    prefix of ``alternate`` (``alternate_skips``: ``alternate_count`` skips in all)."""
 
     steps: int
     x0_cache: Tuple[int, ...] = ()
+    stages: Optional[StagePlan] = None
+    alternate_count: Optional[int] = None  # None: ``steps // 2`` (no stages)
+
+    @property
+    def mr(self) -> str:
+        """The table's MR axis value of this schedule."""
+        return "off" if self.stages is None else "auto"
 
     @property
     def dit_calls(self) -> int:
-        """DiT evaluations per GOP (as ``Trajectory.dit_calls``)."""
+        """DiT evaluations per GOP (as ``Trajectory.dit_calls``), at any stage."""
         return self.steps - len(self.x0_cache)
+
+    @property
+    def cost(self) -> float:
+        """DiT work per GOP in full-size calls: each call counts its stage's share of the coded
+        size's tokens (pixel area); without stages, ``dit_calls``."""
+        if self.stages is None:
+            return float(self.dit_calls)
+        area = [w * h for w, h in self.stages.sizes]
+        skipped = set(self.x0_cache)
+        return sum(area[self.stages.stage_of_step(i)] / area[-1] for i in range(self.steps) if i not in skipped)
 
     @property
     def skip_share(self) -> float:
         """The share of ``alternate``'s skips this schedule takes (the table's skip axis)."""
-        full = self.steps // 2
+        full = self.steps // 2 if self.alternate_count is None else self.alternate_count
         return len(self.x0_cache) / full if full else 0.0
 
 
 def compute_budget(max_dit_calls: Optional[int], speed: Optional[str], steps: int) -> int:
-    """DiT calls per GOP allowed: ``max_dit_calls``, or ``SPEEDS[speed]`` of ``steps`` (at least 1)."""
+    """Full-size DiT calls per GOP allowed: ``max_dit_calls``, or ``SPEEDS[speed]`` of ``steps`` (at least 1)."""
     if max_dit_calls is not None:
         return int(max_dit_calls)
     if speed not in SPEEDS:
@@ -276,23 +346,33 @@ def compute_budget(max_dit_calls: Optional[int], speed: Optional[str], steps: in
     return max(1, round(SPEEDS[speed] * steps))
 
 
-def candidates(table: CalibrationTable, tail: int, budget: int) -> List[Schedule]:
-    """Every schedule inside the table's steps (and above ``tail``) within ``budget`` DiT calls:
-    T, and the first s of ``alternate``'s skips (s = 0 .. T // 2; never two in a row)."""
+StagePlanFor = Callable[[int], Optional[StagePlan]]  # steps T -> the video's --mr auto plan (None: none)
+
+
+def candidates(table: CalibrationTable, tail: int, budget: float, mr: Sequence[str] = ("off",),
+               stage_plan: Optional[StagePlanFor] = None) -> List[Schedule]:
+    """Every schedule inside the table's steps (and above ``tail``) within ``budget`` full-size DiT
+    calls: for each allowed ``mr`` value the table measured (``auto`` needs ``stage_plan`` and a
+    plan for that T), T, and the first s of ``alternate``'s skips (never two in a row)."""
     out = []
-    for steps in range(max(table.steps[0], tail + 1), table.steps[-1] + 1):
-        skips = tuple(range(1, steps, 2))
-        for s in range(len(skips) + 1):
-            sched = Schedule(steps, skips[:s])
-            if sched.dit_calls <= budget:
-                out.append(sched)
+    for axis in (m for m in table.mr_values if m in mr):
+        ts = table.steps_of(axis)
+        for steps in range(max(ts[0], tail + 1), ts[-1] + 1):
+            stages = None if axis == "off" or stage_plan is None else stage_plan(steps)
+            if axis == "auto" and stages is None:
+                continue
+            skips = alternate_skips(steps, tail, stages)
+            for s in range(len(skips) + 1):
+                sched = Schedule(steps, skips[:s], stages, len(skips))
+                if sched.cost <= budget + 1e-9:
+                    out.append(sched)
     return out
 
 
 @dataclass(frozen=True)
 class Video:
-    """What the planner knows of one video: its stream header (any steps / atoms: the planner
-    replaces them), its rate target (``rate.RateTarget``) and its pixel count (frames x W x H)."""
+    """What the planner knows of one video: its stream header (any steps / atoms / stages: the
+    planner replaces them), its rate target (``rate.RateTarget``) and its pixel count (frames x W x H)."""
 
     header: Any
     target: Any
@@ -316,9 +396,12 @@ class Plan:
 
     def report(self) -> dict:
         """The plan's lines of the encoder's report (the realised numbers come from the stream)."""
+        stages = self.schedule.stages
         return {"plan": "rate-compute planner (gvc-jax's own design; the published mapping is not public)",
                 "plan_steps": self.schedule.steps, "plan_x0_cache": list(self.schedule.x0_cache),
+                "plan_mr": "off" if stages is None else stages.spec(),
                 "plan_atoms": int(self.atoms_per_frame[0]), "plan_dit_calls": self.schedule.dit_calls,
+                "plan_dit_cost": round(self.schedule.cost, 4),
                 "plan_max_dit_calls": self.budget, "plan_predicted_bpp": round(self.bpp, 6),
                 "plan_predicted_lpips": round(self.lpips, 4), "plan_predicted_psnr": round(self.psnr, 3),
                 "plan_extrapolated": self.extrapolated, "plan_table": self.table}
@@ -327,11 +410,8 @@ class Plan:
 def _fit(video: Video, sched: Schedule):
     """-> (atoms per frame, stream bytes, payload bits) of ``video`` with ``sched`` at its byte budget,
     or None where even one atom does not fit."""
-    from gvc_jax.codec.format import bitstream
-    from gvc_jax.codec.gop import rate
-
     h = video.header
-    h = h.with_sampler(h.sampler.replace(steps=sched.steps, x0_cache=sched.x0_cache))
+    h = h.with_sampler(h.sampler.replace(steps=sched.steps, x0_cache=sched.x0_cache, stages=sched.stages))
     t = video.target
     try:
         apf = rate.fit_atoms(h, int(t.target_bytes), t.side_lengths, t.pattern)
@@ -342,15 +422,28 @@ def _fit(video: Video, sched: Schedule):
     return apf, rate.stream_bytes(fitted, t.side_lengths), picks
 
 
-def plan(table: CalibrationTable, videos: Sequence[Video], tail: int, budget: int) -> Plan:
-    """The schedule of least predicted LPIPS (then higher PSNR, then fewer DiT calls) whose every
-    video fits its byte budget with at least one atom, within ``budget`` DiT calls per GOP."""
-    scheds = candidates(table, tail, budget)
+def _no_schedule(table: CalibrationTable, tail: int, budget: float, mr: Sequence[str]) -> PlanError:
+    axes = [m for m in table.mr_values if m in mr]
+    if not axes:
+        return PlanError(f"the table {table.path} has no points for mr {'/'.join(mr)} (it measured "
+                         f"{'/'.join(table.mr_values)}): recalibrate with experiments/calibrate.py")
+    ts = table.steps_of(axes[0])
+    first = max(ts[0], tail + 1)
+    need = f"at least {-(-first // 2)}" if first <= ts[-1] else "more steps than the tail"
+    extra = " (and no --mr auto plan exists for this size)" if "auto" in axes else ""
+    return PlanError(f"no schedule within {budget} DiT calls per GOP: the table {table.path} covers steps "
+                     f"{ts[0]}..{ts[-1]} (tail {tail}), which need {need} calls{extra}")
+
+
+def plan(table: CalibrationTable, videos: Sequence[Video], tail: int, budget: int, mr: Sequence[str] = ("off",),
+         stage_plan: Optional[StagePlanFor] = None) -> Plan:
+    """The schedule of least predicted LPIPS (then higher PSNR, then less DiT work) whose every
+    video fits its byte budget with at least one atom, within ``budget`` full-size DiT calls per GOP.
+    ``mr``: the MR axis values allowed; ``stage_plan``: the videos' ``--mr auto`` plan for T steps
+    (the videos of one run share one coded size)."""
+    scheds = candidates(table, tail, budget, mr, stage_plan)
     if not scheds:
-        first = max(table.steps[0], tail + 1)
-        need = f"at least {-(-first // 2)}" if first <= table.steps[-1] else "more steps than the tail"
-        raise PlanError(f"no schedule within {budget} DiT calls per GOP: the table {table.path} covers steps "
-                        f"{table.steps[0]}..{table.steps[-1]} (tail {tail}), which need {need} calls")
+        raise _no_schedule(table, tail, budget, mr)
     best: Optional[tuple] = None
     considered = 0
     for sched in scheds:
@@ -358,11 +451,11 @@ def plan(table: CalibrationTable, videos: Sequence[Video], tail: int, budget: in
         if any(f is None for f in fits):
             continue
         considered += 1
-        preds = [table.predict(sched.steps, sched.skip_share, f[2] / v.pixels)
+        preds = [table.predict(sched.steps, sched.skip_share, f[2] / v.pixels, sched.mr)
                  for v, f in zip(videos, fits, strict=True)]
         lp = float(np.mean([p[0] for p in preds]))
         ps = float(np.mean([p[1] for p in preds]))
-        key = (round(lp, 9), -round(ps, 9), sched.dit_calls, sched.steps)
+        key = (round(lp, 9), -round(ps, 9), round(sched.cost, 9), sched.steps)
         if best is None or key < best[0]:
             bpp = float(np.mean([8.0 * f[1] / v.pixels for v, f in zip(videos, fits, strict=True)]))
             pay = float(np.mean([f[2] / v.pixels for v, f in zip(videos, fits, strict=True)]))
