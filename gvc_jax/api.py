@@ -373,9 +373,13 @@ class CodingSetup:
     plan: Optional[planner.Plan] = None  # the rate-compute planner's choice (``max_dit_calls`` / ``speed``)
 
     def encode(self, jobs: Sequence[EncodeJob], model, *, progress=None, devices=None, prompt: str = "") -> list:
-        """``session.encode_streams`` of ``jobs`` with these settings -> one ``CodecResult`` each."""
-        return encode_streams(jobs, model, self.sampler, variant=self.variant, gop_frames=self.gop_frames,
-                              progress=progress, devices=devices, prompt=prompt)
+        """``session.encode_streams`` of ``jobs`` with these settings -> one ``CodecResult`` each (with
+        the planner's ``plan``, if it chose the schedule)."""
+        results = encode_streams(jobs, model, self.sampler, variant=self.variant, gop_frames=self.gop_frames,
+                                 progress=progress, devices=devices, prompt=prompt)
+        for result in results:
+            result.plan = self.plan
+        return results
 
 
 PRESETS = {

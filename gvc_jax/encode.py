@@ -162,7 +162,6 @@ class _Run:
     evaluator: Any = None
     writer: Any = None
     compare: Dict[str, Any] = field(default_factory=dict)
-    plan: Any = None         # codec.planner.Plan (--max-dit-calls / --speed)
 
     def on_source(self, chunk) -> None:
         if self.evaluator:
@@ -205,7 +204,6 @@ def _encode_files(args, options, model, mesh, writes: bool) -> tuple:
         wants_frames = bool(args.decoded or args.eval or args.compare)
         runs = [_Run(it, r) for it, r in zip(items, readers, strict=True)]
         for run in runs:
-            run.plan = setup.plan
             if args.eval and writes:
                 run.evaluator = cli.evaluator_for(args.metrics, run.reader.height, run.reader.width)
             if run.item.compare and writes:
@@ -259,9 +257,6 @@ def _report(args, options, model, mesh, run: _Run) -> dict:
     if options.target_bpp is not None:
         report.update({"target_bpp": options.target_bpp,
                        "target_error_pct": 100 * (report["bpp"] / options.target_bpp - 1)})
-    if run.plan is not None:  # the planner's schedule as coded (T, M, skips, DiT calls: realised) and its prediction
-        sampler = result.header.sampler
-        report.update({"steps": sampler.steps, "x0_cache_steps": list(sampler.x0_cache), **run.plan.report()})
     if args.free_first_frame:
         charged = size - report["first_anchor_bytes"]
         report.update({"accounting": "free first frame (published I2V): bpp excludes the first anchor",

@@ -164,6 +164,8 @@ def test_plan_with_stages_end_to_end(tiny, tmp_path):
     report = result.report()
     assert report["mr"] == sched.stages.spec() and report["dit_calls_per_gop"][0] == sched.dit_calls
     assert len(report["transition_bits"]) == 1 and report["transition_bits"][0] > 0
+    assert report["plan_mr"] == sched.stages.spec() and report["plan_dit_cost"] <= 5  # the report carries the plan
+    assert report["plan_dit_calls"] == sched.dit_calls and report["steps"] == sched.steps
     off, _ = _plan_and_encode(model, video, target_bpp=0.6, max_dit_calls=5, calibration=table.path, mr="off")
     assert off.plan.schedule.stages is None and off.sampler.stages is None
 
@@ -227,6 +229,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("error: "), (extra, err)
     assert "none.json" in err[0]
     assert not os.path.exists(out)
+
+
+def test_cli_reports_the_plan(tiny, tmp_path):
+    """``encode --json`` with the planner: the chosen schedule, its DiT cost and prediction next to the
+    realised rate; the tiny preset has no stage plan at this size, so the planner stays on one size."""
+    from gvc_jax import encode as encode_cli
+    from gvc_jax.cli import run_main
+
+    video = tmp_path / "v.npy"
+    np.save(video, _video())
+    table = _mr_table(tmp_path, tiny.fingerprint)
+    out, report = str(tmp_path / "o.gvc"), tmp_path / "r.json"
+    assert run_main(encode_cli.main, [str(video), "-o", out, "--quiet", "--model", "preset:tiny", "-K", "4096",
+                                      "--tail", "1", "--gop-frames", "9", "--target-bpp", "0.6", "--max-dit-calls", "5",
+                                      "--calibration", table.path, "--json", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["plan_mr"] == "off" and rep["plan_dit_cost"] == rep["plan_dit_calls"] <= 5
+    assert rep["steps"] == rep["plan_steps"] and 0.95 * 0.6 <= rep["bpp"] <= 0.6
+    assert rep["dit_calls_per_gop"][0] == rep["plan_dit_calls"] and rep["plan_table"] == table.path
 
 
 def _hostile(good: dict):

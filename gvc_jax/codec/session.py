@@ -74,6 +74,7 @@ class CodecResult:
     journal: Optional[Journal] = None   # encoder with ``resume``: the open journal (remove it when written)
     concealed: List[int] = field(default_factory=list)  # decoder with ``conceal``: GOPs whose record was lost
     affected: List[int] = field(default_factory=list)   # ... and GOPs conditioned on a concealed one
+    plan: Any = None    # encoder with the rate-compute planner: its ``codec.planner.Plan`` (the chosen schedule)
 
     def report(self, size: Optional[int] = None) -> dict:
         """The numbers every front end reports of a run (encode, batch, decode, demo, rd): the video,
@@ -83,11 +84,14 @@ class CodecResult:
         h = self.header
         frames, width, height = h.num_frames, h.orig_width, h.orig_height
         size = len(self.stream) if size is None else int(size)
-        return {"frames": frames, "width": width, "height": height, "fps": self.fps, "gops": len(self.gops),
-                "bytes": size, "bpp": 8.0 * size / (frames * width * height),
-                "kbps": 8 * size / 1000 / (frames / self.fps),
-                "seconds_per_gop": [round(g.seconds, 3) for g in self.gops],
-                "atoms_per_frame": list(h.atoms_per_frame), **rate_breakdown(self), **compute_report(self)}
+        out = {"frames": frames, "width": width, "height": height, "fps": self.fps, "gops": len(self.gops),
+               "bytes": size, "bpp": 8.0 * size / (frames * width * height),
+               "kbps": 8 * size / 1000 / (frames / self.fps),
+               "seconds_per_gop": [round(g.seconds, 3) for g in self.gops],
+               "atoms_per_frame": list(h.atoms_per_frame), **rate_breakdown(self), **compute_report(self)}
+        if self.plan is not None:  # the planner's schedule as coded (T, skips: realised) and its prediction
+            out.update({"steps": h.sampler.steps, "x0_cache_steps": list(h.sampler.x0_cache), **self.plan.report()})
+        return out
 
 
 def _emitter(plan: GopPlan, height: int, width: int, sink: Optional[Sink]):
