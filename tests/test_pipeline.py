@@ -206,6 +206,22 @@ def test_streaming_reader_sees_each_frame_once_and_sink_gets_frames_in_order(mod
     np.testing.assert_array_equal(np.concatenate(out), encoded.video)
 
 
+def test_an_encode_without_a_sink_runs_no_vae_decode(model, video, encoded, monkeypatch):
+    """T2V: no GOP conditions on decoded frames, so with no sink the encoder never VAE-decodes; the
+    stream is the same bytes."""
+    from gvc_jax.codec.gop.engine import GopEngine
+    from gvc_jax.codec.gop.plan import ArrayReader
+    from gvc_jax.codec.session import encode_stream
+
+    calls: list = []
+    real = GopEngine.frames_many
+    monkeypatch.setattr(GopEngine, "frames_many", lambda self, latents: calls.append(len(latents)) or real(self, latents))
+    assert encode_stream(ArrayReader(video, 25.0), model, SAMPLER, gop_frames=GOP).stream == encoded.stream
+    assert calls == []
+    encode_stream(ArrayReader(video, 25.0), model, SAMPLER, gop_frames=GOP, sink=lambda frames: None)
+    assert calls == [1, 1]  # with a sink: every GOP decoded
+
+
 def test_unexpected_side_payload_is_a_bitstream_error(model, encoded):
     header, records = bitstream.read(encoded.stream)
     records[1] = dataclasses.replace(records[1], side=((7, b"x"),))

@@ -115,7 +115,8 @@ class GopOutput:
     latent: Optional[jax.Array]        # the latent decoded to frames (after side payloads);
     picks: Optional[Picks]             # both None for another process's GOP (``code_gops(gather=True)``)
     side: tuple
-    frames: np.ndarray                 # uint8 [span.length, H, W, 3] at the coded size
+    frames: Optional[np.ndarray]       # uint8 [span.length, H, W, 3] at the coded size (None: an encode
+                                       # whose frames nobody uses: no sink, no GOP conditions on them)
     inputs: GopInput
     seconds: float
     digest: Optional[bytes]            # ``records.latent_hash`` of ``latent`` (None: another process's GOP)
@@ -380,6 +381,8 @@ def code_gops(plan: GopPlan, variant: Variant, engine: GopEngine, source: PickSo
     frames and latent digest reach every process (``GopMesh.share``, a chunk at a time) and every
     GOP is yielded everywhere, another process's with ``latent`` and ``picks`` None (decoding, or
     an encoder that writes the reconstruction, on several hosts). All processes must agree on it.
+    An encode (``stage="encode"``) without ``gather`` VAE-decodes only the GOPs later GOPs condition
+    on (I2V chains): a T2V or FLF2V encode with no sink decodes no frames at all.
     """
     skip = skip or {}
     walk = _Walk(plan, variant, engine, source, progress or Progress(), stage, DecodedContext(plan))
@@ -412,7 +415,10 @@ def _code_chunk(walk: _Walk, chunk: Sequence[GopSpan], gather: bool) -> Iterator
                 on_step=walk.progress.step if walk.progress.wants_steps else None), strict=False):
             results[i] = result
     latents, sides = _complete(walk, chunk, inputs, results)
-    frames = engine.frames_many(latents) if ran or engine.mesh.distributed else [None] * len(chunk)
+    # the VAE decode runs only for frames someone uses: the decoder's output, an encoder's sink (``gather``)
+    # or later GOPs' conditioning (I2V chains); a T2V / FLF2V encode without a sink decodes nothing
+    needed = walk.stage != "encode" or gather or any(walk.context.needs(span) for span in chunk)
+    frames = engine.frames_many(latents) if needed and (ran or engine.mesh.distributed) else [None] * len(chunk)
     frames = _conceal(walk, chunk, [concealed.get(span.index, frame) for span, frame in zip(chunk, frames,
                                                                                              strict=True)], concealed)
     digests = [None if latent is None else latent_hash(latent) for latent in latents]
