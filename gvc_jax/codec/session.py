@@ -94,12 +94,19 @@ class CodecResult:
         return out
 
 
+def _pixels(out: GopOutput) -> np.ndarray:
+    """A GOP's decoded frames, where the loop decoded them (``code_gops``: a sink wants them, or later
+    GOPs condition on them)."""
+    assert out.frames is not None, f"GOP {out.span.index}: its frames were not decoded"
+    return out.frames
+
+
 def _emitter(plan: GopPlan, height: int, width: int, sink: Optional[Sink]):
     """GopOutput -> the GOP's new output frames (cropped, shared frames once) into ``sink``."""
     def emit(out: GopOutput) -> None:
         if sink is not None:
             skip, count = plan.new_frames(out.span)
-            sink(crop(out.frames[skip:skip + count], height, width))
+            sink(crop(_pixels(out)[skip:skip + count], height, width))
     return emit
 
 
@@ -251,11 +258,12 @@ def _run_encode(plan: GopPlan, var, engine: GopEngine, source, streams: List[_Co
             if st.journal is not None:
                 assert st.checked is not None  # made with the journal
                 keep = context_frames(st.plan, var, span)
-                st.journal.add(g, st.framed[g], {f: out.frames[f - span.start] for f in keep},
+                st.journal.add(g, st.framed[g], {f: _pixels(out)[f - span.start] for f in keep},
                                source=st.checked.digest(g))
         if st.job.sink is not None:
             skip_frames, count = st.plan.new_frames(span)
-            st.job.sink(crop(out.frames[skip_frames:skip_frames + count], st.job.reader.height, st.job.reader.width))
+            st.job.sink(crop(_pixels(out)[skip_frames:skip_frames + count], st.job.reader.height,
+                             st.job.reader.width))
     for st in streams:
         if st.checked is not None:
             st.checked.finish()  # the journalled GOPs after the last coded one: their frames checked too
