@@ -13,8 +13,10 @@ from gvc_jax.codec.sampling.codebooks import ATOM_BLOCK, KINDS, Codebook, frame_
 
 KEY = frame_key(1234, 0, 1, 2)
 # (kind, K, D): K not a multiple of the streaming block where the kind allows it.
-# ("hadamard", 200, 48): K > P = 64, a union of 4 randomised Hadamard bases (the last one partial).
-CASES = [("hadamard", 256, 300), ("rademacher", 600, 100), ("gaussian", 600, 100), ("hadamard", 200, 48)]
+# ("hadamard", 40, 64): one basis (K < P), D = P (no padding); ("hadamard", 200, 48): K > P = 64, a
+# union of 4 randomised Hadamard bases (the last one partial), D < P (padded). D = 300 (P = 512):
+# the golden hashes and the dense-matrix check.
+CASES = [("hadamard", 40, 64), ("rademacher", 600, 100), ("gaussian", 600, 100), ("hadamard", 200, 48)]
 
 
 # Jitted entry points shared by all tests (the Codebook is static): one compile per configuration.
@@ -160,7 +162,7 @@ def test_search_ties_lower_index_first(kind, K, D):
     np.testing.assert_array_equal(np.asarray(signs), np.ones(10))
 
 
-@pytest.mark.parametrize("D", [48, 300])
+@pytest.mark.parametrize("D", [64, 300])  # no padding; padding (P = 512)
 def test_hadamard_matches_dense_matrix(D):
     cb = get_codebook("hadamard", 40, D)
     P = cb.P
@@ -176,7 +178,7 @@ def test_hadamard_matches_dense_matrix(D):
     np.testing.assert_allclose(np.asarray(FWHT(jnp.asarray(x, jnp.float32))), H @ x, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("P", [1, 2, 4, 8, 64, 1024, 1 << 18])
+@pytest.mark.parametrize("P", [1, 2, 4, 8, 64, 1 << 18])
 def test_hadamard_row_map_is_bijection(P):
     cb = get_codebook("hadamard", 1, P)
     for key in (KEY, frame_key(7, 3, 0, 1)):
@@ -189,7 +191,7 @@ def test_hadamard_row_map_is_bijection(P):
         assert (a != b).any()
 
 
-@pytest.mark.parametrize("D", [48, 300])
+@pytest.mark.parametrize("D", [48, 64])  # padding; no padding
 def test_hadamard_atoms_distinct_full_codebook(D):
     cb = get_codebook("hadamard", _p := cbm._next_pow2(D), D)
     a = np.asarray(ATOMS(cb, KEY, jnp.arange(_p)))
