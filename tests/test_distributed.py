@@ -1,6 +1,7 @@
 """GOPs over several processes (``--distributed``, jax.distributed on localhost: 2 processes x 2
 CPU devices) from the command line, from a model directory read onto split weights: the stream and
-the video equal those of one process, process 0 alone writes, and two processes decode it. (The
+the video equal those of one process, process 0 alone writes, and two processes decode it (the
+decoder's command line run in the encoder's two processes, after it: ``ENCODE_THEN_DECODE``). (The
 same bytes as 1 device, cross-decoding, batches and resumed encodes of every variant on 2 processes:
 the topology matrix, test_topology.py.)
 
@@ -39,15 +40,41 @@ def cpu_env(devices: int, cache: bool = True) -> dict:
     return env
 
 
-def _start_two(argv, extra=lambda i: [], tool="gvc_jax.encode"):
-    """``TOOL ARGV --distributed`` as 2 processes x 2 CPU devices on localhost."""
+# The command lines of ``python -m gvc_jax.encode`` then of ``python -m gvc_jax.decode`` (each tool's
+# ``main``, as its ``__main__`` runs it) in one process: the decoder runs the programs the encoder
+# compiled (its reconstruction is the decoder's), so the second command compiles nothing. Both
+# commands join the processes with their own --distributed flags; jax.distributed joins once a
+# process, so the second command's join is the first's.
+ENCODE_THEN_DECODE = r"""
+import sys
+
+from jax.experimental import multihost_utils
+
+from gvc_jax import cli, decode, encode
+
+then = sys.argv.index("--then-decode")
+code = cli.run_main(encode.main, sys.argv[1:then])
+if code == 0:
+    multihost_utils.sync_global_devices("encoded")  # process 0 has written the stream
+    cli.init_distributed = lambda *args, **kwargs: None  # joined by the encoder's command line
+    code = cli.run_main(decode.main, sys.argv[then + 1:])
+sys.exit(code)
+"""
+
+
+def _start_two(encode_argv, decode_argv, extra=lambda i: []):
+    """``gvc_jax.encode ENCODE_ARGV --distributed`` then ``gvc_jax.decode DECODE_ARGV --distributed`` as
+    2 processes x 2 CPU devices on localhost (``ENCODE_THEN_DECODE``); ``extra(i)``: process i's encode flags."""
     from gvc_jax.io.ffmpeg import quiet_fork
 
     port = free_port()
+
+    def flags(i):
+        return ["--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
+                "--init-timeout", str(INIT_TIMEOUT_S)]
     with quiet_fork():
-        return [subprocess.Popen([sys.executable, "-m", tool, *argv, "--distributed", "--coordinator",
-                                  f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
-                                  "--init-timeout", str(INIT_TIMEOUT_S), *extra(i)],
+        return [subprocess.Popen([sys.executable, "-c", ENCODE_THEN_DECODE, *encode_argv, *flags(i), *extra(i),
+                                  "--then-decode", *decode_argv, *flags(i)],
                                  env=cpu_env(2, cache=False), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 for i in range(2)]
 
@@ -99,8 +126,11 @@ def test_two_processes_write_the_one_process_stream_from_split_weights(tmp_path,
     assert one.returncode == 0, one.stderr[-2000:]
     out = str(tmp_path / "two.gvc")
     # --eval on process 0 over the gathered frames; PSNR alone (the learned metrics would load and
-    # compile their networks in process 0 for a number this test does not look at)
+    # compile their networks in process 0 for a number this test does not look at); then the stream
+    # decoded on both processes
     finish(_start_two([clip, "-o", out, *args, "--decoded", str(tmp_path / "two.npy"), "--eval", "--metrics", "psnr"],
+                      [out, "-o", str(tmp_path / "dec.npy"), "--model", model, "--weight-shards", "2", "--strict",
+                       "--quiet", "--json", str(tmp_path / "d.json")],
                       lambda i: ["--json", str(tmp_path / f"r{i}.json")]))
     assert (tmp_path / "two.gvc").read_bytes() == (tmp_path / "one.gvc").read_bytes()  # 3 GOPs: the same bytes
     one_video = np.load(tmp_path / "one.npy")
@@ -109,8 +139,6 @@ def test_two_processes_write_the_one_process_stream_from_split_weights(tmp_path,
     assert report["devices"] == 4 and report["weight_shards"] == 2 and report["psnr"] > 5
     assert not (tmp_path / "r1.json").exists()  # only process 0 writes
     # and decoded on both processes: process 0 writes the video of the one-process encoder, no drift
-    finish(_start_two([out, "-o", str(tmp_path / "dec.npy"), "--model", model, "--weight-shards", "2", "--strict",
-                       "--quiet", "--json", str(tmp_path / "d.json")], tool="gvc_jax.decode"))
     assert np.array_equal(np.load(tmp_path / "dec.npy"), one_video)
     decoded = json.loads((tmp_path / "d.json").read_text())
     assert decoded["devices"] == 4 and decoded["weight_shards"] == 2 and decoded["drifted_gops"] == []
