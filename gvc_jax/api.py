@@ -411,9 +411,11 @@ def _load_named(spec: Optional[str], dit_sharding=None):
     return resolve_model(spec, quiet=True, dit_sharding=dit_sharding)
 
 
-def get_model(model=None, *, dtype: Optional[str] = None, attention: Optional[str] = None, mesh=None):
+def get_model(model=None, *, dtype: Optional[str] = None, attention: Optional[str] = None,
+              vae_convs: Optional[str] = None, mesh=None):
     """``None`` / a directory / ``"preset:NAME"`` (loaded once per process) or a ``CodecModel``;
-    ``dtype`` / ``attention`` set how its DiT runs (``registry.with_execution``; None: as stored).
+    ``dtype`` / ``attention`` set how its DiT runs, ``vae_convs`` (``exact`` / ``fast``) how its VAE
+    runs (``registry.with_execution``; None: as stored).
     ``mesh`` (a ``parallel.GopMesh`` with weight shards): a model directory's DiT is read straight
     onto its shards (with several processes, each reads the parts on its own devices). Turns on
     the persistent compilation cache first (``compile_cache.ensure``)."""
@@ -421,10 +423,9 @@ def get_model(model=None, *, dtype: Optional[str] = None, attention: Optional[st
     if model is None or isinstance(model, (str, os.PathLike)):
         sharding = mesh.weight_sharding if mesh is not None and mesh.weight_shards > 1 else None
         model = _load_named(None if model is None else os.fspath(model), sharding)
-    if dtype is None and attention is None:
+    if dtype is None and attention is None and vae_convs is None:
         return model
-
-    return with_execution(model, dtype=dtype, attention=attention)
+    return with_execution(model, dtype=dtype, attention=attention, vae_convs=vae_convs)
 
 
 def encode(video_or_path, model=None, options: Union[None, str, CodecOptions] = None, *, fps: Optional[float] = None,

@@ -69,6 +69,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "float32 on CPU; decode with the encoder's setting to reproduce it exactly")
     p.add_argument("--attention", default="auto", choices=("auto", "chunked", "xla", "cudnn", "splash"),
                    help="attention kernel: auto = cuDNN flash (GPU, bf16), splash (TPU), chunked (CPU)")
+    p.add_argument("--vae-convs", default="exact", choices=("exact", "fast"),
+                   help="VAE 3D convs: exact (default: XLA's 3D conv) or fast (as 2D convs and matmuls: about 4.5x "
+                        "faster VAE on CPU, equal up to ~1e-6, not bit for bit; decode FLF2V / I2V with the "
+                        "encoder's setting to reproduce it exactly)")
     p.add_argument("--devices", type=int, default=None, metavar="N",
                    help="code the GOPs of a wave side by side, one per device, on the first N local devices "
                         "(default: all); the stream and the video do not depend on N")
@@ -88,7 +92,8 @@ def model_from_args(args, mesh):
     compilation cache is set up (``compile_cache``; off with ``--no-compile-cache``)."""
     if getattr(args, "no_compile_cache", False):
         compile_cache.disable()
-    return api.get_model(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
+    return api.get_model(args.model, dtype=args.dtype, attention=args.attention,
+                         vae_convs=getattr(args, "vae_convs", None), mesh=mesh)
 
 
 def add_codec_args(p: argparse.ArgumentParser, groups: Optional[Dict[str, Any]] = None,
