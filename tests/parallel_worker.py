@@ -3,8 +3,8 @@ variant on the devices this process sees and returns (or prints, as one JSON lin
 
 - 1 device: called in the pytest process (``code_matrix``), its streams are the references;
 - 4 CPU devices: ``XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/parallel_worker.py OUT --extras``
-  (its 1-device references made in the same process), with the split-weights, per-GOP-atoms and
-  abstract-memory checks (``--extras``);
+  (its 1-device references made in the same process), with the split-weights, per-GOP-atoms,
+  abstract-memory and multi-resolution (FLF2V with stages on 1 and 4 devices) checks (``--extras``);
 - 2 processes x 2 CPU devices: ``... OUT --refs REF --distributed COORDINATOR PROCESS_ID`` in each (jax.distributed).
 
 Per variant: the stream and the decoded video (same bytes), the reference stream decoded here and
@@ -75,11 +75,12 @@ def _resume(clip, model, variant, out_dir, name) -> dict:
 
 
 def code_matrix(models: dict, video, out_dir: str, refs: str | None = None, devices=None,
-                resume_dir: str | None = None, reference_only: bool = False) -> dict:
+                resume_dir: str | None = None, reference_only: bool = False, encodes: dict | None = None) -> dict:
     """Every variant on ``devices`` (None: all of this process's, with jax.distributed all processes').
     ``refs``: the directory of the 1-device run's streams (None: this is the 1-device run);
     ``resume_dir``: where the resumed encodes write their journals (one directory for all processes);
-    ``reference_only``: only the 1-device streams and videos (the references of another run here)."""
+    ``reference_only``: only the 1-device streams and videos (the references of another run here);
+    ``encodes``: if given, receives each variant's encode of the main clip (for the extras)."""
     os.makedirs(out_dir, exist_ok=True)
     out: dict = {"devices": jax.device_count(), "processes": jax.process_count()}
     chunks, real = [], GopEngine.run_many
@@ -92,6 +93,8 @@ def code_matrix(models: dict, video, out_dir: str, refs: str | None = None, devi
         model, variant, clips = models[name], variant_for(name), batch_clips(video)
         enc = encode_video(clips[2], 25.0, model, SAMPLER, gop_frames=GOP, variant=variant, devices=devices)
         res = {"stream": digest(enc.stream), "video": digest(enc.video.tobytes()), "gops": len(enc.gops)}
+        if encodes is not None:
+            encodes[name] = enc
         with open(os.path.join(out_dir, f"{name}.gvc"), "wb") as f:
             f.write(enc.stream)
         if refs is None:  # the references: each batch clip alone, and (repeatable) the clip coded again
@@ -194,22 +197,44 @@ def abstract_memory() -> dict:
     return out
 
 
-def extras(models: dict, video) -> dict:
+def stages_on_1_and_4(models: dict, video) -> dict:
+    """FLF2V with a multi-resolution stage plan (one lower stage of 32x32 until step 2) on 1 device and
+    on the 4 devices of this process (per-stage anchored conditioning under shard_map; T2V's stages
+    are the same program), and the 1-device stream decoded on 4 devices, strictly: equal or not."""
+    from gvc_jax.codec.sampling import multires
+
+    sampler = SAMPLER.replace(stages=multires.StagePlan(((32, 32), (64, 48)), (2,)))
+    model, variant = models["flf2v"], variant_for("flf2v")
+    one = encode_video(video, 25.0, model, sampler, variant=variant, gop_frames=GOP, devices=1)
+    four = encode_video(video, 25.0, model, sampler, variant=variant, gop_frames=GOP, devices=4)
+    dec = decode_video(one.stream, model, devices=4, strict=True)
+    from gvc_jax.codec.format import bitstream
+
+    return {"devices": jax.local_device_count(), "gops": len(one.gops),
+            "plan": bitstream.read(one.stream)[0].sampler.stages == sampler.stages,
+            "same_stream": one.stream == four.stream, "same_video": bool((one.video == four.video).all()),
+            "decoded_on_4": bool((dec.video == one.video).all())}
+
+
+def extras(models: dict, video, on_1: dict, on_all: dict) -> dict:
     """On 1, 2 and all devices of this process: T2V with the per-GOP atoms as data (rate control, one
-    row per GOP) and plain T2V (its 1-device run: the split-weights reference); the split weights."""
+    row per GOP) and plain T2V, the split weights (reference: plain T2V on 1 device), and FLF2V with
+    stages. ``video``: the matrix's main clip; ``on_1`` / ``on_all``: the matrix's encodes of it on 1
+    and on all devices (plain T2V there is the same call: it is not coded again)."""
     counts = sorted({1, 2, jax.local_device_count()})
     out: dict = {}
-    t2v_on_1 = None
     for name, gop_atoms in (("t2v", None), ("t2v_gop_atoms", [(3, 3, 6), (1, 2, 3), (4, 4, 4)])):
         res = {}
         for n in counts:
-            enc = encode_video(video, 25.0, models["t2v"], SAMPLER, gop_frames=GOP, gop_atoms=gop_atoms, devices=n)
-            t2v_on_1 = enc if (name, n) == ("t2v", 1) else t2v_on_1
+            known = {1: on_1, jax.local_device_count(): on_all}.get(n) if gop_atoms is None else None
+            enc = known["t2v"] if known else encode_video(video, 25.0, models["t2v"], SAMPLER, gop_frames=GOP,
+                                                          gop_atoms=gop_atoms, devices=n)
             sizes = sorted({k[1][0] for k in parallel._PROGRAMS})  # (key, mesh shape, device ids)
             res[f"encode_{n}"] = {"stream": digest(enc.stream), "video": digest(enc.video.tobytes()),
                                   "gops": len(enc.gops), "mesh_sizes": sizes}
         out[name] = res
-    out["weights"] = weight_sharding(models["t2v"], video, t2v_on_1)
+    out["weights"] = weight_sharding(models["t2v"], video, on_1["t2v"])
+    out["stages"] = stages_on_1_and_4(models, video)
     try:  # experiments/bench_gop.py follows the trajectory's internals: its failure fails only its own test
         out["abstract"] = abstract_memory()
     except Exception as e:  # noqa: BLE001
@@ -229,17 +254,18 @@ def main() -> int:
         parallel.init_distributed(args.distributed[0], 2, int(args.distributed[1]), args.init_timeout)
     video = matrix_video()
     models = {name: model_for(name) for name in VARIANTS}
-    refs, reference = args.refs, None
+    refs, reference, on_1, on_all = args.refs, None, {}, {}
     if not args.distributed:
         # XLA's CPU code depends on the host device count (the thread pool is split between the devices):
         # measured, a process with 4 host devices codes other FLF2V and I2V bytes and other T2V frames than
         # one with 1 or 2, even on one of its devices. So the references of this run are made here.
         refs = os.path.join(args.out, "one")
-        reference = code_matrix(models, video, refs, devices=1, reference_only=True)
-    out = code_matrix(models, video, os.path.join(args.out, f"p{jax.process_index()}"), refs, resume_dir=args.out)
+        reference = code_matrix(models, video, refs, devices=1, reference_only=True, encodes=on_1)
+    out = code_matrix(models, video, os.path.join(args.out, f"p{jax.process_index()}"), refs, resume_dir=args.out,
+                      encodes=on_all)
     out["reference"] = reference
     if args.extras:
-        out["extras"] = extras(models, video)
+        out["extras"] = extras(models, batch_clips(video)[2], on_1, on_all)
     if jax.process_index() == 0:
         print(json.dumps(out))
     return 0

@@ -3,10 +3,11 @@
 Stages run inside the one GOP loop and the one compiled trajectory: the stream header carries the
 plan, each record one extra row of picks per transition, and the decoder needs no flag. Checked
 here: strict round trips for the three variants, the stream's size formula and per-stage bits,
-the same bytes on 1 and 4 devices, warm = cold, the x0-cache refresh rule with stages, ``--mr
-auto`` on the default model, and plans refused before any work (library and command line).
+the x0-cache refresh rule with stages, ``--mr auto`` on the default model, and plans
+refused before any work (library and command line). The same bytes on 1 and 4 devices with stages:
+tests/test_topology.py (in its 4-device process, which compiles the VAE programs once for both);
+warm = cold with stages: tests/test_warm_start.py (in the cache of its plain runs).
 """
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,6 @@ from gvc_jax.codec.sampling import multires
 from gvc_jax.codec.sampling.schedule import SamplerError
 from gvc_jax.codec.session import decode_video, encode_video, rate_breakdown
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 # the matrix clip is 56x40, coded 64x48 (latent 8x6); one lower stage of 32x32 (latent 4x4) until step 2
 PLAN = multires.StagePlan(((32, 32), (64, 48)), (2,))
 MR_SAMPLER = SAMPLER.replace(stages=PLAN)   # 4 steps, tail 1: steps 0-1 at 32x32, 2-3 at 64x48
@@ -180,36 +180,6 @@ def test_command_line_refuses_a_bad_plan_before_any_work(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"] and src.read_bytes() == before
 
 
-FOUR_DEVICES = r"""
-import hashlib, json, sys
-sys.path.insert(0, sys.argv[1])
-import jax
-from conftest import GOP, SAMPLER, matrix_video, model_for, variant_for
-from gvc_jax.codec.sampling import multires
-from gvc_jax.codec.session import decode_video, encode_video
-plan = multires.StagePlan(((32, 32), (64, 48)), (2,))
-video = matrix_video()[:25]   # 3 GOPs of 9 frames (FLF2V: 3 GOPs sharing boundaries)
-out = {"devices": jax.device_count()}
-for name in ("flf2v",):   # per-stage anchored conditioning under shard_map (T2V's stages are the same program)
-    model, s = model_for(name), SAMPLER.replace(stages=plan)
-    one = encode_video(video, 25.0, model, s, variant=variant_for(name), gop_frames=GOP, devices=1)
-    four = encode_video(video, 25.0, model, s, variant=variant_for(name), gop_frames=GOP, devices=4)
-    dec = decode_video(one.stream, model, devices=4, strict=True)
-    out[name] = [one.stream == four.stream, bool((one.video == four.video).all()), bool((dec.video == one.video).all())]
-print(json.dumps(out))
-"""
-
-
-def test_one_and_four_devices_give_the_same_stream_with_stages():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
-    proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES, HERE], capture_output=True, text=True, timeout=1200,
-                          env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"devices": 4, "flf2v": [True, True, True]}
-
-
 def test_mutated_stage_plans_are_refused_or_valid():
     """Every byte of the header's stage plan set to other values, the header CRC recomputed: the reader
     either refuses it with a BitstreamError or returns a plan that passes every check."""
@@ -247,23 +217,3 @@ def test_a_lost_record_of_a_staged_stream_is_concealed(coded):
     assert out.concealed == [h.num_gops - 1]
     first = GOP  # the first GOP's frames decode exactly as without damage
     assert np.array_equal(out.video[:first], dec.video[:first])
-
-
-def test_a_warm_staged_encode_writes_the_cold_bytes(tmp_path):
-    """The staged trajectory is one cacheable program: a second run with the same persistent cache
-    compiles nothing new and writes the same bytes."""
-    from test_warm_start import FAST, _entries, _run
-
-    src = tmp_path / "v.npy"
-    np.save(src, np.random.default_rng(0).integers(0, 256, (9, 48, 64, 3)).astype(np.uint8))
-    cache = tmp_path / "cache"
-    outs = []
-    for run in ("cold", "warm"):
-        out = tmp_path / f"{run}.gvc"
-        _run("gvc_jax.encode", [str(src), "-o", str(out), *FAST, "--mr", "32x32@2", "--x0-cache", "turbo"], cache)
-        outs.append(out.read_bytes())
-        if run == "cold":
-            cold_entries = _entries(cache)
-            assert any(e.startswith("jit__trajectory") for e in cold_entries), cold_entries
-    assert outs[0] == outs[1] and bitstream.read(outs[0])[0].sampler.stages == PLAN
-    assert _entries(cache) == cold_entries

@@ -10,7 +10,8 @@ in one process; 2 processes x 2 CPU devices over jax.distributed) has the same f
 
 One setup per topology (tests/parallel_worker.py codes every variant once): in this process for
 1 device, in a subprocess for 4 devices, in two processes for jax.distributed. The 4-device run
-also checks the split weights and per-GOP atoms (the ``extras``). The subprocesses get generous,
+also checks the split weights, per-GOP atoms and multi-resolution stages (the ``extras``), so that
+one 4-device process compiles the programs they share. The subprocesses get generous,
 bounded time: a hang fails the test, slowness on a loaded machine does not."""
 import json
 import os
@@ -163,6 +164,14 @@ def test_a_model_directory_loads_straight_onto_the_weight_shards(four_devices):
     w = four_devices["weights"]
     assert w["loaded_on_shards_equal"] and w["loaded_fingerprint_equal"]
     assert w["loaded_on_shards_per_device"] == w["param_bytes_per_device"] < w["param_bytes_total"] / 3
+
+
+def test_one_and_four_devices_give_the_same_stream_with_stages(four_devices):
+    """FLF2V with a stage plan (32x32 until step 2, then 64x48; tests/test_mr_trajectory.py), 3 GOPs sharing
+    boundaries: per-stage anchored conditioning under shard_map gives the 1-device stream and video on 4
+    devices, and the 1-device stream decodes on 4 devices, strictly, to the same video."""
+    assert four_devices["stages"] == {"devices": 4, "gops": 3, "plan": True, "same_stream": True,
+                                      "same_video": True, "decoded_on_4": True}
 
 
 def test_bench_gop_abstract_splits_the_weights_per_device(four_devices):

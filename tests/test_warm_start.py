@@ -37,30 +37,64 @@ def _entries(cache_root):
     return sorted(os.listdir(xla)) if os.path.isdir(xla) else []
 
 
-def test_a_warm_encode_writes_the_cold_bytes_and_reports_its_compute(video, tmp_path):
-    cache = tmp_path / "cache"
-    outs = []
+@pytest.fixture(scope="module")
+def plain_runs(video, tmp_path_factory):
+    """A cold then a warm encode with one cache root: -> (cache root, [(stream, report)] of each run,
+    the entries after the cold run, after the warm run, the cache directory's mode after the cold run).
+    The staged test codes in that cache afterwards (its VAE programs are these)."""
+    cache = tmp_path_factory.mktemp("plain") / "cache"
+    outs, entries = [], []
     for run in ("cold", "warm"):
-        out, js = tmp_path / f"{run}.gvc", tmp_path / f"{run}.json"
+        out, js = cache.parent / f"{run}.gvc", cache.parent / f"{run}.json"
         _run("gvc_jax.encode", [video, "-o", str(out), *FAST, "--x0-cache", "alternate", "--json", str(js)], cache)
         outs.append((out.read_bytes(), json.loads(js.read_text())))
+        entries.append(_entries(cache))
         if run == "cold":
-            cold_entries = _entries(cache)
-            assert any(e.startswith("jit__trajectory") for e in cold_entries), cold_entries  # no host callback in it
-            assert oct(os.stat(cache / "xla").st_mode & 0o777) == "0o700"
+            mode = oct(os.stat(cache / "xla").st_mode & 0o777)
+    return cache, outs, entries[0], entries[1], mode
+
+
+def test_a_warm_encode_writes_the_cold_bytes_and_reports_its_compute(plain_runs, tmp_path):
+    cache, outs, cold_entries, warm_entries, mode = plain_runs
+    assert any(e.startswith("jit__trajectory") for e in cold_entries), cold_entries  # no host callback in it
+    assert mode == "0o700"
     (cold, cold_report), (warm, warm_report) = outs
     assert warm == cold
-    assert _entries(cache) == cold_entries  # the warm run compiled nothing new
+    assert warm_entries == cold_entries  # the warm run compiled nothing new
     for report in (cold_report, warm_report):
         assert report["dit_calls_per_gop"] == [2] * report["gops"]  # 4 steps, x0-cache alternate skips 1 and 3
         assert report["dit_calls"] == 2 * report["gops"] and report["compile_s"] >= 0
     assert cold_report["compile_s"] > 0
     # the decoder's report, from the command line run in this process (its cache is the suite's)
     dec = tmp_path / "dec.json"
-    assert cli.run_main(decode_cli.main, [str(tmp_path / "warm.gvc"), "-o", str(tmp_path / "d.npy"), "--model",
+    assert cli.run_main(decode_cli.main, [str(cache.parent / "warm.gvc"), "-o", str(tmp_path / "d.npy"), "--model",
                                           "preset:tiny", "--quiet", "--json", str(dec)]) == 0
     report = json.loads(dec.read_text())
     assert report["dit_calls"] == 2 * len(report["dit_calls_per_gop"]) and "compile_s" in report
+
+
+def test_a_warm_staged_encode_writes_the_cold_bytes(plain_runs, video, tmp_path):
+    """Multi-resolution stages (tests/test_mr_trajectory.py) with the turbo x0-cache: the staged trajectory
+    is one cacheable program. Coded in the plain runs' cache (the same VAE programs), the cold staged run
+    adds its own trajectory entry, and a second run with that cache compiles nothing new and writes the
+    same bytes."""
+    from gvc_jax.codec.format import bitstream
+    from gvc_jax.codec.sampling import multires
+
+    cache = plain_runs[0]
+    outs = []
+    for run in ("cold", "warm"):
+        before = _entries(cache)
+        out = tmp_path / f"{run}.gvc"
+        _run("gvc_jax.encode", [video, "-o", str(out), *FAST, "--mr", "32x32@2", "--x0-cache", "turbo"], cache)
+        outs.append(out.read_bytes())
+        added = sorted(set(_entries(cache)) - set(before))
+        if run == "cold":
+            assert any(e.startswith("jit__trajectory") for e in added), added
+        else:
+            assert added == []
+    assert outs[0] == outs[1]
+    assert bitstream.read(outs[0])[0].sampler.stages == multires.StagePlan(((32, 32), (64, 48)), (2,))
 
 
 def test_no_compile_cache_and_the_environment_switch_leave_every_cache_unused(video, tmp_path):
