@@ -5,7 +5,10 @@ DiT calls and codebook search), VAE decode.
 
 Default model, Big Buck Bunny; each part timed with the programs compiled (one warm-up call),
 median of 3, wall and process CPU seconds. The turbo preset changes only the trajectory (its stage
-plan and refresh rule), so the VAE parts bound what it can save on a whole GOP.
+plan and refresh rule), so the VAE parts bound what it can save on a whole GOP. The last line gives
+turbo / plain CPU time of the trajectory, of an encoder's GOP without a sink (VAE encode +
+trajectory) and of a decoder's GOP (trajectory + VAE decode, with the encoder's trajectory time).
+``--vae-convs fast``: the VAE's fast conv path (``registry.with_execution``).
 """
 from __future__ import annotations
 
@@ -55,12 +58,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="256x144")
     p.add_argument("--frames", type=int, default=33, help="one GOP of this many frames (4k+1)")
+    p.add_argument("--vae-convs", default="exact", choices=("exact", "fast"),
+                   help="the VAE's conv path (default exact)")
     args = p.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     video, _ = read_video(sample_clip_path("bigbuckbunny"), max_frames=args.frames, resize=(width, height))
-    model = get_model(None)
-    for name, opts in (("plain", CodecOptions()), ("turbo", CodecOptions.preset("turbo"))):
-        print(json.dumps(parts(name, opts, model, np.asarray(video))), flush=True)
+    model = get_model(None, vae_convs=args.vae_convs)
+    rows = [parts(name, opts, model, np.asarray(video)) for name, opts in
+            (("plain", CodecOptions()), ("turbo", CodecOptions.preset("turbo")))]
+    for r in rows:
+        r["vae_convs"] = args.vae_convs
+        print(json.dumps(r), flush=True)
+    cpu = [{k: r[k]["cpu_s"] for k in ("vae_encode", "trajectory", "vae_decode")} for r in rows]
+    enc = [c["vae_encode"] + c["trajectory"] for c in cpu]  # an encoder with no sink: VAE encode + trajectory
+    dec = [c["trajectory"] + c["vae_decode"] for c in cpu]  # (the encoder's trajectory: an upper bound)
+    print(json.dumps({"vae_convs": args.vae_convs, "turbo_over_plain_cpu": {
+        "trajectory": round(cpu[1]["trajectory"] / cpu[0]["trajectory"], 3), "encode_gop": round(enc[1] / enc[0], 3),
+        "decode_gop": round(dec[1] / dec[0], 3)}}), flush=True)
     return 0
 
 
