@@ -215,7 +215,8 @@ LONGEST_FIRST = (
     "test_train_default.py", "test_distributed.py",  # 70-100 s each
     "test_codebooks.py", "test_release.py", "test_cli.py", "test_device_check.py", "test_warm_start.py",  # 60-110 s
     "test_pipeline.py", "test_planner.py", "test_mr_trajectory.py", "test_multires.py", "test_hostile_models.py",
-    "test_resume.py", "test_vae.py", "test_signals.py", "test_notebook.py", "test_convert.py", "test_trajectory.py", "test_dit.py",
+    "test_resume.py", "test_vae.py", "test_signals.py", "test_notebook.py", "test_convert.py", "test_trajectory.py",
+    "test_dit.py",
     "test_batch.py", "test_harness.py", "test_evaluation.py", "test_hostile_journal.py", "test_bitstream.py",
     "test_execution.py", "test_default_model.py", "test_golden_streams.py", "test_api.py",  # 15-70 s
 )
