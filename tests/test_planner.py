@@ -166,7 +166,8 @@ def test_plan_with_stages_end_to_end(tiny, tmp_path):
     assert len(report["transition_bits"]) == 1 and report["transition_bits"][0] > 0
     assert report["plan_mr"] == sched.stages.spec() and report["plan_dit_cost"] <= 5  # the report carries the plan
     assert report["plan_dit_calls"] == sched.dit_calls and report["steps"] == sched.steps
-    off, _ = _plan_and_encode(model, video, target_bpp=0.6, max_dit_calls=5, calibration=table.path, mr="off")
+    off = api.CodecOptions(**OPTS, target_bpp=0.6, max_dit_calls=5, calibration=table.path, mr="off").resolve(
+        model, [ArrayReader(video, 16.0)], lambda _: ArrayReader(video, 16.0))  # planned, not coded
     assert off.plan.schedule.stages is None and off.sampler.stages is None
 
 
