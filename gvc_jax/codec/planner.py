@@ -422,17 +422,21 @@ def _fit(video: Video, sched: Schedule):
     return apf, rate.stream_bytes(fitted, t.side_lengths), picks
 
 
-def _no_schedule(table: CalibrationTable, tail: int, budget: float, mr: Sequence[str]) -> PlanError:
+def _no_schedule(table: CalibrationTable, tail: int, budget: float, mr: Sequence[str],
+                 stage_plan: Optional[StagePlanFor]) -> PlanError:
     axes = [m for m in table.mr_values if m in mr]
     if not axes:
         return PlanError(f"the table {table.path} has no points for mr {'/'.join(mr)} (it measured "
                          f"{'/'.join(table.mr_values)}): recalibrate with experiments/calibrate.py")
     ts = table.steps_of(axes[0])
     first = max(ts[0], tail + 1)
+    if axes == ["auto"] and not any(stage_plan is not None and stage_plan(t) is not None
+                                    for t in range(first, ts[-1] + 1)):
+        return PlanError("no --mr auto plan exists for this size with this model (at or below its native size, "
+                         "or too few steps): leave --mr out or give --mr off")
     need = f"at least {-(-first // 2)}" if first <= ts[-1] else "more steps than the tail"
-    extra = " (and no --mr auto plan exists for this size)" if "auto" in axes else ""
     return PlanError(f"no schedule within {budget} DiT calls per GOP: the table {table.path} covers steps "
-                     f"{ts[0]}..{ts[-1]} (tail {tail}), which need {need} calls{extra}")
+                     f"{ts[0]}..{ts[-1]} (tail {tail}), which need {need} calls")
 
 
 def plan(table: CalibrationTable, videos: Sequence[Video], tail: int, budget: int, mr: Sequence[str] = ("off",),
@@ -443,7 +447,7 @@ def plan(table: CalibrationTable, videos: Sequence[Video], tail: int, budget: in
     (the videos of one run share one coded size)."""
     scheds = candidates(table, tail, budget, mr, stage_plan)
     if not scheds:
-        raise _no_schedule(table, tail, budget, mr)
+        raise _no_schedule(table, tail, budget, mr, stage_plan)
     best: Optional[tuple] = None
     considered = 0
     for sched in scheds:
