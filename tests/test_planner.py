@@ -333,15 +333,21 @@ def test_default_model_plan_end_to_end(default_model):
     assert setup.plan.lpips > 0 and setup.plan.table.endswith(planner.TABLE_NAME)
 
 
-def test_calibrate_writes_a_table_the_planner_reads(default_model, tmp_path):
-    """experiments/calibrate.py on a few frames of one clip: a valid table for the model, every point measured."""
+def test_calibrate_writes_a_table_the_planner_reads(default_model, tmp_path, capsys):
+    """experiments/calibrate.py on a few frames of one clip: a valid table for the model, every point
+    measured, the MR axis where the model has a stage plan (above its 192x128 native size, T = 5)."""
     from experiments import calibrate
 
     out = tmp_path / "cal.json"
-    assert calibrate.main(["--clips", "bikes", "--frames", "5", "--size", "64x48", "--steps", "4,5", "--atoms", "2",
+    assert calibrate.main(["--clips", "bikes", "--frames", "5", "--size", "208x144", "--steps", "4,5", "--atoms", "2",
                            "--out", str(out)]) == 0
+    assert "steps 4: no --mr auto plan at 208x144" in capsys.readouterr().out  # T = 4, tail 3: one stochastic step
     table = planner.read_table(str(out), default_model.fingerprint)
-    assert table.steps == (4, 5) and len(table.data["points"]) == 4
-    assert {p["dit_calls"] for p in table.data["points"]} == {4, 2, 5, 3}
+    assert table.steps == (4, 5) and table.steps_of("auto") == (5,) and len(table.data["points"]) == 6
+    assert table.data["version"] == planner.TABLE_VERSION and table.data["measured"]["mr"] == ["off", "auto"]
+    assert {p["dit_calls"] for p in table.data["points"] if p["mr"] == "off"} == {4, 2, 5, 3}
     assert all(0 < p["lpips"] < 2 and p["psnr"] > 5 for p in table.data["points"])
+    auto = [p for p in table.data["points"] if p["mr"] == "auto"]
+    off5 = [p for p in table.data["points"] if p["mr"] == "off" and p["steps"] == 5]
+    assert min(p["payload_bpp"] for p in auto) > max(p["payload_bpp"] for p in off5)  # the transition atoms' bits
     assert not os.path.exists(str(out) + ".partial.json")
