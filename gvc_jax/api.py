@@ -83,7 +83,7 @@ class CodecOptions:
                     predicted distortion within this many full-size DiT calls per GOP (a call at a
                     lower stage counts its share of the tokens; None: no planner)
     speed:          with ``target_bpp``, instead of ``max_dit_calls``: ``quality`` / ``balanced`` /
-                    ``fast``, a budget of 1.0 / 0.6 / 0.4 times ``steps`` DiT calls per GOP
+                    ``fast``, a budget of 1.0 / 0.6 / 0.4 times ``steps`` full-size DiT calls per GOP
     calibration:    the planner's calibration table (None: ``calibration.json`` in the model directory)
     codebook_size:  K, atoms in each (step, frame) codebook
     codebook:       atom kind: ``hadamard`` (fast, integer-exact), ``gaussian`` (the published method), ``rademacher``
@@ -133,8 +133,8 @@ class CodecOptions:
                                                 "Rate-compute planner; our own design, from the model's calibration "
                                                 "table)")
     speed: Optional[str] = _option(None, "--speed", SAMPLER_GROUP, choices=tuple(planner.SPEEDS),
-                                   help="with --target-bpp, instead of --max-dit-calls: a DiT-call budget of 1.0 / "
-                                        "0.6 / 0.4 times --steps (quality / balanced / fast)")
+                                   help="with --target-bpp, instead of --max-dit-calls: a budget of 1.0 / 0.6 / 0.4 "
+                                        "times --steps full-size DiT calls (quality / balanced / fast)")
     calibration: Optional[str] = _option(None, "--calibration", SAMPLER_GROUP, metavar="FILE",
                                          help="the planner's calibration table (default: MODEL/calibration.json, "
                                               "written by experiments/calibrate.py)")
@@ -159,8 +159,8 @@ class CodecOptions:
                                 help="multi-resolution trajectory: off (default), auto (stages from the model's native "
                                      "size) or WxH@STEP[,WxH@STEP...]: the lower stages' sizes, smallest first, each "
                                      "with the stochastic step it ends at (e.g. 832x480@8 for 720p); the coded size is "
-                                     "the last stage; stored in the header. With --max-dit-calls / --speed left out, "
-                                     "the planner chooses off or auto; off / auto fix it")
+                                     "the last stage; stored in the header. With --max-dit-calls / --speed, leaving "
+                                     "--mr out lets the planner choose off or auto; off / auto fix the choice")
     gop_frames: Optional[int] = _option(None, "--gop-frames", INPUT_GROUP, type=int,
                                         help="frames per GOP, 4k+1 (default 33, or fewer for a shorter clip)")
 
@@ -175,6 +175,8 @@ class CodecOptions:
         if self.target_bpp is not None and not (isinstance(self.target_bpp, (int, float))
                                                 and math.isfinite(self.target_bpp) and 0 < self.target_bpp <= 24):
             raise ValueError(f"target_bpp must be in (0, 24], got {self.target_bpp!r}")
+        if self.mr is not None and not isinstance(self.mr, str):
+            raise ValueError(f"mr (--mr) must be a string, got {self.mr!r}")
         self._check_planner()
         if not isinstance(self.tail_frames, int) or self.tail_frames < 0:
             raise ValueError(f"tail_frames must be a non-negative integer, got {self.tail_frames!r}")
@@ -183,8 +185,6 @@ class CodecOptions:
                 raise ValueError(f"gop_frames must be 4k+1 in [1, {MAX_GOP_FRAMES}], got {self.gop_frames}")
             check_gop_frames(self.gop_frames)
         self.sampler(480, 832, stages=None)  # validates every sampler field
-        if self.mr is not None and not isinstance(self.mr, str):
-            raise ValueError(f"mr (--mr) must be a string, got {self.mr!r}")
         # the plan's syntax and step range (its sizes are checked against the video and the model in ``sampler``)
         multires.parse_stage_plan(self.mr or "off", coded=(multires.MAX_SIZE, multires.MAX_SIZE), steps=self.steps,
                                   tail=self.tail, spatial_stride=1, patch=1)

@@ -73,3 +73,21 @@ def test_fast_vae_convs_are_an_execution_setting(model):
         assert vae_conv_path(cli.model_from_args(args, None)) == "fast"
         args = parser.parse_args(["in", "-o", "out", "--model", "preset:tiny"])
         assert vae_conv_path(cli.model_from_args(args, None)) == "exact"
+
+
+def test_a_resume_journal_is_bound_to_how_the_model_runs(model, tmp_path):
+    """A journal written with the exact VAE is not resumed with the fast one (nor with bf16): GOPs
+    coded with other numerics are never mixed into one stream."""
+    from gvc_jax.codec.gop.journal import JournalError
+    from gvc_jax.codec.gop.plan import ArrayReader
+    from gvc_jax.codec.session import encode_stream
+
+    video = np.random.default_rng(1).integers(0, 256, (5, 32, 48, 3), dtype=np.uint8)
+    path = str(tmp_path / "v.gvc.resume")
+    encode_stream(ArrayReader(video, 25.0), model, SAMPLER, gop_frames=5, resume=path).journal.close()
+    for other in (with_execution(model, vae_convs="fast"), with_execution(model, dtype="bfloat16")):
+        with pytest.raises(JournalError, match="different encode"):
+            encode_stream(ArrayReader(video, 25.0), other, SAMPLER, gop_frames=5, resume=path)
+    again = encode_stream(ArrayReader(video, 25.0), model, SAMPLER, gop_frames=5, resume=path)
+    assert [g.resumed for g in again.gops] == [True]  # the same settings resume it
+    again.journal.remove()

@@ -434,9 +434,10 @@ def _no_schedule(table: CalibrationTable, tail: int, budget: float, mr: Sequence
                                     for t in range(first, ts[-1] + 1)):
         return PlanError("no --mr auto plan exists for this size with this model (at or below its native size, "
                          "or too few steps): leave --mr out or give --mr off")
-    need = f"at least {-(-first // 2)}" if first <= ts[-1] else "more steps than the tail"
+    costs = [sched.cost for sched in candidates(table, tail, math.inf, mr, stage_plan)]
+    need = f"the cheapest costs {min(costs):.4g} full-size calls" if costs else "none runs more steps than the tail"
     return PlanError(f"no schedule within {budget} DiT calls per GOP: the table {table.path} covers steps "
-                     f"{ts[0]}..{ts[-1]} (tail {tail}), which need {need} calls")
+                     f"{ts[0]}..{ts[-1]} (tail {tail}) and {need}")
 
 
 def plan(table: CalibrationTable, videos: Sequence[Video], tail: int, budget: int, mr: Sequence[str] = ("off",),

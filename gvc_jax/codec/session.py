@@ -34,6 +34,7 @@ from gvc_jax.codec.gop.variants import ANCHOR_TAG, RESIDUAL_TAG, get_variant
 from gvc_jax.codec.sampling import multires
 from gvc_jax.codec.sampling.schedule import SamplerConfig
 from gvc_jax.io.ffmpeg import fps_fraction
+from gvc_jax.models.registry import execution_settings
 from gvc_jax.models.text import prompt_context
 from gvc_jax.parallel import GopMesh
 from gvc_jax.pixels import crop, pad_to_multiple
@@ -97,7 +98,8 @@ class CodecResult:
 def _pixels(out: GopOutput) -> np.ndarray:
     """A GOP's decoded frames, where the loop decoded them (``code_gops``: a sink wants them, or later
     GOPs condition on them)."""
-    assert out.frames is not None, f"GOP {out.span.index}: its frames were not decoded"
+    if out.frames is None:
+        raise RuntimeError(f"GOP {out.span.index}: its frames were not decoded (no sink asked for them)")
     return out.frames
 
 
@@ -180,7 +182,7 @@ def encode_streams(jobs: Sequence[EncodeJob], model, sampler: SamplerConfig, *, 
     # before any model work: a journal of another run, or an entry that does not fit this encode, is refused here
     for st in streams:
         if st.job.resume is not None:
-            st.journal = _open_resume(st, var, mesh)
+            st.journal = _open_resume(st, var, mesh, execution_settings(model))
     engine = gop_engine(model, _engine_header([st.header for st in streams]), mesh)
     plan = streams[0].plan if len(streams) == 1 else GopPlan.batch([st.plan for st in streams])[0]
     base = np.cumsum([0] + [st.plan.num_gops for st in streams])  # each stream's first global GOP
@@ -304,7 +306,7 @@ def _encoder_header(reader, model, sampler: SamplerConfig, var, plan: GopPlan, g
     return header
 
 
-def _open_resume(st: _Coding, var, mesh: GopMesh) -> Journal:
+def _open_resume(st: _Coding, var, mesh: GopMesh, execution: tuple) -> Journal:
     """The resume journal of ``st``'s output, bound to this run and every entry checked against its plan;
     its frames are then read through a ``SourceCheck`` against the journal."""
     header, plan = st.header, st.plan
@@ -325,7 +327,10 @@ def _open_resume(st: _Coding, var, mesh: GopMesh) -> Journal:
 
     longest = (bitstream.payload_bits(header) + 7) // 8 + bitstream.MAX_SIDE_BYTES + (1 << 16)  # framed record
     assert st.job.resume is not None
-    journal = open_journal(st.job.resume, run_key(header, var, st.gop_atoms, tuple(st.job.resume_identity)), mesh,
+    # the key binds the journal to this run: the header, the variant, the per-GOP atoms, the input and how the
+    # model runs (dtype, attention, VAE conv path), so GOPs coded with other numerics are never mixed in
+    key = run_key(header, var, st.gop_atoms, tuple(st.job.resume_identity), execution)
+    journal = open_journal(st.job.resume, key, mesh,
                            Expect(plan.num_gops, header.height, header.width, context_of, check_record, longest))
     # resumed: the journalled GOPs' frames are read too, and checked against their entries
     st.checked = SourceCheck(st.read, plan.spans, journal)

@@ -95,12 +95,18 @@ def vae_conv_path(model: CodecModel) -> str:
     return "fast" if fast else "exact"
 
 
+def execution_settings(model: CodecModel) -> tuple:
+    """How ``model`` runs (``with_execution``'s settings): what else, besides the weights, decides its bytes."""
+    dit = model.config.dit
+    return (dit.dtype, dit.param_dtype, getattr(dit, "attention", None), vae_conv_path(model))
+
+
 def _with_vae_convs(model: CodecModel, convs: str) -> CodecModel:
     if convs not in VAE_CONVS:
         raise ValueError(f"vae_convs must be one of {', '.join(VAE_CONVS)}, got {convs!r}")
     if vae_conv_path(model) == convs:
         return model
-    vae = nnx.merge(*nnx.split(model.vae))  # a new module on the same (immutable) arrays: ``model`` is untouched
+    vae = nnx.clone(model.vae)  # new modules and parameter objects on the same arrays: ``model`` is untouched
     assert isinstance(vae, WanVAE)
     return dataclasses.replace(model, vae=vae.set_fast_convs(convs == "fast"))
 
