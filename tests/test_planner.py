@@ -339,16 +339,22 @@ def test_calibrate_writes_a_table_the_planner_reads(default_model, tmp_path, cap
     measured, the MR axis where the model has a stage plan (above its 192x128 native size, T = 5)."""
     from experiments import calibrate
 
+    args = calibrate.build_parser().parse_args(["--size", "208x144", "--steps", "4,5", "--atoms", "2"])
+    grid = list(calibrate._grid(args, default_model))  # T = 4, tail 3: one stochastic step, no stage plan
+    assert "steps 4: no --mr auto plan at 208x144" in capsys.readouterr().out
+    assert [(t, mode, mr) for t, mode, mr, _ in grid] == [(4, "off", "off"), (4, "alternate", "off"),
+                                                          (5, "off", "off"), (5, "alternate", "off"),
+                                                          (5, "off", "auto"), (5, "alternate", "auto")]
     out = tmp_path / "cal.json"
-    assert calibrate.main(["--clips", "bikes", "--frames", "5", "--size", "208x144", "--steps", "4,5", "--atoms", "2",
+    assert calibrate.main(["--clips", "bikes", "--frames", "5", "--size", "208x144", "--steps", "5", "--atoms", "2",
                            "--out", str(out)]) == 0
-    assert "steps 4: no --mr auto plan at 208x144" in capsys.readouterr().out  # T = 4, tail 3: one stochastic step
     table = planner.read_table(str(out), default_model.fingerprint)
-    assert table.steps == (4, 5) and table.steps_of("auto") == (5,) and len(table.data["points"]) == 6
+    assert table.steps == table.steps_of("auto") == (5,) and len(table.data["points"]) == 4
     assert table.data["version"] == planner.TABLE_VERSION and table.data["measured"]["mr"] == ["off", "auto"]
-    assert {p["dit_calls"] for p in table.data["points"] if p["mr"] == "off"} == {4, 2, 5, 3}
+    assert {(p["mr"], p["x0_cache"], p["dit_calls"]) for p in table.data["points"]} == {
+        ("off", "off", 5), ("off", "alternate", 3), ("auto", "off", 5), ("auto", "alternate", 5)}  # no skip: tail
     assert all(0 < p["lpips"] < 2 and p["psnr"] > 5 for p in table.data["points"])
     auto = [p for p in table.data["points"] if p["mr"] == "auto"]
-    off5 = [p for p in table.data["points"] if p["mr"] == "off" and p["steps"] == 5]
-    assert min(p["payload_bpp"] for p in auto) > max(p["payload_bpp"] for p in off5)  # the transition atoms' bits
+    off = [p for p in table.data["points"] if p["mr"] == "off"]
+    assert min(p["payload_bpp"] for p in auto) > max(p["payload_bpp"] for p in off)  # the transition atoms' bits
     assert not os.path.exists(str(out) + ".partial.json")
