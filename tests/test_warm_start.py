@@ -26,7 +26,8 @@ def _run(module, args, cache_root, extra_env=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
            and not k.startswith("JAX_PERSISTENT_CACHE")}  # the suite's own cache dir would take precedence
     env.update({"GVC_JAX_CACHE": str(cache_root), "JAX_PLATFORMS": "cpu", **(extra_env or {})})
-    proc = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
+    how = ["-c"] if module == "-c" else ["-m", module]  # a module's command line, or ``-c`` code
+    proc = subprocess.run([sys.executable, *how, *args], env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -102,10 +103,16 @@ def test_no_compile_cache_and_the_environment_switch_leave_every_cache_unused(vi
     jax_dir.mkdir()
     jax_env = {"JAX_COMPILATION_CACHE_DIR": str(jax_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     _run("gvc_jax.encode", [video, "-o", str(tmp_path / "a.gvc"), *FAST, "--no-compile-cache"], cache, jax_env)
-    _run("gvc_jax.encode", [video, "-o", str(tmp_path / "b.gvc"), *FAST], cache,
-         {**jax_env, "GVC_JAX_NO_COMPILE_CACHE": "1"})
     assert _entries(cache) == [] and os.listdir(jax_dir) == []
-    assert (tmp_path / "a.gvc").read_bytes() == (tmp_path / "b.gvc").read_bytes()
+    # the environment switch: a process that loads a model through the library (which turns the cache on
+    # unless it is off) and compiles a program leaves both caches empty too
+    probe = ("import jax, jax.numpy as jnp; from gvc_jax import api; api.get_model('preset:tiny'); "
+             "jax.jit(lambda x: jnp.sin(x) * 2 + 1)(jnp.ones(7)).block_until_ready(); "
+             "print(jax.config.jax_enable_compilation_cache)")
+    assert _run("-c", [probe], cache, {**jax_env, "GVC_JAX_NO_COMPILE_CACHE": "1"}).stdout.split() == ["False"]
+    assert _entries(cache) == [] and os.listdir(jax_dir) == []
+    assert _run("-c", [probe], cache, jax_env).stdout.split() == ["True"]  # the probe can see a cache: it is on
+    assert os.listdir(jax_dir) != []  # JAX's own directory is respected and used when the switch is off
 
 
 def test_a_directory_others_can_write_to_is_refused(tmp_path):
