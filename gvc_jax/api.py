@@ -258,15 +258,18 @@ class CodecOptions:
         fit = temporal_stride * -(-(max(num_frames, 1) - 1) // temporal_stride) + 1
         return min(DEFAULT_GOP_FRAMES, fit)
 
-    def stage_plan(self, height: int, width: int, model=None) -> Optional[multires.StagePlan]:
+    def stage_plan(self, height: int, width: int, model=None, *, mr: Optional[str] = None,
+                   steps: Optional[int] = None) -> Optional[multires.StagePlan]:
         """``mr`` for a clip of this (unpadded) size: the checked plan, or None (one size). ``model``
-        gives the grid (VAE stride, DiT patch) and the native size of ``auto`` (default: Wan2.1's)."""
+        gives the grid (VAE stride, DiT patch) and the native size of ``auto`` (default: Wan2.1's).
+        ``mr`` / ``steps``: another plan spec / step count than the options' (the planner's candidates)."""
         coded = (coded_size(width), coded_size(height))
         grid: dict = {}
         if model is not None:
             grid = dict(spatial_stride=model.config.vae.spatial_stride, patch=model.config.dit.patch_size,
                         native=model.config.native_size or multires.WAN_NATIVE_SIZE)
-        return multires.parse_stage_plan(self.mr or "off", coded=coded, steps=self.steps, tail=self.tail, **grid)
+        return multires.parse_stage_plan(mr or self.mr or "off", coded=coded, steps=steps or self.steps,
+                                         tail=self.tail, **grid)
 
     def x0_cache_steps(self, stages: Optional[multires.StagePlan]) -> Tuple[int, ...]:
         """The x0-cache skip schedule: ``x0_cache`` for these stages (see the field's doc)."""
@@ -319,8 +322,7 @@ class CodecOptions:
             budget = planner.compute_budget(self.max_dit_calls, self.speed, self.steps)
             height, width = readers[0].height, readers[0].width
             chosen = planner.plan(table, videos, sampler.tail, budget, self.planner_mr_axis(),
-                                  lambda steps: self.replace(mr="auto", steps=steps, x0_cache="off").stage_plan(
-                                      height, width, model))
+                                  lambda steps: self.stage_plan(height, width, model, mr="auto", steps=steps))
             sampler = sampler.replace(steps=chosen.schedule.steps, x0_cache=chosen.schedule.x0_cache,
                                       stages=chosen.schedule.stages, atoms_per_frame=chosen.atoms_per_frame)
         return CodingSetup(self, variant, gop, sampler, tuple(targets), chosen)

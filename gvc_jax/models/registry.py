@@ -98,7 +98,7 @@ def vae_conv_path(model: CodecModel) -> str:
 def execution_settings(model: CodecModel) -> tuple:
     """How ``model`` runs (``with_execution``'s settings): what else, besides the weights, decides its bytes."""
     dit = model.config.dit
-    return (dit.dtype, dit.param_dtype, getattr(dit, "attention", None), vae_conv_path(model))
+    return (dit.dtype, dit.param_dtype, dit.attention, vae_conv_path(model))
 
 
 def _with_vae_convs(model: CodecModel, convs: str) -> CodecModel:
