@@ -262,6 +262,10 @@ def start_training(wd, name, label, params, lr, steps, warmup, resume, wrap=None
         (params, opt_state), meta = load_tree(ckpt, (params, opt_state))
         start = int(meta["step"])
         print(f"resumed {label} at step {start}", flush=True)
+    # committed to one device either way: a restored tree comes back committed, and a step function
+    # traced for committed arguments is another program, so an uncommitted fresh start would make a
+    # resumed run recompile it instead of finding it in the compilation cache
+    params, opt_state = jax.device_put((params, opt_state), jax.devices()[0])
     log = JsonLog(os.path.join(wd, f"{name}_log.jsonl"), resume and start > 0)
     return tx, params, opt_state, ckpt, start, log
 
