@@ -40,10 +40,11 @@ T2V_SAMPLER = SamplerConfig(steps=5, tail=2, g_scale=3.0, shift=3.0, K=512, atom
 SHORT_SAMPLER = SamplerConfig(steps=4, tail=1, g_scale=3.0, shift=3.0, K=256, atoms_per_frame=(4, 4), seed=1,
                               x0_cache=(2,))
 
-# "fast CLI": the codec flags of a quick command-line encode (9-frame GOPs, 4 steps)
-FAST_CODEC = ["-K", "512", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9", "--quiet"]
-FAST_T2V = ["--model", "preset:tiny", *FAST_CODEC]
+# "fast CLI": the codec flags of a quick command-line encode (9-frame GOPs, 4 steps; K and steps those of
+# SAMPLER, so on a 52x36 or 56x40 clip these encodes run the topology matrix's compiled programs)
 FAST_ANCHORED = ["-K", "256", "-M", "3", "--steps", "4", "--tail", "1", "--gop-frames", "9"]
+FAST_CODEC = [*FAST_ANCHORED, "--quiet"]
+FAST_T2V = ["--model", "preset:tiny", *FAST_CODEC]
 FAST_I2V = ["--model", "preset:tiny-anchored", *FAST_ANCHORED, "--variant", "i2v", "--anchor-codec", "webp", "--quiet"]
 
 

@@ -153,7 +153,7 @@ def test_rd_end_to_end_and_resume(tmp_path, monkeypatch):
     from experiments import ablate, rd
 
     out = str(tmp_path / "rd")
-    argv = ["bigbuckbunny", "--frames", "9", "--resize", "64x64", "--gvc-model", "preset:tiny",
+    argv = ["bigbuckbunny", "--frames", "9", "--resize", "64x48", "--gvc-model", "preset:tiny",
             "--gvc-atoms", "2", "4", "--K", "256", "--steps", "4", "--tail", "1", "--gop-frames", "9",
             "--baselines", "x264", "--ladder", "x264=51,43,35,27", "--preset", "x264=ultrafast",
             "--anchor", "x264", "--metrics", "psnr,ms-ssim,lpips,dists,tlp,vmaf", "--out", out]
@@ -167,7 +167,7 @@ def test_rd_end_to_end_and_resume(tmp_path, monkeypatch):
     for p in points:
         stream = os.path.join(out, p["stream"])
         assert os.path.getsize(stream) == p["bytes"] > 0
-        assert p["bpp"] == pytest.approx(8.0 * p["bytes"] / (9 * 64 * 64))
+        assert p["bpp"] == pytest.approx(8.0 * p["bytes"] / (9 * 64 * 48))
         assert np.isfinite(p["psnr"]) and 0.0 <= p["lpips"] <= 1.5 and 0.0 <= p["ms_ssim"] <= 1.0
         assert 0.0 < p["dists"] < 1.0 and p["tlp"] >= 0.0 and 0.0 <= p["vmaf"] <= 100.0 and "warp" not in p
     x264 = sorted((p for p in points if p["codec"] == "x264"), key=lambda p: p["bpp"])
@@ -216,7 +216,7 @@ def test_rd_end_to_end_and_resume(tmp_path, monkeypatch):
     assert all(again[p["key"]] == p for p in x264)
 
     # ablate over M on the same output reuses those very points (same keys) and plots the sweep
-    assert ablate.main(["bigbuckbunny", "--frames", "9", "--resize", "64x64", "--gvc-model", "preset:tiny",
+    assert ablate.main(["bigbuckbunny", "--frames", "9", "--resize", "64x48", "--gvc-model", "preset:tiny",
                         "--param", "M", "--values", "2", "4", "--K", "256", "--steps", "4", "--tail", "1",
                         "--gop-frames", "9", "--out", out]) == 0
     assert os.path.isfile(os.path.join(out, "plots", "ablate_M.png"))
