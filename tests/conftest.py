@@ -122,9 +122,9 @@ def ramp_video(seed: int, frames: int) -> np.ndarray:
                    0, 255).astype(np.uint8)
 
 
-def noise_video(seed: int, frames: int) -> np.ndarray:
-    """Uniform 48x32 noise (the interrupted-encode tests' clips)."""
-    return np.random.default_rng(seed).integers(0, 255, (frames, 32, 48, 3)).astype(np.uint8)
+def noise_video(seed: int, frames: int, width: int = 48, height: int = 32) -> np.ndarray:
+    """Uniform noise, 48x32 by default (the interrupted-encode tests' clips)."""
+    return np.random.default_rng(seed).integers(0, 255, (frames, height, width, 3)).astype(np.uint8)
 
 
 def run_within(seconds: float, fn, *args, **kwargs):

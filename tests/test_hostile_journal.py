@@ -19,7 +19,9 @@ from gvc_jax.codec.gop import journal as jrnl
 from gvc_jax.io.video_writer import write_video
 
 ARGS = FAST_I2V
-H, W = 32, 48  # the coded size (multiples of 16); I2V GOPs [0, 9), [8, 17), [16, 25): context frames 8, 16
+# the coded size (multiples of 16), the topology matrix's (its programs come from the suite's compilation
+# cache); I2V GOPs [0, 9), [8, 17), [16, 25): context frames 8, 16
+H, W = 48, 64
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def run(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("hostile-journal")
     clip = str(d / "in.npy")
-    write_video(clip, noise_video(3, 25), 16.0)  # [25, H, W, 3]; its own file: a test alters it and restores it
+    write_video(clip, noise_video(3, 25, W, H), 16.0)  # [25, H, W, 3]; its own file: a test alters it and restores it
     out = str(d / "full.gvc")
     real, kept = bitstream.assemble, {}
 
