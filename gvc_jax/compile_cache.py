@@ -101,15 +101,21 @@ def _on_event(name: str, seconds: float, **_kw: Any) -> None:
 jax.monitoring.register_event_duration_secs_listener(_on_event)  # type: ignore[arg-type]  # (name, secs, **kw)
 
 
+TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
 class TraceCounter:
     """Counts how often JAX traces functions named ``fun_name`` while it is open (a ``with``
-    block): a new trace means a new program (tests check that changing M compiles nothing)."""
+    block): a new trace means a new program (tests check that changing M compiles nothing).
+    ``event=COMPILE_EVENT`` counts XLA compilations instead (a program traced once can still be
+    compiled again for arguments placed differently; a compilation cache hit is not one)."""
 
-    def __init__(self, fun_name: str):
-        self.fun_name, self.count = fun_name, 0
+    def __init__(self, fun_name: str, event: str = TRACE_EVENT):
+        self.fun_name, self.event, self.count = fun_name, event, 0
 
     def _on(self, name: str, seconds: float, **kw: Any) -> None:
-        if name == "/jax/core/compile/jaxpr_trace_duration" and kw.get("fun_name") == self.fun_name:
+        if name == self.event and kw.get("fun_name") in (self.fun_name, f"jit({self.fun_name})"):
             self.count += 1
 
     def __enter__(self) -> "TraceCounter":

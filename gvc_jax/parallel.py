@@ -259,6 +259,10 @@ class GopMesh:
             def run_each(shared, per_gop: Sequence):
                 if self.mesh is not None:  # split weights: everything else goes on all devices too
                     shared, per_gop = self._on_mesh(shared), [self._on_mesh(one) for one in per_gop]
+                else:  # a GOP's inputs committed to the device whatever made them (the encoder's target comes
+                    # from the device, the decoder's is host zeros): an uncommitted argument is another program,
+                    # so without this the decoder could not reuse the encoder's compiled (or cached) trajectory
+                    per_gop = [jax.device_put(one, self.devices[0]) for one in per_gop]
                 return [fn(shared, one) for one in per_gop]
             return run_each
         mesh = self.mesh

@@ -184,6 +184,29 @@ def test_changing_M_between_runs_and_gops_compiles_the_trajectory_once(model, vi
     assert [[len(i) for i, _ in r.picks[0]] for r in records] == [[3, 5, 4], [1, 2, 7]]
 
 
+def test_the_decoder_runs_the_program_the_encoder_compiled(tiny_anchored, tmp_path):
+    """FLF2V with a model read from a directory (its weights committed to the device, and so the
+    encoder's targets; the decoder's stand-ins come from the host): the decoder compiles no trajectory
+    of its own, so a decode after an encode, or with the encoder's compilation cache, starts warm.
+    (A K no other test uses: nothing else has compiled either program.)"""
+    from conftest import SAMPLER as MATRIX_SAMPLER
+    from conftest import matrix_video, variant_for
+
+    from gvc_jax.compile_cache import COMPILE_EVENT
+    from gvc_jax.models.registry import load_checkpoint
+    from weights_convert.model_writer import save_model
+
+    save_model(str(tmp_path / "m"), tiny_anchored.config, nnx.state(tiny_anchored.dit, nnx.Param),
+               nnx.state(tiny_anchored.vae, nnx.Param))
+    model, sampler = load_checkpoint(str(tmp_path / "m")), MATRIX_SAMPLER.replace(K=128)
+    with TraceCounter("_trajectory", COMPILE_EVENT) as encoder:
+        enc = encode_video(matrix_video()[:9], 25.0, model, sampler, gop_frames=GOP, variant=variant_for("flf2v"))
+    with TraceCounter("_trajectory", COMPILE_EVENT) as decoder:
+        dec = decode_video(enc.stream, model, strict=True)
+    assert encoder.count == 1 and decoder.count == 0
+    np.testing.assert_array_equal(dec.video, enc.video)
+
+
 def test_streaming_reader_sees_each_frame_once_and_sink_gets_frames_in_order(model, video, encoded):
     from gvc_jax.codec.gop.plan import ArrayReader
     from gvc_jax.codec.session import decode_stream, encode_stream
