@@ -33,8 +33,10 @@ import jax.monitoring
 
 ENV_DIR = "GVC_JAX_CACHE"
 ENV_OFF = "GVC_JAX_NO_COMPILE_CACHE"
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration", "/jax/compilation_cache/cache_retrieval_time_sec")
+TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_COMPILE_EVENTS = (TRACE_EVENT, "/jax/core/compile/jaxpr_to_mlir_module_duration", COMPILE_EVENT,
+                   "/jax/compilation_cache/cache_retrieval_time_sec")
 
 _state: Dict[str, Any] = {"decided": False, "disabled": False, "dir": None}
 _lock = threading.Lock()
@@ -99,10 +101,6 @@ def _on_event(name: str, seconds: float, **_kw: Any) -> None:
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_event)  # type: ignore[arg-type]  # (name, secs, **kw)
-
-
-TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 class TraceCounter:
