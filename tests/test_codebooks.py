@@ -227,6 +227,20 @@ def test_combine(kind, K, D):
     np.testing.assert_array_equal(zero, np.zeros(D, np.float32))
 
 
+@pytest.mark.parametrize("kind,K,D", CASES)
+def test_a_prepared_key_searches_and_combines_as_the_key(kind, K, D):
+    """``prepare(key)`` in place of the key (the trajectory derives it once a step for both): the same
+    picks and the same noise, bit for bit (Hadamard: sign and row tables; the streamed kinds: the key)."""
+    cb = get_codebook(kind, K, D)
+    prepared = jax.jit(cb.prepare)(KEY)
+    idx, signs = SEARCH(cb, KEY, _residual(D, 7), 16)
+    p_idx, p_signs = jax.jit(lambda t, r: cb.search(t, r, 16))(prepared, _residual(D, 7))
+    np.testing.assert_array_equal(np.asarray(p_idx), np.asarray(idx))
+    np.testing.assert_array_equal(np.asarray(p_signs), np.asarray(signs))
+    np.testing.assert_array_equal(np.asarray(jax.jit(cb.combine)(prepared, idx, signs)),
+                                  np.asarray(COMBINE(cb, KEY, idx, signs)))
+
+
 def test_exact_std_matches_float():
     z = jnp.asarray(np.random.default_rng(2).integers(-64, 65, size=230400), jnp.float32)
     np.testing.assert_allclose(np.asarray(cbm._unit_std_exact(z)), np.asarray(z / jnp.std(z)), rtol=2e-6)

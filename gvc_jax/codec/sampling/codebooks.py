@@ -287,8 +287,15 @@ class Codebook:
         """[K] float32 <atom_k, residual> (materialises K scalars; for tests / small K)."""
         raise NotImplementedError
 
+    def prepare(self, key):
+        """What ``search`` and ``combine`` derive from ``key`` alone, computed once: pass the result in
+        place of the key to both (a coded step searches and combines with one key, and its compiled
+        program then holds one copy of that work). A pytree; the key itself for the streamed kinds."""
+        return key
+
     def search(self, key, residual, M: int) -> tuple[jax.Array, jax.Array]:
         """Top-M atoms by |<atom, residual>|: residual [D] -> (indices [M] int32, signs [M] float32).
+        ``key``: a frame key or its :meth:`prepare`.
 
         Ordered by decreasing |inner product|, ties by lower index; sign(0) = +1.
         """
@@ -300,7 +307,8 @@ class Codebook:
     def combine(self, key, indices, coeffs) -> jax.Array:
         """z [D] = sum_k coeffs_k atom_k rescaled to unit population std (all-zero coeffs -> zeros).
 
-        indices [M] int32, coeffs [M] float32 in {-1, 0, +1}; 0 marks an unused slot.
+        indices [M] int32, coeffs [M] float32 in {-1, 0, +1}; 0 marks an unused slot. ``key``: a frame
+        key or its :meth:`prepare`.
         """
         indices = jnp.asarray(indices, dtype=jnp.int32)
         return self._combine(key, indices, jnp.asarray(coeffs, dtype=jnp.float32))
@@ -310,6 +318,15 @@ class Codebook:
 
     def _combine(self, key, indices, coeffs) -> jax.Array:
         raise NotImplementedError
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class HadamardTables:
+    """A Hadamard frame key's derived tables (:meth:`HadamardCodebook.prepare`)."""
+
+    signs: jax.Array   # [bases, P] float32 +-1 sign diagonals
+    rows: jax.Array    # [bases, P] int32: basis b's row of its atom b * P + i
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,14 +381,24 @@ class HadamardCodebook(Codebook):
         parity = jax.lax.population_count(row[:, None] & cols[None, :]) & jnp.uint32(1)
         return jnp.where(parity == 0, 1.0, -1.0).astype(jnp.float32) * signs[basis]
 
+    def prepare(self, key) -> "HadamardTables":
+        """Every basis's sign diagonal and whole row bijection (``HadamardTables``; integers, so using
+        them in place of the key changes no value)."""
+        if isinstance(key, HadamardTables):
+            return key
+        keys = self._basis_keys(key)
+        every_row = jnp.arange(self.P, dtype=jnp.uint32)
+        return HadamardTables(jax.vmap(self._had_signs)(keys),
+                              jax.vmap(lambda kb: self._had_rows(kb, every_row))(keys).astype(jnp.int32))
+
     def inner_products(self, key, residual) -> jax.Array:
         """[K] inner products via one FWHT of d_b * pad(residual) per basis b (vmapped over b)."""
         r = jnp.pad(residual.astype(jnp.float32), (0, self.P - self.D))
 
-        def basis_products(kb):
-            y = fwht(self._had_signs(kb) * r)
-            return y[self._had_rows(kb, jnp.arange(self.P, dtype=jnp.uint32)).astype(jnp.int32)]
-        return jax.vmap(basis_products)(self._basis_keys(key)).reshape(-1)[: self.K]
+        def basis_products(signs, rows):
+            return fwht(signs * r)[rows]
+        tables = self.prepare(key)
+        return jax.vmap(basis_products)(tables.signs, tables.rows).reshape(-1)[: self.K]
 
     def _search(self, key, residual, M: int):
         ips = self.inner_products(key, residual)
@@ -380,12 +407,14 @@ class HadamardCodebook(Codebook):
 
     def _combine(self, key, indices, coeffs):
         basis = indices // self.P
+        tables = self.prepare(key)
 
-        def basis_noise(b, kb):
-            rows = self._had_rows(kb, (indices - b * self.P).astype(jnp.uint32)).astype(jnp.int32)
-            v = jnp.zeros((self.P,), jnp.float32).at[rows].add(jnp.where(basis == b, coeffs, 0.0))
-            return fwht(v) * self._had_signs(kb)  # integer-valued: exact in float32, as is their sum
-        z = jnp.sum(jax.vmap(basis_noise)(jnp.arange(self.bases, dtype=jnp.int32), self._basis_keys(key)), axis=0)
+        def basis_noise(b, signs, rows):
+            # an index of another basis reads any row: its coefficient there is 0
+            at = rows[(indices - b * self.P) & (self.P - 1)]
+            v = jnp.zeros((self.P,), jnp.float32).at[at].add(jnp.where(basis == b, coeffs, 0.0))
+            return fwht(v) * signs  # integer-valued: exact in float32, as is their sum
+        z = jnp.sum(jax.vmap(basis_noise)(jnp.arange(self.bases, dtype=jnp.int32), tables.signs, tables.rows), axis=0)
         z = z[: self.D]
         return _unit_std_exact(z) if coeffs.shape[0] < 4096 else _unit_std_float(z)
 

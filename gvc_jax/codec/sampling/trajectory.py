@@ -137,7 +137,8 @@ def _stage_scan(velocity: Velocity, codebook: Codebook, slots: int, report_steps
     frame_ids = jnp.arange(frames)
 
     def coded_noise(x0_hat, step, given_idx, given_coef):
-        keys = jax.vmap(lambda f: frame_key(seed, gop, step, f))(frame_ids)
+        # what the search and the combine derive from each frame's key, derived once for both
+        keys = jax.vmap(lambda f: codebook.prepare(frame_key(seed, gop, step, f)))(frame_ids)
 
         def search(_):
             # The search returns atoms by decreasing |inner product|: its first M_f are frame f's top M_f.
