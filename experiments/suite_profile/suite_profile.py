@@ -57,7 +57,8 @@ def summarize(path: str, top: int = 25) -> str:
     with open(path) as f:
         for line in f:
             rec = json.loads(line)
-            (tests if rec["kind"] == "test" else processes).append(rec)
+            if rec["kind"] != "program":  # SUITE_PROFILE_PROGRAMS's per-program lines: see programs()
+                (tests if rec["kind"] == "test" else processes).append(rec)
     files: dict = collections.defaultdict(lambda: [0.0, 0.0, 0.0, ""])
     for t in tests:
         row = files[t["id"].split("::")[0]]
