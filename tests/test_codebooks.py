@@ -92,6 +92,21 @@ def test_gaussian_atoms_do_not_depend_on_the_partitionable_flag():
     np.testing.assert_array_equal(off, on)
 
 
+def test_standard_normal_is_jax_normal_whatever_the_partitionable_flag():
+    """The trajectory's initial noise and the stage transitions' band noise: ``jax.random.normal``'s
+    values bit for bit (JAX's default bits), under either setting of jax_threefry_partitionable."""
+    from gvc_jax.codec.sampling import multires
+
+    for shape in [(3, 6, 8, 4), (5,), (2, 3, 7)]:
+        ref = np.asarray(jax.random.normal(KEY, shape, jnp.float32))
+        np.testing.assert_array_equal(np.asarray(jax.jit(cbm.standard_normal, static_argnums=1)(KEY, shape)), ref)
+        with jax.threefry_partitionable(False):
+            np.testing.assert_array_equal(np.asarray(jax.jit(cbm.standard_normal, static_argnums=1)(KEY, shape)), ref)
+    band = np.asarray(jax.jit(multires.transition_noise, static_argnums=1)(KEY, (3, 4, 4, 8)))
+    for f in range(3):
+        np.testing.assert_array_equal(band[f], np.asarray(jax.random.normal(jax.random.fold_in(KEY, f), (4, 4, 8))))
+
+
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (1, 1000)])
 def test_unrolled_threefry_equals_the_primitive(shape):
     """_threefry2x32 (unrolled, constant rotations) is the threefry2x32 primitive's function, with

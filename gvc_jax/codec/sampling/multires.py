@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gvc_jax.codec.format.ranks import subset_rank_bits
-from gvc_jax.codec.sampling.codebooks import Codebook, frame_key
+from gvc_jax.codec.sampling.codebooks import Codebook, frame_key, standard_normal
 from gvc_jax.codec.sampling.schedule import INITIAL_NOISE_STREAM, MAX_STEPS, check_x0_cache
 
 Size = Tuple[int, int]  # (width, height) in pixels, as on the command line ("832x480")
@@ -426,7 +426,7 @@ def transition_noise(key: jax.Array, shape: Tuple[int, ...]) -> jax.Array:
     """[F, H, W, C] standard normal ``eps`` in the DCT domain; frame f from ``fold_in(key, f)``
     (a frame's values do not depend on F)."""
     frames = shape[0]
-    return jax.vmap(lambda f: jax.random.normal(jax.random.fold_in(key, f), tuple(shape[1:]), jnp.float32))(
+    return jax.vmap(lambda f: standard_normal(jax.random.fold_in(key, f), tuple(shape[1:])))(
         jnp.arange(frames, dtype=jnp.uint32))
 
 

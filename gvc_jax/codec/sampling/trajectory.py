@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gvc_jax.codec.sampling import multires
-from gvc_jax.codec.sampling.codebooks import Codebook, frame_key, get_codebook
+from gvc_jax.codec.sampling.codebooks import Codebook, frame_key, get_codebook, standard_normal
 from gvc_jax.codec.sampling.schedule import INITIAL_NOISE_STREAM, SamplerConfig, StepTables
 from gvc_jax.codec.sampling.sde import sde_step, x0_estimate
 from gvc_jax.parallel import GopMesh
@@ -91,7 +91,7 @@ def canonical_picks(indices, coeffs):
 def initial_noise(seed, gop, shape):
     """The seeded starting point x_T of a GOP (costs no bits)."""
     key = frame_key(seed, gop, INITIAL_NOISE_STREAM, 0)
-    return jax.random.normal(key, shape, jnp.float32)
+    return standard_normal(key, shape)
 
 
 # Step progress: the compiled scan calls back the host with (listener id, gop, step). The
