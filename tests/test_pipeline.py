@@ -187,10 +187,11 @@ def test_changing_M_between_runs_and_gops_compiles_the_trajectory_once(model, vi
 def test_the_decoder_runs_the_program_the_encoder_compiled(tiny_anchored, tmp_path):
     """FLF2V with a model read from a directory (its weights committed to the device, and so the
     encoder's targets; the decoder's stand-ins come from the host): the decoder compiles no trajectory
-    of its own, so a decode after an encode, or with the encoder's compilation cache, starts warm.
-    (A K no other test uses: nothing else has compiled either program.)"""
+    of its own, so a decode after an encode, or with the encoder's compilation cache, starts warm. And
+    the encoder compiles the VAE encoder once: the anchors' conditioning video is encoded by the
+    targets' program. (A K and a size no other test uses: nothing else has compiled these programs.)"""
     from conftest import SAMPLER as MATRIX_SAMPLER
-    from conftest import matrix_video, variant_for
+    from conftest import bikes, variant_for
 
     from gvc_jax.compile_cache import COMPILE_EVENT
     from gvc_jax.models.registry import load_checkpoint
@@ -199,11 +200,11 @@ def test_the_decoder_runs_the_program_the_encoder_compiled(tiny_anchored, tmp_pa
     save_model(str(tmp_path / "m"), tiny_anchored.config, nnx.state(tiny_anchored.dit, nnx.Param),
                nnx.state(tiny_anchored.vae, nnx.Param))
     model, sampler = load_checkpoint(str(tmp_path / "m")), MATRIX_SAMPLER.replace(K=128)
-    with TraceCounter("_trajectory", COMPILE_EVENT) as encoder:
-        enc = encode_video(matrix_video()[:9], 25.0, model, sampler, gop_frames=GOP, variant=variant_for("flf2v"))
+    with TraceCounter("_trajectory", COMPILE_EVENT) as encoder, TraceCounter("_vae_encode", COMPILE_EVENT) as vae:
+        enc = encode_video(bikes(80, 32, 9), 25.0, model, sampler, gop_frames=GOP, variant=variant_for("flf2v"))
     with TraceCounter("_trajectory", COMPILE_EVENT) as decoder:
         dec = decode_video(enc.stream, model, strict=True)
-    assert encoder.count == 1 and decoder.count == 0
+    assert encoder.count == 1 and decoder.count == 0 and vae.count == 1
     np.testing.assert_array_equal(dec.video, enc.video)
 
 

@@ -153,6 +153,7 @@ class GopEngine:
         self._vae_params_all = self.mesh.replicate(vae_params)
         self._dit_params_all = self.mesh.shard_weights(dit_params)  # split over `model` with --weight-shards
         self.vae_params, self.dit_params = self.mesh.local(self._vae_params_all), self.mesh.local(self._dit_params_all)
+        self._home = next(iter(jax.tree.leaves(self.vae_params)[0].devices()))  # where single-device work runs
         self._encode = functools.partial(_vae_encode, vae_graph, vae_cfg)
         self._decode = functools.partial(_vae_decode, vae_graph, vae_cfg)
         velocity = WanVelocity(dit_graph, dit_cfg)
@@ -209,8 +210,11 @@ class GopEngine:
                                                         for f in gop_frames])  # None: another process's GOP
 
     def latent_of(self, video) -> jax.Array:
-        """float [G, H, W, 3] in [-1, 1] (e.g. anchors with zeros between) -> normalised latent."""
-        return self._encode(self.vae_params, jnp.asarray(video, jnp.float32)[None])[0]
+        """float [G, H, W, 3] in [-1, 1] (e.g. anchors with zeros between) -> normalised latent.
+        The frames are committed to the device of the weights, as a GOP's are on one device
+        (``GopMesh.map``): at the coded size the anchors' encode is then the targets' compiled program."""
+        frames = jax.device_put(jnp.asarray(video, jnp.float32)[None], self._home)
+        return self._encode(self.vae_params, frames)[0]
 
     def run_many(self, gops: Sequence[int], conds: Sequence[dict], atoms: Sequence, *, targets: Sequence,
                  picks: Sequence, on_step: Optional[Callable[[int, int], None]] = None) -> list:
