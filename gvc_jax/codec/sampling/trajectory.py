@@ -80,11 +80,8 @@ def canonical_picks(indices, coeffs):
     [F, M] -> [F, M]. The canonical form is what the bitstream stores, so applying it on both
     sides makes the atom sum's order identical.
     """
-    used = coeffs != 0
-    order_key = jnp.where(used, indices, jnp.iinfo(jnp.int32).max)
-    order = jnp.argsort(order_key, axis=-1, stable=True)
-    indices = jnp.take_along_axis(indices, order, axis=-1)
-    coeffs = jnp.take_along_axis(coeffs, order, axis=-1)
+    order_key = jnp.where(coeffs != 0, indices, jnp.iinfo(jnp.int32).max)
+    _, indices, coeffs = jax.lax.sort((order_key, indices, coeffs), dimension=-1, is_stable=True, num_keys=1)
     return jnp.where(coeffs != 0, indices, 0), coeffs
 
 
