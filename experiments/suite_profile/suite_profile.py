@@ -11,6 +11,9 @@ count and cache hits with the most expensive programs by name. Every Python proc
 folder on ``PYTHONPATH`` (``sitecustomize.py``) appends a line at exit too (argv, the test that started
 it, CPU and compile seconds). Run as a script it prints the files by CPU, the programs by compile time
 and the subprocesses. Compile seconds are wall seconds inside XLA (parallel codegen can use more CPU).
+With ``SUITE_PROFILE_PROGRAMS=1`` the log also gets one line per program lowered (``"kind": "program"``:
+its name, the last 400 characters of its argument shapes, its persistent-cache key, hit or miss, and
+the compile seconds), e.g. to find one configuration compiled twice in one process.
 """
 from __future__ import annotations
 
