@@ -9,6 +9,7 @@ import scipy.linalg
 from jax.extend.random import threefry2x32_p
 
 from gvc_jax.codec.sampling import codebooks as cbm
+from gvc_jax.codec.sampling import multires
 from gvc_jax.codec.sampling.codebooks import ATOM_BLOCK, KINDS, Codebook, frame_key, get_codebook
 
 KEY = frame_key(1234, 0, 1, 2)
@@ -95,8 +96,6 @@ def test_gaussian_atoms_do_not_depend_on_the_partitionable_flag():
 def test_standard_normal_is_jax_normal_whatever_the_partitionable_flag():
     """The trajectory's initial noise and the stage transitions' band noise: ``jax.random.normal``'s
     values bit for bit (JAX's default bits), under either setting of jax_threefry_partitionable."""
-    from gvc_jax.codec.sampling import multires
-
     for shape in [(3, 6, 8, 4), (5,), (2, 3, 7)]:
         ref = np.asarray(jax.random.normal(KEY, shape, jnp.float32))
         np.testing.assert_array_equal(np.asarray(jax.jit(cbm.standard_normal, static_argnums=1)(KEY, shape)), ref)

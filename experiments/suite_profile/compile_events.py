@@ -54,7 +54,7 @@ class _ProgramLog:
             log.propagate = False
             log.addHandler(handler)
             passthrough = logging.Handler(logging.WARNING)
-            passthrough.emit = (lambda parent: lambda r: parent.handle(r))(log.parent)
+            passthrough.emit = log.parent.handle  # what stderr showed before
             log.addHandler(passthrough)
 
     def _record(self, record) -> None:
